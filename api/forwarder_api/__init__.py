@@ -1,0 +1,1 @@
+"""Forwarder's HTTP API (FastAPI, port 7500): runs, schedules, monitoring and metrics."""

@@ -1,0 +1,1 @@
+"""Test support: real servers and processes for Forwarder's tests (no mocks, no fakes)."""

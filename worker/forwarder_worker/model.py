@@ -1,0 +1,231 @@
+"""The ``ScheduledTask`` spec as a pydantic model, with one clear message per mistake.
+
+The operator, local mode and the api all validate with this model, so a bad spec reads the
+same everywhere: ``spec.schedule.cron: ...``. Validation needs no Redis and no cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from forwarder_worker.timing import (
+    CRON_ALIASES,
+    CronTimetable,
+    IntervalTimetable,
+    OneOffTimetable,
+    Timetable,
+)
+
+_DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
+TASK_NAME = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+
+
+class InvalidSpec(ValueError):
+    """A ScheduledTask spec that cannot be scheduled; the message names field and problem."""
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds in ``90``, ``"90s"``, ``"5m"`` or ``"1h30m"``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like '30s', '5m', '1h30m' or whole seconds")
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    match = _DURATION.match(text)
+    if not text or match is None:
+        raise ValueError(f"{value!r} is not a duration like '30s', '5m', '1h30m' or whole seconds")
+    parts = {k: int(v) for k, v in match.groupdict(default="0").items()}
+    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are mistakes (a typo like `suspended` would otherwise be ignored).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ScheduleSpec(_Strict):
+    """Exactly one of ``every``, ``cron`` or ``at``."""
+
+    every: int | str | None = None
+    cron: str | None = None
+    at: datetime | None = None
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        seconds = parse_duration(value)
+        if seconds < 1:
+            raise ValueError(f"interval {value!r} is below the minimum of 1s")
+        return seconds
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        expression = value.strip()
+        if expression.startswith("@"):
+            if expression not in CRON_ALIASES:
+                raise ValueError(
+                    f"{value!r} is not a cron alias; use one of {', '.join(sorted(CRON_ALIASES))}"
+                )
+            return expression
+        if len(expression.split()) != 5:
+            raise ValueError(
+                f"{value!r} is not a 5-field cron expression (minute hour day month weekday)"
+            )
+        if not croniter.is_valid(expression):
+            raise ValueError(f"{value!r} is not a valid cron expression")
+        return expression
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleSpec:
+        given = [k for k in ("every", "cron", "at") if getattr(self, k) is not None]
+        if len(given) != 1:
+            detail = "none is set" if not given else f"{' and '.join(given)} are both set"
+            raise ValueError(f"exactly one of every, cron or at is required ({detail})")
+        return self
+
+    @property
+    def kind(self) -> Literal["every", "cron", "at"]:
+        """Which of the three schedule kinds this is."""
+        if self.every is not None:
+            return "every"
+        return "cron" if self.cron is not None else "at"
+
+    def describe(self) -> str:
+        """A short form for printer columns and logs: ``every 30s``, ``cron */5 * * * *``."""
+        if self.every is not None:
+            return f"every {self.every}s"
+        if self.cron is not None:
+            return f"cron {self.cron}"
+        assert self.at is not None
+        return f"at {self.at.astimezone(UTC).isoformat().replace('+00:00', 'Z')}"
+
+
+class ScheduledTaskSpec(_Strict):
+    """``spec`` of a ScheduledTask (design §3)."""
+
+    task: str = Field(min_length=1, max_length=200, pattern=TASK_NAME)
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    schedule: ScheduleSpec
+    time_zone: str = Field(default="UTC", alias="timeZone")
+    suspend: bool = False
+    starting_deadline_seconds: int | None = Field(
+        default=None, alias="startingDeadlineSeconds", ge=1, le=86400 * 7
+    )
+    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
+        default="Allow", alias="concurrencyPolicy"
+    )
+    jitter_seconds: int = Field(default=0, alias="jitterSeconds", ge=0, le=3600)
+    queue: str = Field(
+        default="default", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$"
+    )
+    priority: int | None = Field(default=None, ge=0, le=9)
+    run_history_limit: int = Field(default=10, alias="runHistoryLimit", ge=1, le=100)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known IANA time zone") from None
+        return value
+
+    @model_validator(mode="after")
+    def _fires(self, info: ValidationInfo) -> ScheduledTaskSpec:
+        context = info.context or {}
+        now = float(context.get("now", time.time()))
+        if self.schedule.at is not None:
+            if self.schedule.at.tzinfo is None:
+                # A naive `at` is read in the spec's zone, as a cron would be.
+                local = self.schedule.at.replace(tzinfo=ZoneInfo(self.time_zone))
+                object.__setattr__(self, "schedule", self.schedule.model_copy(update={"at": local}))
+            assert self.schedule.at is not None
+            if not context.get("allow_past_at") and self.schedule.at.timestamp() <= now:
+                raise ValueError(f"schedule.at: {self.schedule.at.isoformat()} is in the past")
+        if self.schedule.cron is not None:
+            try:
+                upcoming = self.timetable().next_after(now)
+            except Exception as exc:  # croniter signals impossible dates with several types
+                raise ValueError(f"schedule.cron: {self.schedule.cron!r} never fires") from exc
+            if upcoming is None:
+                raise ValueError(f"schedule.cron: {self.schedule.cron!r} never fires")
+        return self
+
+    def timetable(self, anchor: float | None = None) -> Timetable:
+        """When this spec fires; ``anchor`` is the first slot of an interval schedule."""
+        schedule = self.schedule
+        if schedule.every is not None:
+            assert isinstance(schedule.every, int)
+            return IntervalTimetable(
+                float(schedule.every), time.time() if anchor is None else anchor
+            )
+        if schedule.cron is not None:
+            return CronTimetable(schedule.cron, self.time_zone)
+        assert schedule.at is not None
+        return OneOffTimetable(schedule.at.timestamp())
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    names = {
+        "time_zone": "timeZone",
+        "starting_deadline_seconds": "startingDeadlineSeconds",
+        "concurrency_policy": "concurrencyPolicy",
+        "jitter_seconds": "jitterSeconds",
+        "run_history_limit": "runHistoryLimit",
+    }
+    return ".".join(["spec", *(names.get(str(part), str(part)) for part in loc)])
+
+
+def format_errors(error: ValidationError) -> str:
+    """One line per problem, each naming the field: ``spec.priority: ...``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "is not a known field"
+        if item["loc"]:
+            lines.append(f"{_location(tuple(item['loc']))}: {message}")
+        elif message.startswith("schedule."):
+            lines.append(f"spec.{message}")  # a cross-field check that names its own field
+        else:
+            lines.append(f"spec: {message}")
+    return "; ".join(lines)
+
+
+def parse_spec(
+    raw: Any, *, now: float | None = None, allow_past_at: bool = False
+) -> ScheduledTaskSpec:
+    """Validate a raw spec mapping, raising InvalidSpec with every problem named.
+
+    ``allow_past_at`` is for re-reading a one-off that was valid when it was created.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidSpec(f"spec: must be a mapping, not {type(raw).__name__}")
+    context = {"now": time.time() if now is None else now, "allow_past_at": allow_past_at}
+    try:
+        return ScheduledTaskSpec.model_validate(raw, context=context)
+    except ValidationError as exc:
+        raise InvalidSpec(format_errors(exc)) from None

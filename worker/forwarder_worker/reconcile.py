@@ -1,0 +1,113 @@
+"""Turning a declared ScheduledTask into a live schedule entry, for every source alike.
+
+The kopf operator (resources), local mode (YAML files) and the api validate and apply a
+schedule through :func:`apply_schedule`, so the rules and messages are the same wherever a
+schedule comes from. Callers report the result in their own way (a status condition, a log
+line, an HTTP error).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from forwarder_worker.model import InvalidSpec, ScheduledTaskSpec, parse_spec
+from forwarder_worker.store import Entry, ScheduleStore, UpsertResult
+
+API_VERSION = "forwarder.dev/v1alpha1"
+KIND = "ScheduledTask"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Outcome of applying one schedule: ready or not, why, and when it fires next."""
+
+    ready: bool
+    reason: str  # Scheduled | Suspended | Completed | InvalidSpec | UnknownTask | Stale
+    message: str
+    next_run: float | None = None
+    spec: ScheduledTaskSpec | None = None
+    entry: Entry | None = None
+
+
+def validate(
+    raw_spec: Any,
+    known_tasks: Collection[str] | None = None,
+    *,
+    allow_past_at: bool = False,
+) -> ScheduledTaskSpec:
+    """Validate a raw spec, and its task name against ``known_tasks`` when given."""
+    spec = parse_spec(raw_spec, allow_past_at=allow_past_at)
+    if known_tasks is not None and spec.task not in known_tasks:
+        raise InvalidSpec(
+            f"spec.task: {spec.task!r} is not a registered task "
+            f"(known: {', '.join(sorted(known_tasks)) or 'none'})"
+        )
+    return spec
+
+
+def apply_schedule(
+    store: ScheduleStore,
+    namespace: str,
+    name: str,
+    raw_spec: Any,
+    *,
+    uid: str = "",
+    generation: int = 0,
+    known_tasks: Collection[str] | None = None,
+) -> ApplyResult:
+    """Validate ``raw_spec`` and upsert its entry ``<namespace>/<name>``.
+
+    An invalid spec is reported, never raised. Like a rejected ``kubectl apply``, it loses
+    nothing: the last valid version of the entry, if any, stays scheduled.
+    """
+    entry_name = f"{namespace}/{name}"
+    existing = store.get(entry_name)
+    # A one-off that already fired stays valid even though its time is now past.
+    allow_past = (
+        existing is not None
+        and existing.entry.uid == uid
+        and (existing.meta.done or "at" in existing.entry.schedule)
+    )
+    try:
+        spec = validate(raw_spec, known_tasks, allow_past_at=allow_past)
+        entry = Entry.from_spec(entry_name, spec, uid=uid, generation=generation)
+    except (InvalidSpec, ValueError) as exc:
+        reason = "UnknownTask" if "is not a registered task" in str(exc) else "InvalidSpec"
+        message = str(exc)
+        if existing is not None and existing.entry.uid == uid:
+            message += (
+                f" (generation {existing.entry.generation}, the last valid one, stays scheduled)"
+            )
+        return ApplyResult(False, reason, message)
+    result, due = store.upsert(entry)
+    if result is UpsertResult.STALE:
+        return ApplyResult(
+            False,
+            "Stale",
+            f"generation {generation} is older than the stored entry's; ignored",
+            due,
+            spec,
+            entry,
+        )
+    return describe(spec, entry, due, store)
+
+
+def describe(
+    spec: ScheduledTaskSpec, entry: Entry, due: float | None, store: ScheduleStore
+) -> ApplyResult:
+    """The Ready condition for an entry that is stored."""
+    what = spec.schedule.describe()
+    if spec.suspend:
+        return ApplyResult(True, "Suspended", f"{what} is suspended", None, spec, entry)
+    if due is None:
+        stored = store.get(entry.name)
+        if stored is not None and stored.meta.done:
+            return ApplyResult(True, "Completed", f"{what} has fired", None, spec, entry)
+        return ApplyResult(True, "Completed", f"{what} has no future run", None, spec, entry)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due))
+    return ApplyResult(
+        True, "Scheduled", f"{what} ({spec.time_zone}); next run {when}", due, spec, entry
+    )

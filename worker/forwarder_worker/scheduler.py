@@ -1,0 +1,215 @@
+"""Forwarder's Celery Beat scheduler: prompt, time-zone-correct, batched and highly available.
+
+Use it with ``celery -A forwarder_worker.app beat -S``
+``forwarder_worker.scheduler:ForwarderScheduler``.
+
+It keeps celery-redbeat's storage model (see :mod:`forwarder_worker.store`) and its lock idea,
+and replaces the parts of ``redbeat.RedBeatScheduler`` that are weak, which is why it is not a
+subclass of it:
+
+* redbeat sleeps up to ``beat_max_loop_interval`` (300 s); this beat blocks on the store's wake
+  list (BLPOP) until the next due time, so a new or changed entry is armed at once;
+* redbeat loads and sends due entries one by one; this beat loads, claims, records and sends
+  them in batches with pipelined Redis work, oldest slot first, so a burst is drained in bounded
+  batches and entries that fall due meanwhile are taken in slot order, not starved;
+* redbeat's lock times out after 5 times the loop interval (25 min); this lock times out after
+  ``beat_lock_timeout`` seconds, a standby sleeps exactly until the holder's lease would end,
+  and each slot is claimed by compare-and-set, so two beats never fire the same slot;
+* cron entries carry an IANA zone (see :mod:`forwarder_worker.timing`), suspend leaves the due
+  set, and missed slots after downtime fire at most once, within the starting deadline
+  (the Kubernetes CronJob rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.beat import Scheduler
+
+from forwarder_worker.connection import redis_client
+from forwarder_worker.dispatch import Dispatcher, Firing
+from forwarder_worker.runs import RunLog
+from forwarder_worker.settings import settings_of
+from forwarder_worker.store import Meta, ScheduleStore, StoredEntry
+
+log = logging.getLogger("forwarder.beat")
+
+# Upper bound on slots walked to find the latest missed one after a long downtime.
+_MAX_MISSED_WALK = 100_000
+
+
+def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta, float | None]:
+    """For a due entry: the latest slot due, whether it is still within its starting
+    deadline, how many slots are missed, the new meta and the next due time."""
+    entry, meta = stored.entry, stored.meta
+    assert stored.due is not None
+    timetable = entry.timetable(meta.anchor)
+    latest, walked = stored.due, 0
+    upcoming = timetable.next_after(latest)
+    while upcoming is not None and upcoming <= now and walked < _MAX_MISSED_WALK:
+        latest, walked = upcoming, walked + 1
+        upcoming = timetable.next_after(latest)
+    if upcoming is not None and upcoming <= now:
+        upcoming = timetable.next_after(now)  # a very long outage: skip ahead from now
+    in_time = entry.deadline is None or now - latest <= entry.deadline
+    new_meta = Meta(
+        anchor=meta.anchor,
+        last=latest,
+        count=meta.count + (1 if in_time else 0),
+        done=upcoming is None,
+    )
+    return latest, in_time, walked + (0 if in_time else 1), new_meta, upcoming
+
+
+class ForwarderScheduler(Scheduler):
+    """Celery Beat scheduler on Forwarder's Redis store (see the module docstring)."""
+
+    #: Injectable clock, so tests can run beat against a fixed or shifted time.
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        self.settings = settings_of(app)
+        prefix = self.settings.key_prefix
+        self.client = redis_client(self.settings)
+        self.waiter = redis_client(self.settings, blocking=True)
+        self.store = ScheduleStore(self.client, prefix)
+        self.runs = RunLog(
+            self.client,
+            prefix,
+            ttl=self.settings.result_expires,
+            global_limit=self.settings.global_history_limit,
+            schedule_limit=self.settings.run_history_limit,
+            result_limit=self.settings.result_max_chars,
+        )
+        self.dispatcher = Dispatcher(app, self.client, self.runs, prefix)
+        self.lock_timeout = self.settings.beat_lock_timeout
+        self.identity = f"{uuid.uuid4()}"
+        self.lock = self.client.lock(
+            f"{prefix}:lock", timeout=self.lock_timeout, blocking=False, thread_local=False
+        )
+        self.holding = False
+        self._last_renew = 0.0
+        self._backoff = 0.0
+        kwargs.setdefault("max_interval", self.settings.beat_max_loop_interval)
+        super().__init__(app, *args, **kwargs)
+
+    # Celery's Scheduler API ----------------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        if self.app.conf.beat_schedule:
+            log.warning(
+                "beat_schedule entries are ignored: declare schedules as ScheduledTask "
+                "resources (or YAML files in local mode)"
+            )
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        # Celery only uses this for `beat -l debug` listings; entries live in Redis.
+        return {}
+
+    @property
+    def info(self) -> str:
+        return (
+            f"    . redis -> {self.settings.redacted_redis_url}\n"
+            f"    . lock -> {self.lock.name} ({self.lock_timeout}s)"
+        )
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """One pass: keep the lock, fire a batch of due entries, then wait for the next due
+        time or a change. Returns how long Celery should sleep (0: we already waited)."""
+        try:
+            delay = self._tick()
+            self._backoff = 0.0
+            return delay
+        except redis.RedisError as exc:
+            # Redis restarted or unreachable: keep beat alive and retry with backoff.
+            self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
+            self.holding = False
+            log.warning("beat: Redis unavailable (%s); retrying in %.1fs", exc, self._backoff)
+            return self._backoff
+
+    def close(self) -> None:
+        if self.holding:
+            try:
+                self.lock.release()
+                log.info("beat: released the lock")
+            except redis.RedisError:
+                log.warning(
+                    "beat: could not release the lock; it expires in %ss", self.lock_timeout
+                )
+            self.holding = False
+        super().close()
+
+    # Internals ------------------------------------------------------------------------------
+
+    def _hold_lock(self) -> bool:
+        now = time.monotonic()
+        if self.holding:
+            if now - self._last_renew < self.lock_timeout / 3:
+                return True
+            try:
+                self.lock.extend(self.lock_timeout, replace_ttl=True)
+                self._last_renew = now
+                return True
+            except redis.exceptions.LockError:
+                log.warning("beat: lost the lock; standing by")
+                self.holding = False
+        if self.lock.acquire(blocking=False):
+            log.info("beat: acquired the lock; dispatching")
+            self.holding, self._last_renew = True, now
+            return True
+        return False
+
+    def _standby_wait(self) -> float:
+        # Sleep until the holder's lease would run out, then try again: takeover within the
+        # lock timeout of the holder's last renewal, and no polling faster than that.
+        ttl_ms = int(self.client.pttl(self.lock.name))
+        return float(
+            max(0.05, min(ttl_ms / 1000 + 0.01 if ttl_ms > 0 else 0.05, self.max_interval))
+        )
+
+    def _tick(self) -> float:
+        if not self._hold_lock():
+            return self._standby_wait()
+        now = self.clock()
+        batch = self.store.due(now, self.settings.beat_batch_size)
+        if batch:
+            self.fire_batch(batch, now)
+            if len(batch) == self.settings.beat_batch_size:
+                return 0.0  # more may be due: take the next batch straight away
+        next_due = self.store.next_due()
+        wait = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)
+        wait = min(wait, self.max_interval)
+        if next_due is not None:
+            wait = min(wait, next_due - self.clock())
+        if wait > 0:
+            self.store.wait_for_change(wait, self.waiter)
+        return 0.0
+
+    def fire_batch(self, batch: list[StoredEntry], now: float) -> None:
+        """Claim and fire one batch of due entries."""
+        plans = [(stored, *plan_firing(stored, now)) for stored in batch]
+        claimed = self.store.claim((stored, meta, due) for stored, *_, meta, due in plans)
+        firings, missed = [], 0
+        for (stored, slot, in_time, walked, _, _), won in zip(plans, claimed, strict=True):
+            if not won:
+                continue  # rewritten or claimed by another beat meanwhile
+            missed += walked
+            if not in_time:
+                self.runs.skipped(
+                    str(uuid.uuid4()),
+                    stored.entry.task,
+                    schedule=stored.entry.name,
+                    slot=slot,
+                    reason="missed: the starting deadline passed before the slot could fire",
+                )
+                continue
+            firings.append(Firing(stored.entry, slot))
+        if firings or missed:
+            self.dispatcher.fire(firings, missed=missed)

@@ -1,0 +1,135 @@
+"""Process settings, read once from ``FORWARDER_*`` environment variables.
+
+Every component reads the same settings class, so a deployment configures Redis, the key
+prefix and limits in one place. Secrets (the Redis password) come from env vars or files
+mounted from Kubernetes Secrets; nothing secret has a default.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b`` as well as a JSON list for list settings: env vars are easier as CSV."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            import json
+
+            return json.loads(stripped)
+        return [item.strip() for item in stripped.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Settings shared by every Forwarder process."""
+
+    model_config = SettingsConfigDict(env_prefix="FORWARDER_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis for broker, results, schedules and run records. ``rediss://`` turns TLS on."""
+
+    redis_password: SecretStr | None = None
+    """Overrides any password in ``redis_url``, so the URL can live in a ConfigMap and the
+    password in a Secret."""
+
+    redis_password_file: Path | None = None
+    """A file holding the Redis password (a mounted Secret); read when ``redis_password`` is
+    not set."""
+
+    redis_tls_ca_file: Path | None = None
+    """CA bundle that verifies a ``rediss://`` server; the system store when unset."""
+
+    key_prefix: str = "forwarder:"
+    """Prefix of every key Forwarder writes, so several installs can share one Redis."""
+
+    task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Modules imported by workers to register user tasks (``FORWARDER_TASK_MODULES=a,b``)."""
+
+    http_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts, ``*.suffix`` patterns or CIDRs that ``forwarder.http`` may call. Empty allows
+    nothing: a deployment names its targets explicitly (no SSRF into the cluster)."""
+
+    http_max_body_bytes: int = Field(default=65536, ge=0)
+    """Response bytes ``forwarder.http`` keeps; the rest is cut and flagged as truncated."""
+
+    task_time_limit: int = Field(default=600, ge=1)
+    """Hard time limit per task, in seconds."""
+
+    task_soft_time_limit: int = Field(default=540, ge=1)
+    """Soft time limit per task (raises inside the task), in seconds."""
+
+    result_expires: int = Field(default=7 * 24 * 3600, ge=60)
+    """Seconds Celery results and run records are kept."""
+
+    result_max_chars: int = Field(default=2048, ge=64)
+    """Characters of a task's result kept in its run record."""
+
+    run_history_limit: int = Field(default=100, ge=1)
+    """Runs kept per schedule in Redis (status shows ``runHistoryLimit`` of them)."""
+
+    global_history_limit: int = Field(default=10000, ge=10)
+    """Runs kept in the global history that ``GET /runs`` reads."""
+
+    beat_lock_timeout: float = Field(default=10.0, gt=0.5)
+    """Seconds before a standby beat takes over from a holder that stopped renewing."""
+
+    beat_max_loop_interval: float = Field(default=30.0, gt=0)
+    """Longest a beat waits between ticks when nothing is due and nothing changes."""
+
+    beat_batch_size: int = Field(default=500, ge=1)
+    """Due entries handled per dispatch batch (one pipelined round trip per stage)."""
+
+    @field_validator("task_modules", "http_allow", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    def redis_password_value(self) -> str | None:
+        """The Redis password from the env var or the mounted file, if any."""
+        if self.redis_password is not None:
+            return self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            return self.redis_password_file.read_text().strip()
+        return None
+
+    @property
+    def effective_redis_url(self) -> str:
+        """``redis_url`` with the configured password put in; never log this value."""
+        password = self.redis_password_value()
+        if password is None:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"{quote(parts.username or '', safe='')}:{quote(password, safe='')}@{host}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    @property
+    def redacted_redis_url(self) -> str:
+        """``redis_url`` fit for logs: any password replaced by ``***``."""
+        parts = urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()
+
+
+def settings_of(app: Any) -> Settings:
+    """The Settings a Celery app was built with (see ``forwarder_worker.app.create_app``)."""
+    settings = getattr(app, "forwarder_settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()

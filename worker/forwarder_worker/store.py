@@ -1,0 +1,394 @@
+"""The schedule store: the one module that reads and writes schedule keys in Redis.
+
+It keeps celery-redbeat's storage model (design.rst in redbeat): one hash per entry holding a
+JSON ``definition`` and a JSON ``meta``, and one sorted set (``<prefix>:schedule``) scored by
+each entry's next due time, so beat finds due work with one ZRANGEBYSCORE. What it changes:
+
+* Every hash also holds ``rev``, bumped on each definition write. Beat claims a slot with a
+  Lua compare-and-set on ``rev`` and the due score, so a concurrent update, suspend or delete
+  always wins over a firing in flight, and no slot is claimed twice (the per-slot mark).
+* A suspended or finished entry leaves the due set (redbeat keeps disabled entries there and
+  re-reads them every tick). ``<prefix>:entries`` indexes all entries for listing.
+* Every change pushes to ``<prefix>:wake``; beat blocks on that list instead of sleeping, so a
+  change is armed at once without fast polling.
+* Entries carry the owning resource's uid and generation: an older generation never
+  overwrites a newer one, and orphans can be found.
+
+Entry names are ``<namespace>/<name>``. Namespaces cannot contain ``:`` or ``/``, so these keys
+never collide with the ``<prefix>:...`` bookkeeping keys or with run records.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import redis
+
+from forwarder_worker.model import ScheduledTaskSpec
+from forwarder_worker.timing import CronTimetable, IntervalTimetable, OneOffTimetable, Timetable
+
+ENTRY_NAME = re.compile(
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+)
+
+# Claim a due slot: advance the entry only if nobody rewrote its definition (rev) and nobody
+# claimed this slot already (its due score is still the one we read). Two beats that both
+# read the same slot (a stale holder and its successor) can therefore never both fire it.
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[1] then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], KEYS[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'meta', ARGV[3])
+if ARGV[4] == '' then
+  redis.call('ZREM', KEYS[2], KEYS[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+end
+return 1
+"""
+
+
+# How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
+_TIMEOUT_SLACK = 0.11
+
+
+class UpsertResult(enum.Enum):
+    """What an upsert did."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    STALE = "stale"  # an older generation of the same resource: ignored
+
+
+class StaleWrite(RuntimeError):
+    """Raised by callers that treat a stale generation as an error."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A schedule entry as stored: the spec flattened to what beat needs, plus its owner."""
+
+    name: str
+    task: str
+    schedule: dict[str, Any]  # {"every": seconds} | {"cron": expr} | {"at": epoch}
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    tz: str = "UTC"
+    suspend: bool = False
+    deadline: int | None = None
+    policy: str = "Allow"
+    jitter: int = 0
+    queue: str = "default"
+    priority: int | None = None
+    history: int = 10
+    uid: str = ""
+    generation: int = 0
+
+    @classmethod
+    def from_spec(
+        cls, name: str, spec: ScheduledTaskSpec, *, uid: str = "", generation: int = 0
+    ) -> Entry:
+        """Flatten a validated spec into an entry named ``<namespace>/<name>``."""
+        if not ENTRY_NAME.match(name):
+            raise ValueError(f"entry name {name!r} is not '<namespace>/<name>'")
+        sched = spec.schedule
+        if sched.every is not None:
+            schedule: dict[str, Any] = {"every": int(sched.every)}
+        elif sched.cron is not None:
+            schedule = {"cron": sched.cron}
+        else:
+            assert sched.at is not None
+            schedule = {"at": sched.at.timestamp()}
+        return cls(
+            name=name,
+            task=spec.task,
+            schedule=schedule,
+            args=list(spec.args),
+            kwargs=dict(spec.kwargs),
+            tz=spec.time_zone,
+            suspend=spec.suspend,
+            deadline=spec.starting_deadline_seconds,
+            policy=spec.concurrency_policy,
+            jitter=spec.jitter_seconds,
+            queue=spec.queue,
+            priority=spec.priority,
+            history=spec.run_history_limit,
+            uid=uid,
+            generation=generation,
+        )
+
+    def to_json(self) -> str:
+        """Canonical JSON: equal entries give equal strings, which makes upsert idempotent."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        """Read an entry written by :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+    @property
+    def namespace(self) -> str:
+        """The namespace part of the name."""
+        return self.name.partition("/")[0]
+
+    def timetable(self, anchor: float) -> Timetable:
+        """When the entry fires; ``anchor`` is the first slot of an interval."""
+        if "every" in self.schedule:
+            return IntervalTimetable(float(self.schedule["every"]), anchor)
+        if "cron" in self.schedule:
+            return CronTimetable(self.schedule["cron"], self.tz)
+        return OneOffTimetable(float(self.schedule["at"]))
+
+    def same_timing(self, other: Entry) -> bool:
+        """Whether both fire at the same instants (then a rewrite keeps the next due time)."""
+        return self.schedule == other.schedule and self.tz == other.tz
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Mutable firing state of an entry, kept apart from its definition (redbeat's ``meta``)."""
+
+    anchor: float  # first slot of an interval grid
+    last: float | None = None  # slot of the last firing
+    count: int = 0  # firings so far
+    done: bool = False  # a one-off that has fired
+
+    def to_json(self) -> str:
+        """Compact JSON for the ``meta`` hash field."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None, *, default_anchor: float) -> Meta:
+        """Read ``meta``; a missing one is a fresh entry anchored at ``default_anchor``."""
+        if not text:
+            return cls(anchor=default_anchor)
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An entry read back with its firing state and next due time (None: not in the due set)."""
+
+    entry: Entry
+    meta: Meta
+    rev: str
+    due: float | None
+
+
+class ScheduleStore:
+    """Reads and writes schedule entries under one key prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "forwarder:") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.due_key = f"{prefix}:schedule"
+        self.index_key = f"{prefix}:entries"
+        self.wake_key = f"{prefix}:wake"
+        self._claim = client.register_script(_CLAIM)
+
+    def key(self, name: str) -> str:
+        """The hash key of entry ``name``."""
+        return f"{self.prefix}{name}"
+
+    def name_of(self, key: str) -> str:
+        """The entry name of hash ``key``."""
+        return key.removeprefix(self.prefix)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def upsert(
+        self, entry: Entry, *, now: float | None = None
+    ) -> tuple[UpsertResult, float | None]:
+        """Create or update ``entry``; returns what happened and the next due time.
+
+        The same entry twice changes nothing, not even the next due time. A change of timing
+        re-arms from now; a change of anything else keeps the due time. Resuming re-arms from
+        now too, so missed slots are not fired in a burst.
+        """
+        key = self.key(entry.name)
+        new_json = entry.to_json()
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current_json, meta_json, rev = pipe.hmget(key, "definition", "meta", "rev")
+                    at = time.time() if now is None else now
+                    current = Entry.from_json(current_json) if current_json else None
+                    if (
+                        current is not None
+                        and current.uid == entry.uid
+                        and (current.generation > entry.generation)
+                    ):
+                        pipe.unwatch()
+                        return UpsertResult.STALE, pipe.zscore(self.due_key, key)
+                    if current_json == new_json:
+                        pipe.unwatch()
+                        return UpsertResult.UNCHANGED, pipe.zscore(self.due_key, key)
+                    keep = current is not None and current.uid == entry.uid
+                    meta = Meta.from_json(meta_json if keep else None, default_anchor=at)
+                    due_now = pipe.zscore(self.due_key, key) if keep else None
+                    meta, due = self._arm(entry, current if keep else None, meta, due_now, at)
+                    pipe.multi()
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "definition": new_json,
+                            "meta": meta.to_json(),
+                            "rev": int(rev or 0) + 1,
+                        },
+                    )
+                    if due is None:
+                        pipe.zrem(self.due_key, key)
+                    else:
+                        pipe.zadd(self.due_key, {key: due})
+                    pipe.sadd(self.index_key, entry.name)
+                    self._wake(pipe)
+                    pipe.execute()
+                    return (UpsertResult.UPDATED if current else UpsertResult.CREATED), due
+                except redis.WatchError:
+                    continue
+
+    @staticmethod
+    def _arm(
+        entry: Entry, current: Entry | None, meta: Meta, due: float | None, now: float
+    ) -> tuple[Meta, float | None]:
+        """The firing state and due time for ``entry`` replacing ``current``."""
+        if entry.suspend or meta.done:
+            return meta, None
+        resumed = current is not None and current.suspend
+        if current is not None and not resumed and current.same_timing(entry) and due is not None:
+            return meta, due
+        if "every" in entry.schedule:
+            every = float(entry.schedule["every"])
+            if meta.last is None and not resumed:
+                # A new interval fires at once, like Celery's; later slots follow its grid.
+                return replace(meta, anchor=now), now
+            # Changed or resumed: keep the rhythm from the last firing, never a catch-up burst.
+            anchor = meta.last if meta.last is not None else meta.anchor
+            nxt = anchor + every
+            if nxt <= now:
+                nxt = IntervalTimetable(every, anchor).next_after(now)
+            return replace(meta, anchor=anchor), nxt
+        return meta, entry.timetable(meta.anchor).next_after(now)
+
+    def delete(self, name: str) -> bool:
+        """Remove entry ``name``; True if it existed."""
+        key = self.key(name)
+        with self.client.pipeline() as pipe:
+            pipe.delete(key)
+            pipe.zrem(self.due_key, key)
+            pipe.srem(self.index_key, name)
+            self._wake(pipe)
+            existed, *_ = pipe.execute()
+        return bool(existed)
+
+    def set_suspended(self, name: str, suspend: bool) -> tuple[UpsertResult, float | None]:
+        """Suspend (leave the due set) or resume (re-arm from now) entry ``name``."""
+        stored = self.get(name)
+        if stored is None:
+            raise KeyError(f"schedule entry {name!r} does not exist")
+        return self.upsert(replace(stored.entry, suspend=suspend))
+
+    def suspend(self, name: str) -> None:
+        """Take ``name`` out of the due set; its definition stays."""
+        self.set_suspended(name, True)
+
+    def resume(self, name: str) -> float | None:
+        """Put ``name`` back in the due set from now on; returns its next due time."""
+        return self.set_suspended(name, False)[1]
+
+    def _wake(self, pipe: redis.client.Pipeline) -> None:
+        # One pending wake is enough; the list never grows past one element.
+        pipe.lpush(self.wake_key, "1")
+        pipe.ltrim(self.wake_key, 0, 0)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, name: str) -> StoredEntry | None:
+        """Entry ``name`` with its firing state, or None."""
+        return next(iter(self._load([name])), None)
+
+    def names(self) -> set[str]:
+        """Every entry name, suspended and finished ones included."""
+        return set(self.client.smembers(self.index_key))
+
+    def entries(self) -> list[StoredEntry]:
+        """Every entry, ordered by name."""
+        return sorted(self._load(sorted(self.names())), key=lambda s: s.entry.name)
+
+    def _load(self, names: Iterable[str]) -> Iterator[StoredEntry]:
+        names = list(names)
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(self.key(name), "definition", "meta", "rev")
+                pipe.zscore(self.due_key, self.key(name))
+            replies = pipe.execute()
+        for i, _name in enumerate(names):
+            (definition, meta, rev), due = replies[2 * i], replies[2 * i + 1]
+            if definition:
+                entry = Entry.from_json(definition)
+                anchor = float(due) if due is not None else time.time()
+                yield StoredEntry(
+                    entry, Meta.from_json(meta, default_anchor=anchor), rev or "0", due
+                )
+
+    # -- beat's side ----------------------------------------------------------------------
+
+    def due(self, now: float, limit: int) -> list[StoredEntry]:
+        """Up to ``limit`` entries due at ``now``, earliest first, loaded in one round trip."""
+        keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+        if not keys:
+            return []
+        loaded = {s.entry.name: s for s in self._load(self.name_of(k) for k in keys)}
+        missing = [k for k in keys if self.name_of(k) not in loaded]
+        if missing:
+            # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
+            self.client.zrem(self.due_key, *missing)
+        return [loaded[self.name_of(k)] for k in keys if self.name_of(k) in loaded]
+
+    def next_due(self) -> float | None:
+        """When the earliest entry is due, or None if the due set is empty."""
+        first = self.client.zrange(self.due_key, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def claim(self, updates: Iterable[tuple[StoredEntry, Meta, float | None]]) -> list[bool]:
+        """Claim each entry's due slot and store its new state and due time (None: leave the
+        due set). One pipelined round trip; True where the claim won and the slot may fire.
+        """
+        with self.client.pipeline(transaction=False) as pipe:
+            for stored, meta, due in updates:
+                assert stored.due is not None
+                self._claim(
+                    keys=[self.key(stored.entry.name), self.due_key],
+                    args=[
+                        stored.rev,
+                        repr(stored.due),
+                        meta.to_json(),
+                        "" if due is None else repr(due),
+                    ],
+                    client=pipe,
+                )
+            return [bool(r) for r in pipe.execute()]
+
+    def wait_for_change(self, timeout: float, client: redis.Redis | None = None) -> bool:
+        """Block until the store changes or ``timeout`` seconds pass; True if woken."""
+        if timeout <= 0:
+            return False
+        deadline = time.monotonic() + timeout
+        # Redis expires blocking timeouts on its `hz` clock (10/s by default), so a BLPOP can
+        # overshoot by ~100 ms. Block for all but the last slice, then sleep that slice here:
+        # firings stay on time, and a change arriving in the slice waits at most that long.
+        coarse = timeout - _TIMEOUT_SLACK
+        if coarse >= 0.01 and (client or self.client).blpop([self.wake_key], timeout=coarse):
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        return False

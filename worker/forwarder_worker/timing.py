@@ -1,0 +1,130 @@
+"""When a schedule fires: interval, cron in an IANA time zone (DST-correct) and one-off times.
+
+All instants are UTC epoch seconds (floats), which is how the due set scores entries.
+
+Cron semantics across daylight-saving changes follow Vixie/ISC cron, the behaviour cron users
+know, and keep the promise Prefect documents for long schedules (the wall-clock hour stays):
+
+* A cron whose hour field is fixed (``30 2 * * *``, ``0 9-17 * * 1-5``) keeps wall-clock time.
+  A local time that does not exist (the spring-forward gap) fires once, shifted forward by
+  the length of the gap (02:30 becomes 03:30 on the day New York springs forward). A local
+  time that happens twice (fall back) fires once, at its first occurrence.
+* A cron whose hour field starts with ``*`` (``0 * * * *``, ``*/15 * * * *``) follows real
+  time: it fires at every matching instant that exists, so an hourly job fires exactly once
+  per real hour. Across fall back the repeated 01:00 fires twice, an hour apart, once for each
+  real hour; across spring forward the nonexistent 02:00 is not an hour that passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+# Offsets change by at most a few hours at a transition; candidates this far apart in wall
+# time cannot be reordered by one, which bounds the search below.
+_MAX_SHIFT = timedelta(hours=3)
+# Bounds the search for a cron that never matches again (e.g. Feb 30).
+_HORIZON = timedelta(days=366 * 5)
+
+
+class Timetable(Protocol):
+    """The instants a schedule fires at."""
+
+    def next_after(self, ts: float) -> float | None:
+        """The first firing strictly after ``ts``, or None when it never fires again."""
+
+
+@dataclass(frozen=True)
+class IntervalTimetable:
+    """Every ``seconds``, on a grid anchored at ``anchor`` (its first firing)."""
+
+    seconds: float
+    anchor: float
+
+    def next_after(self, ts: float) -> float:
+        if ts < self.anchor:
+            return self.anchor
+        steps = math.floor((ts - self.anchor) / self.seconds) + 1
+        return self.anchor + steps * self.seconds
+
+
+@dataclass(frozen=True)
+class OneOffTimetable:
+    """A single firing at ``at``."""
+
+    at: float
+
+    def next_after(self, ts: float) -> float | None:
+        return self.at if ts < self.at else None
+
+
+class CronTimetable:
+    """A 5-field cron expression evaluated in an IANA time zone (see the module docstring)."""
+
+    def __init__(self, expression: str, zone: str = "UTC") -> None:
+        self.expression = CRON_ALIASES.get(expression.strip(), expression.strip())
+        self.zone = ZoneInfo(zone)
+        self.follows_wall_clock = not self.expression.split()[1].startswith("*")
+
+    def _instants(self, wall: datetime) -> list[float]:
+        """The real instants for a naive local wall time, by the module's DST rules."""
+        first = wall.replace(tzinfo=self.zone, fold=0)
+        second = wall.replace(tzinfo=self.zone, fold=1)
+        exists = first.astimezone(UTC).astimezone(self.zone).replace(tzinfo=None) == wall
+        if not exists:
+            # fold=0 reads a gap time with the offset from before the change, which lands
+            # exactly one gap later in real time: the "shift forward" rule.
+            return [first.timestamp()] if self.follows_wall_clock else []
+        if first.utcoffset() != second.utcoffset() and not self.follows_wall_clock:
+            return [first.timestamp(), second.timestamp()]
+        return [first.timestamp()]
+
+    def _near_change(self, ts: float) -> bool:
+        """Whether the zone's offset changes within ``_MAX_SHIFT`` of ``ts``."""
+        shift = _MAX_SHIFT.total_seconds()
+        offsets = {
+            datetime.fromtimestamp(t, self.zone).utcoffset() for t in (ts - shift, ts, ts + shift)
+        }
+        return len(offsets) > 1
+
+    def next_after(self, ts: float) -> float | None:
+        local = datetime.fromtimestamp(ts, self.zone).replace(tzinfo=None)
+        # Only near an offset change can an earlier wall time map to a later instant (or the
+        # reverse), so only there is the search widened; elsewhere the first match wins.
+        start = local - _MAX_SHIFT if self._near_change(ts) else local
+        candidates = croniter(self.expression, start)
+        best: float | None = None
+        limit = local + _HORIZON
+        while True:
+            wall: datetime = candidates.get_next(datetime)
+            if wall > limit:
+                return best
+            for instant in self._instants(wall):
+                if instant > ts and (best is None or instant < best):
+                    best = instant
+            if best is not None:
+                if not self._near_change(best):
+                    return best
+                limit = datetime.fromtimestamp(best, self.zone).replace(tzinfo=None) + _MAX_SHIFT
+
+
+def utc_iso(ts: float | None) -> str | None:
+    """An epoch instant as RFC 3339 UTC with a ``Z``, as Kubernetes writes times."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
