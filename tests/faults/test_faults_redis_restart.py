@@ -1,0 +1,152 @@
+"""Redis restarts under a running stack, with and without persistence.
+
+* Without persistence (a bare Redis pod restarted): every key is gone. The worker, beat and the
+  local folder source reconnect by themselves (same processes, nobody restarts them), the
+  source re-creates the entry within its resync interval, and runs succeed again.
+* With AOF persistence (``appendfsync always``), killed with SIGKILL mid-firing and restarted:
+  every entry and every run record written before the kill is still there, final states
+  unchanged, and firing carries on.
+
+Redis is restarted on the same port, as a Service in front of a restarted pod would be.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from forwarder_operator.folder import RESYNC_SECONDS
+from forwarder_worker.model import parse_spec
+from forwarder_worker.runs import RunLog
+from forwarder_worker.store import Entry, ScheduleStore
+from support.processes import (
+    BIN,
+    celery_beat,
+    celery_worker,
+    eventually,
+    forwarder_env,
+    running,
+    start,
+)
+from support.valkey_process import valkey
+
+SCHEDULE = """\
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata:
+  name: steady
+spec:
+  task: forwarder.ping
+  schedule:
+    every: 1s
+"""
+
+
+def _succeeded(client: redis.Redis, name: str) -> int:
+    try:
+        return RunLog(client).summary(name).succeeded
+    except redis.ConnectionError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_restart_without_persistence_everything_reconnects(tmp_path: Path, logs: Path) -> None:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "steady.yaml").write_text(SCHEDULE)
+    with valkey(tmp_path / "redis") as server:
+        env = forwarder_env(server.url)
+        worker = celery_worker(env, logs / "worker.log")
+        beat = celery_beat(env, logs / "beat.log")
+        source = start(
+            [str(BIN / "python"), "-m", "forwarder_operator.folder", "--dir", str(folder)],
+            env,
+            logs / "folder.log",
+            "folder",
+        )
+        client = server.client()
+        with running(worker, beat, source):
+            eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
+            eventually(lambda: _succeeded(client, "default/steady") >= 2, 60, message="runs")
+            pids = [p.pid for p in (worker, beat, source)]
+
+            server.restart(downtime=2.0)
+            restarted_at = time.monotonic()
+            # The folder source re-creates the entry on its next resync pass.
+            store = ScheduleStore(client)
+            eventually(
+                lambda: "default/steady" in store.names(),
+                RESYNC_SECONDS + 20,
+                0.1,
+                message="the entry re-created",
+            )
+            assert time.monotonic() - restarted_at <= RESYNC_SECONDS + 20
+            # Beat and worker pick it up without being restarted.
+            eventually(
+                lambda: _succeeded(client, "default/steady") >= 2,
+                60,
+                message="runs after the restart",
+            )
+            assert [p.pid for p in (worker, beat, source)] == pids
+            assert all(p.alive() for p in (worker, beat, source))
+            assert "Redis unavailable" in beat.output()
+        client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_restart_with_aof_loses_no_entry_and_no_run_record(tmp_path: Path, logs: Path) -> None:
+    with valkey(tmp_path / "redis", appendonly=True) as server:
+        env = forwarder_env(server.url, FORWARDER_RUN_HISTORY_LIMIT="1000")
+        worker = celery_worker(env, logs / "worker.log")
+        beat = celery_beat(env, logs / "beat.log")
+        client = server.client()
+        store, runs = ScheduleStore(client), RunLog(client)
+        with running(worker, beat):
+            eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
+            # A few entries firing every second, and many that wait (or are suspended).
+            for i in range(20):
+                every = "1s" if i < 3 else "1h"
+                spec = parse_spec(
+                    {
+                        "task": "forwarder.ping",
+                        "schedule": {"every": every},
+                        "suspend": i % 5 == 4,
+                    }
+                )
+                store.upsert(
+                    Entry.from_spec(f"default/aof-{i}", spec, uid=f"uid-{i}", generation=i + 1)
+                )
+            eventually(
+                lambda: all(runs.summary(f"default/aof-{i}").succeeded >= 3 for i in range(3)),
+                60,
+                message="runs before the crash",
+            )
+            # Snapshot, then SIGKILL Redis at once while beat and worker keep writing.
+            before_entries = {s.entry.name: (s.entry, s.rev) for s in store.entries()}
+            before_runs = {r.id: r for r in runs.recent(limit=10000)}
+            server.restart()
+
+            after_entries = {s.entry.name: (s.entry, s.rev) for s in store.entries()}
+            assert set(after_entries) == set(before_entries)
+            for name, (entry, rev) in before_entries.items():
+                assert after_entries[name][0] == entry, name
+                assert int(after_entries[name][1]) >= int(rev), name
+            after_ids = set(client.zrange("forwarder:runs", 0, -1))
+            assert set(before_runs) <= after_ids, "run ids lost from the history"
+            for run_id, record in before_runs.items():
+                now = runs.get(run_id)
+                assert now is not None, f"run record {run_id} lost"
+                if record.final:
+                    assert now.state == record.state, (run_id, record.state, now.state)
+            # And the stack carries on.
+            counted = runs.summary("default/aof-0").succeeded
+            eventually(
+                lambda: runs.summary("default/aof-0").succeeded >= counted + 2,
+                60,
+                message="runs after the restart",
+            )
+        client.close()
