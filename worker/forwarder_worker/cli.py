@@ -21,16 +21,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from forwarder_worker.connection import RedisCredentialsRejected, check_credentials
+from forwarder_worker.settings import Settings, get_settings
 
 SCHEDULER = "forwarder_worker.scheduler:ForwarderScheduler"
 CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
 STATE_DIR = Path(".forwarder")
+# Components that connect to Redis, checked for a refused password before they start.
+REDIS_COMPONENTS = ("worker", "beat", "flower", "api", "operator")
+INSECURE_FLOWER = "--insecure-no-auth"
 
 
 def component_command(name: str, extra: Sequence[str] = ()) -> list[str]:
@@ -114,6 +120,35 @@ class Supervisor:
             child.relay.join(2)
 
 
+class FlowerAuthMissing(RuntimeError):
+    """Flower would start without authentication."""
+
+
+def flower_arguments(extra: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """Flower's extra arguments, or FlowerAuthMissing if Flower would serve without auth.
+
+    Flower shows every task's arguments and results and can revoke tasks and shut workers
+    down, so it never runs open, except in local mode (``forwarder up`` sets
+    FORWARDER_SCHEDULES_MODE=local) when the user asks for it with ``--insecure-no-auth``.
+    """
+    rest = [arg for arg in extra if arg != INSECURE_FLOWER]
+    auth_args = ("--basic-auth", "--basic_auth", "--auth")
+    if (
+        environ.get("FLOWER_BASIC_AUTH")
+        or environ.get("FLOWER_AUTH")
+        or any(arg.startswith(auth_args) for arg in rest)
+    ):
+        return rest
+    if len(rest) < len(extra):
+        if environ.get("FORWARDER_SCHEDULES_MODE") == "local":
+            return rest
+        raise FlowerAuthMissing(f"{INSECURE_FLOWER} is only allowed in local mode (forwarder up)")
+    raise FlowerAuthMissing(
+        "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
+        f"(or Flower's --auth with OAuth), or pass {INSECURE_FLOWER} in local mode"
+    )
+
+
 def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, sig)
@@ -145,7 +180,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     redis_server = None
     redis_url = args.redis_url
-    if redis_url is None:
+    if redis_url is not None:
+        try:
+            check_credentials(Settings(redis_url=redis_url))
+        except RedisCredentialsRejected as exc:
+            print(f"forwarder up: {exc}", file=sys.stderr)
+            return 2
+    else:
         redis_server = ValkeyServer(host="127.0.0.1")
         redis_server.start()
         redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
@@ -295,6 +336,14 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 
 def cmd_component(args: argparse.Namespace, extra: list[str]) -> int:
     """Replace this process with one component (what the chart's containers run)."""
+    try:
+        if args.command == "flower":
+            extra = flower_arguments(extra, os.environ)
+        if args.command in REDIS_COMPONENTS:
+            check_credentials(get_settings())
+    except (FlowerAuthMissing, RedisCredentialsRejected) as exc:
+        print(f"forwarder {args.command}: {exc}", file=sys.stderr)
+        return 2
     command = component_command(args.command, extra)
     os.execvp(command[0], command)  # noqa: S606  (exec of our own fixed command)
 

@@ -20,6 +20,34 @@ def ssl_options(settings: Settings) -> dict[str, Any] | None:
     return options
 
 
+class RedisCredentialsRejected(RuntimeError):
+    """Redis answered but refused our credentials: retrying cannot help, so stop and say so."""
+
+
+def check_credentials(settings: Settings) -> None:
+    """Raise RedisCredentialsRejected if Redis refuses the configured (or missing) password.
+
+    An unreachable Redis passes: every component waits for it and reconnects by itself, but a
+    wrong or missing password would only produce the same error on every retry.
+    """
+    client = redis_client(settings)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        hint = (
+            "set FORWARDER_REDIS_PASSWORD or FORWARDER_REDIS_PASSWORD_FILE"
+            if settings.redis_password_value() is None
+            else "check FORWARDER_REDIS_PASSWORD or FORWARDER_REDIS_PASSWORD_FILE"
+        )
+        raise RedisCredentialsRejected(
+            f"Redis at {settings.redacted_redis_url} refused the connection ({exc}); {hint}"
+        ) from None
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
 def redis_client(settings: Settings, *, blocking: bool = False) -> redis.Redis:
     """A decoded-string client for Forwarder's own keys.
 

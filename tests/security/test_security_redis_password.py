@@ -1,0 +1,178 @@
+"""Redis with a password (``requirepass``): every component connects when given it, and
+without it (or with a wrong one) each stops with one clear line instead of a traceback storm.
+
+Components with the password: ``forwarder worker``, ``forwarder beat``, ``forwarder flower``,
+the folder source and ``forwarder status``; a schedule fires end to end and Flower sees the
+worker. Without it: ``forwarder worker|beat|flower``, ``forwarder status`` and
+``forwarder up --redis-url`` exit at once with one line naming the setting to fix. Processes
+that wait for Redis by design (the folder source, and ``celery worker`` run directly as the
+chart does) log the refusal in one line per attempt, with no traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from forwarder_worker.runs import RunLog
+from support.processes import BIN, eventually, forwarder_env, free_port, running, start
+from support.valkey_process import ValkeyProcess, valkey
+
+PASSWORD = "s3cret-for-tests"
+SCHEDULE = """\
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata:
+  name: guarded
+spec:
+  task: forwarder.ping
+  schedule:
+    every: 1s
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ValkeyProcess]:
+    with valkey(tmp_path / "redis", password=PASSWORD) as started:
+        yield started
+
+
+def _forwarder(*args: str) -> list[str]:
+    return [str(BIN / "forwarder"), *args]
+
+
+@pytest.mark.slow
+def test_every_component_connects_with_the_password(
+    server: ValkeyProcess, tmp_path: Path, logs: Path
+) -> None:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "guarded.yaml").write_text(SCHEDULE)
+    flower_port = free_port()
+    env = forwarder_env(server.url, FORWARDER_REDIS_PASSWORD=PASSWORD, FLOWER_BASIC_AUTH="admin:pw")
+    worker = start(
+        _forwarder(
+            "worker", "--concurrency=1", "--without-gossip", "--without-mingle", "-n", "pw@%h"
+        ),
+        env,
+        logs / "worker.log",
+        "worker",
+    )
+    beat = start(_forwarder("beat"), env, logs / "beat.log", "beat")
+    source = start(
+        [str(BIN / "python"), "-m", "forwarder_operator.folder", "--dir", str(folder)],
+        env,
+        logs / "folder.log",
+        "folder",
+    )
+    flower = start(
+        _forwarder("flower", "--address=127.0.0.1", f"--port={flower_port}"),
+        env,
+        logs / "flower.log",
+        "flower",
+    )
+    client = server.client()
+    with running(worker, beat, source, flower):
+        runs = RunLog(client)
+        eventually(lambda: runs.summary("default/guarded").succeeded >= 2, 90, message="runs")
+        status = subprocess.run(
+            _forwarder("status"), env=env, capture_output=True, text=True, timeout=60
+        )
+        assert status.returncode == 0, status.stderr
+        assert "default/guarded" in status.stdout
+
+        def flower_sees_worker() -> bool:
+            try:
+                reply = httpx.get(
+                    f"http://127.0.0.1:{flower_port}/api/workers?refresh=1",
+                    auth=("admin", "pw"),
+                    timeout=10,
+                )
+            except httpx.HTTPError:
+                return False
+            return reply.status_code == 200 and any(n.startswith("pw@") for n in reply.json())
+
+        eventually(flower_sees_worker, 90, 1.0, message="Flower seeing the worker")
+    client.close()
+
+
+def _one_line_failure(args: list[str], env: dict[str, str], *, says: str) -> None:
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (args, done.returncode, done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, (args, done.stderr)
+    assert "refused the connection" in lines[0] and says in lines[0], lines[0]
+    assert PASSWORD not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_without_the_password_each_component_stops_with_one_line(
+    server: ValkeyProcess, tmp_path: Path
+) -> None:
+    missing = forwarder_env(server.url, FLOWER_BASIC_AUTH="admin:pw")
+    wrong = forwarder_env(
+        server.url, FORWARDER_REDIS_PASSWORD="not-it", FLOWER_BASIC_AUTH="admin:pw"
+    )
+    for component in ("worker", "beat", "flower"):
+        _one_line_failure(_forwarder(component), missing, says="set FORWARDER_REDIS_PASSWORD")
+        _one_line_failure(_forwarder(component), wrong, says="check FORWARDER_REDIS_PASSWORD")
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    _one_line_failure(
+        _forwarder(
+            "up",
+            "--redis-url",
+            server.url,
+            "--schedules",
+            str(folder),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ),
+        missing,
+        says="set FORWARDER_REDIS_PASSWORD",
+    )
+    status = subprocess.run(
+        _forwarder("status"), env=missing, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 1
+    assert status.stderr.strip().count("\n") == 0 and "Authentication required" in status.stderr
+
+
+@pytest.mark.slow
+def test_waiting_processes_log_the_refusal_without_tracebacks(
+    server: ValkeyProcess, tmp_path: Path, logs: Path
+) -> None:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "guarded.yaml").write_text(SCHEDULE)
+    env = forwarder_env(server.url)
+    source = start(
+        [str(BIN / "python"), "-m", "forwarder_operator.folder", "--dir", str(folder)],
+        env,
+        logs / "folder.log",
+        "folder",
+    )
+    # The chart runs `celery ... worker` directly: it retries, one line per attempt.
+    worker = start(
+        [str(BIN / "celery"), "-A", "forwarder_worker.app", "worker", "--concurrency=1"],
+        env,
+        logs / "worker.log",
+        "worker",
+    )
+    with running(source, worker):
+        eventually(
+            lambda: "Authentication required" in source.output(), 60, message="folder refusal"
+        )
+        eventually(
+            lambda: "Authentication required" in worker.output(), 60, message="worker refusal"
+        )
+        assert source.alive() and worker.alive()
+        for proc in (source, worker):
+            assert "Traceback" not in proc.output(), proc.output()[-3000:]
+        refusals = [
+            line for line in source.output().splitlines() if "Authentication required" in line
+        ]
+        assert len(refusals) == 1, refusals  # reported once, not on every pass
