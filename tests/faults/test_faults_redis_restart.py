@@ -3,9 +3,9 @@
 * Without persistence (a bare Redis pod restarted): every key is gone. The worker, beat and the
   local folder source reconnect by themselves (same processes, nobody restarts them), the
   source re-creates the entry within its resync interval, and runs succeed again.
-* With AOF persistence (``appendfsync always``), killed with SIGKILL mid-firing and restarted:
-  every entry and every run record written before the kill is still there, final states
-  unchanged, and firing carries on.
+* With AOF persistence, restarted mid-firing (SIGKILL with ``appendfsync always``; SIGTERM,
+  as a pod deletion sends, with the chart's ``everysec``): every entry and every run record
+  written before the stop is still there, final states unchanged, and firing carries on.
 
 Redis is restarted on the same port, as a Service in front of a restarted pod would be.
 """
@@ -98,8 +98,19 @@ def test_restart_without_persistence_everything_reconnects(tmp_path: Path, logs:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_restart_with_aof_loses_no_entry_and_no_run_record(tmp_path: Path, logs: Path) -> None:
-    with valkey(tmp_path / "redis", appendonly=True) as server:
+@pytest.mark.parametrize(
+    ("appendfsync", "graceful"),
+    [
+        # fsync on every write survives even SIGKILL;
+        ("always", False),
+        # the chart's everysec survives a pod deletion (SIGTERM flushes the AOF).
+        ("everysec", True),
+    ],
+)
+def test_restart_with_aof_loses_no_entry_and_no_run_record(
+    tmp_path: Path, logs: Path, appendfsync: str, graceful: bool
+) -> None:
+    with valkey(tmp_path / "redis", appendonly=True, appendfsync=appendfsync) as server:
         env = forwarder_env(server.url, FORWARDER_RUN_HISTORY_LIMIT="1000")
         worker = celery_worker(env, logs / "worker.log")
         beat = celery_beat(env, logs / "beat.log")
@@ -125,10 +136,10 @@ def test_restart_with_aof_loses_no_entry_and_no_run_record(tmp_path: Path, logs:
                 60,
                 message="runs before the crash",
             )
-            # Snapshot, then SIGKILL Redis at once while beat and worker keep writing.
+            # Snapshot, then stop Redis at once while beat and worker keep writing.
             before_entries = {s.entry.name: (s.entry, s.rev) for s in store.entries()}
             before_runs = {r.id: r for r in runs.recent(limit=10000)}
-            server.restart()
+            server.restart(graceful=graceful)
 
             after_entries = {s.entry.name: (s.entry, s.rev) for s in store.entries()}
             assert set(after_entries) == set(before_entries)

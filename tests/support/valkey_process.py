@@ -31,11 +31,13 @@ class ValkeyProcess:
         port: int | None = None,
         password: str | None = None,
         appendonly: bool = False,
+        appendfsync: str = "always",
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.password = password
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.popen: subprocess.Popen[bytes] | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -64,9 +66,8 @@ class ValkeyProcess:
             "",
             "--appendonly",
             "yes" if self.appendonly else "no",
-            # fsync every write: the AOF test kills the server with SIGKILL.
             "--appendfsync",
-            "always",
+            self.appendfsync,
         ]
         if self.password is not None:
             args += ["--requirepass", self.password]
@@ -109,9 +110,13 @@ class ValkeyProcess:
                 self.popen.wait(5)
             self.popen = None
 
-    def restart(self, *, downtime: float = 0.0) -> None:
-        """Kill -9, stay down ``downtime`` seconds, start again on the same port."""
-        self.kill()
+    def restart(self, *, downtime: float = 0.0, graceful: bool = False) -> None:
+        """Kill -9 (or SIGTERM when ``graceful``, as a pod deletion does), stay down
+        ``downtime`` seconds, and start again on the same port."""
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
         time.sleep(downtime)
         self.start()
 
