@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -85,11 +85,21 @@ class SchedulerMetrics:
 class Dispatcher:
     """Sends firings as Celery tasks and records each one."""
 
-    def __init__(self, app: Celery, client: redis.Redis, runs: RunLog, prefix: str) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        client: redis.Redis,
+        runs: RunLog,
+        prefix: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.app = app
         self.client = client
         self.runs = runs
         self.metrics = SchedulerMetrics(client, prefix)
+        # The scheduler's clock, so lateness and deadlines read the same time as its slots.
+        self.clock = clock
 
     def _active(self, firings: Sequence[Firing], now: float) -> dict[str, list[str]]:
         """Runs still going per schedule, for the entries whose policy cares."""
@@ -117,7 +127,7 @@ class Dispatcher:
 
     def fire(self, firings: Sequence[Firing], *, missed: int = 0) -> list[Outcome]:
         """Send ``firings`` (Forbid skips, Replace revokes first) and record every outcome."""
-        now = time.time()
+        now = self.clock()
         active = self._active(firings, now)
         outcomes: list[Outcome] = []
         to_revoke: list[str] = []
@@ -155,7 +165,11 @@ class Dispatcher:
                     )
                     continue
                 delay = random.uniform(0, entry.jitter) if entry.jitter else 0.0  # noqa: S311
-                expires = now + delay + entry.deadline if entry.deadline else None
+                # The starting deadline counts from the slot (plus its jitter), as CronJob's
+                # does: a firing published late has that much less time to start.
+                expires = (
+                    max(slot + entry.deadline, now) + delay if entry.deadline is not None else None
+                )
                 plans[outcome.run_id] = (delay, expires)
                 self.runs.queued(
                     outcome.run_id,
@@ -197,7 +211,7 @@ class Dispatcher:
                     **options,
                 )
                 if outcome.firing.source == "schedule":
-                    lateness.append(max(0.0, time.time() - slot))
+                    lateness.append(max(0.0, self.clock() - slot))
         with self.client.pipeline(transaction=False) as pipe:
             self.metrics.record(
                 pipe, fired=lateness, skipped=len(outcomes) - len(sent), missed=missed

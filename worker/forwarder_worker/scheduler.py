@@ -42,6 +42,10 @@ log = logging.getLogger("forwarder.beat")
 
 # Upper bound on slots walked to find the latest missed one after a long downtime.
 _MAX_MISSED_WALK = 100_000
+# Each batch is picked round-robin across namespaces from this many batches' worth of the
+# earliest due entries: a burst in one namespace then delays another namespace's entry by one
+# batch, not by the whole burst, while each read stays bounded.
+FAIR_WINDOW_BATCHES = 10
 
 
 def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta, float | None]:
@@ -87,7 +91,10 @@ class ForwarderScheduler(Scheduler):
             schedule_limit=self.settings.run_history_limit,
             result_limit=self.settings.result_max_chars,
         )
-        self.dispatcher = Dispatcher(app, self.client, self.runs, prefix)
+        # Late-bound, so a clock swapped in after construction (tests) is used everywhere.
+        self.dispatcher = Dispatcher(
+            app, self.client, self.runs, prefix, clock=lambda: self.clock()
+        )
         self.lock_timeout = self.settings.beat_lock_timeout
         self.identity = f"{uuid.uuid4()}"
         self.lock = self.client.lock(
@@ -178,10 +185,11 @@ class ForwarderScheduler(Scheduler):
         if not self._hold_lock():
             return self._standby_wait()
         now = self.clock()
-        batch = self.store.due(now, self.settings.beat_batch_size)
+        size = self.settings.beat_batch_size
+        batch = self.store.due(now, size, window=size * FAIR_WINDOW_BATCHES)
         if batch:
             self.fire_batch(batch, now)
-            if len(batch) == self.settings.beat_batch_size:
+            if len(batch) == size:
                 return 0.0  # more may be due: take the next batch straight away
         next_due = self.store.next_due()
         wait = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)

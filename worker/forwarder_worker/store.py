@@ -24,7 +24,7 @@ import enum
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -56,6 +56,24 @@ return 1
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
 _TIMEOUT_SLACK = 0.11
+
+
+def fair_share(items: list[str], limit: int, *, key: Callable[[str], str]) -> list[str]:
+    """``limit`` of ``items`` (ordered earliest due first), taken round-robin across the groups
+    that ``key`` names: the first of each group, then the second of each, and so on. Groups
+    take turns in the order their first item appears, so the earliest due group goes first."""
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    picked: list[str] = []
+    depth = 0
+    while len(picked) < limit:
+        row = [group[depth] for group in groups.values() if depth < len(group)]
+        if not row:
+            break
+        picked.extend(row[: limit - len(picked)])
+        depth += 1
+    return picked
 
 
 class UpsertResult(enum.Enum):
@@ -226,11 +244,14 @@ class ScheduleStore:
                         and current.uid == entry.uid
                         and (current.generation > entry.generation)
                     ):
+                        # Read before UNWATCH: after it the pipeline buffers commands again.
+                        due = pipe.zscore(self.due_key, key)
                         pipe.unwatch()
-                        return UpsertResult.STALE, pipe.zscore(self.due_key, key)
+                        return UpsertResult.STALE, due
                     if current_json == new_json:
+                        due = pipe.zscore(self.due_key, key)
                         pipe.unwatch()
-                        return UpsertResult.UNCHANGED, pipe.zscore(self.due_key, key)
+                        return UpsertResult.UNCHANGED, due
                     keep = current is not None and current.uid == entry.uid
                     meta = Meta.from_json(meta_json if keep else None, default_anchor=at)
                     due_now = pipe.zscore(self.due_key, key) if keep else None
@@ -341,11 +362,20 @@ class ScheduleStore:
 
     # -- beat's side ----------------------------------------------------------------------
 
-    def due(self, now: float, limit: int) -> list[StoredEntry]:
-        """Up to ``limit`` entries due at ``now``, earliest first, loaded in one round trip."""
-        keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+    def due(self, now: float, limit: int, *, window: int | None = None) -> list[StoredEntry]:
+        """Up to ``limit`` entries due at ``now``, loaded in one round trip.
+
+        Without ``window`` they are the earliest due. With a ``window`` larger than ``limit``,
+        the ``window`` earliest due are read and ``limit`` of them taken round-robin across
+        namespaces (earliest first within each), so one namespace's burst cannot make another
+        namespace's entries wait behind it (see :func:`fair_share`).
+        """
+        read = max(limit, window or 0)
+        keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=read)
         if not keys:
             return []
+        if len(keys) > limit:
+            keys = fair_share(keys, limit, key=lambda k: self.name_of(k).partition("/")[0])
         loaded = {s.entry.name: s for s in self._load(self.name_of(k) for k in keys)}
         missing = [k for k in keys if self.name_of(k) not in loaded]
         if missing:
