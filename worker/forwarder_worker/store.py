@@ -297,6 +297,11 @@ class ScheduleStore:
             if nxt <= now:
                 nxt = IntervalTimetable(every, anchor).next_after(now)
             return replace(meta, anchor=anchor), nxt
+        if "at" in entry.schedule and not resumed:
+            # A one-off that has not fired is due at its time, even if that passed while it was
+            # being written (validated in the future, stored a moment later): beat then fires it
+            # once, if still within its starting deadline, instead of it silently never firing.
+            return meta, float(entry.schedule["at"])
         return meta, entry.timetable(meta.anchor).next_after(now)
 
     def delete(self, name: str) -> bool:
@@ -365,17 +370,27 @@ class ScheduleStore:
     def due(self, now: float, limit: int, *, window: int | None = None) -> list[StoredEntry]:
         """Up to ``limit`` entries due at ``now``, loaded in one round trip.
 
-        Without ``window`` they are the earliest due. With a ``window`` larger than ``limit``,
-        the ``window`` earliest due are read and ``limit`` of them taken round-robin across
-        namespaces (earliest first within each), so one namespace's burst cannot make another
-        namespace's entries wait behind it (see :func:`fair_share`).
+        Without ``window`` they are the earliest due. With a ``window``, the candidates are the
+        ``window`` earliest due plus the ``limit`` latest due (those that just fell due behind
+        a backlog), and ``limit`` of them are taken round-robin across namespaces, earliest
+        first within each (see :func:`fair_share`). So a burst in one namespace delays another
+        namespace's entry by one batch, not by the rest of the burst.
         """
-        read = max(limit, window or 0)
-        keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=read)
+        if window is None:
+            keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+        else:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(self.due_key, "-inf", now, start=0, num=max(window, limit))
+                pipe.zrevrangebyscore(self.due_key, now, "-inf", start=0, num=limit)
+                earliest, latest = pipe.execute()
+            seen = set(earliest)
+            # The latest due all score after the earliest window, so appending them in
+            # ascending order keeps the candidates ordered by due time.
+            keys = earliest + [k for k in reversed(latest) if k not in seen]
+            if len(keys) > limit:
+                keys = fair_share(keys, limit, key=lambda k: self.name_of(k).partition("/")[0])
         if not keys:
             return []
-        if len(keys) > limit:
-            keys = fair_share(keys, limit, key=lambda k: self.name_of(k).partition("/")[0])
         loaded = {s.entry.name: s for s in self._load(self.name_of(k) for k in keys)}
         missing = [k for k in keys if self.name_of(k) not in loaded]
         if missing:
