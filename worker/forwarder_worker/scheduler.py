@@ -10,8 +10,9 @@ subclass of it:
 * redbeat sleeps up to ``beat_max_loop_interval`` (300 s); this beat blocks on the store's wake
   list (BLPOP) until the next due time, so a new or changed entry is armed at once;
 * redbeat loads and sends due entries one by one; this beat loads, claims, records and sends
-  them in batches with pipelined Redis work, oldest slot first, so a burst is drained in bounded
-  batches and entries that fall due meanwhile are taken in slot order, not starved;
+  them in batches with pipelined Redis work, picked round-robin across namespaces from the
+  earliest and the latest due entries, so a burst is drained in bounded batches and another
+  namespace's entry that falls due meanwhile waits one batch, not the whole burst;
 * redbeat's lock times out after 5 times the loop interval (25 min); this lock times out after
   ``beat_lock_timeout`` seconds, a standby sleeps exactly until the holder's lease would end,
   and each slot is claimed by compare-and-set, so two beats never fire the same slot;
