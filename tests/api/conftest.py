@@ -48,6 +48,7 @@ class Stack:
     logs_dir: Path
     history_dir: Path
     procs: dict[str, Proc]
+    flower_auth: tuple[str, str] = (FLOWER_USER, FLOWER_PASSWORD)
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
