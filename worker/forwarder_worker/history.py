@@ -250,4 +250,3 @@ def collect_task_history(
         )
     finally:
         client.close()
-
