@@ -576,6 +576,7 @@ def served_emulator(workdir: Path, *, timeout: float = 30.0) -> Iterator[ServedC
     workdir.mkdir(parents=True, exist_ok=True)
     url_file = workdir / "emulator.url"
     log = workdir / "emulator.log"
+    url_file.unlink(missing_ok=True)  # a stale one from an earlier run would name a dead port
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
     with log.open("ab") as handle:
