@@ -23,6 +23,9 @@ from forwarder_worker.store import ScheduleStore
 from forwarder_operator.kube import KubeClient
 from forwarder_operator.settings import OperatorSettings
 
+FINALIZER = "forwarder.dev/finalizer"
+"""Held on every ScheduledTask until its entry is removed."""
+
 
 @dataclass
 class Services:

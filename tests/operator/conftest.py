@@ -118,7 +118,6 @@ def operator_in_thread(env: dict[str, str]) -> Iterator[threading.Thread]:
     exactly as ``kopf run -m forwarder_operator`` would load them.
     """
     from forwarder_operator.settings import OperatorSettings
-
     from kubernetes.config import kube_config
 
     saved = {k: os.environ.get(k) for k in env}
