@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from forwarder_api.flower import RELEVANT_KEYS, format_tasks
+from forwarder_worker.app import create_app, registered_task_names
 from forwarder_worker.history import HistorySettings, collect
+from forwarder_worker.reconcile import validate
 from forwarder_worker.runs import RunLog
+from forwarder_worker.settings import Settings
 from support.processes import eventually
 from support.redis_server import client_for
 
@@ -99,9 +103,7 @@ def _lines(folder: Path) -> list[dict[str, Any]]:
     ]
 
 
-def test_history_export_is_idempotent(
-    stack: Any, api: httpx.Client, wait_run: Wait, tmp_path: Path
-) -> None:
+def test_history_export_is_idempotent(stack: Any, api: httpx.Client, wait_run: Wait) -> None:
     ids = [api.post("/tasks/tests.fail/runs", json={}).json()["id"] for _ in range(2)]
     for run_id in ids:
         wait_run(run_id)
@@ -111,9 +113,9 @@ def test_history_export_is_idempotent(
         return all(raw.json().get(i, {}).get("state") == "FAILURE" for i in ids)
 
     eventually(flower_saw_failures, 60, 0.5, "Flower saw the failures")
-    target = tmp_path / "history"
+    target = stack.history_dir / "idempotent"
     first = api.post(
-        "/tasks/forwarder.collect_task_history/runs", json={"kwargs": {"directory": str(target)}}
+        "/tasks/forwarder.collect_task_history/runs", json={"kwargs": {"directory": "idempotent"}}
     ).json()["id"]
     report = wait_run(first)
     assert report["state"] == "SUCCESS", report
@@ -151,6 +153,16 @@ def _exported(folder: Path) -> list[tuple[str, str]]:
     ]
 
 
+def test_history_stays_inside_its_folder(api: httpx.Client, wait_run: Wait) -> None:
+    for outside in ("/tmp", "../elsewhere"):
+        run_id = api.post(
+            "/tasks/forwarder.collect_task_history/runs", json={"kwargs": {"directory": outside}}
+        ).json()["id"]
+        run = wait_run(run_id)
+        assert run["state"] == "FAILURE"
+        assert run["error"]["message"].startswith(f"directory {outside!r} must be a relative")
+
+
 def test_history_retention_removes_old_day_files(stack: Any, tmp_path: Path) -> None:
     rclient = client_for(stack.redis_url)
     (tmp_path / "runs-2001-01-01.jsonl").write_text("{}\n")
@@ -160,3 +172,13 @@ def test_history_retention_removes_old_day_files(stack: Any, tmp_path: Path) -> 
     assert report["removed_files"] == ["runs-2001-01-01.jsonl"]
     assert report["flower_error"] and report["flower_tasks"] == 0
     assert (tmp_path / "notes.jsonl").exists()
+
+
+def test_collect_history_sample_runs_every_five_minutes() -> None:
+    sample = Path(__file__).resolve().parents[2] / "manifests/samples/collect-history.yaml"
+    document = yaml.safe_load(sample.read_text())
+    known = registered_task_names(create_app(Settings()))
+    spec = validate(document["spec"], known)
+    assert spec.task == "forwarder.collect_task_history"
+    assert spec.schedule.every == 300
+    assert spec.concurrency_policy == "Forbid"
