@@ -96,6 +96,13 @@ def redis_on_a_free_port() -> Iterator[ValkeyServer]:
                 raise
 
 
+@pytest.fixture
+def redis_server() -> Iterator[ValkeyServer]:
+    """Overrides the shared fixture for this folder with the race-free port choice above."""
+    with redis_on_a_free_port() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("stack")

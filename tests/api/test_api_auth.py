@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -115,8 +116,6 @@ def test_token_file_is_reread_when_rotated(app_for: Any, tmp_path: Path) -> None
     assert client.get("/runs", headers=auth("first-token")).status_code == 200
     token_file.write_text("second-token\n")
     later = time.time() + 5  # a distinct mtime even on coarse file systems
-    import os
-
     os.utime(token_file, (later, later))
     assert client.get("/runs", headers=auth("first-token")).status_code == 401
     assert client.get("/runs", headers=auth("second-token")).status_code == 200

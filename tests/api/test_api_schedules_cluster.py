@@ -15,7 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
-from support.kube_emulator import ServedCluster, served_emulator
+from support.kube_emulator import ServedCluster, served_emulator, write_kubeconfig
 from support.processes import celery_worker, eventually, forwarder_env, running, start
 
 pytestmark = pytest.mark.cluster
@@ -145,8 +145,6 @@ def test_invalid_specs_never_reach_the_cluster(cluster: ServedCluster, api: Test
 
 
 def test_unreachable_cluster_is_503(redis_url: str, tmp_path: Path) -> None:
-    from support.kube_emulator import write_kubeconfig
-
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")
     settings = ApiSettings(
         redis_url=redis_url,
