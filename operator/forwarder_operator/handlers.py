@@ -24,12 +24,11 @@ from forwarder_worker.reconcile import apply_schedule
 
 from forwarder_operator import loops
 from forwarder_operator.kube import GROUP, PLURAL, VERSION
-from forwarder_operator.services import FINALIZER, Services, services_of
+from forwarder_operator.services import FINALIZER, HANDLED, KOPF_PREFIX, Services, services_of
 from forwarder_operator.settings import OperatorSettings
 from forwarder_operator.status import applied_status, runs_status, unavailable_status
 
 RUN_NOW = "forwarder.dev/run-now"
-KOPF_PREFIX = "kopf.forwarder.dev"
 # Longest wait between retries while Redis is down.
 MAX_BACKOFF = 60.0
 
@@ -48,11 +47,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo["config"] = config
     settings.persistence.finalizer = FINALIZER
     # kopf's bookkeeping goes into annotations, not into status: status belongs to users'
-    # tools (printer columns, kubectl wait) and has a strict schema. Not under forwarder.dev/
-    # itself: kopf ignores every annotation under its storage prefix, run-now included.
+    # tools (printer columns, kubectl wait) and has a strict schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key=HANDLED.partition("/")[2]
     )
     # Events only for what a user must act on; handler chatter stays in the log.
     settings.posting.level = logging.WARNING
