@@ -136,7 +136,7 @@ def reconcile(
         history = services.runs.summary(entry_name, result.entry.history)
         patch.status.update(runs_status(history, services.store.get(entry_name)))
     if result.ready:
-        logger.info("%s/%s: %s", namespace, name, result.message)
+        logger.info("%s", result.message)
     else:
         kopf.warn(body, reason=result.reason, message=result.message)
 
@@ -177,7 +177,7 @@ def run_now(
     except redis.RedisError as exc:
         raise kopf.TemporaryError(f"Redis is unreachable: {exc}", delay=backoff(retry)) from exc
     if outcome is None:
-        logger.info("%s/%s: run-now %r already ran", namespace, name, new)
+        logger.info("run-now %r already ran", new)
     elif outcome.sent:
         # A Normal event (kopf.info would be filtered by the WARNING posting level).
         kopf.event(

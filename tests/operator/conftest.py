@@ -54,6 +54,11 @@ class Kube:
         assert reply.status_code == 201, reply.text
         return dict(reply.json())
 
+    def create_namespace(self, name: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        reply = self.http.post("/api/v1/namespaces", json=body)
+        assert reply.status_code == 201, reply.text
+
     def get(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
         reply = self.http.get(self.path(namespace, name))
         if reply.status_code == 404:

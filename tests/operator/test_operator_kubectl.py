@@ -153,6 +153,9 @@ def test_kubectl_end_to_end(
         assert events[0]["type"] == "Warning"
         assert events[0]["reason"] == "InvalidSpec"
         assert "spec.schedule.cron" in events[0]["message"]
+        described = cluster.kubectl("describe", "st", "broken").stdout
+        assert "InvalidSpec" in described.split("Events:")[1], described
+        assert "Ready" in described and "False" in described
 
         # delete: waits for the finalizer, then the object and its entry are gone
         deleted = cluster.kubectl(

@@ -10,13 +10,13 @@ and ``python -m forwarder_operator``, which ``forwarder operator`` runs).
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 from forwarder_worker.model import parse_spec
 from forwarder_worker.store import Entry, ScheduleStore
+from support.kube_emulator import free_port
 from support.processes import eventually, running
 from support.redis_server import embedded_redis
 
@@ -64,12 +64,6 @@ def test_restart_flush_and_orphans(
         eventually(lambda: store.names() == expected | {"default/d"}, 20)
         assert {name: store.get(name).rev for name in expected} == revisions
         assert kube.ready("broken")["reason"] == "InvalidSpec"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_redis_outage_is_reported_and_recovered(

@@ -51,6 +51,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -499,6 +500,13 @@ async def emulated_cluster() -> AsyncIterator[tuple[KubeEmulator, str]]:
 
 
 # -- clients -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
