@@ -24,12 +24,11 @@ from forwarder_worker.reconcile import apply_schedule
 
 from forwarder_operator import loops
 from forwarder_operator.kube import GROUP, PLURAL, VERSION
-from forwarder_operator.services import FINALIZER, Services, services_of
+from forwarder_operator.services import FINALIZER, HANDLED, KOPF_PREFIX, Services, services_of
 from forwarder_operator.settings import OperatorSettings
 from forwarder_operator.status import applied_status, runs_status, unavailable_status
 
 RUN_NOW = "forwarder.dev/run-now"
-KOPF_PREFIX = "kopf.forwarder.dev"
 # Longest wait between retries while Redis is down.
 MAX_BACKOFF = 60.0
 
@@ -48,11 +47,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo["config"] = config
     settings.persistence.finalizer = FINALIZER
     # kopf's bookkeeping goes into annotations, not into status: status belongs to users'
-    # tools (printer columns, kubectl wait) and has a strict schema. Not under forwarder.dev/
-    # itself: kopf ignores every annotation under its storage prefix, run-now included.
+    # tools (printer columns, kubectl wait) and has a strict schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key=HANDLED.partition("/")[2]
     )
     # Events only for what a user must act on; handler chatter stays in the log.
     settings.posting.level = logging.WARNING
@@ -138,7 +136,7 @@ def reconcile(
         history = services.runs.summary(entry_name, result.entry.history)
         patch.status.update(runs_status(history, services.store.get(entry_name)))
     if result.ready:
-        logger.info("%s/%s: %s", namespace, name, result.message)
+        logger.info("%s", result.message)
     else:
         kopf.warn(body, reason=result.reason, message=result.message)
 
@@ -179,7 +177,7 @@ def run_now(
     except redis.RedisError as exc:
         raise kopf.TemporaryError(f"Redis is unreachable: {exc}", delay=backoff(retry)) from exc
     if outcome is None:
-        logger.info("%s/%s: run-now %r already ran", namespace, name, new)
+        logger.info("run-now %r already ran", new)
     elif outcome.sent:
         # A Normal event (kopf.info would be filtered by the WARNING posting level).
         kopf.event(

@@ -26,16 +26,29 @@ def crd() -> dict[str, Any]:
     return dict(yaml.safe_load(CRD_PATH.read_text()))
 
 
-def as_json_schema(node: Any) -> Any:
-    """openAPIV3Schema -> JSON Schema: ``nullable`` becomes a null type; x-kubernetes-* and
-    other OpenAPI-only keywords are left for jsonschema to ignore."""
+def as_json_schema(node: Any, top: bool = True) -> Any:
+    """openAPIV3Schema -> JSON Schema, read the way the apiserver reads it.
+
+    ``nullable`` becomes a null type. An object with ``properties`` takes no other fields
+    (unless it preserves unknown fields), as kubectl's strict field validation rejects them;
+    the top level is exempt, because ``apiVersion``/``kind``/``metadata`` are the apiserver's.
+    x-kubernetes-* keywords are left for jsonschema to ignore.
+    """
     if isinstance(node, list):
-        return [as_json_schema(item) for item in node]
+        return [as_json_schema(item, False) for item in node]
     if not isinstance(node, dict):
         return node
-    converted = {key: as_json_schema(value) for key, value in node.items()}
+    converted = {key: as_json_schema(value, False) for key, value in node.items()}
     if converted.pop("nullable", False) and "type" in converted:
         converted["type"] = [converted["type"], "null"]
+    if (
+        "properties" in node
+        and not top
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+        and node.get("properties") is not None
+        and all(isinstance(v, dict) for v in node["properties"].values())
+    ):
+        converted["additionalProperties"] = False
     return converted
 
 
@@ -109,7 +122,6 @@ def test_crd_exactly_one_schedule_rule_in_cel_and_in_schema() -> None:
     assert "exactly one" in rule["message"]
     # Without CEL (old clusters), min/maxProperties enforce the same rule.
     assert schedule["minProperties"] == schedule["maxProperties"] == 1
-    assert schedule["additionalProperties"] is False
 
 
 def test_crd_schema_is_structural_enough_for_the_apiserver() -> None:
@@ -118,6 +130,10 @@ def test_crd_schema_is_structural_enough_for_the_apiserver() -> None:
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
             assert "$ref" not in node, path
+            # The apiserver refuses additionalProperties next to properties.
+            assert not ("properties" in node and "additionalProperties" in node), path
+            for branch in node.get("anyOf", []):  # only the int-or-string form is allowed
+                assert set(branch) == {"type"}, path
             for name, child in (node.get("properties") or {}).items():
                 escape = child.get("x-kubernetes-int-or-string") or child.get(
                     "x-kubernetes-preserve-unknown-fields"
