@@ -213,7 +213,9 @@ def test_rbac_is_scoped_to_the_watched_namespaces(chart: helm.Chart) -> None:
     assert sorted({r["metadata"]["namespace"] for r in roles}) == sorted(values["watchNamespaces"])
     for cluster_role in scoped.of_kind("ClusterRole"):
         groups = {g for rule in cluster_role["rules"] for g in rule["apiGroups"]}
-        assert groups == {"apiextensions.k8s.io"}, cluster_role["metadata"]["name"]
+        assert groups <= {"apiextensions.k8s.io", ""}, cluster_role["metadata"]["name"]
+        resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+        assert resources == {"customresourcedefinitions", "namespaces"}
     operator = scoped.get("Deployment", "forwarder-operator")["spec"]["template"]["spec"]
     args = operator["containers"][0]["command"]
     assert {"--namespace=mlops", "--namespace=data", "--peering=forwarder-mlops"} <= set(args)
