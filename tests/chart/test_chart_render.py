@@ -448,3 +448,33 @@ def test_helm_test_calls_the_api_readyz(rendered: Rendered) -> None:
         command[-1]
         == f"http://forwarder-api.forwarder.svc:{api['spec']['ports'][0]['port']}/readyz"
     )
+
+
+def test_every_forwarder_env_name_is_a_setting_of_its_component(chart: helm.Chart) -> None:
+    # Settings ignore unknown FORWARDER_* names, so a misspelt one would silently do nothing.
+    from forwarder_api.settings import ApiSettings
+    from forwarder_operator.settings import OperatorSettings
+    from forwarder_worker.settings import Settings
+
+    known = {
+        "operator": OperatorSettings,
+        "api": ApiSettings,
+        "worker": Settings,
+        "beat": Settings,
+        "flower": Settings,
+    }
+    values = {
+        "watchNamespaces": ["mlops"],
+        "config": {"taskModules": ["mycompany.tasks"], "httpAllow": ["example.com"]},
+        "api": {"tasks": ["forwarder.*"]},
+    }
+    rendered = render(chart, values)
+    config = rendered.get("ConfigMap", "forwarder")["data"]
+    for deployment in rendered.of_kind("Deployment"):
+        fields = set(known[component(deployment)].model_fields)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        names = [e["name"] for e in container["env"]] + list(config)
+        for name in names:
+            if name.startswith("FORWARDER_"):
+                field = name.removeprefix("FORWARDER_").lower()
+                assert field in fields, f"{deployment['metadata']['name']}: {name} is not read"

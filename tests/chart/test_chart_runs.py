@@ -34,6 +34,7 @@ from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import Settings
 from forwarder_worker.store import ScheduleStore
 from support.chart import NAMESPACE, Rendered, load_values, render
+from support.kube_emulator import served_emulator
 from support.processes import Proc, eventually, running
 from support.redis_server import embedded_redis
 
@@ -112,6 +113,7 @@ def relocate(args: list[str], ports: dict[int, int]) -> list[str]:
     """Listen on 127.0.0.1 and on free ports instead of the container's fixed ones."""
     out: list[str] = []
     for arg in args:
+        arg = re.sub(r"0\.0\.0\.0:(\d+)", lambda m: f"127.0.0.1:{ports.get(int(m[1]), m[1])}", arg)
         if arg == "0.0.0.0":
             arg = "127.0.0.1"
         elif arg.startswith("--address=0.0.0.0"):
@@ -122,11 +124,18 @@ def relocate(args: list[str], ports: dict[int, int]) -> list[str]:
     return out
 
 
-def start(cluster: Cluster, deployment: str, workdir: Path, ports: dict[int, int]) -> Proc:
-    """Start the deployment's container command as a local process in its own group."""
+def start(
+    cluster: Cluster,
+    deployment: str,
+    workdir: Path,
+    ports: dict[int, int],
+    extra_env: dict[str, str] | None = None,
+) -> Proc:
+    """Start the deployment's container command as a local process in its own group.
+    ``extra_env`` stands for what the cluster injects (the operator's API credentials)."""
     container = cluster.container(deployment)
     pod = f"{deployment}-7d4b9c-x2x4q"
-    env = cluster.env(container, pod, workdir)
+    env = cluster.env(container, pod, workdir) | (extra_env or {})
     args = [expand(arg, env) for arg in [*container["command"], *container.get("args", [])]]
     args = relocate(args, ports)
     executable = shutil.which(args[0], path=env["PATH"])
@@ -276,6 +285,55 @@ def test_keda_lists_are_where_the_broker_queues_tasks(
     client = redis_client(settings)
     assert client.llen(list_name) == 1
     client.close()
+
+
+@pytest.mark.cluster
+def test_rendered_operator_reconciles_a_scheduled_task_that_then_runs(
+    stack: tuple[Cluster, dict[str, int]], workdir: Path
+) -> None:
+    # The emulated API server stands in for the cluster; KUBECONFIG stands in for the
+    # in-cluster ServiceAccount token the operator's pod mounts.
+    cluster, ports = stack
+    ports = ports | {8080: free_port()}
+    with served_emulator(workdir / "kube") as kube:
+        env = {"KUBECONFIG": str(kube.kubeconfig)}
+        operator = start(cluster, "forwarder-operator", workdir, ports, env)
+        worker = start(cluster, "forwarder-worker", workdir, ports)
+        beat = start(cluster, "forwarder-beat", workdir, ports)
+        with running(operator, worker, beat), httpx.Client(base_url=kube.url) as api:
+            probe = cluster.container("forwarder-operator")["livenessProbe"]["httpGet"]
+            assert probe["port"] == "health"
+            liveness = f"http://127.0.0.1:{ports[8080]}{probe['path']}"
+            eventually(lambda: _status(liveness) == 200, timeout=60, interval=0.5)
+            body = {
+                "apiVersion": "forwarder.dev/v1alpha1",
+                "kind": "ScheduledTask",
+                "metadata": {"name": "chart-op-ping"},
+                "spec": {"task": "forwarder.ping", "schedule": {"every": "1s"}},
+            }
+            path = "/apis/forwarder.dev/v1alpha1/namespaces/default/scheduledtasks"
+            assert api.post(path, json=body).status_code == 201
+
+            def status() -> dict[str, Any]:
+                reply = api.get(f"{path}/chart-op-ping")
+                return dict(reply.json().get("status") or {}) if reply.status_code == 200 else {}
+
+            def ready() -> bool:
+                conditions = status().get("conditions") or []
+                return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+            eventually(ready, timeout=60, interval=0.5, message="Ready=True on the resource")
+            settings = settings_for(cluster, workdir)
+            client = redis_client(settings)
+            runs = RunLog(client, settings.key_prefix)
+            eventually(
+                lambda: runs.recent(schedule="default/chart-op-ping", state="SUCCESS"),
+                timeout=60,
+                interval=0.5,
+                message="a SUCCESS run of the resource's schedule",
+            )
+            client.close()
+            assert operator.alive(), operator.output()[-3000:]
 
 
 @pytest.mark.skipif(
