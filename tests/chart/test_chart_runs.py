@@ -109,6 +109,11 @@ class Cluster:
         return {name: self.localize(value) for name, value in env.items()}
 
 
+def pod_name(deployment: str, replica: int = 0) -> str:
+    """A pod name as a ReplicaSet would make it (the worker's node name derives from it)."""
+    return f"{deployment}-7d4b9c-x2x4{replica}"
+
+
 def relocate(args: list[str], ports: dict[int, int]) -> list[str]:
     """Listen on 127.0.0.1 and on free ports instead of the container's fixed ones."""
     out: list[str] = []
@@ -130,17 +135,18 @@ def start(
     workdir: Path,
     ports: dict[int, int],
     extra_env: dict[str, str] | None = None,
+    replica: int = 0,
 ) -> Proc:
     """Start the deployment's container command as a local process in its own group.
     ``extra_env`` stands for what the cluster injects (the operator's API credentials)."""
     container = cluster.container(deployment)
-    pod = f"{deployment}-7d4b9c-x2x4q"
+    pod = pod_name(deployment, replica)
     env = cluster.env(container, pod, workdir) | (extra_env or {})
     args = [expand(arg, env) for arg in [*container["command"], *container.get("args", [])]]
     args = relocate(args, ports)
     executable = shutil.which(args[0], path=env["PATH"])
     assert executable, f"{deployment}: {args[0]} is not installed"
-    log = workdir / f"{deployment}.log"
+    log = workdir / f"{pod}.log"
     handle = log.open("ab")
     popen = subprocess.Popen(
         [executable, *args[1:]],
@@ -152,14 +158,14 @@ def start(
         start_new_session=True,
     )
     handle.close()
-    return Proc(popen, log, deployment)
+    return Proc(popen, log, pod)
 
 
 def run_exec_probe(cluster: Cluster, deployment: str, probe: str, workdir: Path) -> int:
     """Run the container's exec probe as the kubelet would (same env, no $(VAR) expansion)."""
     container = cluster.container(deployment)
     command = container[probe]["exec"]["command"]
-    env = cluster.env(container, f"{deployment}-7d4b9c-x2x4q", workdir)
+    env = cluster.env(container, pod_name(deployment), workdir)
     timeout = container[probe].get("timeoutSeconds", 1) * 3  # slack for a loaded machine
     return subprocess.run(
         command, env=env, cwd=workdir, timeout=timeout, capture_output=True, check=False
@@ -214,9 +220,12 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
     settings = settings_for(cluster, workdir)
     client = redis_client(settings)
     worker = start(cluster, "forwarder-worker", workdir, ports)
-    beat = start(cluster, "forwarder-beat", workdir, ports)
+    # Every beat replica the chart asks for: they share the scheduler's lock.
+    replicas = cluster.rendered.get("Deployment", "forwarder-beat")["spec"]["replicas"]
+    assert replicas == 2
+    beats = [start(cluster, "forwarder-beat", workdir, ports, replica=i) for i in range(replicas)]
     flower = start(cluster, "forwarder-flower", workdir, ports)
-    with running(worker, beat, flower):
+    with running(worker, *beats, flower):
         result = apply_schedule(
             ScheduleStore(client, settings.key_prefix),
             "default",
@@ -228,11 +237,13 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
         assert result.ready, result.message
         runs = RunLog(client, settings.key_prefix)
         eventually(
-            lambda: runs.recent(schedule="default/chart-ping", state="SUCCESS"),
+            lambda: len(runs.recent(schedule="default/chart-ping", state="SUCCESS")) >= 3,
             timeout=60,
             interval=0.5,
-            message="a SUCCESS run of the schedule",
+            message="three SUCCESS runs of the schedule",
         )
+        slots = [r.slot for r in runs.recent(schedule="default/chart-ping", limit=100)]
+        assert len(slots) == len(set(slots)), f"a slot fired twice: {sorted(slots)}"
 
         # Flower: the probe path answers without auth, the API only with the Secret's login.
         flower_url = f"http://127.0.0.1:{ports[7501]}"
@@ -259,7 +270,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
                     deployment,
                     probe_kind,
                 )
-        for proc in (worker, beat, flower):
+        for proc in (worker, *beats, flower):
             assert proc.alive(), f"{proc.name} exited:\n{proc.output()[-3000:]}"
     client.close()
 
