@@ -478,3 +478,30 @@ def test_every_forwarder_env_name_is_a_setting_of_its_component(chart: helm.Char
             if name.startswith("FORWARDER_"):
                 field = name.removeprefix("FORWARDER_").lower()
                 assert field in fields, f"{deployment['metadata']['name']}: {name} is not read"
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "tls"),
+    [
+        ("redis://redis.data:6380/3", "redis.data:6380", None),
+        ("rediss://cache.example.com", "cache.example.com:6379", "true"),
+    ],
+)
+def test_keda_reaches_an_external_redis(
+    chart: helm.Chart, url: str, address: str, tls: str | None
+) -> None:
+    values = {
+        "redis": {"enabled": False, "external": {"url": url}},
+        "worker": {"keda": {"enabled": True}},
+    }
+    rendered = render(chart, values)
+    (scaled,) = rendered.of_kind("ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["address"] == address
+    assert trigger["metadata"].get("enableTLS") == tls
+    assert trigger["metadata"]["databaseIndex"] == (
+        url.rsplit("/", 1)[-1] if url.count("/") > 2 else "0"
+    )
+    # No password Secret for this Redis: no TriggerAuthentication, no reference to one.
+    assert rendered.of_kind("TriggerAuthentication") == []
+    assert "authenticationRef" not in trigger
