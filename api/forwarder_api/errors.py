@@ -79,8 +79,15 @@ async def _broker_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(503, f"the task broker is unavailable: {exc}")
 
 
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # A bug: log it with its traceback, and still answer in the API's error shape.
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, f"internal error ({type(exc).__name__}); see the api log")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(redis.RedisError, _redis_error)
     app.add_exception_handler(OperationalError, _broker_error)

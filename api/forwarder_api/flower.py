@@ -80,9 +80,10 @@ class FlowerClient:
         except ValueError:
             raise BadGateway(f"Flower sent a response that is not JSON for /api/{path}") from None
 
-    async def workers(self) -> dict[str, Any]:
-        """Flower's ``/api/workers``: worker name -> stats, registered tasks, queues..."""
-        data = await self.get("workers")
+    async def workers(self, refresh: bool = True) -> dict[str, Any]:
+        """Flower's ``/api/workers``: worker name -> stats, registered tasks, queues...
+        ``refresh`` makes Flower ask the workers now instead of answering from its cache."""
+        data = await self.get("workers", {"refresh": "1"} if refresh else None)
         return data if isinstance(data, dict) else {}
 
     async def tasks(self, limit: int | None = None, state: str | None = None) -> dict[str, Any]:

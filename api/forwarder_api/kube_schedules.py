@@ -29,6 +29,7 @@ from forwarder_api.schedules import (
     ScheduleView,
     Triggered,
     check_identity,
+    check_namespace,
     merge_patch,
     validate_spec,
 )
@@ -137,7 +138,7 @@ class KubeSchedules:
                 PLURAL,
             )
         else:
-            check_identity(namespace, "x")
+            check_namespace(namespace)
             result = self._call(
                 f"listing ScheduledTasks in {namespace}",
                 self.api().list_namespaced_custom_object,

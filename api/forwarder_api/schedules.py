@@ -90,10 +90,15 @@ class ScheduleBackend(Protocol):
         ...
 
 
-def check_identity(namespace: str, name: str) -> None:
-    """422 unless the namespace is a DNS label and the name a DNS subdomain."""
+def check_namespace(namespace: str) -> None:
+    """422 unless the namespace is a DNS label."""
     if not _NAMESPACE.match(namespace):
         raise Invalid(f"metadata.namespace: {namespace!r} is not a DNS-1123 label")
+
+
+def check_identity(namespace: str, name: str) -> None:
+    """422 unless the namespace is a DNS label and the name a DNS subdomain."""
+    check_namespace(namespace)
     if not _NAME.match(name):
         raise Invalid(f"metadata.name: {name!r} is not a DNS-1123 subdomain name")
 

@@ -24,11 +24,10 @@ from forwarder_worker.reconcile import apply_schedule
 
 from forwarder_operator import loops
 from forwarder_operator.kube import GROUP, PLURAL, VERSION
-from forwarder_operator.services import Services, services_of
+from forwarder_operator.services import FINALIZER, HANDLED, KOPF_PREFIX, Services, services_of
 from forwarder_operator.settings import OperatorSettings
-from forwarder_operator.status import applied_status, unavailable_status
+from forwarder_operator.status import applied_status, runs_status, unavailable_status
 
-FINALIZER = "forwarder.dev/finalizer"
 RUN_NOW = "forwarder.dev/run-now"
 # Longest wait between retries while Redis is down.
 MAX_BACKOFF = 60.0
@@ -47,11 +46,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         config = OperatorSettings()
         memo["config"] = config
     settings.persistence.finalizer = FINALIZER
-    # kopf's bookkeeping goes into annotations under our domain, not into status: status
-    # belongs to users' tools (printer columns, kubectl wait) and has a strict schema.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="forwarder.dev")
+    # kopf's bookkeeping goes into annotations, not into status: status belongs to users'
+    # tools (printer columns, kubectl wait) and has a strict schema.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="forwarder.dev", key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key=HANDLED.partition("/")[2]
     )
     # Events only for what a user must act on; handler chatter stays in the log.
     settings.posting.level = logging.WARNING
@@ -130,8 +129,14 @@ def reconcile(
         patch.status.update(unavailable_status(exc, generation, status, time.time()))
         raise kopf.TemporaryError(f"Redis is unreachable: {exc}", delay=backoff(retry)) from exc
     patch.status.update(applied_status(result, generation, status, time.time()))
+    if result.entry is not None and result.reason != "Stale":
+        # The run history too: runHistoryLimit may have changed, and after a restart the
+        # status loop reports only what changes from now on.
+        entry_name = result.entry.name
+        history = services.runs.summary(entry_name, result.entry.history)
+        patch.status.update(runs_status(history, services.store.get(entry_name)))
     if result.ready:
-        logger.info("%s/%s: %s", namespace, name, result.message)
+        logger.info("%s", result.message)
     else:
         kopf.warn(body, reason=result.reason, message=result.message)
 
@@ -172,7 +177,7 @@ def run_now(
     except redis.RedisError as exc:
         raise kopf.TemporaryError(f"Redis is unreachable: {exc}", delay=backoff(retry)) from exc
     if outcome is None:
-        logger.info("%s/%s: run-now %r already ran", namespace, name, new)
+        logger.info("run-now %r already ran", new)
     elif outcome.sent:
         # A Normal event (kopf.info would be filtered by the WARNING posting level).
         kopf.event(

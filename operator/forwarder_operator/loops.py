@@ -23,7 +23,7 @@ from forwarder_worker.reconcile import apply_schedule
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from forwarder_operator.services import Services
+from forwarder_operator.services import HANDLED, Services
 from forwarder_operator.status import applied_status, runs_status
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,10 @@ def sweep(services: Services) -> tuple[list[str], list[str]]:
     for name in sorted(live.keys() - names):
         resource = live[name]
         metadata = resource["metadata"]
-        if metadata.get("deletionTimestamp"):
-            continue
+        if HANDLED not in (metadata.get("annotations") or {}):
+            continue  # not handled yet: its create handler will make the entry
+        if metadata.get("deletionTimestamp") or services.store.get(name) is not None:
+            continue  # being deleted, or its handler created the entry since names() was read
         generation = metadata.get("generation")
         result = apply_schedule(
             services.store,

@@ -23,6 +23,16 @@ from forwarder_worker.store import ScheduleStore
 from forwarder_operator.kube import KubeClient
 from forwarder_operator.settings import OperatorSettings
 
+FINALIZER = "forwarder.dev/finalizer"
+"""Held on every ScheduledTask until its entry is removed."""
+
+KOPF_PREFIX = "kopf.forwarder.dev"
+"""Where kopf keeps its bookkeeping annotations. Not forwarder.dev itself: kopf ignores every
+annotation under its storage prefix, and users' forwarder.dev/run-now must not be ignored."""
+
+HANDLED = f"{KOPF_PREFIX}/last-handled-configuration"
+"""Set once kopf has handled a resource; the sweep leaves unhandled ones to their handler."""
+
 
 @dataclass
 class Services:

@@ -54,6 +54,11 @@ class Kube:
         assert reply.status_code == 201, reply.text
         return dict(reply.json())
 
+    def create_namespace(self, name: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        reply = self.http.post("/api/v1/namespaces", json=body)
+        assert reply.status_code == 201, reply.text
+
     def get(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
         reply = self.http.get(self.path(namespace, name))
         if reply.status_code == 404:
@@ -105,9 +110,19 @@ def kube(cluster: ServedCluster) -> Iterator[Kube]:
 
 
 @pytest.fixture
-def operator_env(redis_url: str, cluster: ServedCluster) -> dict[str, str]:
+def env_for(cluster: ServedCluster) -> Callable[[str], dict[str, str]]:
+    """``env_for(redis_url)``: the environment of a Forwarder process in these tests."""
+
+    def make(redis_url: str) -> dict[str, str]:
+        return forwarder_env(redis_url, KUBECONFIG=str(cluster.kubeconfig), **FAST)
+
+    return make
+
+
+@pytest.fixture
+def operator_env(redis_url: str, env_for: Callable[[str], dict[str, str]]) -> dict[str, str]:
     """Environment of every Forwarder process in these tests (worker, beat, operator)."""
-    return forwarder_env(redis_url, KUBECONFIG=str(cluster.kubeconfig), **FAST)
+    return env_for(redis_url)
 
 
 @contextmanager
@@ -118,7 +133,6 @@ def operator_in_thread(env: dict[str, str]) -> Iterator[threading.Thread]:
     exactly as ``kopf run -m forwarder_operator`` would load them.
     """
     from forwarder_operator.settings import OperatorSettings
-
     from kubernetes.config import kube_config
 
     saved = {k: os.environ.get(k) for k in env}

@@ -51,6 +51,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +78,11 @@ _versions = itertools.count(1)
 
 def _next_version() -> str:
     return str(next(_versions))
+
+
+def _version_of(obj: Mapping[str, Any]) -> int:
+    version = str((obj.get("metadata") or {}).get("resourceVersion") or "0")
+    return int(version) if version.isdigit() else 0
 
 
 def _now_iso() -> str:
@@ -429,12 +435,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 for o in get_objects(request, strict=False)
                 if not o.deleted and selected(params, o.raw)
             ]
-        # fix 9: a watch from a resourceVersion (after a LIST, as kopf does) sends only newer
-        # changes; re-sending the snapshot makes kopf process old versions again.
-        if params.get("resourceVersion") not in (None, "", "0") and (
-            params.get("sendInitialEvents") != "true"
-        ):
-            events = []
+        # fix 9: a watch from a resourceVersion (after a LIST, as kopf does) sends only what
+        # changed since that version: re-sending older versions makes kopf process them again,
+        # and dropping the newer ones loses objects created between the LIST and the WATCH.
+        since = params.get("resourceVersion")
+        if since not in (None, "", "0") and params.get("sendInitialEvents") != "true":
+            events = [e for e in events if _version_of(e["object"]) > int(str(since))]
         for event in events:
             yield event
         if params.get("sendInitialEvents") == "true":
@@ -494,6 +500,13 @@ async def emulated_cluster() -> AsyncIterator[tuple[KubeEmulator, str]]:
 
 
 # -- clients -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:

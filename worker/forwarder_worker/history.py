@@ -228,6 +228,17 @@ def collect(
         exporter.lock.release()
 
 
+def subfolder(base: Path, name: str | None) -> Path:
+    """``base`` or a folder inside it: a run (submitted through the API, say) cannot make the
+    worker write or prune files anywhere else."""
+    if not name:
+        return base
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"directory {name!r} must be a relative folder inside {base}")
+    return base / relative
+
+
 @shared_task(name="forwarder.collect_task_history", bind=True)
 def collect_task_history(
     self: Task,
@@ -235,7 +246,10 @@ def collect_task_history(
     retention_days: int | None = None,
     flower: bool = True,
 ) -> dict[str, Any]:
-    """Export finished Flower tasks and run records as JSON Lines, each once (see module)."""
+    """Export finished Flower tasks and run records as JSON Lines, each once (see module).
+    ``directory`` is a folder inside ``FORWARDER_HISTORY_DIR``."""
+    settings = HistorySettings()
+    target = subfolder(settings.history_dir, directory)
     core = settings_of(self.app)
     client = redis_client(core)
     try:
@@ -243,11 +257,10 @@ def collect_task_history(
         return collect(
             client,
             runs,
-            HistorySettings(),
-            directory=Path(directory) if directory else None,
+            settings,
+            directory=target,
             retention_days=retention_days,
             flower=flower,
         )
     finally:
         client.close()
-

@@ -12,6 +12,7 @@ router = APIRouter(prefix="/workers", tags=["monitoring"], dependencies=[Authori
 
 
 @router.get("", responses={503: {"description": "Flower is unreachable"}})
-async def list_workers(flower: FlowerDep) -> dict[str, Any]:
-    """Worker name -> Flower's view of it (stats, registered tasks, active queues...)."""
-    return await flower.workers()
+async def list_workers(flower: FlowerDep, refresh: bool = True) -> dict[str, Any]:
+    """Worker name -> Flower's view of it (stats, registered tasks, active queues...).
+    ``refresh=false`` answers from Flower's cache instead of asking the workers."""
+    return await flower.workers(refresh)
