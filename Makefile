@@ -39,3 +39,13 @@ test: lint typecheck imports pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+
+# The install manifest (the chart rendered with defaults) and the chart README's values table.
+manifests: $(STAMP)
+	$(BIN)/python scripts/render_manifests.py
+	$(BIN)/python scripts/values_table.py
+
+# The container image of every component (needs a Docker engine).
+IMAGE ?= forwarder:dev
+image:
+	docker build -t $(IMAGE) .
