@@ -139,13 +139,9 @@ def _revoked(
     if request is None or not _is_forwarder(app):
         return
     reason = "expired" if expired else "terminated" if terminated else "revoked"
-    run_log(app).transition(
-        request.id,
-        "REVOKED",
-        task=request.name,
-        finished=time.time(),
-        reason=reason,
-    )
+    # `request` is a worker Request or a task Context depending on where the revoke landed.
+    name = getattr(sender, "name", None) or getattr(request, "name", None) or ""
+    run_log(app).transition(request.id, "REVOKED", task=name, finished=time.time(), reason=reason)
 
 
 @signals.task_unknown.connect

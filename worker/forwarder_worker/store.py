@@ -241,23 +241,23 @@ class ScheduleStore:
                     current_json, meta_json, rev = pipe.hmget(key, "definition", "meta", "rev")
                     at = time.time() if now is None else now
                     current = Entry.from_json(current_json) if current_json else None
+                    # Read while still watching: after unwatch() a pipeline buffers commands.
+                    due_now = pipe.zscore(self.due_key, key)
                     if (
                         current is not None
                         and current.uid == entry.uid
                         and (current.generation > entry.generation)
                     ):
-                        # Read before UNWATCH: after it the pipeline buffers commands again.
-                        due = pipe.zscore(self.due_key, key)
                         pipe.unwatch()
-                        return UpsertResult.STALE, due
+                        return UpsertResult.STALE, due_now
                     if current_json == new_json:
-                        due = pipe.zscore(self.due_key, key)
                         pipe.unwatch()
-                        return UpsertResult.UNCHANGED, due
+                        return UpsertResult.UNCHANGED, due_now
                     keep = current is not None and current.uid == entry.uid
                     meta = Meta.from_json(meta_json if keep else None, default_anchor=at)
-                    due_now = pipe.zscore(self.due_key, key) if keep else None
-                    meta, due = self._arm(entry, current if keep else None, meta, due_now, at)
+                    meta, due = self._arm(
+                        entry, current if keep else None, meta, due_now if keep else None, at
+                    )
                     pipe.multi()
                     pipe.hset(
                         key,

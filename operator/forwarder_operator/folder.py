@@ -1,0 +1,219 @@
+"""Local mode's schedule source: ScheduledTask YAML files in a folder, applied like kubectl.
+
+``forwarder up`` runs this instead of the kopf operator when there is no cluster. Every
+``*.yaml``/``*.yml`` file may hold one or more ScheduledTask documents (the same ones
+``kubectl apply -f`` takes). Adding or changing a file applies its schedules through
+:func:`forwarder_worker.reconcile.apply_schedule`, the operator's own path; deleting a file
+removes them. A file that cannot be read or is invalid is reported with its path and reason
+and skipped, and the schedules it declared before stay as they were (nothing is lost to a
+half-saved edit). A full pass also runs periodically, which re-creates entries lost from
+Redis (a flush or restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import threading
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import watchfiles
+import yaml
+from forwarder_worker.app import create_app, registered_task_names
+from forwarder_worker.connection import redis_client
+from forwarder_worker.reconcile import API_VERSION, KIND, apply_schedule
+from forwarder_worker.settings import get_settings
+from forwarder_worker.store import ScheduleStore
+
+log = logging.getLogger("forwarder.folder")
+
+UID_PREFIX = "local:"
+MAX_FILE_BYTES = 1024 * 1024
+RESYNC_SECONDS = 10.0
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class FileError(ValueError):
+    """A schedule file that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One ScheduledTask document found in a file."""
+
+    namespace: str
+    name: str
+    spec: Any
+    path: Path
+
+    @property
+    def entry_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def read_file(path: Path) -> list[Declared]:
+    """The ScheduledTask documents in ``path``, or FileError naming the problem."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise FileError(f"{size} bytes is more than the {MAX_FILE_BYTES}-byte limit")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except UnicodeDecodeError:
+        raise FileError("is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise FileError(f"is not valid YAML: {' '.join(str(exc).split())}") from None
+    declared = []
+    for index, doc in enumerate(documents):
+        where = f"document {index + 1}" if len(documents) > 1 else "document"
+        if not isinstance(doc, dict):
+            raise FileError(f"{where} is a {type(doc).__name__}, not a ScheduledTask mapping")
+        if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
+            raise FileError(
+                f"{where} is {doc.get('apiVersion')}/{doc.get('kind')}, not {API_VERSION}/{KIND}"
+            )
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict):
+            raise FileError(f"{where} has no metadata")
+        name, namespace = meta.get("name"), meta.get("namespace", "default")
+        if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+            raise FileError(f"{where}: metadata.name {name!r} is not a DNS-1123 name")
+        if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+            raise FileError(f"{where}: metadata.namespace {namespace!r} is not a DNS-1123 label")
+        declared.append(Declared(namespace, name, doc.get("spec"), path))
+    return declared
+
+
+@dataclass
+class FolderSource:
+    """Reconciles the schedules declared in ``folder`` into ``store``."""
+
+    folder: Path
+    store: ScheduleStore
+    known_tasks: Collection[str] | None = None
+    # What each readable file declared last time: kept while a file is broken.
+    _by_file: dict[Path, list[Declared]] = field(default_factory=dict)
+    # The last message reported per file or entry, so a steady state logs nothing.
+    _reported: dict[str, str] = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        """The schedule files, in a stable order."""
+        return sorted(
+            p
+            for p in self.folder.iterdir()
+            if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
+        )
+
+    def _report(
+        self, key: str, message: str, level: int = logging.INFO, *, state: str = ""
+    ) -> None:
+        """Log ``message`` when ``key``'s state (the message unless given) changes."""
+        state = state or message
+        if self._reported.get(key) != state:
+            self._reported[key] = state
+            log.log(level, "%s", message)
+
+    def sync(self) -> dict[str, str]:
+        """One full pass; returns each applied entry's reason (Scheduled, InvalidSpec, ...)."""
+        present = self.files() if self.folder.is_dir() else []
+        for gone in set(self._by_file) - set(present):
+            del self._by_file[gone]
+            self._reported.pop(str(gone), None)
+        for path in present:
+            try:
+                self._by_file[path] = read_file(path)
+                self._reported.pop(str(path), None)
+            except (FileError, OSError) as exc:
+                self._report(str(path), f"{path.name}: skipped: {exc}", logging.ERROR)
+        outcome: dict[str, str] = {}
+        owner: dict[str, Path] = {}
+        for item in (d for path in sorted(self._by_file) for d in self._by_file[path]):
+            if item.entry_name in owner:
+                self._report(
+                    f"dup:{item.path}:{item.entry_name}",
+                    f"{item.path.name}: skipped {item.entry_name}: already declared in "
+                    f"{owner[item.entry_name].name}",
+                    logging.ERROR,
+                )
+                continue
+            owner[item.entry_name] = item.path
+            result = apply_schedule(
+                self.store,
+                item.namespace,
+                item.name,
+                item.spec,
+                uid=f"{UID_PREFIX}{item.entry_name}",
+                known_tasks=self.known_tasks,
+            )
+            outcome[item.entry_name] = result.reason
+            level = logging.INFO if result.ready else logging.ERROR
+            self._report(
+                item.entry_name,
+                f"{item.path.name}: {item.entry_name}: {result.reason}: {result.message}",
+                level,
+            )
+        for name in self._owned_entries() - set(owner):
+            self.store.delete(name)
+            self._reported.pop(name, None)
+            log.info("removed %s: its file is gone", name)
+        return outcome
+
+    def _owned_entries(self) -> set[str]:
+        stored = (self.store.get(name) for name in self.store.names())
+        return {s.entry.name for s in stored if s and s.entry.uid.startswith(UID_PREFIX)}
+
+    def run(self, stop: threading.Event) -> None:
+        """Sync now, then on every change in the folder and every RESYNC_SECONDS."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._safe_sync()
+        for _changes in watchfiles.watch(
+            self.folder,
+            debounce=100,
+            step=20,
+            stop_event=stop,
+            yield_on_timeout=True,
+            rust_timeout=int(RESYNC_SECONDS * 1000),
+            recursive=False,
+            raise_interrupt=False,
+        ):
+            self._safe_sync()
+
+    def _safe_sync(self) -> None:
+        try:
+            self.sync()
+        except redis.RedisError as exc:
+            # Redis restarting: the next change or resync pass catches up.
+            self._report("redis", f"Redis unavailable ({exc}); will retry", logging.WARNING)
+        else:
+            self._reported.pop("redis", None)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m forwarder_operator.folder --dir DIR``: run the folder source."""
+    parser = argparse.ArgumentParser(prog="forwarder-folder", description=__doc__)
+    parser.add_argument("--dir", type=Path, required=True, help="folder of ScheduledTask YAML")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    settings = get_settings()
+    source = FolderSource(
+        args.dir,
+        ScheduleStore(redis_client(settings), settings.key_prefix),
+        known_tasks=registered_task_names(create_app(settings)),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("watching %s for ScheduledTask files", args.dir)
+    source.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

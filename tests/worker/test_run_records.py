@@ -1,0 +1,122 @@
+"""Run records written by a real Celery worker: success, failure, retry and revoke."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from forwarder_worker.app import create_app
+from forwarder_worker.runs import RunLog, RunRecord
+from forwarder_worker.settings import Settings
+from support.processes import Proc, celery_worker, eventually, forwarder_env, running
+
+RESULT_LIMIT = 120
+
+
+@pytest.fixture
+def worker(redis_url: str, logs: Path) -> Iterator[Proc]:
+    env = forwarder_env(redis_url, FORWARDER_RESULT_MAX_CHARS=str(RESULT_LIMIT))
+    with running(celery_worker(env, logs / "worker.log")) as (proc,):
+        # Remote control (revoke) reaches only workers that already listen.
+        eventually(lambda: " ready." in proc.output(), 60, message="worker ready")
+        yield proc
+
+
+@pytest.fixture
+def app(redis_url: str) -> Celery:
+    return create_app(Settings(redis_url=redis_url, task_modules=["support.sample_tasks"]))
+
+
+@pytest.fixture
+def runs(rclient: redis.Redis) -> RunLog:
+    return RunLog(rclient)
+
+
+def final(runs: RunLog, run_id: str, timeout: float = 30.0) -> RunRecord:
+    def check() -> RunRecord | None:
+        record = runs.get(run_id)
+        return record if record is not None and record.final else None
+
+    result: RunRecord = eventually(check, timeout, message=f"run {run_id} final")
+    return result
+
+
+def test_success_is_recorded_with_a_bounded_result(worker: Proc, app: Celery, runs: RunLog) -> None:
+    run_id = app.send_task("forwarder.ping", kwargs={"blob": "x" * 1000}).id
+    record = final(runs, run_id)
+    assert record.state == "SUCCESS"
+    assert record.task == "forwarder.ping"
+    assert record.result is not None
+    assert len(record.result) <= RESULT_LIMIT
+    assert record.result.startswith('{"pong": true')
+    assert record.received and record.started and record.finished
+    assert record.received <= record.started <= record.finished
+    assert record.worker
+
+
+def test_failure_records_error_type_and_message(worker: Proc, app: Celery, runs: RunLog) -> None:
+    record = final(runs, app.send_task("tests.fail", kwargs={"message": "disk full"}).id)
+    assert record.state == "FAILURE"
+    assert record.error_type == "ValueError"
+    assert record.error == "disk full"
+    assert record.traceback and "ValueError: disk full" in record.traceback
+
+
+def test_retry_is_recorded_then_success(
+    worker: Proc, app: Celery, runs: RunLog, rclient: redis.Redis
+) -> None:
+    run_id = app.send_task("tests.flaky", kwargs={"failures": 1}).id
+    record = final(runs, run_id)
+    assert record.state == "SUCCESS"
+    assert record.retries == 1
+    assert record.reason is not None and "attempt 1 failed" in record.reason
+
+
+def test_revoking_a_running_task_records_revoked(worker: Proc, app: Celery, runs: RunLog) -> None:
+    run_id = app.send_task("tests.sleep", kwargs={"seconds": 30}).id
+    eventually(
+        lambda: (r := runs.get(run_id)) is not None and r.state == "STARTED",
+        30,
+        message="task started",
+    )
+    app.control.revoke(run_id, terminate=True, signal="SIGTERM")
+    record = final(runs, run_id)
+    assert record.state == "REVOKED"
+    assert record.reason == "terminated"
+
+
+def test_revoking_a_queued_task_records_revoked(worker: Proc, app: Celery, runs: RunLog) -> None:
+    run_id = str(uuid.uuid4())
+    app.control.revoke(run_id)
+    app.send_task("forwarder.ping", task_id=run_id, countdown=2)
+    record = final(runs, run_id)
+    assert record.state == "REVOKED"
+
+
+def test_scheduled_runs_feed_per_schedule_history_and_counters(
+    worker: Proc, app: Celery, runs: RunLog
+) -> None:
+    ids = []
+    for task in ("forwarder.ping", "tests.fail", "forwarder.ping"):
+        run_id = str(uuid.uuid4())
+        runs.queued(run_id, task, source="schedule", schedule="team/job", slot=1000.0)
+        app.send_task(task, task_id=run_id)
+        ids.append(run_id)
+        final(runs, run_id)
+    summary = runs.summary("team/job", limit=2)
+    assert summary.total == 3
+    assert summary.succeeded == 2
+    assert summary.failed == 1
+    assert [r.id for r in summary.recent] == [ids[2], ids[1]]
+    assert summary.last_run is not None and summary.last_run.id == ids[2]
+    assert summary.last_schedule_time == 1000.0
+    assert summary.last_successful_time is not None
+    assert summary.active == []
+    assert "team/job" in runs.take_changed()
+    assert runs.take_changed() == set()
+    assert {r.id for r in runs.recent(schedule="team/job", state="FAILURE")} == {ids[1]}
+    assert {r.task for r in runs.recent(task="tests.fail")} == {"tests.fail"}

