@@ -3,7 +3,8 @@
 Beat fires due slots through :meth:`Dispatcher.fire` in batches; run-now triggers (operator
 annotation, api) use the same path, so every firing is recorded, labelled and policed alike.
 Redis work is pipelined per batch: one round trip for the active-run checks, one for the
-run records and one for the metrics, whatever the batch size.
+run records, one for the messages (kombu's publish batch) and one for the metrics, whatever
+the batch size.
 """
 
 from __future__ import annotations
