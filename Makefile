@@ -39,3 +39,11 @@ test: lint typecheck imports pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+
+# The operator's suite only: the real kopf operator against the kube emulator, real kubectl.
+test-operator: $(STAMP)
+	$(BIN)/pytest tests/operator $(PYTEST_ARGS)
+
+# The Kubernetes API emulator the tests use, as a server (kubeconfig: see its --help).
+kube-emulator: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.kube_emulator --port $(or $(PORT),18080)
