@@ -40,7 +40,8 @@ def test_restart_flush_and_orphans(
     orphan(store, "default/ghost")
     expected = {"default/a", "default/b", "default/c", "other/x"}
 
-    with running(spawn_operator(operator_env, logs / "kopf-run.log", via="kopf")):
+    kopf_run = spawn_operator(operator_env, logs / "kopf.log", "--standalone", "-A", via="kopf")
+    with running(kopf_run):
         eventually(lambda: store.names() == expected, 30, message="one entry per resource")
         for name in ("a", "b", "c"):
             eventually(lambda n=name: kube.ready(n).get("status") == "True", 20)
