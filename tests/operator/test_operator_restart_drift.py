@@ -2,7 +2,8 @@
 and ``python -m forwarder_operator``, which ``forwarder operator`` runs).
 
 * resources that exist before the operator starts get exactly one entry each;
-* Redis flushed while running: every entry is back within the sweep interval;
+* Redis flushed while running: every entry is back within the sweep interval; an entry
+  with an older generation (an old snapshot) is brought up to date;
 * an orphan entry (no resource) is removed, at startup and while running;
 * a restarted operator leaves the entries as they were;
 * Redis unreachable: Ready=False says so, and the operator recovers by itself.
@@ -10,6 +11,7 @@ and ``python -m forwarder_operator``, which ``forwarder operator`` runs).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,15 @@ def test_restart_flush_and_orphans(
         eventually(lambda: store.names() == expected, 20, message="entries restored")
         assert {name: store.get(name).entry.uid for name in expected} == uids
         assert store.get("default/a").due is not None
+
+        # Redis restored from an old snapshot: an older generation with another schedule.
+        stale = json.loads(rclient.hget("forwarder:default/b", "definition"))
+        stale.update(generation=0, schedule={"every": 5})
+        rclient.hset("forwarder:default/b", "definition", json.dumps(stale))
+        eventually(
+            lambda: store.get("default/b").entry.schedule == {"every": 3600}, 20, message="repaired"
+        )
+        assert store.get("default/b").entry.generation == 1
 
         orphan(store, "default/ghost-2")
         eventually(lambda: "default/ghost-2" not in store.names(), 20, message="orphan removed")
