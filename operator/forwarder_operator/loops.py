@@ -5,7 +5,12 @@ one loop asks the run log which schedules changed since its last pass
 (:meth:`RunLog.take_changed`) and patches only those resources' status, and only when what
 it would write differs from what it wrote last. The same loop sweeps at startup and every
 ``operator_sweep_interval``: an entry whose resource is gone is removed, and a resource whose
-entry is gone (Redis flushed or restarted without persistence) gets it back.
+entry is gone (Redis flushed or restarted without persistence) or stale (an old snapshot)
+gets it back.
+
+With peering, every replica runs this loop, paused or not (kopf does not tell activities
+about pauses). That is safe: sweeps converge to the same entries and the store refuses older
+generations, and each status pass patches what it took from the changed set.
 
 Redis or API errors never end the loop: it logs, backs off (1 s doubling to 60 s), and
 carries on, so the operator recovers by itself when Redis comes back.
