@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: up test lint typecheck imports pytest install clean bench manifests image
+.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,21 @@ test: lint typecheck imports pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+
+# The install manifest (the chart rendered with defaults) and the chart README's values table.
+manifests: $(STAMP)
+	$(BIN)/python scripts/render_manifests.py
+	$(BIN)/python scripts/values_table.py
+
+# The container image of every component (needs a Docker engine).
+IMAGE ?= forwarder:dev
+image:
+	docker build -t $(IMAGE) .
+
+# The operator's suite only: the real kopf operator against the kube emulator, real kubectl.
+test-operator: $(STAMP)
+	$(BIN)/pytest tests/operator $(PYTEST_ARGS)
+
+# The Kubernetes API emulator the tests use, as a server (kubeconfig: see its --help).
+kube-emulator: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.kube_emulator --port $(or $(PORT),18080)

