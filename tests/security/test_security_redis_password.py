@@ -2,8 +2,11 @@
 without it (or with a wrong one) each stops with one clear line instead of a traceback storm.
 
 Components with the password: ``forwarder worker``, ``forwarder beat``, ``forwarder flower``,
-the folder source and ``forwarder status``; a schedule fires end to end and Flower sees the
-worker. Without it: ``forwarder worker|beat|flower``, ``forwarder status`` and
+``forwarder api``, the folder source and ``forwarder status``; a schedule fires end to end,
+Flower sees the worker and the API is ready and lists the runs. (The operator's Redis client
+is the same ``redis_client``; its cluster side needs the emulator, so it is checked without
+the password only.) Without it: ``forwarder worker|beat|flower|api|operator``,
+``forwarder status`` and
 ``forwarder up --redis-url`` exit at once with one line naming the setting to fix. Processes
 that wait for Redis by design (the folder source, and ``celery worker`` run directly as the
 chart does) log the refusal in one line per attempt, with no traceback.
@@ -74,8 +77,15 @@ def test_every_component_connects_with_the_password(
         logs / "flower.log",
         "flower",
     )
+    api_port = free_port()
+    api = start(
+        _forwarder("api", "--host", "127.0.0.1", "--port", str(api_port)),
+        {**env, "FORWARDER_API_TOKENS": "t0ken-for-tests", "FORWARDER_SCHEDULES_DIR": str(folder)},
+        logs / "api.log",
+        "api",
+    )
     client = server.client()
-    with running(worker, beat, source, flower):
+    with running(worker, beat, source, flower, api):
         runs = RunLog(client)
         eventually(lambda: runs.summary("default/guarded").succeeded >= 2, 90, message="runs")
         status = subprocess.run(
@@ -96,6 +106,20 @@ def test_every_component_connects_with_the_password(
             return reply.status_code == 200 and any(n.startswith("pw@") for n in reply.json())
 
         eventually(flower_sees_worker, 90, 1.0, message="Flower seeing the worker")
+
+        def api_ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=5).is_success
+            except httpx.HTTPError:
+                return False
+
+        eventually(api_ready, 90, 0.5, message="the API ready (it reaches Redis)")
+        reply = httpx.get(
+            f"http://127.0.0.1:{api_port}/runs",
+            headers={"Authorization": "Bearer t0ken-for-tests"},
+            timeout=10,
+        )
+        assert reply.status_code == 200 and reply.json()["items"], reply.text
     client.close()
 
 
@@ -116,7 +140,7 @@ def test_without_the_password_each_component_stops_with_one_line(
     wrong = forwarder_env(
         server.url, FORWARDER_REDIS_PASSWORD="not-it", FLOWER_BASIC_AUTH="admin:pw"
     )
-    for component in ("worker", "beat", "flower"):
+    for component in ("worker", "beat", "flower", "api", "operator"):
         _one_line_failure(_forwarder(component), missing, says="set FORWARDER_REDIS_PASSWORD")
     # A wrong password is caught by the same check (one component is enough to show it).
     _one_line_failure(_forwarder("beat"), wrong, says="check FORWARDER_REDIS_PASSWORD")
