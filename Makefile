@@ -57,3 +57,8 @@ test-operator: $(STAMP)
 # The Kubernetes API emulator the tests use, as a server (kubeconfig: see its --help).
 kube-emulator: $(STAMP)
 	PYTHONPATH=tests $(BIN)/python -m support.kube_emulator --port $(or $(PORT),18080)
+
+# The reliability and security suites only: real processes killed, restarted and attacked
+# (docs/reliability.md lists what each test proves). Also part of `make test`.
+test-faults: $(STAMP)
+	$(BIN)/pytest tests/faults tests/security $(PYTEST_ARGS)
