@@ -25,11 +25,11 @@ from typing import Any
 
 import redis
 from forwarder_worker.reconcile import apply_schedule
+from forwarder_worker.status import applied_status, runs_status
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from forwarder_operator.services import HANDLED, Services
-from forwarder_operator.status import applied_status, runs_status
 
 log = logging.getLogger(__name__)
 
