@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from forwarder_worker import __version__
 
+from forwarder_api.body_errors import install_auth_first_handlers
 from forwarder_api.errors import install_error_handlers
 from forwarder_api.limits import BodySizeLimit
 from forwarder_api.metrics import MetricsMiddleware
@@ -56,6 +57,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
+    install_auth_first_handlers(app)
     # Added last runs first: metrics see every request, 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)

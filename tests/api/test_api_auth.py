@@ -89,6 +89,26 @@ def test_every_protected_route_needs_a_valid_token(app_for: Any) -> None:
     assert client.get("/tasks", headers=auth()).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"not json at all", "application/json"),
+        (b'{"args": 5}', "application/json"),
+        (b"a=b", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_a_bad_body_without_a_token_is_401_not_a_body_error(
+    app_for: Any, body: bytes, content_type: str
+) -> None:
+    client = app_for()
+    headers = {"Content-Type": content_type}
+    anonymous = client.post("/tasks/forwarder.ping/runs", content=body, headers=headers)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["detail"].startswith("missing bearer token")
+    known = client.post("/tasks/forwarder.ping/runs", content=body, headers={**headers, **auth()})
+    assert known.status_code in (400, 422)
+
+
 def test_probes_are_open_and_readyz_follows_redis(app_for: Any) -> None:
     client = app_for()
     assert client.get("/healthz").json() == {"status": "ok"}
