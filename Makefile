@@ -39,3 +39,14 @@ test: lint typecheck imports pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+
+# Benchmarks against the anchors, written to bench/results/ (see bench/REPORT.md): quick mode
+# (scales up to 1,000, under 10 minutes); `make bench FULL=1` adds N=10,000.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(if $(FULL),--full) $(BENCH_ARGS)

@@ -1,0 +1,241 @@
+"""Benchmark 1, burst dispatch: N entries due at the same instant.
+
+For each scheduler, twice on a fresh Valkey: (a) with no worker, the broker queue length is
+sampled every 5 ms until all N messages are queued (time to all published); (b) with a noop
+worker pool (one prefork worker, concurrency 2) already waiting, the completion counter is
+sampled until all N ran. Both beats run as real ``celery beat`` subprocesses started after the
+entries were written, and sleep until the common due instant T0. Times are from T0.
+
+A third pass drives each scheduler in-process under cProfile (tick() until all N are sent), to
+show where the time goes.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import math
+import pstats
+import time
+from typing import Any
+
+import redis
+from entries import anchor_app, load_ours, load_redbeat
+from forwarder_worker.app import create_app
+from forwarder_worker.settings import Settings
+from harness import (
+    DONE_KEY,
+    QUEUE_KEY,
+    Stack,
+    cpu_seconds,
+    redis_for,
+    sample_until,
+    show,
+    start_beat,
+    start_worker,
+    table,
+    work_dir,
+    write_result,
+)
+
+OURS = Stack("forwarder", "forwarder")
+ANCHOR = Stack("redbeat", "redbeat")
+EVERY = 3600  # each entry fires once within the measurement
+
+
+def _load(stack: Stack, redis_url: str, n: int, due: float) -> None:
+    if stack.kind == "forwarder":
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            load_ours(client, range(n), EVERY, lambda i: due)
+        finally:
+            client.close()
+    else:
+        load_redbeat(anchor_app(redis_url), range(n), EVERY, lambda i: due)
+
+
+def _load_rate(redis_url: str, stack: Stack) -> float:
+    """Seconds per entry written, measured on 100 entries that are then removed."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    began = time.perf_counter()
+    _load(stack, redis_url, 100, time.time() + 86400)
+    spent = (time.perf_counter() - began) / 100
+    client.flushall()
+    client.close()
+    return spent
+
+
+def one_pass(stack: Stack, n: int, with_worker: bool) -> dict[str, Any]:
+    """Load N entries due at T0, start the beat (and worker), time from T0 to the goal."""
+    logs = work_dir("burst")
+    tag = f"{stack.label}-{n}-{'e2e' if with_worker else 'publish'}"
+    with redis_for(tag) as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        per_entry = _load_rate(url, stack)
+        # Room to write every entry and to start the beat (and worker) before T0.
+        # A whole second: redbeat keeps due times in whole seconds (its to_timestamp).
+        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + (25 if with_worker else 12)))
+        _load(stack, url, n, t0)
+        worker = start_worker(url, logs / f"worker-{tag}.log") if with_worker else None
+        beat = start_beat(stack, url, logs / f"beat-{tag}.log")
+        try:
+            ready_margin = t0 - time.time()
+            if ready_margin < 0.5:
+                raise RuntimeError(f"{tag}: beat ready only {ready_margin:.2f}s before T0")
+            time.sleep(max(0.0, t0 - time.time() - 0.3))
+            cpu0 = cpu_seconds(beat.pid)
+            if with_worker:
+                samples, reached = sample_until(
+                    lambda: int(client.get(DONE_KEY) or 0), n, timeout=900, interval=0.01
+                )
+            else:
+                samples, reached = sample_until(
+                    lambda: int(client.llen(QUEUE_KEY)), n, timeout=900, interval=0.005
+                )
+            cpu = cpu_seconds(beat.pid) - cpu0
+        finally:
+            beat.stop()
+            if worker is not None:
+                worker.stop()
+            client.close()
+    return {
+        "n": n,
+        "scheduler": stack.label,
+        "with_worker": with_worker,
+        "seconds_from_due": None if reached is None else reached - t0,
+        "beat_cpu_seconds": cpu,
+        "beat_ready_before_due_s": ready_margin,
+        "curve": [(round(t - t0, 4), v) for t, v in samples],
+    }
+
+
+def profile_in_process(stack: Stack, n: int) -> dict[str, Any]:
+    """Drive the scheduler's tick() in this process until N are sent, under cProfile."""
+    with redis_for("profile") as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        now = time.time()
+        _load(stack, url, n, now - 1)
+        settings = Settings(redis_url=url)
+        if stack.kind == "forwarder":
+            from forwarder_worker.scheduler import ForwarderScheduler
+
+            app = create_app(settings)
+            scheduler: Any = ForwarderScheduler(app)
+        else:
+            from redbeat.schedulers import RedBeatScheduler, acquire_distributed_beat_lock
+
+            app = anchor_app(url)
+            scheduler = RedBeatScheduler(app)
+
+            class _Service:  # beat_init's sender: only .scheduler is read
+                pass
+
+            service = _Service()
+            service.scheduler = scheduler  # type: ignore[attr-defined]
+            acquire_distributed_beat_lock(sender=service)
+        profiler = cProfile.Profile()
+        began, cpu0 = time.perf_counter(), time.process_time()
+        profiler.enable()
+        while client.llen(QUEUE_KEY) < n and time.perf_counter() - began < 600:
+            scheduler.tick()
+        profiler.disable()
+        spent, cpu = time.perf_counter() - began, time.process_time() - cpu0
+        scheduler.close()
+        client.close()
+    # Celery publishes a task-sent event per task too (task_send_sent_event, needed by Flower).
+    messages = sum(
+        nc
+        for (filename, _l, name), (_cc, nc, *_rest) in pstats.Stats(profiler).stats.items()  # type: ignore[attr-defined]
+        if name == "publish" and filename.endswith("kombu/messaging.py")
+    )
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(25)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    shares = {}
+    for func, (_cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        filename, _line, name = func
+        key = None
+        if name == "send_task" and filename.endswith("celery/app/base.py"):
+            key = "celery send_task (message build + publish)"
+        elif name == "_put" and "kombu/transport/redis" in filename:
+            key = "kombu redis _put (LPUSH round trip)"
+        elif name == "execute" and filename.endswith("redis/client.py"):
+            key = "redis pipeline execute (all pipelined round trips)"
+        elif name == "claim" and filename.endswith("store.py"):
+            key = "store.claim (Lua CAS pipeline)"
+        elif name == "due" and filename.endswith("store.py"):
+            key = "store.due (zrange + load pipeline)"
+        elif name == "fire" and filename.endswith("dispatch.py"):
+            key = "Dispatcher.fire (records + send + metrics)"
+        elif name == "queued" and filename.endswith("runs.py"):
+            key = "RunLog.queued (building run-record calls)"
+        elif name == "from_key" and "redbeat" in filename:
+            key = "redbeat Entry.from_key (one round trip per entry)"
+        elif name == "apply_async" and filename.endswith("celery/beat.py"):
+            key = "beat Scheduler.apply_async (send_task)"
+        elif name == "_next_instance" and "redbeat" in filename:
+            key = "redbeat reserve/_next_instance (one pipeline per entry)"
+        elif name == "schedule" and "redbeat" in filename:
+            key = "redbeat schedule property (zrange + from_key each)"
+        if key:
+            shares[key] = shares.get(key, 0.0) + ct
+    return {
+        "n": n,
+        "scheduler": stack.label,
+        "wall_seconds": spent,
+        "profiled_seconds": total,
+        "per_entry_ms": spent / n * 1000,
+        "cpu_seconds": cpu,
+        "cpu_per_entry_ms": cpu / n * 1000,
+        "messages_published": messages,
+        "cumulative_seconds": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+        "top": out.getvalue()[-6000:],
+    }
+
+
+def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
+    """Quick mode: N=1,000; FULL: N=1,000 and 10,000."""
+    sizes = sizes or ([1000, 10000] if full else [1000])
+    passes: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
+    rows = []
+    for n in sizes:
+        got: dict[tuple[str, bool], dict[str, Any]] = {}
+        for with_worker in (False, True):
+            for stack in (ANCHOR, OURS):
+                result = one_pass(stack, n, with_worker)
+                passes.append(result)
+                got[(stack.label, with_worker)] = result
+        for stack in (ANCHOR, OURS):
+            profiles.append(profile_in_process(stack, n))
+        for with_worker, what in ((False, "all published"), (True, "all ran (noop pool)")):
+            a = got[("redbeat", with_worker)]["seconds_from_due"] or float("nan")
+            o = got[("forwarder", with_worker)]["seconds_from_due"] or float("nan")
+            rows.append((f"N={n}: {what}", a, o, "s"))
+        a_cpu = got[("redbeat", False)]["beat_cpu_seconds"]
+        o_cpu = got[("forwarder", False)]["beat_cpu_seconds"]
+        rows.append((f"N={n}: beat CPU to publish all", a_cpu, o_cpu, "s"))
+        prof = {p["scheduler"]: p for p in profiles if p["n"] == n}
+        for key, label in (("per_entry_ms", "wall"), ("cpu_per_entry_ms", "CPU")):
+            rows.append(
+                (
+                    f"N={n}: in-process {label} ms/entry",
+                    prof["redbeat"][key],
+                    prof["forwarder"][key],
+                    "ms",
+                )
+            )
+    show("Burst dispatch (time from the common due instant)", rows)
+    data = {
+        "mode": "full" if full else "quick",
+        "drive": "real `celery beat` subprocesses (Celery default log level), started after "
+        "the entries were written; one Valkey per pass; queue length sampled every 5 ms, "
+        "completion counter every 10 ms; worker: Forwarder worker, prefork, concurrency 2",
+        "target": "at least 5x faster than redbeat at N=10,000 (time to all published)",
+        "passes": passes,
+        "profiles": profiles,
+        "rows": table(rows),
+    }
+    write_result("burst", data)
+    return data
