@@ -114,23 +114,6 @@ def _operator_variant(trials: int) -> dict[str, Any]:
     return {"measured": True, **operator_scale.arming_from_create(trials)}
 
 
-def run(self) -> None:
-    try:
-        mean_gap = 295.0 / self.trials
-        self.result = scenario(DEFAULT, self.trials, (0.5 * mean_gap, 1.5 * mean_gap), 330)
-    except BaseException as exc:
-        self.error = exc
-
-
-def _operator_variant() -> dict[str, Any]:
-    try:
-        import forwarder_operator  # noqa: F401
-        from support import kube_emulator  # noqa: F401
-    except ImportError as exc:
-        return {"measured": False, "why": f"needs the operator on main ({exc})"}
-    return {"measured": False, "why": "operator present but this variant is not implemented"}
-
-
 def run(
     full: bool, sizes: list[int] | None = None, slow: SlowArming | None = None
 ) -> dict[str, Any]:
