@@ -194,11 +194,37 @@ def profile_in_process(stack: Stack, n: int) -> dict[str, Any]:
     }
 
 
+def publish_cost(n: int) -> dict[str, Any]:
+    """What N ``send_task`` calls over one producer cost, as Dispatcher.fire makes them, with
+    Celery's task-sent event on (Forwarder's config, for Flower) and off."""
+    out: dict[str, Any] = {"n": n}
+    for sent_event in (True, False):
+        with redis_for("publish") as url:
+            app = create_app(Settings(redis_url=url))
+            app.conf.task_send_sent_event = sent_event
+            with app.producer_or_acquire() as producer:
+                app.send_task("bench.noop", args=[-1], producer=producer)  # connect first
+                began, cpu0 = time.perf_counter(), time.process_time()
+                for i in range(n):
+                    app.send_task(
+                        "bench.noop",
+                        args=[i],
+                        producer=producer,
+                        queue="default",
+                        headers={"forwarder_schedule": "bench/x", "forwarder_slot": "1.0"},
+                    )
+                wall, cpu = time.perf_counter() - began, time.process_time() - cpu0
+        key = "with_sent_event" if sent_event else "without_sent_event"
+        out[key] = {"wall_ms_per_message": wall / n * 1000, "cpu_ms_per_message": cpu / n * 1000}
+    return out
+
+
 def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
     """Quick mode: N=1,000; FULL: N=1,000 and 10,000."""
     sizes = sizes or ([1000, 10000] if full else [1000])
     passes: list[dict[str, Any]] = []
     profiles: list[dict[str, Any]] = []
+    publishing: list[dict[str, Any]] = []
     rows = []
     for n in sizes:
         got: dict[tuple[str, bool], dict[str, Any]] = {}
@@ -209,6 +235,7 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
                 got[(stack.label, with_worker)] = result
         for stack in (ANCHOR, OURS):
             profiles.append(profile_in_process(stack, n))
+        publishing.append(publish_cost(n))
         for with_worker, what in ((False, "all published"), (True, "all ran (noop pool)")):
             a = got[("redbeat", with_worker)]["seconds_from_due"] or float("nan")
             o = got[("forwarder", with_worker)]["seconds_from_due"] or float("nan")
@@ -220,13 +247,21 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
         for key, label in (("per_entry_ms", "wall"), ("cpu_per_entry_ms", "CPU")):
             rows.append(
                 (
-                    f"N={n}: in-process {label} ms/entry",
+                    f"N={n}: under cProfile, {label} ms/entry",
                     prof["redbeat"][key],
                     prof["forwarder"][key],
                     "ms",
                 )
             )
     show("Burst dispatch (time from the common due instant)", rows)
+    for cost in publishing:
+        on, off = cost["with_sent_event"], cost["without_sent_event"]
+        print(
+            f"   send_task alone, N={cost['n']}: {on['wall_ms_per_message']:.2f} ms/message "
+            f"({on['cpu_ms_per_message']:.2f} ms CPU) with the task-sent event, "
+            f"{off['wall_ms_per_message']:.2f} ms ({off['cpu_ms_per_message']:.2f} ms CPU) "
+            "without"
+        )
     data = {
         "mode": "full" if full else "quick",
         "drive": "real `celery beat` subprocesses (Celery default log level), started after "
@@ -235,6 +270,7 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
         "target": "at least 5x faster than redbeat at N=10,000 (time to all published)",
         "passes": passes,
         "profiles": profiles,
+        "send_task_cost": publishing,
         "rows": table(rows),
     }
     write_result("burst", data)

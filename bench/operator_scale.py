@@ -5,7 +5,7 @@ before the operator starts; then the real operator (``python -m forwarder_operat
 settings: status loop every 1 s) starts against a fresh Valkey. Measured: time from operator
 start to every entry stored (the store's index), and to every resource's status Ready=True
 (listing polled every second); the operator's RSS at steady state; and the cost of one
-status-sync cycle: the operator's CPU time over 30 s of steady state, with a beat and a worker
+status-sync cycle: the operator's CPU time over 20 s of steady state, with a beat and a worker
 firing the N schedules (each once a minute, so about N/60 status updates a second), divided by
 the number of status-loop passes in that time.
 
@@ -128,7 +128,7 @@ def scale(n: int, cap: float) -> dict[str, Any]:
             beat = start_beat(Stack("forwarder", "forwarder"), url, logs / "beat.log")
             try:
                 time.sleep(10)
-                window = 30.0
+                window = 20.0
                 cpu0 = cpu_seconds(operator.pid)
                 time.sleep(window)
                 cpu = cpu_seconds(operator.pid) - cpu0
@@ -208,7 +208,7 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
         write_result("operator_scale", data)
         return data
     sizes = sizes or ([1000, 10000] if full else [1000])
-    results = [scale(n, 900.0 if full else 180.0) for n in sizes]
+    results = [scale(n, 900.0 if full else 150.0) for n in sizes]
     print("\n== Operator scale (no anchor: redbeat has no operator)")
     for r in results:
 

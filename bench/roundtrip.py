@@ -81,7 +81,7 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
     import httpx
     from support.processes import free_port
 
-    seconds = 20.0 if full else 8.0
+    seconds = 20.0 if full else 6.0
     logs = work_dir("roundtrip")
     results: list[dict[str, Any]] = []
     with redis_for("roundtrip") as url:
