@@ -40,6 +40,16 @@ test: lint typecheck imports pytest
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
 
+# The install manifest (the chart rendered with defaults) and the chart README's values table.
+manifests: $(STAMP)
+	$(BIN)/python scripts/render_manifests.py
+	$(BIN)/python scripts/values_table.py
+
+# The container image of every component (needs a Docker engine).
+IMAGE ?= forwarder:dev
+image:
+	docker build -t $(IMAGE) .
+
 # Benchmarks against the anchors, written to bench/results/ (see bench/REPORT.md): quick mode
 # (scales up to 1,000, under 10 minutes); `make bench FULL=1` adds N=10,000.
 BENCH_STAMP := $(VENV)/.bench-installed

@@ -135,9 +135,12 @@ def test_up_follows_the_folder_and_stops_cleanly(up: Proc, folder: Path, tmp_pat
         timeout=60,
         check=True,
     ).stdout
-    steady = next(line for line in status.splitlines() if line.startswith("default/steady"))
+    lines = status.splitlines()
+    steady = next(line for line in lines if line.startswith("default/steady"))
     assert "forwarder.ping" in steady
-    assert "SUCCESS" in steady
+    assert "every 1s" in steady
+    # ...and the recent runs below it, with their states.
+    assert any("default/steady" in line and "SUCCESS" in line for line in lines[2:])
 
     # Delete the file: its schedule is removed.
     (folder / "added.yaml").unlink()

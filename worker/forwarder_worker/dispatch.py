@@ -8,11 +8,12 @@ run records and one for the metrics, whatever the batch size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 
 # Lateness buckets (seconds) of the dispatch-lateness histogram, Prometheus-style.
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# Redis commands buffered before kombu flushes a publish pipeline (2 per firing: the message
+# and its task-sent event).
+PUBLISH_PIPELINE = 1000
 
 HEADER_SCHEDULE = "forwarder_schedule"
 HEADER_UID = "forwarder_uid"
@@ -82,14 +87,31 @@ class SchedulerMetrics:
         return {k: float(v) for k, v in self.client.hgetall(self.key).items()}
 
 
+def _publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
+    """Pipeline the batch's messages (and their task-sent events) into one Redis round trip
+    where kombu can (``Producer.batch``, kombu 5.7+); older kombu publishes one by one."""
+    batch = getattr(producer, "batch", None)
+    return batch(max_size=PUBLISH_PIPELINE) if batch is not None else contextlib.nullcontext()
+
+
 class Dispatcher:
     """Sends firings as Celery tasks and records each one."""
 
-    def __init__(self, app: Celery, client: redis.Redis, runs: RunLog, prefix: str) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        client: redis.Redis,
+        runs: RunLog,
+        prefix: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.app = app
         self.client = client
         self.runs = runs
         self.metrics = SchedulerMetrics(client, prefix)
+        # The scheduler's clock, so lateness and deadlines read the same time as its slots.
+        self.clock = clock
 
     def _active(self, firings: Sequence[Firing], now: float) -> dict[str, list[str]]:
         """Runs still going per schedule, for the entries whose policy cares."""
@@ -117,7 +139,7 @@ class Dispatcher:
 
     def fire(self, firings: Sequence[Firing], *, missed: int = 0) -> list[Outcome]:
         """Send ``firings`` (Forbid skips, Replace revokes first) and record every outcome."""
-        now = time.time()
+        now = self.clock()
         active = self._active(firings, now)
         outcomes: list[Outcome] = []
         to_revoke: list[str] = []
@@ -155,7 +177,11 @@ class Dispatcher:
                     )
                     continue
                 delay = random.uniform(0, entry.jitter) if entry.jitter else 0.0  # noqa: S311
-                expires = now + delay + entry.deadline if entry.deadline else None
+                # The starting deadline counts from the slot (plus its jitter), as CronJob's
+                # does: a firing published late has that much less time to start.
+                expires = (
+                    max(slot + entry.deadline, now) + delay if entry.deadline is not None else None
+                )
                 plans[outcome.run_id] = (delay, expires)
                 self.runs.queued(
                     outcome.run_id,
@@ -172,7 +198,7 @@ class Dispatcher:
             pipe.execute()
 
         lateness: list[float] = []
-        with self.app.producer_or_acquire() as producer:
+        with self.app.producer_or_acquire() as producer, _publish_batch(producer):
             for outcome in sent:
                 entry, slot = outcome.firing.entry, outcome.firing.slot
                 delay, expires = plans[outcome.run_id]
@@ -197,7 +223,7 @@ class Dispatcher:
                     **options,
                 )
                 if outcome.firing.source == "schedule":
-                    lateness.append(max(0.0, time.time() - slot))
+                    lateness.append(max(0.0, self.clock() - slot))
         with self.client.pipeline(transaction=False) as pipe:
             self.metrics.record(
                 pipe, fired=lateness, skipped=len(outcomes) - len(sent), missed=missed

@@ -10,8 +10,9 @@ subclass of it:
 * redbeat sleeps up to ``beat_max_loop_interval`` (300 s); this beat blocks on the store's wake
   list (BLPOP) until the next due time, so a new or changed entry is armed at once;
 * redbeat loads and sends due entries one by one; this beat loads, claims, records and sends
-  them in batches with pipelined Redis work, oldest slot first, so a burst is drained in bounded
-  batches and entries that fall due meanwhile are taken in slot order, not starved;
+  them in batches with pipelined Redis work, picked round-robin across namespaces from the
+  earliest and the latest due entries, so a burst is drained in bounded batches and another
+  namespace's entry that falls due meanwhile waits one batch, not the whole burst;
 * redbeat's lock times out after 5 times the loop interval (25 min); this lock times out after
   ``beat_lock_timeout`` seconds, a standby sleeps exactly until the holder's lease would end,
   and each slot is claimed by compare-and-set, so two beats never fire the same slot;
@@ -42,6 +43,10 @@ log = logging.getLogger("forwarder.beat")
 
 # Upper bound on slots walked to find the latest missed one after a long downtime.
 _MAX_MISSED_WALK = 100_000
+# Each batch is picked round-robin across namespaces from this many batches' worth of the
+# earliest due entries: a burst in one namespace then delays another namespace's entry by one
+# batch, not by the whole burst, while each read stays bounded.
+FAIR_WINDOW_BATCHES = 10
 
 
 def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta, float | None]:
@@ -67,6 +72,10 @@ def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta
     return latest, in_time, walked + (0 if in_time else 1), new_meta, upcoming
 
 
+def _no_result_subscription(producer: Any, task_id: str) -> None:
+    """Stands in for the result backend's ``on_task_call`` in beat (see ``__init__``)."""
+
+
 class ForwarderScheduler(Scheduler):
     """Celery Beat scheduler on Forwarder's Redis store (see the module docstring)."""
 
@@ -87,7 +96,14 @@ class ForwarderScheduler(Scheduler):
             schedule_limit=self.settings.run_history_limit,
             result_limit=self.settings.result_max_chars,
         )
-        self.dispatcher = Dispatcher(app, self.client, self.runs, prefix)
+        # Late-bound, so a clock swapped in after construction (tests) is used everywhere.
+        # Beat never waits for a result, so the Redis result backend's per-task pubsub
+        # subscription (a SUBSCRIBE and an UNSUBSCRIBE round trip per firing, most of a
+        # burst's cost) is skipped in this process. Results are still stored by workers.
+        app.backend.on_task_call = _no_result_subscription
+        self.dispatcher = Dispatcher(
+            app, self.client, self.runs, prefix, clock=lambda: self.clock()
+        )
         self.lock_timeout = self.settings.beat_lock_timeout
         self.identity = f"{uuid.uuid4()}"
         self.lock = self.client.lock(
@@ -178,10 +194,11 @@ class ForwarderScheduler(Scheduler):
         if not self._hold_lock():
             return self._standby_wait()
         now = self.clock()
-        batch = self.store.due(now, self.settings.beat_batch_size)
+        size = self.settings.beat_batch_size
+        batch = self.store.due(now, size, window=size * FAIR_WINDOW_BATCHES)
         if batch:
             self.fire_batch(batch, now)
-            if len(batch) == self.settings.beat_batch_size:
+            if len(batch) == size:
                 return 0.0  # more may be due: take the next batch straight away
         next_due = self.store.next_due()
         wait = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)

@@ -24,7 +24,7 @@ import enum
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -56,6 +56,24 @@ return 1
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
 _TIMEOUT_SLACK = 0.11
+
+
+def fair_share(items: list[str], limit: int, *, key: Callable[[str], str]) -> list[str]:
+    """``limit`` of ``items`` (ordered earliest due first), taken round-robin across the groups
+    that ``key`` names: the first of each group, then the second of each, and so on. Groups
+    take turns in the order their first item appears, so the earliest due group goes first."""
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    picked: list[str] = []
+    depth = 0
+    while len(picked) < limit:
+        row = [group[depth] for group in groups.values() if depth < len(group)]
+        if not row:
+            break
+        picked.extend(row[: limit - len(picked)])
+        depth += 1
+    return picked
 
 
 class UpsertResult(enum.Enum):
@@ -279,6 +297,11 @@ class ScheduleStore:
             if nxt <= now:
                 nxt = IntervalTimetable(every, anchor).next_after(now)
             return replace(meta, anchor=anchor), nxt
+        if "at" in entry.schedule and not resumed:
+            # A one-off that has not fired is due at its time, even if that passed while it was
+            # being written (validated in the future, stored a moment later): beat then fires it
+            # once, if still within its starting deadline, instead of it silently never firing.
+            return meta, float(entry.schedule["at"])
         return meta, entry.timetable(meta.anchor).next_after(now)
 
     def delete(self, name: str) -> bool:
@@ -344,9 +367,28 @@ class ScheduleStore:
 
     # -- beat's side ----------------------------------------------------------------------
 
-    def due(self, now: float, limit: int) -> list[StoredEntry]:
-        """Up to ``limit`` entries due at ``now``, earliest first, loaded in one round trip."""
-        keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+    def due(self, now: float, limit: int, *, window: int | None = None) -> list[StoredEntry]:
+        """Up to ``limit`` entries due at ``now``, loaded in one round trip.
+
+        Without ``window`` they are the earliest due. With a ``window``, the candidates are the
+        ``window`` earliest due plus the ``limit`` latest due (those that just fell due behind
+        a backlog), and ``limit`` of them are taken round-robin across namespaces, earliest
+        first within each (see :func:`fair_share`). So a burst in one namespace delays another
+        namespace's entry by one batch, not by the rest of the burst.
+        """
+        if window is None:
+            keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+        else:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(self.due_key, "-inf", now, start=0, num=max(window, limit))
+                pipe.zrevrangebyscore(self.due_key, now, "-inf", start=0, num=limit)
+                earliest, latest = pipe.execute()
+            seen = set(earliest)
+            # The latest due all score after the earliest window, so appending them in
+            # ascending order keeps the candidates ordered by due time.
+            keys = earliest + [k for k in reversed(latest) if k not in seen]
+            if len(keys) > limit:
+                keys = fair_share(keys, limit, key=lambda k: self.name_of(k).partition("/")[0])
         if not keys:
             return []
         loaded = {s.entry.name: s for s in self._load(self.name_of(k) for k in keys)}

@@ -1,0 +1,91 @@
+"""FastAPI dependencies as ``Annotated`` aliases, so endpoints read like typed functions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import redis
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from forwarder_worker.runs import RunLog
+from forwarder_worker.store import ScheduleStore
+
+from forwarder_api.auth import bearer, check_token
+from forwarder_api.catalog import TaskCatalog
+from forwarder_api.flower import FlowerClient
+from forwarder_api.metrics import ApiMetrics
+from forwarder_api.schedules import ScheduleBackend
+from forwarder_api.services import Services
+from forwarder_api.settings import ApiSettings
+
+
+def get_services(request: Request) -> Services:
+    """The app's services (built by ``create_app``)."""
+    services = request.app.state.services
+    assert isinstance(services, Services)
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def get_settings(services: ServicesDep) -> ApiSettings:
+    return services.settings
+
+
+def get_celery(services: ServicesDep) -> Celery:
+    return services.celery
+
+
+def get_redis(services: ServicesDep) -> redis.Redis:
+    return services.redis
+
+
+def get_store(services: ServicesDep) -> ScheduleStore:
+    return services.store
+
+
+def get_runs(services: ServicesDep) -> RunLog:
+    return services.runs
+
+
+def get_catalog(services: ServicesDep) -> TaskCatalog:
+    return services.catalog
+
+
+def get_schedules(services: ServicesDep) -> ScheduleBackend:
+    return services.schedules
+
+
+def get_flower(services: ServicesDep) -> FlowerClient:
+    return services.flower
+
+
+def get_metrics(services: ServicesDep) -> ApiMetrics:
+    return services.metrics
+
+
+def require_token(services: ServicesDep, credentials: Credentials) -> None:
+    """401 unless the request carries an accepted bearer token."""
+    check_token(services.tokens, credentials)
+
+
+def require_metrics_token(services: ServicesDep, credentials: Credentials) -> None:
+    """Like :func:`require_token`, when ``FORWARDER_API_METRICS_AUTH`` asks for it."""
+    if services.settings.api_metrics_auth:
+        check_token(services.tokens, credentials)
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+StoreDep = Annotated[ScheduleStore, Depends(get_store)]
+RunLogDep = Annotated[RunLog, Depends(get_runs)]
+CatalogDep = Annotated[TaskCatalog, Depends(get_catalog)]
+SchedulesDep = Annotated[ScheduleBackend, Depends(get_schedules)]
+FlowerDep = Annotated[FlowerClient, Depends(get_flower)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+Authorized = Depends(require_token)
+MetricsAuthorized = Depends(require_metrics_token)

@@ -1,0 +1,229 @@
+"""Cluster mode's schedules: ScheduledTask resources read and written through the Kubernetes API.
+
+The API never touches schedule entries in Redis here. It writes resources; the operator
+reconciles them into entries and status, and acts on the run-now annotation, so the
+operator stays the only writer. Specs are validated before they are sent, because the
+emulator and older clusters do not run the CRD's CEL rules, and a 422 from the API is
+clearer than a Ready=False found later.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import urllib3
+from forwarder_worker.reconcile import API_VERSION, KIND
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from forwarder_api.errors import BadGateway, Conflict, Invalid, NotFound, Unavailable
+from forwarder_api.schedules import (
+    RUN_NOW_ANNOTATION,
+    KnownTasks,
+    ScheduleView,
+    Triggered,
+    check_identity,
+    check_namespace,
+    merge_patch,
+    validate_spec,
+)
+from forwarder_api.settings import ApiSettings
+
+GROUP, VERSION, PLURAL = "forwarder.dev", "v1alpha1", "scheduledtasks"
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "")
+    except ValueError:
+        return str(exc.reason or exc.status)
+    return str(body.get("message") or exc.reason) if isinstance(body, dict) else str(body)
+
+
+class KubeSchedules:
+    """The ScheduleBackend of cluster mode."""
+
+    def __init__(self, settings: ApiSettings, known_tasks: KnownTasks) -> None:
+        self.settings = settings
+        self.known_tasks = known_tasks
+        self.timeout = settings.kube_timeout
+        self._api: client.CustomObjectsApi | None = None
+        self._lock = threading.Lock()
+
+    def api(self) -> client.CustomObjectsApi:
+        """The custom-objects client, configured on first use (503 if no config is found)."""
+        with self._lock:
+            if self._api is None:
+                configuration = client.Configuration()
+                try:
+                    if self.settings.kubeconfig is not None:
+                        config.load_kube_config(  # type: ignore[no-untyped-call]
+                            config_file=str(self.settings.kubeconfig),
+                            client_configuration=configuration,
+                        )
+                    else:
+                        try:
+                            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                                client_configuration=configuration
+                            )
+                        except ConfigException:
+                            config.load_kube_config(  # type: ignore[no-untyped-call]
+                                client_configuration=configuration
+                            )
+                except (ConfigException, OSError) as exc:
+                    raise Unavailable(f"no Kubernetes configuration found: {exc}") from None
+                self._api = client.CustomObjectsApi(client.ApiClient(configuration))
+            return self._api
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the Kubernetes API, turning its failures into the API's errors."""
+        try:
+            return fn(*args, _request_timeout=self.timeout, **kwargs)
+        except ApiException as exc:
+            message = f"{what}: {_message(exc)}"
+            if exc.status == 404:
+                raise NotFound(message) from None
+            if exc.status == 409:
+                raise Conflict(message) from None
+            if exc.status in (400, 422):
+                raise Invalid(message) from None
+            if exc.status in (401, 403):
+                raise BadGateway(f"{message} (check the api's RBAC)") from None
+            raise BadGateway(f"{message} (Kubernetes API answered {exc.status})") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(f"{what}: the Kubernetes API is unreachable: {exc}") from None
+
+    @staticmethod
+    def _view(obj: dict[str, Any]) -> ScheduleView:
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec")
+        return ScheduleView(
+            namespace=str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or ""),
+            spec=spec if isinstance(spec, dict) else {},
+            status=obj.get("status"),
+            uid=meta.get("uid"),
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+
+    def _get(self, namespace: str, name: str) -> dict[str, Any]:
+        check_identity(namespace, name)
+        obj: dict[str, Any] = self._call(
+            f"ScheduledTask {namespace}/{name}",
+            self.api().get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+        )
+        return obj
+
+    # -- ScheduleBackend ----------------------------------------------------------------------
+
+    def list(self, namespace: str | None) -> list[ScheduleView]:
+        if namespace is None:
+            result = self._call(
+                "listing ScheduledTasks",
+                self.api().list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                PLURAL,
+            )
+        else:
+            check_namespace(namespace)
+            result = self._call(
+                f"listing ScheduledTasks in {namespace}",
+                self.api().list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+            )
+        views = [self._view(item) for item in (result or {}).get("items", [])]
+        return sorted(views, key=lambda v: (v.namespace, v.name))
+
+    def get(self, namespace: str, name: str) -> ScheduleView:
+        return self._view(self._get(namespace, name))
+
+    def create(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        labels: dict[str, str],
+        annotations: dict[str, str],
+    ) -> ScheduleView:
+        check_identity(namespace, name)
+        validate_spec(spec, self.known_tasks())
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if labels:
+            metadata["labels"] = labels
+        if annotations:
+            metadata["annotations"] = annotations
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+        created = self._call(
+            f"creating ScheduledTask {namespace}/{name}",
+            self.api().create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            body,
+        )
+        return self._view(created if isinstance(created, dict) else body)
+
+    def patch(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> ScheduleView:
+        current = self._get(namespace, name)
+        merged = merge_patch(current.get("spec"), spec_patch)
+        validate_spec(merged, self.known_tasks(), allow_past_at=True)
+        # The resourceVersion makes the patch fail with 409 if someone changed it meanwhile.
+        body = {
+            "metadata": {"resourceVersion": current["metadata"].get("resourceVersion")},
+            "spec": spec_patch,
+        }
+        patched = self._call(
+            f"patching ScheduledTask {namespace}/{name}",
+            self.api().patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            body,
+        )
+        return self._view(patched)
+
+    def delete(self, namespace: str, name: str) -> None:
+        check_identity(namespace, name)
+        self._call(
+            f"ScheduledTask {namespace}/{name}",
+            self.api().delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+        )
+
+    def trigger(self, namespace: str, name: str) -> Triggered:
+        check_identity(namespace, name)
+        value = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
+        self._call(
+            f"ScheduledTask {namespace}/{name}",
+            self.api().patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"annotations": {RUN_NOW_ANNOTATION: value}}},
+        )
+        return Triggered(namespace, name, run_now=value)

@@ -1,0 +1,283 @@
+"""Local mode's schedules: ScheduledTask YAML files in the folder the folder source watches.
+
+The API only edits files; the folder source notices and applies them to Redis, exactly as
+it does for a hand edit. A new schedule goes to ``<name>.yaml`` (namespace ``default``) or
+``<namespace>.<name>.yaml``; an existing one is edited in whichever file declares it. Files
+are replaced atomically (a temp file, then rename), so the watcher never reads half a file.
+Status comes from the schedule store and the run records, the same data the operator puts
+in a resource's status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from forwarder_worker.dispatch import Dispatcher, Firing
+from forwarder_worker.model import InvalidSpec
+from forwarder_worker.reconcile import API_VERSION, KIND, describe, validate
+from forwarder_worker.runs import RunLog
+from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.timing import utc_iso
+
+from forwarder_api.errors import Conflict, NotFound, Unavailable
+from forwarder_api.schedules import (
+    KnownTasks,
+    ScheduleView,
+    Triggered,
+    check_identity,
+    merge_patch,
+    summary_status,
+    validate_spec,
+)
+
+log = logging.getLogger("forwarder.api")
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A ScheduledTask document, the file it is in, and that file's other documents."""
+
+    namespace: str
+    name: str
+    document: dict[str, Any]
+    path: Path
+    documents: list[Any]
+    index: int
+
+
+def file_name(namespace: str, name: str) -> str:
+    """Where a new schedule is written: ``<name>.yaml`` in ``default``, else
+    ``<namespace>.<name>.yaml`` (a namespace holds no dot, so the split is unambiguous)."""
+    return f"{name}.yaml" if namespace == "default" else f"{namespace}.{name}.yaml"
+
+
+def _is_scheduled_task(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and doc.get("apiVersion") == API_VERSION
+        and doc.get("kind") == KIND
+        and isinstance(doc.get("metadata"), dict)
+        and isinstance(doc["metadata"].get("name"), str)
+    )
+
+
+class LocalSchedules:
+    """The ScheduleBackend of local mode."""
+
+    def __init__(
+        self,
+        folder: Path | None,
+        store: ScheduleStore,
+        runs: RunLog,
+        dispatcher: Dispatcher,
+        known_tasks: KnownTasks,
+    ) -> None:
+        self._folder = folder
+        self.store = store
+        self.runs = runs
+        self.dispatcher = dispatcher
+        self.known_tasks = known_tasks
+        self._lock = threading.Lock()
+
+    @property
+    def folder(self) -> Path:
+        """The schedules folder, or 503 if none is configured."""
+        if self._folder is None:
+            raise Unavailable(
+                "no schedules folder is configured (set FORWARDER_SCHEDULES_DIR, or "
+                "FORWARDER_SCHEDULES_MODE=kubernetes in a cluster)"
+            )
+        return self._folder
+
+    # -- reading the folder -------------------------------------------------------------------
+
+    def _scan(self) -> dict[tuple[str, str], _Found]:
+        """Every ScheduledTask in the folder; like the folder source, the first file (by name)
+        that declares a namespace/name wins."""
+        found: dict[tuple[str, str], _Found] = {}
+        if not self.folder.is_dir():
+            return found
+        paths = sorted(
+            p
+            for p in self.folder.iterdir()
+            if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
+        )
+        for path in paths:
+            try:
+                documents = [d for d in yaml.safe_load_all(path.read_text("utf-8"))]
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                log.info("schedules: skipping unreadable %s: %s", path.name, exc)
+                continue
+            for index, doc in enumerate(documents):
+                if not _is_scheduled_task(doc):
+                    continue
+                namespace = str(doc["metadata"].get("namespace") or "default")
+                key = (namespace, doc["metadata"]["name"])
+                found.setdefault(key, _Found(*key, doc, path, documents, index))
+        return found
+
+    def _find(self, namespace: str, name: str) -> _Found:
+        check_identity(namespace, name)
+        found = self._scan().get((namespace, name))
+        if found is None:
+            raise NotFound(f"ScheduledTask {namespace}/{name} not found in {self.folder}")
+        return found
+
+    def _status(self, found: _Found) -> dict[str, Any]:
+        entry_name = f"{found.namespace}/{found.name}"
+        stored = self.store.get(entry_name)
+        status: dict[str, Any] = {"nextRunTime": None}
+        try:
+            spec = validate(
+                found.document.get("spec"), self.known_tasks(), allow_past_at=stored is not None
+            )
+        except InvalidSpec as exc:
+            reason = "UnknownTask" if "is not a registered task" in str(exc) else "InvalidSpec"
+            status["conditions"] = [_condition(False, reason, str(exc))]
+            return status
+        if stored is None:
+            condition = _condition(False, "Pending", "the folder source has not applied it yet")
+        else:
+            expected = Entry.from_spec(
+                entry_name, spec, uid=stored.entry.uid, generation=stored.entry.generation
+            )
+            if expected != stored.entry:
+                condition = _condition(
+                    False, "Pending", "the file changed; the folder source has not applied it yet"
+                )
+            else:
+                result = describe(spec, stored.entry, stored.due, self.store)
+                condition = _condition(result.ready, result.reason, result.message)
+            status["nextRunTime"] = utc_iso(stored.due)
+        status["conditions"] = [condition]
+        status.update(summary_status(self.runs.summary(entry_name, spec.run_history_limit)))
+        return status
+
+    def _view(self, found: _Found) -> ScheduleView:
+        meta = found.document["metadata"]
+        spec = found.document.get("spec")
+        return ScheduleView(
+            namespace=found.namespace,
+            name=found.name,
+            spec=spec if isinstance(spec, dict) else {},
+            status=self._status(found),
+            uid=f"local:{found.namespace}/{found.name}",
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+            file=found.path.name,
+        )
+
+    # -- writing files ------------------------------------------------------------------------
+
+    def _write(self, path: Path, documents: list[Any]) -> None:
+        """Replace ``path`` atomically; the temp file's name is one the folder source skips."""
+        text = yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True)
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (renamed, not closed in a with)
+            "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        )
+        try:
+            with handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(handle.name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(handle.name)
+            raise
+
+    # -- ScheduleBackend ----------------------------------------------------------------------
+
+    def list(self, namespace: str | None) -> list[ScheduleView]:
+        return [
+            self._view(found)
+            for key, found in sorted(self._scan().items())
+            if namespace is None or key[0] == namespace
+        ]
+
+    def get(self, namespace: str, name: str) -> ScheduleView:
+        return self._view(self._find(namespace, name))
+
+    def create(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        labels: dict[str, str],
+        annotations: dict[str, str],
+    ) -> ScheduleView:
+        check_identity(namespace, name)
+        validate_spec(spec, self.known_tasks())
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if labels:
+            metadata["labels"] = labels
+        if annotations:
+            metadata["annotations"] = annotations
+        document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+        with self._lock:
+            existing = self._scan().get((namespace, name))
+            if existing is not None:
+                raise Conflict(
+                    f"ScheduledTask {namespace}/{name} already exists (in {existing.path.name})"
+                )
+            path = self.folder / file_name(namespace, name)
+            if path.exists():
+                raise Conflict(f"{path.name} already exists and declares other schedules")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._write(path, [document])
+        return self.get(namespace, name)
+
+    def patch(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> ScheduleView:
+        with self._lock:
+            found = self._find(namespace, name)
+            spec = merge_patch(found.document.get("spec"), spec_patch)
+            # A one-off that already fired may keep its past `at` (as the operator allows).
+            validate_spec(
+                spec,
+                self.known_tasks(),
+                allow_past_at=self.store.get(f"{namespace}/{name}") is not None,
+            )
+            documents = list(found.documents)
+            documents[found.index] = {**found.document, "spec": spec}
+            self._write(found.path, documents)
+        return self.get(namespace, name)
+
+    def delete(self, namespace: str, name: str) -> None:
+        with self._lock:
+            found = self._find(namespace, name)
+            rest = [d for i, d in enumerate(found.documents) if i != found.index]
+            if any(d is not None for d in rest):
+                self._write(found.path, rest)
+            else:
+                found.path.unlink()
+
+    def trigger(self, namespace: str, name: str) -> Triggered:
+        self._find(namespace, name)
+        stored = self.store.get(f"{namespace}/{name}")
+        if stored is None:
+            raise Conflict(
+                f"ScheduledTask {namespace}/{name} is not loaded into the scheduler yet "
+                "(an invalid spec, or the folder source has not applied it); see its status"
+            )
+        (outcome,) = self.dispatcher.fire([Firing(stored.entry, time.time(), source="trigger")])
+        if not outcome.sent:
+            raise Conflict(f"not triggered: {outcome.reason}")
+        return Triggered(namespace, name, run_id=outcome.run_id)
+
+
+def _condition(ready: bool, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "reason": reason,
+        "message": message,
+    }

@@ -1,0 +1,188 @@
+"""Request and response bodies of the API, as pydantic models (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from forwarder_worker.reconcile import API_VERSION, KIND
+from forwarder_worker.runs import STATES
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from forwarder_api.schedules import NAME_PATTERN, NAMESPACE_PATTERN
+
+RunState = Literal[STATES]  # type: ignore[valid-type]
+QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+MAX_DELAY_SECONDS = 30 * 24 * 3600
+
+
+class _Body(BaseModel):
+    # Unknown fields are mistakes; NaN and Infinity are not times.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class RunRequest(_Body):
+    """What to run: arguments and Celery options (all optional)."""
+
+    args: list[Any] = Field(default_factory=list, description="Positional arguments")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments")
+    queue: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=QUEUE_PATTERN, description="Queue"
+    )
+    countdown: float | None = Field(
+        default=None, ge=0, le=MAX_DELAY_SECONDS, description="Seconds to wait before running"
+    )
+    eta: AwareDatetime | None = Field(
+        default=None, description="When to run (RFC 3339 with a zone); excludes countdown"
+    )
+    expires: Annotated[float, Field(gt=0, le=MAX_DELAY_SECONDS)] | AwareDatetime | None = Field(
+        default=None, description="Seconds from now, or an instant, after which it is not run"
+    )
+    priority: int | None = Field(default=None, ge=0, le=9, description="0 (lowest) to 9")
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> RunRequest:
+        if self.countdown is not None and self.eta is not None:
+            raise ValueError("give countdown or eta, not both")
+        return self
+
+
+class Submitted(BaseModel):
+    """A submitted run: its id and where to follow it."""
+
+    id: str
+    url: str
+
+
+class TaskOut(BaseModel):
+    """A submittable task and the workers that reported it."""
+
+    name: str
+    workers: list[str]
+
+
+class TaskList(BaseModel):
+    """Submittable tasks."""
+
+    items: list[TaskOut]
+
+
+class RunError(BaseModel):
+    """Why a run failed."""
+
+    type: str | None
+    message: str | None
+    traceback: str | None = None
+
+
+class Run(BaseModel):
+    """A run's state, result or error, and times (RFC 3339, UTC)."""
+
+    id: str
+    task: str
+    state: str
+    schedule: str | None = None
+    source: str | None = None
+    worker: str | None = None
+    retries: int = 0
+    reason: str | None = None
+    args: Any = None
+    kwargs: Any = None
+    result: Any = None
+    result_truncated: bool = False
+    error: RunError | None = None
+    scheduled_at: str | None = None
+    created_at: str | None = None
+    received_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class RunPage(BaseModel):
+    """A page of runs, newest first."""
+
+    items: list[Run]
+    limit: int
+    offset: int
+    next: str | None = Field(description="URL of the next page, if there may be one")
+
+
+class Revoked(BaseModel):
+    """A revoke request sent to the workers."""
+
+    id: str
+    terminate: bool
+    state: str
+
+
+class ScheduleMetadata(BaseModel):
+    """A ScheduledTask's identity; fields a server fills in (uid...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+    namespace: str = Field(
+        default="default", min_length=1, max_length=63, pattern=NAMESPACE_PATTERN
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ScheduleCreate(_Body):
+    """A ScheduledTask as ``kubectl apply`` takes it; ``spec`` follows design §3."""
+
+    apiVersion: Literal["forwarder.dev/v1alpha1"] = "forwarder.dev/v1alpha1"
+    kind: Literal["ScheduledTask"] = "ScheduledTask"
+    metadata: ScheduleMetadata
+    spec: dict[str, Any]
+    status: dict[str, Any] | None = Field(default=None, description="Ignored")
+
+
+class SchedulePatch(_Body):
+    """A JSON merge patch (RFC 7386) of a spec: ``null`` removes a field."""
+
+    spec: dict[str, Any]
+
+
+class ScheduleOutMetadata(BaseModel):
+    """Identity of a returned schedule."""
+
+    name: str
+    namespace: str
+    uid: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    file: str | None = Field(default=None, description="Local mode: the file declaring it")
+
+
+class ScheduleOut(BaseModel):
+    """A ScheduledTask with its status (from the resource, or the store in local mode)."""
+
+    apiVersion: str = API_VERSION
+    kind: str = KIND
+    metadata: ScheduleOutMetadata
+    spec: dict[str, Any]
+    status: dict[str, Any] | None = None
+
+
+class ScheduleList(BaseModel):
+    """ScheduledTasks, by namespace and name."""
+
+    items: list[ScheduleOut]
+
+
+class TriggerOut(BaseModel):
+    """A run-now: the run id and URL when the API fired it (local mode), or the
+    ``forwarder.dev/run-now`` value it set for the operator (cluster mode)."""
+
+    namespace: str
+    name: str
+    id: str | None = None
+    url: str | None = None
+    runNow: str | None = None
+
+
+class LogTail(BaseModel):
+    """The last lines of a component's log."""
+
+    component: str
+    lines: list[str]

@@ -1,0 +1,1 @@
+"""One APIRouter per resource; ``forwarder_api.main`` includes them all."""

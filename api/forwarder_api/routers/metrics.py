@@ -1,0 +1,17 @@
+"""``/metrics``: Prometheus exposition of the app's registry (open unless configured)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from forwarder_api.deps import MetricsAuthorized, MetricsDep
+
+router = APIRouter(tags=["metrics"], dependencies=[MetricsAuthorized])
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(instruments: MetricsDep) -> Response:
+    """Request counts and latency, runs submitted per task, schedules by state and the
+    scheduler's fire, skip and lateness figures."""
+    return Response(generate_latest(instruments.registry), media_type=CONTENT_TYPE_LATEST)

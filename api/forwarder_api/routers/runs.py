@@ -1,0 +1,113 @@
+"""``/runs``: one run's state and result, the recent history, and revoking a run."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from forwarder_worker.runs import RunRecord
+from forwarder_worker.timing import utc_iso
+
+from forwarder_api.deps import Authorized, CeleryDep, RunLogDep, SettingsDep
+from forwarder_api.errors import Conflict, NotFound
+from forwarder_api.models import Revoked, Run, RunError, RunPage, RunState
+
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authorized])
+
+RunId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+def _json(text: str | None) -> tuple[Any, bool]:
+    """A recorded JSON value, or the raw text and whether it was cut short."""
+    if text is None:
+        return None, False
+    try:
+        return json.loads(text), False
+    except ValueError:
+        return text, text.endswith("…")
+
+
+def to_run(record: RunRecord, *, show_traceback: bool) -> Run:
+    """A run record as the API shows it."""
+    result, truncated = _json(record.result)
+    error = None
+    if record.error_type or record.error:
+        error = RunError(
+            type=record.error_type,
+            message=record.error,
+            traceback=record.traceback if show_traceback else None,
+        )
+    return Run(
+        id=record.id,
+        task=record.task,
+        state=record.state,
+        schedule=record.schedule,
+        source=record.source,
+        worker=record.worker,
+        retries=record.retries,
+        reason=record.reason,
+        args=_json(record.args)[0],
+        kwargs=_json(record.kwargs)[0],
+        result=result,
+        result_truncated=truncated,
+        error=error,
+        scheduled_at=utc_iso(record.slot),
+        created_at=utc_iso(record.created),
+        received_at=utc_iso(record.received),
+        started_at=utc_iso(record.started),
+        finished_at=utc_iso(record.finished),
+    )
+
+
+@router.get("")
+def list_runs(
+    request: Request,
+    runs: RunLogDep,
+    settings: SettingsDep,
+    task: Annotated[str | None, Query(max_length=200)] = None,
+    schedule: Annotated[str | None, Query(max_length=320, description="<namespace>/<name>")] = None,
+    state: RunState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> RunPage:
+    """Recent runs, newest first, filtered by task, schedule and state."""
+    records = runs.recent(schedule=schedule, task=task, state=state, limit=limit + 1, offset=offset)
+    items = [to_run(r, show_traceback=settings.api_show_traceback) for r in records[:limit]]
+    following = None
+    if len(records) > limit:
+        following = str(request.url.include_query_params(offset=offset + limit))
+    return RunPage(items=items, limit=limit, offset=offset, next=following)
+
+
+@router.get("/{run_id}", name="get_run", responses={404: {"description": "Never submitted"}})
+def get_run(run_id: RunId, runs: RunLogDep, celery: CeleryDep, settings: SettingsDep) -> Run:
+    """A run's state, result or error, and times."""
+    record = runs.get(run_id)
+    if record is None:
+        raise NotFound(f"run {run_id!r} was never submitted (or its record has expired)")
+    run = to_run(record, show_traceback=settings.api_show_traceback)
+    if run.result_truncated and record.state == "SUCCESS":
+        # The record keeps a bounded copy; the result backend still has all of it.
+        backend = celery.AsyncResult(run_id)
+        if backend.state == "SUCCESS":
+            run = run.model_copy(update={"result": backend.result, "result_truncated": False})
+    return run
+
+
+@router.delete(
+    "/{run_id}",
+    status_code=202,
+    responses={404: {"description": "Never submitted"}, 409: {"description": "Finished"}},
+)
+def revoke_run(
+    run_id: RunId, runs: RunLogDep, celery: CeleryDep, terminate: bool = False
+) -> Revoked:
+    """Revoke a run: a queued one is dropped; ``terminate=true`` also stops a running one."""
+    record = runs.get(run_id)
+    if record is None:
+        raise NotFound(f"run {run_id!r} was never submitted (or its record has expired)")
+    if record.final:
+        raise Conflict(f"run {run_id} has already finished ({record.state})")
+    celery.control.revoke(run_id, terminate=terminate, signal="SIGTERM")
+    return Revoked(id=run_id, terminate=terminate, state=record.state)

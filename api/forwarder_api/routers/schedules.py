@@ -1,0 +1,103 @@
+"""``/schedules``: ScheduledTasks over HTTP, in the cluster or in local mode's folder.
+
+The backend (chosen by ``FORWARDER_SCHEDULES_MODE``) does the work; see
+:mod:`forwarder_api.schedules`. Validation errors are 422 with the operator's messages.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from forwarder_api.deps import Authorized, SchedulesDep
+from forwarder_api.models import (
+    ScheduleCreate,
+    ScheduleList,
+    ScheduleOut,
+    ScheduleOutMetadata,
+    SchedulePatch,
+    TriggerOut,
+)
+from forwarder_api.schedules import ScheduleView
+
+router = APIRouter(prefix="/schedules", tags=["schedules"], dependencies=[Authorized])
+
+Namespace = Annotated[str, Path(min_length=1, max_length=63)]
+Name = Annotated[str, Path(min_length=1, max_length=253)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such schedule"},
+    422: {"description": "Invalid spec (the operator's message)"},
+    503: {"description": "The schedule source is unreachable or not configured"},
+}
+
+
+def to_out(view: ScheduleView) -> ScheduleOut:
+    """A schedule in resource shape."""
+    return ScheduleOut(
+        metadata=ScheduleOutMetadata(
+            name=view.name,
+            namespace=view.namespace,
+            uid=view.uid,
+            labels=view.labels,
+            annotations=view.annotations,
+            file=view.file,
+        ),
+        spec=view.spec,
+        status=view.status,
+    )
+
+
+@router.get("", responses=ERRORS)
+def list_schedules(
+    schedules: SchedulesDep,
+    namespace: Annotated[str | None, Query(min_length=1, max_length=63)] = None,
+) -> ScheduleList:
+    """Every ScheduledTask, or those of one namespace."""
+    return ScheduleList(items=[to_out(v) for v in schedules.list(namespace)])
+
+
+@router.post("", status_code=201, responses={**ERRORS, 409: {"description": "Exists"}})
+def create_schedule(body: ScheduleCreate, schedules: SchedulesDep) -> ScheduleOut:
+    """Declare a ScheduledTask (the document ``kubectl apply`` takes)."""
+    meta = body.metadata
+    return to_out(
+        schedules.create(meta.namespace, meta.name, body.spec, meta.labels, meta.annotations)
+    )
+
+
+@router.get("/{namespace}/{name}", responses=ERRORS)
+def get_schedule(namespace: Namespace, name: Name, schedules: SchedulesDep) -> ScheduleOut:
+    """One ScheduledTask with its status."""
+    return to_out(schedules.get(namespace, name))
+
+
+@router.patch("/{namespace}/{name}", responses=ERRORS)
+def patch_schedule(
+    namespace: Namespace, name: Name, body: SchedulePatch, schedules: SchedulesDep
+) -> ScheduleOut:
+    """Merge-patch the spec, e.g. ``{"spec": {"suspend": true}}``."""
+    return to_out(schedules.patch(namespace, name, body.spec))
+
+
+@router.delete("/{namespace}/{name}", status_code=204, responses=ERRORS)
+def delete_schedule(namespace: Namespace, name: Name, schedules: SchedulesDep) -> Response:
+    """Remove a ScheduledTask; its schedule entry goes with it."""
+    schedules.delete(namespace, name)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{namespace}/{name}/trigger",
+    status_code=202,
+    responses={**ERRORS, 409: {"description": "Not loaded yet, or concurrencyPolicy Forbid"}},
+)
+def trigger_schedule(
+    namespace: Namespace, name: Name, request: Request, schedules: SchedulesDep
+) -> TriggerOut:
+    """Run the schedule's task once now (like the ``forwarder.dev/run-now`` annotation)."""
+    done = schedules.trigger(namespace, name)
+    url = str(request.url_for("get_run", run_id=done.run_id)) if done.run_id else None
+    return TriggerOut(
+        namespace=done.namespace, name=done.name, id=done.run_id, url=url, runNow=done.run_now
+    )

@@ -1,0 +1,153 @@
+"""Schedules as the API sees them, whichever source holds them.
+
+Two backends implement :class:`ScheduleBackend`: ScheduledTask resources through the
+Kubernetes API (:mod:`forwarder_api.kube_schedules`) and the YAML files of local mode
+(:mod:`forwarder_api.local_schedules`). Neither writes schedule entries to Redis: the
+operator or the folder source does, so there is one writer per source. Both validate a spec
+with the core's :func:`forwarder_worker.reconcile.validate` before writing, so a bad spec
+gets 422 with the same message the operator would put in its Ready condition.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from forwarder_worker.model import InvalidSpec, ScheduledTaskSpec
+from forwarder_worker.reconcile import validate
+from forwarder_worker.runs import RunRecord, ScheduleRuns
+from forwarder_worker.timing import utc_iso
+
+from forwarder_api.errors import Invalid
+
+RUN_NOW_ANNOTATION = "forwarder.dev/run-now"
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """One schedule: its identity, declared spec and observed status."""
+
+    namespace: str
+    name: str
+    spec: dict[str, Any]
+    status: dict[str, Any] | None = None
+    uid: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    file: str | None = None  # local mode: the file that declares it
+
+
+@dataclass(frozen=True)
+class Triggered:
+    """A run-now request: the run id when the API fired it itself, or the annotation value
+    it set for the operator to act on."""
+
+    namespace: str
+    name: str
+    run_id: str | None = None
+    run_now: str | None = None
+
+
+class ScheduleBackend(Protocol):
+    """What the ``/schedules`` routes need from a schedule source."""
+
+    def list(self, namespace: str | None) -> list[ScheduleView]:
+        """Every schedule, or those of one namespace."""
+        ...
+
+    def get(self, namespace: str, name: str) -> ScheduleView:
+        """One schedule, or NotFound."""
+        ...
+
+    def create(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        labels: dict[str, str],
+        annotations: dict[str, str],
+    ) -> ScheduleView:
+        """Declare a new schedule, or Conflict if it exists."""
+        ...
+
+    def patch(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> ScheduleView:
+        """Merge-patch a schedule's spec (RFC 7386), or NotFound."""
+        ...
+
+    def delete(self, namespace: str, name: str) -> None:
+        """Remove a schedule, or NotFound."""
+        ...
+
+    def trigger(self, namespace: str, name: str) -> Triggered:
+        """Run a schedule's task once now."""
+        ...
+
+
+def check_namespace(namespace: str) -> None:
+    """422 unless the namespace is a DNS label."""
+    if not _NAMESPACE.match(namespace):
+        raise Invalid(f"metadata.namespace: {namespace!r} is not a DNS-1123 label")
+
+
+def check_identity(namespace: str, name: str) -> None:
+    """422 unless the namespace is a DNS label and the name a DNS subdomain."""
+    check_namespace(namespace)
+    if not _NAME.match(name):
+        raise Invalid(f"metadata.name: {name!r} is not a DNS-1123 subdomain name")
+
+
+def validate_spec(
+    raw: Any, known_tasks: Collection[str] | None, *, allow_past_at: bool = False
+) -> ScheduledTaskSpec:
+    """The core's validation, as a 422 with the operator's message."""
+    try:
+        return validate(raw, known_tasks, allow_past_at=allow_past_at)
+    except InvalidSpec as exc:
+        raise Invalid(str(exc)) from None
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: ``null`` removes a key, mappings merge, the rest replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def run_status(record: RunRecord) -> dict[str, Any]:
+    """A run as the ScheduledTask status shows it (``lastRun``, ``recentRuns``)."""
+    return {
+        "taskId": record.id,
+        "state": record.state,
+        "scheduledAt": utc_iso(record.slot),
+        "startedAt": utc_iso(record.started),
+        "finishedAt": utc_iso(record.finished),
+        "result": record.result,
+        "error": record.error,
+    }
+
+
+def summary_status(runs: ScheduleRuns) -> dict[str, Any]:
+    """The run-derived part of a status, from the run records."""
+    return {
+        "lastScheduleTime": utc_iso(runs.last_schedule_time),
+        "lastSuccessfulTime": utc_iso(runs.last_successful_time),
+        "lastRun": run_status(runs.last_run) if runs.last_run else None,
+        "recentRuns": [run_status(r) for r in runs.recent],
+        "totalRunCount": runs.total,
+    }
+
+
+KnownTasks = Callable[[], Collection[str]]

@@ -1,0 +1,106 @@
+"""The API's settings: the core's ``FORWARDER_*`` settings plus what only the API reads.
+
+Tokens and the Flower password are secrets: they come from env vars or mounted Secret files
+and have no defaults. Everything else defaults to what ``forwarder up`` needs locally.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from forwarder_worker.settings import Settings
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class ApiSettings(Settings):
+    """Settings of the API process (``FORWARDER_`` prefix, like every component)."""
+
+    model_config = SettingsConfigDict(env_prefix="FORWARDER_", extra="ignore")
+
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Bearer tokens accepted by every protected route (``FORWARDER_API_TOKENS=a,b``)."""
+
+    api_token_file: Path | None = None
+    """A file with one token per line (a mounted Secret); re-read when it changes, so a
+    rotated Secret takes effect without a restart."""
+
+    api_tasks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Glob patterns of submittable task names. Empty: ``forwarder.*`` plus the tasks of
+    ``FORWARDER_TASK_MODULES``. ``celery.*`` is never submittable, whatever the patterns."""
+
+    api_tasks_cache_seconds: float = Field(default=10.0, ge=0)
+    """How long the workers' task registry is cached (asking them takes a broadcast)."""
+
+    api_inspect_timeout: float = Field(default=1.0, gt=0, le=30)
+    """Seconds to wait for workers' replies when asking what they registered."""
+
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest request body accepted; larger ones get 413."""
+
+    api_show_traceback: bool = False
+    """Whether ``GET /runs/{id}`` includes a failed run's traceback (it may reveal internals)."""
+
+    api_metrics_auth: bool = False
+    """Whether ``GET /metrics`` needs a bearer token like the other routes."""
+
+    flower_url: str = "http://127.0.0.1:7501"
+    """Flower's base URL, for ``/workers`` and ``/monitor/tasks``."""
+
+    flower_user: str | None = None
+    """Flower's basic-auth user."""
+
+    flower_password: SecretStr | None = None
+    """Flower's basic-auth password."""
+
+    flower_password_file: Path | None = None
+    """A file holding Flower's password (a mounted Secret), read when the password is unset."""
+
+    flower_timeout: float = Field(default=5.0, gt=0, le=60)
+    """Seconds a Flower request may take before the route answers 503."""
+
+    schedules_mode: Literal["kubernetes", "local"] = "local"
+    """Where ``/schedules`` acts: ScheduledTask resources through the Kubernetes API, or the
+    YAML files of local mode's schedules folder."""
+
+    schedules_dir: Path | None = None
+    """Local mode's schedules folder (the one the folder source watches)."""
+
+    kubeconfig: Path | None = None
+    """A kubeconfig for the Kubernetes API; unset: in-cluster config, then ``~/.kube/config``."""
+
+    kube_timeout: float = Field(default=10.0, gt=0, le=120)
+    """Seconds a Kubernetes API request may take."""
+
+    logs_dir: Path | None = None
+    """Folder of component logs (``<component>.log``) in local mode; unset in a cluster, where
+    components log to stdout."""
+
+    @field_validator("api_tokens", "api_tasks", mode="before")
+    @classmethod
+    def _api_csv(cls, value: object) -> object:
+        # Named apart from the core's validator, which a same-named method would replace.
+        return _split_csv(value)
+
+    def flower_auth(self) -> tuple[str, str] | None:
+        """Flower's basic-auth credentials, if configured."""
+        password = self.flower_password.get_secret_value() if self.flower_password else None
+        if password is None and self.flower_password_file is not None:
+            password = self.flower_password_file.read_text().strip()
+        if self.flower_user is None or password is None:
+            return None
+        return self.flower_user, password
+
+
+@functools.cache
+def get_api_settings() -> ApiSettings:
+    """The process's API settings, read from the environment once."""
+    return ApiSettings()

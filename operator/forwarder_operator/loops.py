@@ -1,0 +1,151 @@
+"""The operator's one background task: the status loop and the orphan/drift sweep.
+
+A timer per resource would cost one coroutine and one Redis poll per ScheduledTask. Instead
+one loop asks the run log which schedules changed since its last pass
+(:meth:`RunLog.take_changed`) and patches only those resources' status, and only when what
+it would write differs from what it wrote last. The same loop sweeps at startup and every
+``operator_sweep_interval``: an entry whose resource is gone is removed, and a resource whose
+entry is gone (Redis flushed or restarted without persistence) gets it back.
+
+Redis or API errors never end the loop: it logs, backs off (1 s doubling to 60 s), and
+carries on, so the operator recovers by itself when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis
+from forwarder_worker.reconcile import apply_schedule
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from forwarder_operator.services import HANDLED, Services
+from forwarder_operator.status import applied_status, runs_status
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 60.0
+# Errors that mean "try again later", not "this code is wrong".
+TRANSIENT = (redis.RedisError, ApiException, HTTPError, OSError)
+
+
+class StatusWriter:
+    """Copies changed run records into status; remembers what it wrote to skip no-ops."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.pending: set[str] = set()
+        self.written: dict[str, dict[str, Any]] = {}
+
+    def pass_once(self) -> int:
+        """One pass (blocking I/O: run it in a thread). Returns how many resources it patched.
+
+        Schedules whose patch fails stay pending for the next pass.
+        """
+        services = self.services
+        self.pending |= services.runs.take_changed()
+        patched = 0
+        for name in sorted(self.pending):
+            namespace, _, resource = name.partition("/")
+            if not resource or not services.config.watches(namespace):
+                self.pending.discard(name)
+                continue
+            stored = services.store.get(name)
+            if stored is None:  # deleted, or not ours: nothing to report on
+                self.pending.discard(name)
+                self.written.pop(name, None)
+                continue
+            status = runs_status(services.runs.summary(name, stored.entry.history), stored)
+            if self.written.get(name) != status:
+                if not services.kube.patch_status(namespace, resource, status):
+                    self.written.pop(name, None)
+                    self.pending.discard(name)
+                    continue
+                self.written[name] = status
+                patched += 1
+            self.pending.discard(name)
+        return patched
+
+
+def sweep(services: Services) -> tuple[list[str], list[str]]:
+    """Remove orphan entries and re-create missing ones (blocking I/O: run it in a thread).
+
+    Entry names are read before resources are listed: an entry is only ever written after its
+    resource exists, so an entry missing from the listing really has no resource.
+    Returns the names removed and the names restored.
+    """
+    config = services.config
+    names = {n for n in services.store.names() if config.watches(n.partition("/")[0])}
+    resources = services.kube.list_scheduled_tasks()
+    live = {
+        f"{r['metadata']['namespace']}/{r['metadata']['name']}": r
+        for r in resources
+        if config.watches(r["metadata"]["namespace"])
+    }
+    removed = sorted(names - live.keys())
+    for name in removed:
+        services.forget(name)
+        log.info("removed orphan schedule entry %s (its ScheduledTask is gone)", name)
+    restored = []
+    for name in sorted(live.keys() - names):
+        resource = live[name]
+        metadata = resource["metadata"]
+        if HANDLED not in (metadata.get("annotations") or {}):
+            continue  # not handled yet: its create handler will make the entry
+        if metadata.get("deletionTimestamp") or services.store.get(name) is not None:
+            continue  # being deleted, or its handler created the entry since names() was read
+        generation = metadata.get("generation")
+        result = apply_schedule(
+            services.store,
+            metadata["namespace"],
+            metadata["name"],
+            resource.get("spec") or {},
+            uid=metadata.get("uid", ""),
+            generation=int(generation or 0),
+            known_tasks=services.known_tasks,
+        )
+        if result.entry is None:
+            continue  # an invalid spec: its handler already reported it
+        restored.append(name)
+        log.info("restored lost schedule entry %s", name)
+        services.kube.patch_status(
+            metadata["namespace"],
+            metadata["name"],
+            applied_status(result, generation, resource.get("status") or {}, time.time()),
+        )
+    return removed, restored
+
+
+async def run_forever(services: Services) -> None:
+    """Status passes every ``operator_status_interval``, sweeps every ``operator_sweep_interval``
+    (the first one at once), until cancelled."""
+    config = services.config
+    writer = StatusWriter(services)
+    next_sweep = 0.0
+    failures = 0
+    while True:
+        try:
+            if time.monotonic() >= next_sweep:
+                await asyncio.to_thread(sweep, services)
+                next_sweep = time.monotonic() + config.operator_sweep_interval
+            await asyncio.to_thread(writer.pass_once)
+        except Exception as exc:
+            # The loop must outlive any one failure; a bug is logged with its traceback.
+            failures += 1
+            delay = min(2 ** (failures - 1), MAX_BACKOFF)
+            log.warning(
+                "status loop: %s; retrying in %.0fs",
+                exc,
+                delay,
+                exc_info=not isinstance(exc, TRANSIENT),
+            )
+            await asyncio.sleep(delay)
+            continue
+        if failures:
+            log.info("status loop: recovered after %d failed passes", failures)
+            failures = 0
+        await asyncio.sleep(config.operator_status_interval)

@@ -1,0 +1,134 @@
+"""ScheduledTask status in Kubernetes' conventions, built from the core's results.
+
+Pure functions: handlers, the sweep and the status loop all describe a resource the same
+way, and tests can check the shapes without a cluster. Times are RFC 3339 UTC strings; a
+``None`` value in a merge patch removes the field (a suspended task has no ``nextRunTime``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from forwarder_worker.reconcile import ApplyResult
+from forwarder_worker.runs import RunRecord, ScheduleRuns
+from forwarder_worker.store import StoredEntry
+from forwarder_worker.timing import utc_iso
+
+READY = "Ready"
+REDIS_UNAVAILABLE = "RedisUnavailable"
+# Status keeps results and errors short: the full text is in the run record (GET /runs/{id}).
+STATUS_TEXT_LIMIT = 512
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else utc_iso(ts)
+
+
+def _short(text: str | None) -> str | None:
+    if text is None or len(text) <= STATUS_TEXT_LIMIT:
+        return text
+    return text[: STATUS_TEXT_LIMIT - 1] + "…"
+
+
+def ready_condition(
+    ready: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: Sequence[Mapping[str, Any]] | None,
+    now: float,
+) -> dict[str, Any]:
+    """The Ready condition; ``lastTransitionTime`` moves only when its status flips."""
+    status = "True" if ready else "False"
+    before = next((c for c in previous or () if c.get("type") == READY), None)
+    since = (
+        before.get("lastTransitionTime")
+        if before is not None and before.get("status") == status
+        else None
+    )
+    condition: dict[str, Any] = {
+        "type": READY,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or utc_iso(now),
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def applied_status(
+    result: ApplyResult,
+    generation: int | None,
+    previous: Mapping[str, Any],
+    now: float,
+) -> dict[str, Any]:
+    """Status after applying a spec. An invalid spec leaves schedule and next run as they
+    were: the last valid entry, if any, stays scheduled."""
+    status: dict[str, Any] = {
+        "conditions": [
+            ready_condition(
+                result.ready,
+                result.reason,
+                result.message,
+                generation,
+                previous.get("conditions"),
+                now,
+            )
+        ],
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    if result.spec is not None and result.reason != "Stale":
+        status["schedule"] = result.spec.schedule.describe()
+        status["nextRunTime"] = _iso(result.next_run)
+    return status
+
+
+def unavailable_status(
+    error: Exception, generation: int | None, previous: Mapping[str, Any], now: float
+) -> dict[str, Any]:
+    """Status while Redis cannot be reached (the handler retries with backoff)."""
+    message = f"Redis is unreachable, retrying: {error}"
+    return {
+        "conditions": [
+            ready_condition(
+                False, REDIS_UNAVAILABLE, message, generation, previous.get("conditions"), now
+            )
+        ]
+    }
+
+
+def run_summary(record: RunRecord) -> dict[str, Any]:
+    """One run as ``status.lastRun`` / ``status.recentRuns[]`` shows it."""
+    error = record.error
+    if record.error_type and error:
+        error = f"{record.error_type}: {error}"
+    elif record.error_type:
+        error = record.error_type
+    summary = {
+        "taskId": record.id,
+        "state": record.state,
+        "source": record.source,
+        "scheduledAt": _iso(record.slot),
+        "startedAt": _iso(record.started),
+        "finishedAt": _iso(record.finished),
+        "result": _short(record.result),
+        "error": _short(error),
+        "reason": _short(record.reason),
+    }
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def runs_status(runs: ScheduleRuns, stored: StoredEntry | None) -> dict[str, Any]:
+    """The run-history part of status, plus the next due time (it moves with each firing)."""
+    return {
+        "lastRun": None if runs.last_run is None else run_summary(runs.last_run),
+        "recentRuns": [run_summary(r) for r in runs.recent],
+        "totalRunCount": runs.total,
+        "lastScheduleTime": _iso(runs.last_schedule_time),
+        "lastSuccessfulTime": _iso(runs.last_successful_time),
+        "nextRunTime": None if stored is None else _iso(stored.due),
+    }
