@@ -12,6 +12,7 @@ show where the time goes.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import math
@@ -195,27 +196,53 @@ def profile_in_process(stack: Stack, n: int) -> dict[str, Any]:
 
 
 def publish_cost(n: int) -> dict[str, Any]:
-    """What N ``send_task`` calls over one producer cost, as Dispatcher.fire makes them, with
-    Celery's task-sent event on (Forwarder's config, for Flower) and off."""
+    """What publishing N task messages over one producer costs, in this process, by variant:
+
+    * ``stock``: ``send_task`` per message, as stock Celery beat (and so redbeat) does; with
+      the Redis result backend, each call also subscribes to the task's result channel;
+    * ``no_result_subscription``: the same without that subscription (ForwarderScheduler
+      turns it off in beat: beat never waits for results);
+    * ``pipelined``: also inside ``producer.batch()`` (kombu 5.7), as Dispatcher.fire does;
+    * ``pipelined_without_sent_event``: also without Celery's task-sent event, which doubles
+      the messages (Forwarder turns it on for Flower).
+    """
+    variants = {
+        "stock": (True, False, True),
+        "no_result_subscription": (False, False, True),
+        "pipelined": (False, True, True),
+        "pipelined_without_sent_event": (False, True, False),
+    }
     out: dict[str, Any] = {"n": n}
-    for sent_event in (True, False):
+    for variant, (subscribe, pipelined, sent_event) in variants.items():
         with redis_for("publish") as url:
             app = create_app(Settings(redis_url=url))
             app.conf.task_send_sent_event = sent_event
+            if not subscribe:
+                app.backend.on_task_call = lambda producer, task_id: None
             with app.producer_or_acquire() as producer:
                 app.send_task("bench.noop", args=[-1], producer=producer)  # connect first
+                batch = getattr(producer, "batch", None)
+                scope = (
+                    batch(max_size=1000)
+                    if pipelined and batch is not None
+                    else contextlib.nullcontext()
+                )
                 began, cpu0 = time.perf_counter(), time.process_time()
-                for i in range(n):
-                    app.send_task(
-                        "bench.noop",
-                        args=[i],
-                        producer=producer,
-                        queue="default",
-                        headers={"forwarder_schedule": "bench/x", "forwarder_slot": "1.0"},
-                    )
+                with scope:
+                    for i in range(n):
+                        app.send_task(
+                            "bench.noop",
+                            args=[i],
+                            producer=producer,
+                            queue="default",
+                            headers={"forwarder_schedule": "bench/x", "forwarder_slot": "1.0"},
+                        )
                 wall, cpu = time.perf_counter() - began, time.process_time() - cpu0
-        key = "with_sent_event" if sent_event else "without_sent_event"
-        out[key] = {"wall_ms_per_message": wall / n * 1000, "cpu_ms_per_message": cpu / n * 1000}
+        out[variant] = {
+            "wall_ms_per_message": wall / n * 1000,
+            "cpu_ms_per_message": cpu / n * 1000,
+            "available": not pipelined or batch is not None,
+        }
     return out
 
 
@@ -255,13 +282,13 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             )
     show("Burst dispatch (time from the common due instant)", rows)
     for cost in publishing:
-        on, off = cost["with_sent_event"], cost["without_sent_event"]
-        print(
-            f"   send_task alone, N={cost['n']}: {on['wall_ms_per_message']:.2f} ms/message "
-            f"({on['cpu_ms_per_message']:.2f} ms CPU) with the task-sent event, "
-            f"{off['wall_ms_per_message']:.2f} ms ({off['cpu_ms_per_message']:.2f} ms CPU) "
-            "without"
-        )
+        print(f"   publishing alone, N={cost['n']}, per message (wall / CPU):")
+        for variant, got in cost.items():
+            if variant != "n":
+                print(
+                    f"     {variant:<30} {got['wall_ms_per_message']:.3f} ms / "
+                    f"{got['cpu_ms_per_message']:.3f} ms"
+                )
     data = {
         "mode": "full" if full else "quick",
         "drive": "real `celery beat` subprocesses (Celery default log level), started after "
