@@ -122,15 +122,26 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             local = threading.local()
             headers = {"Authorization": f"Bearer {TOKEN}"}
 
+            # Where an API round trip goes: the POST, and each GET of the run.
+            parts: dict[str, list[float]] = {"post": [], "get": [], "gets_per_run": []}
+
             def via_api() -> None:
                 if not hasattr(local, "http"):
                     local.http = httpx.Client(base_url=base, headers=headers, timeout=30)
+                began = time.perf_counter()
                 reply = local.http.post("/tasks/forwarder.ping/runs", json={})
+                parts["post"].append(time.perf_counter() - began)
                 reply.raise_for_status()
                 run_id = reply.json()["id"]
                 deadline = time.monotonic() + 30
+                gets = 0
                 while time.monotonic() < deadline:
+                    began = time.perf_counter()
                     state = local.http.get(f"/runs/{run_id}").json()["state"]
+                    parts["get"].append(time.perf_counter() - began)
+                    gets += 1
+                    if state in ("SUCCESS", "FAILURE", "REVOKED"):
+                        parts["gets_per_run"].append(gets)
                     if state == "SUCCESS":
                         return
                     if state in ("FAILURE", "REVOKED"):
@@ -146,6 +157,8 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             _drive(via_celery, 2, 1.0)
             for clients in CLIENTS:
                 for path, call in (("raw celery", via_celery), ("api", via_api)):
+                    for values in parts.values():
+                        values.clear()
                     latencies, failures, spent = _drive(call, clients, seconds)
                     results.append(
                         {
@@ -157,6 +170,15 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
                             "throughput_per_s": len(latencies) / spent,
                             "latency_s": summarize(latencies),
                             "latency_samples": [round(x, 5) for x in latencies],
+                            **(
+                                {
+                                    "post_s": summarize(parts["post"]),
+                                    "get_s": summarize(parts["get"]),
+                                    "gets_per_run": summarize(parts["gets_per_run"]),
+                                }
+                                if path == "api"
+                                else {}
+                            ),
                         }
                     )
         finally:
@@ -184,6 +206,13 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             )
         )
     show("Interactive round trip (anchor: raw Celery apply_async().get())", rows)
+    for r in results:
+        if r["path"] == "api":
+            print(
+                f"   api x{r['clients']}: POST p50 {r['post_s']['p50'] * 1000:.1f} ms, "
+                f"GET /runs/{{id}} p50 {r['get_s']['p50'] * 1000:.1f} ms, "
+                f"{r['gets_per_run']['mean']:.1f} GETs per run"
+            )
     data = {
         "measured": True,
         "mode": "full" if full else "quick",
