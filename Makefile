@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: up test lint typecheck imports pytest install clean bench manifests image
+.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ manifests: $(STAMP)
 IMAGE ?= forwarder:dev
 image:
 	docker build -t $(IMAGE) .
+
+# The operator's suite only: the real kopf operator against the kube emulator, real kubectl.
+test-operator: $(STAMP)
+	$(BIN)/pytest tests/operator $(PYTEST_ARGS)
+
+# The Kubernetes API emulator the tests use, as a server (kubeconfig: see its --help).
+kube-emulator: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.kube_emulator --port $(or $(PORT),18080)
 
 # Benchmarks against the anchors, written to bench/results/ (see bench/REPORT.md): quick mode
 # (scales up to 1,000, under 10 minutes); `make bench FULL=1` adds N=10,000.

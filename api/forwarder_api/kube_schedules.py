@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
-from forwarder_worker.reconcile import API_VERSION, KIND
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -31,6 +30,7 @@ from forwarder_api.schedules import (
     check_identity,
     check_namespace,
     merge_patch,
+    new_document,
     validate_spec,
 )
 from forwarder_api.settings import ApiSettings
@@ -161,14 +161,7 @@ class KubeSchedules:
         labels: dict[str, str],
         annotations: dict[str, str],
     ) -> ScheduleView:
-        check_identity(namespace, name)
-        validate_spec(spec, self.known_tasks())
-        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-        if labels:
-            metadata["labels"] = labels
-        if annotations:
-            metadata["annotations"] = annotations
-        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+        body = new_document(namespace, name, spec, labels, annotations, self.known_tasks())
         created = self._call(
             f"creating ScheduledTask {namespace}/{name}",
             self.api().create_namespaced_custom_object,

@@ -25,8 +25,8 @@ from forwarder_worker.dispatch import Dispatcher, Firing
 from forwarder_worker.model import InvalidSpec
 from forwarder_worker.reconcile import API_VERSION, KIND, describe, validate
 from forwarder_worker.runs import RunLog
+from forwarder_worker.status import ready_condition, runs_status
 from forwarder_worker.store import Entry, ScheduleStore
-from forwarder_worker.timing import utc_iso
 
 from forwarder_api.errors import Conflict, NotFound, Unavailable
 from forwarder_api.schedules import (
@@ -35,7 +35,7 @@ from forwarder_api.schedules import (
     Triggered,
     check_identity,
     merge_patch,
-    summary_status,
+    new_document,
     validate_spec,
 )
 
@@ -142,24 +142,39 @@ class LocalSchedules:
             )
         except InvalidSpec as exc:
             reason = "UnknownTask" if "is not a registered task" in str(exc) else "InvalidSpec"
-            status["conditions"] = [_condition(False, reason, str(exc))]
+            status["conditions"] = [
+                ready_condition(False, reason, str(exc), None, None, time.time())
+            ]
             return status
         if stored is None:
-            condition = _condition(False, "Pending", "the folder source has not applied it yet")
+            condition = ready_condition(
+                False,
+                "Pending",
+                "the folder source has not applied it yet",
+                None,
+                None,
+                time.time(),
+            )
         else:
             expected = Entry.from_spec(
                 entry_name, spec, uid=stored.entry.uid, generation=stored.entry.generation
             )
             if expected != stored.entry:
-                condition = _condition(
-                    False, "Pending", "the file changed; the folder source has not applied it yet"
+                condition = ready_condition(
+                    False,
+                    "Pending",
+                    "the file changed; the folder source has not applied it yet",
+                    None,
+                    None,
+                    time.time(),
                 )
             else:
                 result = describe(spec, stored.entry, stored.due, self.store)
-                condition = _condition(result.ready, result.reason, result.message)
-            status["nextRunTime"] = utc_iso(stored.due)
+                condition = ready_condition(
+                    result.ready, result.reason, result.message, None, None, time.time()
+                )
         status["conditions"] = [condition]
-        status.update(summary_status(self.runs.summary(entry_name, spec.run_history_limit)))
+        status.update(runs_status(self.runs.summary(entry_name, spec.run_history_limit), stored))
         return status
 
     def _view(self, found: _Found) -> ScheduleView:
@@ -215,14 +230,7 @@ class LocalSchedules:
         labels: dict[str, str],
         annotations: dict[str, str],
     ) -> ScheduleView:
-        check_identity(namespace, name)
-        validate_spec(spec, self.known_tasks())
-        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-        if labels:
-            metadata["labels"] = labels
-        if annotations:
-            metadata["annotations"] = annotations
-        document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+        document = new_document(namespace, name, spec, labels, annotations, self.known_tasks())
         with self._lock:
             existing = self._scan().get((namespace, name))
             if existing is not None:
@@ -272,12 +280,3 @@ class LocalSchedules:
         if not outcome.sent:
             raise Conflict(f"not triggered: {outcome.reason}")
         return Triggered(namespace, name, run_id=outcome.run_id)
-
-
-def _condition(ready: bool, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "type": "Ready",
-        "status": "True" if ready else "False",
-        "reason": reason,
-        "message": message,
-    }

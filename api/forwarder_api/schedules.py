@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from forwarder_worker.model import InvalidSpec, ScheduledTaskSpec
-from forwarder_worker.reconcile import validate
-from forwarder_worker.runs import RunRecord, ScheduleRuns
-from forwarder_worker.timing import utc_iso
+from forwarder_worker.reconcile import API_VERSION, KIND, validate
 
 from forwarder_api.errors import Invalid
 
@@ -113,6 +111,25 @@ def validate_spec(
         raise Invalid(str(exc)) from None
 
 
+def new_document(
+    namespace: str,
+    name: str,
+    spec: dict[str, Any],
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    known_tasks: Collection[str] | None,
+) -> dict[str, Any]:
+    """A checked ScheduledTask document to create, or 422 naming what is wrong."""
+    check_identity(namespace, name)
+    validate_spec(spec, known_tasks)
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        metadata["labels"] = labels
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: ``null`` removes a key, mappings merge, the rest replaces."""
     if not isinstance(patch, dict):
@@ -124,30 +141,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
-
-
-def run_status(record: RunRecord) -> dict[str, Any]:
-    """A run as the ScheduledTask status shows it (``lastRun``, ``recentRuns``)."""
-    return {
-        "taskId": record.id,
-        "state": record.state,
-        "scheduledAt": utc_iso(record.slot),
-        "startedAt": utc_iso(record.started),
-        "finishedAt": utc_iso(record.finished),
-        "result": record.result,
-        "error": record.error,
-    }
-
-
-def summary_status(runs: ScheduleRuns) -> dict[str, Any]:
-    """The run-derived part of a status, from the run records."""
-    return {
-        "lastScheduleTime": utc_iso(runs.last_schedule_time),
-        "lastSuccessfulTime": utc_iso(runs.last_successful_time),
-        "lastRun": run_status(runs.last_run) if runs.last_run else None,
-        "recentRuns": [run_status(r) for r in runs.recent],
-        "totalRunCount": runs.total,
-    }
 
 
 KnownTasks = Callable[[], Collection[str]]

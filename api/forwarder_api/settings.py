@@ -10,18 +10,12 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from forwarder_worker.settings import Settings
+from forwarder_worker.settings import FlowerSettings, Settings, split_csv
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 
-def _split_csv(value: object) -> object:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
-
-
-class ApiSettings(Settings):
+class ApiSettings(Settings, FlowerSettings):
     """Settings of the API process (``FORWARDER_`` prefix, like every component)."""
 
     model_config = SettingsConfigDict(env_prefix="FORWARDER_", extra="ignore")
@@ -52,18 +46,6 @@ class ApiSettings(Settings):
     api_metrics_auth: bool = False
     """Whether ``GET /metrics`` needs a bearer token like the other routes."""
 
-    flower_url: str = "http://127.0.0.1:7501"
-    """Flower's base URL, for ``/workers`` and ``/monitor/tasks``."""
-
-    flower_user: str | None = None
-    """Flower's basic-auth user."""
-
-    flower_password: SecretStr | None = None
-    """Flower's basic-auth password."""
-
-    flower_password_file: Path | None = None
-    """A file holding Flower's password (a mounted Secret), read when the password is unset."""
-
     flower_timeout: float = Field(default=5.0, gt=0, le=60)
     """Seconds a Flower request may take before the route answers 503."""
 
@@ -88,16 +70,7 @@ class ApiSettings(Settings):
     @classmethod
     def _api_csv(cls, value: object) -> object:
         # Named apart from the core's validator, which a same-named method would replace.
-        return _split_csv(value)
-
-    def flower_auth(self) -> tuple[str, str] | None:
-        """Flower's basic-auth credentials, if configured."""
-        password = self.flower_password.get_secret_value() if self.flower_password else None
-        if password is None and self.flower_password_file is not None:
-            password = self.flower_password_file.read_text().strip()
-        if self.flower_user is None or password is None:
-            return None
-        return self.flower_user, password
+        return split_csv(value)
 
 
 @functools.cache

@@ -154,10 +154,13 @@ class FolderSource:
             )
             outcome[item.entry_name] = result.reason
             level = logging.INFO if result.ready else logging.ERROR
+            # The next run time in the message moves with every firing; report real changes.
+            state = result.entry.to_json() if result.entry else result.message
             self._report(
                 item.entry_name,
                 f"{item.path.name}: {item.entry_name}: {result.reason}: {result.message}",
                 level,
+                state=f"{result.reason}:{state}",
             )
         for name in self._owned_entries() - set(owner):
             self.store.delete(name)

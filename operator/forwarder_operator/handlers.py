@@ -21,12 +21,12 @@ from typing import Any
 import kopf
 import redis
 from forwarder_worker.reconcile import apply_schedule
+from forwarder_worker.status import applied_status, runs_status, unavailable_status
 
 from forwarder_operator import loops
 from forwarder_operator.kube import GROUP, PLURAL, VERSION
 from forwarder_operator.services import FINALIZER, HANDLED, KOPF_PREFIX, Services, services_of
 from forwarder_operator.settings import OperatorSettings
-from forwarder_operator.status import applied_status, runs_status, unavailable_status
 
 RUN_NOW = "forwarder.dev/run-now"
 # Longest wait between retries while Redis is down.

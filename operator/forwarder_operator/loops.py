@@ -5,7 +5,12 @@ one loop asks the run log which schedules changed since its last pass
 (:meth:`RunLog.take_changed`) and patches only those resources' status, and only when what
 it would write differs from what it wrote last. The same loop sweeps at startup and every
 ``operator_sweep_interval``: an entry whose resource is gone is removed, and a resource whose
-entry is gone (Redis flushed or restarted without persistence) gets it back.
+entry is gone (Redis flushed or restarted without persistence) or stale (an old snapshot)
+gets it back.
+
+With peering, every replica runs this loop, paused or not (kopf does not tell activities
+about pauses). That is safe: sweeps converge to the same entries and the store refuses older
+generations, and each status pass patches what it took from the changed set.
 
 Redis or API errors never end the loop: it logs, backs off (1 s doubling to 60 s), and
 carries on, so the operator recovers by itself when Redis comes back.
@@ -20,11 +25,11 @@ from typing import Any
 
 import redis
 from forwarder_worker.reconcile import apply_schedule
+from forwarder_worker.status import applied_status, runs_status
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from forwarder_operator.services import HANDLED, Services
-from forwarder_operator.status import applied_status, runs_status
 
 log = logging.getLogger(__name__)
 
@@ -72,52 +77,64 @@ class StatusWriter:
 
 
 def sweep(services: Services) -> tuple[list[str], list[str]]:
-    """Remove orphan entries and re-create missing ones (blocking I/O: run it in a thread).
+    """Remove orphan entries and repair lost or stale ones (blocking I/O: run it in a thread).
 
-    Entry names are read before resources are listed: an entry is only ever written after its
-    resource exists, so an entry missing from the listing really has no resource.
-    Returns the names removed and the names restored.
+    Entries are read before resources are listed: an entry is only ever written after its
+    resource exists, so an entry missing from the listing really has no resource. An entry is
+    repaired when it is missing (Redis flushed or restarted without persistence), belongs to
+    an older resource of the same name, or holds an older generation (Redis restored from an
+    old snapshot). The store refuses writes of older generations, so a sweep that races a
+    handler never undoes the handler's newer write.
+
+    Returns the names removed and the names repaired.
     """
     config = services.config
-    names = {n for n in services.store.names() if config.watches(n.partition("/")[0])}
-    resources = services.kube.list_scheduled_tasks()
+    entries = {
+        stored.entry.name: stored.entry
+        for stored in services.store.entries()
+        if config.watches(stored.entry.namespace)
+    }
     live = {
         f"{r['metadata']['namespace']}/{r['metadata']['name']}": r
-        for r in resources
+        for r in services.kube.list_scheduled_tasks()
         if config.watches(r["metadata"]["namespace"])
     }
-    removed = sorted(names - live.keys())
+    removed = sorted(entries.keys() - live.keys())
     for name in removed:
         services.forget(name)
         log.info("removed orphan schedule entry %s (its ScheduledTask is gone)", name)
-    restored = []
-    for name in sorted(live.keys() - names):
-        resource = live[name]
+    repaired = []
+    for name, resource in sorted(live.items()):
         metadata = resource["metadata"]
+        uid, generation = metadata.get("uid", ""), int(metadata.get("generation") or 0)
+        entry = entries.get(name)
+        if entry is not None and entry.uid == uid and entry.generation >= generation:
+            continue  # in step (or its newest spec is invalid and the last valid one stays)
         if HANDLED not in (metadata.get("annotations") or {}):
             continue  # not handled yet: its create handler will make the entry
-        if metadata.get("deletionTimestamp") or services.store.get(name) is not None:
-            continue  # being deleted, or its handler created the entry since names() was read
-        generation = metadata.get("generation")
+        if metadata.get("deletionTimestamp"):
+            continue
+        if entry is None and services.store.get(name) is not None:
+            continue  # its handler created the entry since the entries were read
         result = apply_schedule(
             services.store,
             metadata["namespace"],
             metadata["name"],
             resource.get("spec") or {},
-            uid=metadata.get("uid", ""),
-            generation=int(generation or 0),
+            uid=uid,
+            generation=generation,
             known_tasks=services.known_tasks,
         )
-        if result.entry is None:
-            continue  # an invalid spec: its handler already reported it
-        restored.append(name)
-        log.info("restored lost schedule entry %s", name)
+        if result.entry is None or result.reason == "Stale":
+            continue  # an invalid spec (its handler reported it), or a handler got there first
+        repaired.append(name)
+        log.info("repaired schedule entry %s (%s)", name, "lost" if entry is None else "stale")
         services.kube.patch_status(
             metadata["namespace"],
             metadata["name"],
             applied_status(result, generation, resource.get("status") or {}, time.time()),
         )
-    return removed, restored
+    return removed, repaired
 
 
 async def run_forever(services: Services) -> None:

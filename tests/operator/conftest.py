@@ -179,22 +179,15 @@ def operator_in_thread(env: dict[str, str]) -> Iterator[threading.Thread]:
     assert not errors, errors
 
 
-def operator_process(env: dict[str, str], log: Path, *, via: str = "forwarder") -> Proc:
-    """The operator as a subprocess: our entry point, or plain ``kopf run -m``."""
-    if via == "kopf":
-        args = [
-            sys.executable,
-            "-m",
-            "kopf",
-            "run",
-            "-m",
-            "forwarder_operator",
-            "--standalone",
-            "-A",
-        ]
-    else:
-        args = [sys.executable, "-m", "forwarder_operator"]
-    return start(args, env, log, f"operator({via})")
+def operator_process(env: dict[str, str], log: Path, *args: str, via: str = "python") -> Proc:
+    """The operator as a subprocess: ``forwarder operator`` (via="cli"), ``python -m
+    forwarder_operator`` (what that command execs), or plain ``kopf run -m``."""
+    commands = {
+        "kopf": [sys.executable, "-m", "kopf", "run", "-m", "forwarder_operator"],
+        "cli": [str(Path(sys.executable).parent / "forwarder"), "operator"],
+        "python": [sys.executable, "-m", "forwarder_operator"],
+    }
+    return start([*commands[via], *args], env, log, f"operator({via})")
 
 
 @pytest.fixture
@@ -217,5 +210,5 @@ def in_process_operator() -> Callable[[dict[str, str]], Any]:
 
 @pytest.fixture
 def spawn_operator() -> Callable[..., Proc]:
-    """``spawn_operator(env, log, via="forwarder"|"kopf")`` starts it as a subprocess."""
+    """``spawn_operator(env, log, *args, via="python"|"cli"|"kopf")`` starts a subprocess."""
     return operator_process

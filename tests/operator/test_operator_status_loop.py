@@ -63,16 +63,14 @@ def test_watches_only_configured_namespaces_and_serves_liveness(
     # Another install's entry in a namespace this operator does not watch: never swept.
     store.upsert(Entry.from_spec("team-b/foreign", parse_spec(HOURLY), uid="x", generation=1))
     port = free_port()
-    env = {
-        **operator_env,
-        "FORWARDER_OPERATOR_NAMESPACES": "team-a",
-        "FORWARDER_OPERATOR_LIVENESS": f"http://127.0.0.1:{port}/healthz",
-    }
+    # The namespaces from settings, the liveness endpoint from `forwarder operator`'s flags.
+    env = {**operator_env, "FORWARDER_OPERATOR_NAMESPACES": "team-a"}
+    liveness = f"--liveness=http://127.0.0.1:{port}/healthz"
     for namespace in ("team-a", "team-b"):
         kube.create_namespace(namespace)  # kopf resolves its namespaces from these
     kube.create("mine", HOURLY, namespace="team-a")
     kube.create("theirs", HOURLY, namespace="team-b")
-    with running(spawn_operator(env, logs / "operator.log")):
+    with running(spawn_operator(env, logs / "operator.log", liveness, via="cli")):
         eventually(lambda: kube.ready("mine", "team-a").get("status") == "True", 30)
         health = eventually(
             lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json(), 20

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import time
 
-from forwarder_worker.store import Entry
+from forwarder_worker.store import Entry, fair_share
 from support.processes import eventually
 from support.scheduler_harness import PREFIX, Harness
 
@@ -61,3 +61,13 @@ def test_burst_is_published_in_full_without_starving_other_namespaces(harness: H
     assert mid_at < burst_times[-1], "the burst ended before mid/later fell due"
     overtaking = [t for t in burst_times if mid_at <= t < mid.created]
     assert len(overtaking) <= 2 * BATCH, f"{len(overtaking)} burst firings went first"
+
+
+def test_fair_share_takes_namespaces_in_turn() -> None:
+    due = ["a/1", "a/2", "a/3", "a/4", "b/1", "c/1", "c/2"]  # earliest due first
+
+    def namespace(name: str) -> str:
+        return name.partition("/")[0]
+
+    assert fair_share(due, 4, key=namespace) == ["a/1", "b/1", "c/1", "a/2"]
+    assert fair_share(due, 10, key=namespace) == ["a/1", "b/1", "c/1", "a/2", "c/2", "a/3", "a/4"]

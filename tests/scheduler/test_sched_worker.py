@@ -65,7 +65,7 @@ def test_a_firing_not_started_within_its_deadline_expires(
     time.sleep(max(0.0, queued.slot + 2.5 - time.time()))
     control.add_consumer("late", reply=True, timeout=10, limit=1)
     try:
-        ended = eventually(lambda: finished(shared, "late/expiring"), 15, message="ended")
+        ended = eventually(lambda: finished(shared, "late/expiring"), 30, message="ended")
     finally:
         control.cancel_consumer("late", reply=True, timeout=10, limit=1)
     (run,) = ended
@@ -127,7 +127,7 @@ def test_replace_terminates_the_active_run_and_starts_the_new_one(
         return runs if len(revoked) >= 2 and runs[-1].state == "STARTED" else []
 
     try:
-        eventually(replaced_twice, 25, 0.2, "two replacements")
+        eventually(replaced_twice, 40, 0.2, "two replacements")
         shared.store.delete("policy/replace")
         runs = shared.fired("policy/replace")
         last = runs[-1]

@@ -35,17 +35,25 @@ class Harness:
     def beat(self, name: str = "beat", **overrides: str) -> Proc:
         """Start a beat (``FORWARDER_*`` overrides as keyword arguments)."""
         settings = {"FORWARDER_" + k.upper(): str(v) for k, v in overrides.items()}
-        proc = celery_beat(self.env(**settings), self.logs / f"{name}.log", name)
+        proc = celery_beat(self.env(**settings), self.new_log(name), name)
         self.procs.append(proc)
         return proc
 
     def worker(self, name: str = "worker", concurrency: int = 2, **overrides: str) -> Proc:
         settings = {"FORWARDER_" + k.upper(): str(v) for k, v in overrides.items()}
         proc = celery_worker(
-            self.env(**settings), self.logs / f"{name}.log", concurrency=concurrency, name=name
+            self.env(**settings), self.new_log(name), concurrency=concurrency, name=name
         )
         self.procs.append(proc)
         return proc
+
+    def new_log(self, name: str) -> Path:
+        """A log file no earlier process wrote, so waiting for a line sees this one's."""
+        log, n = self.logs / f"{name}.log", 1
+        while log.exists():
+            n += 1
+            log = self.logs / f"{name}-{n}.log"
+        return log
 
     def wait_ready(self, proc: Proc, text: str = "acquired the lock", timeout: float = 30) -> None:
         eventually(lambda: text in proc.output(), timeout, 0.1, f"{proc.name}: {text!r}")

@@ -75,6 +75,7 @@ def spec(**fields: object) -> dict[str, object]:
         (spec(task="has spaces"), "spec.task: String should match pattern"),
         (spec(args={"not": "a list"}), "spec.args: Input should be a valid list"),
         ("just a string", "spec: must be a mapping, not str"),
+        (spec(suspend="yes"), "spec.suspend: Input should be a valid boolean"),
     ],
 )
 def test_invalid_spec_message_names_field_and_problem(raw: object, message: str) -> None:

@@ -3,7 +3,8 @@
 Beat fires due slots through :meth:`Dispatcher.fire` in batches; run-now triggers (operator
 annotation, api) use the same path, so every firing is recorded, labelled and policed alike.
 Redis work is pipelined per batch: one round trip for the active-run checks, one for the
-run records and one for the metrics, whatever the batch size.
+run records, one for the messages (kombu's publish batch) and one for the metrics, whatever
+the batch size.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 from celery import Celery
 
 from forwarder_worker.runs import FINAL_STATES, RunLog
+from forwarder_worker.settings import settings_of
 from forwarder_worker.store import Entry
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # Redis commands buffered before kombu flushes a publish pipeline (2 per firing: the message
 # and its task-sent event).
 PUBLISH_PIPELINE = 1000
+
+# Seconds past the hard time limit after which a STARTED run counts as dead (see _active).
+STALE_RUN_GRACE = 30
 
 HEADER_SCHEDULE = "forwarder_schedule"
 HEADER_UID = "forwarder_uid"
@@ -125,15 +130,22 @@ class Dispatcher:
         ids = sorted({i for ms in members.values() for i in ms})
         with self.client.pipeline(transaction=False) as pipe:
             for run_id in ids:
-                pipe.hmget(self.runs.key(run_id), "state", "expires")
+                pipe.hmget(self.runs.key(run_id), "state", "expires", "started")
             states = dict(zip(ids, pipe.execute(), strict=True))
+        # Run records carry wall-clock times, whatever clock the scheduler fires by.
+        wall_now = time.time()
+        stale_after = settings_of(self.app).task_time_limit + STALE_RUN_GRACE
 
         def alive(run_id: str) -> bool:
-            state, expires = states[run_id]
+            state, expires, started = states[run_id]
             if state is None or state in FINAL_STATES:
                 return False
             # A queued run past its expiry will be discarded by the worker that receives it.
-            return not (state == "PENDING" and expires and float(expires) < now)
+            if state == "PENDING" and expires and float(expires) < now:
+                return False
+            # Started longer ago than the hard time limit allows: its worker died without a
+            # final signal, so it must not hold Forbid until the broker redelivers it.
+            return not (state == "STARTED" and started and wall_now - float(started) > stale_after)
 
         return {name: sorted(i for i in ms if alive(i)) for name, ms in members.items()}
 

@@ -30,12 +30,12 @@ from typing import Any
 import httpx
 import redis
 from celery import Task, shared_task, states
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from forwarder_worker.connection import redis_client
 from forwarder_worker.runs import FINAL_STATES, RunLog, RunRecord
-from forwarder_worker.settings import settings_of
+from forwarder_worker.settings import FlowerSettings, settings_of
 
 log = logging.getLogger("forwarder.history")
 
@@ -43,7 +43,7 @@ FLOWER_FINAL = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED"}
 _CHUNK = 500
 
 
-class HistorySettings(BaseSettings):
+class HistorySettings(FlowerSettings):
     """Where history goes and how to reach Flower (``FORWARDER_`` env vars)."""
 
     model_config = SettingsConfigDict(env_prefix="FORWARDER_", extra="ignore")
@@ -53,30 +53,6 @@ class HistorySettings(BaseSettings):
 
     history_retention_days: int = Field(default=30, ge=1, le=3650)
     """Days of day files (and of the export index) kept."""
-
-    flower_url: str = "http://127.0.0.1:7501"
-    """Flower's base URL."""
-
-    flower_user: str | None = None
-    """Flower's basic-auth user."""
-
-    flower_password: SecretStr | None = None
-    """Flower's basic-auth password."""
-
-    flower_password_file: Path | None = None
-    """A file holding Flower's password (a mounted Secret)."""
-
-    flower_timeout: float = Field(default=10.0, gt=0, le=120)
-    """Seconds Flower may take to answer."""
-
-    def flower_auth(self) -> tuple[str, str] | None:
-        """Basic-auth credentials, if configured."""
-        password = self.flower_password.get_secret_value() if self.flower_password else None
-        if password is None and self.flower_password_file is not None:
-            password = self.flower_password_file.read_text().strip()
-        if self.flower_user is None or password is None:
-            return None
-        return self.flower_user, password
 
 
 def fetch_flower_tasks(settings: HistorySettings) -> dict[str, Any]:

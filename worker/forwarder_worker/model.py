@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -130,7 +131,8 @@ class ScheduledTaskSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     schedule: ScheduleSpec
     time_zone: str = Field(default="UTC", alias="timeZone")
-    suspend: bool = False
+    # Strict: YAML's `suspend: "yes"` is a string, and guessing its truth is a surprise.
+    suspend: StrictBool = False
     starting_deadline_seconds: int | None = Field(
         default=None, alias="startingDeadlineSeconds", ge=1, le=86400 * 7
     )

@@ -32,6 +32,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.beat import Scheduler
+from kombu.exceptions import OperationalError
 
 from forwarder_worker.connection import redis_client
 from forwarder_worker.dispatch import Dispatcher, Firing
@@ -44,9 +45,12 @@ log = logging.getLogger("forwarder.beat")
 # Upper bound on slots walked to find the latest missed one after a long downtime.
 _MAX_MISSED_WALK = 100_000
 # Each batch is picked round-robin across namespaces from this many batches' worth of the
-# earliest due entries: a burst in one namespace then delays another namespace's entry by one
-# batch, not by the whole burst, while each read stays bounded.
+# earliest due entries plus one batch of the latest due (ScheduleStore.due): a burst in one
+# namespace then delays another namespace's entry by one batch, not by the whole burst, while
+# each read stays bounded.
 FAIR_WINDOW_BATCHES = 10
+# Seconds before beat looks again at an entry whose next firing it could not compute.
+BAD_ENTRY_RETRY = 60.0
 
 
 def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta, float | None]:
@@ -96,11 +100,11 @@ class ForwarderScheduler(Scheduler):
             schedule_limit=self.settings.run_history_limit,
             result_limit=self.settings.result_max_chars,
         )
-        # Late-bound, so a clock swapped in after construction (tests) is used everywhere.
         # Beat never waits for a result, so the Redis result backend's per-task pubsub
         # subscription (a SUBSCRIBE and an UNSUBSCRIBE round trip per firing, most of a
         # burst's cost) is skipped in this process. Results are still stored by workers.
         app.backend.on_task_call = _no_result_subscription
+        # Late-bound, so a clock swapped in after construction (tests) is used everywhere.
         self.dispatcher = Dispatcher(
             app, self.client, self.runs, prefix, clock=lambda: self.clock()
         )
@@ -143,8 +147,9 @@ class ForwarderScheduler(Scheduler):
             delay = self._tick()
             self._backoff = 0.0
             return delay
-        except redis.RedisError as exc:
-            # Redis restarted or unreachable: keep beat alive and retry with backoff.
+        except (redis.RedisError, OperationalError) as exc:
+            # Redis restarted or unreachable (kombu reports it as OperationalError while
+            # publishing): keep beat alive and retry with backoff.
             self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
             self.holding = False
             log.warning("beat: Redis unavailable (%s); retrying in %.1fs", exc, self._backoff)
@@ -211,8 +216,22 @@ class ForwarderScheduler(Scheduler):
 
     def fire_batch(self, batch: list[StoredEntry], now: float) -> None:
         """Claim and fire one batch of due entries."""
-        plans = [(stored, *plan_firing(stored, now)) for stored in batch]
-        claimed = self.store.claim((stored, meta, due) for stored, *_, meta, due in plans)
+        plans, deferred = [], []
+        for stored in batch:
+            try:
+                plans.append((stored, *plan_firing(stored, now)))
+            except (ValueError, KeyError, TypeError, OverflowError) as exc:
+                # An entry this beat cannot read (written by a newer version during a rolling
+                # upgrade, say) must neither stop beat nor be retried on every tick.
+                log.error(
+                    "beat: cannot compute when %s fires (%s); retrying in %ss",
+                    stored.entry.name,
+                    exc,
+                    BAD_ENTRY_RETRY,
+                )
+                deferred.append((stored, stored.meta, now + BAD_ENTRY_RETRY))
+        updates = [(stored, meta, due) for stored, *_, meta, due in plans]
+        claimed = self.store.claim([*updates, *deferred])[: len(plans)]
         firings, missed = [], 0
         for (stored, slot, in_time, walked, _, _), won in zip(plans, claimed, strict=True):
             if not won:

@@ -7,7 +7,9 @@ mounted from Kubernetes Secrets; nothing secret has a default.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -16,16 +18,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-def _split_csv(value: object) -> object:
-    """Accept ``a,b`` as well as a JSON list for list settings: env vars are easier as CSV."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("["):
-            import json
-
+def split_csv(value: object) -> object:
+    """Read ``a,b`` as well as a JSON list for list settings: env vars are easier as CSV."""
+    if not isinstance(value, str):
+        return value
+    stripped = value.strip()
+    if stripped.startswith("["):
+        with contextlib.suppress(ValueError):
             return json.loads(stripped)
-        return [item.strip() for item in stripped.split(",") if item.strip()]
-    return value
+    return [item.strip() for item in stripped.split(",") if item.strip()]
 
 
 class Settings(BaseSettings):
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
     @field_validator("task_modules", "http_allow", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
-        return _split_csv(value)
+        return split_csv(value)
 
     def redis_password_value(self) -> str | None:
         """The Redis password from the env var or the mounted file, if any."""
@@ -121,6 +122,36 @@ class Settings(BaseSettings):
             return self.redis_url
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class FlowerSettings(BaseSettings):
+    """How to reach Flower's REST API, for every component that reads it (api, history)."""
+
+    model_config = SettingsConfigDict(env_prefix="FORWARDER_", extra="ignore")
+
+    flower_url: str = "http://127.0.0.1:7501"
+    """Flower's base URL."""
+
+    flower_user: str | None = None
+    """Flower's basic-auth user."""
+
+    flower_password: SecretStr | None = None
+    """Flower's basic-auth password."""
+
+    flower_password_file: Path | None = None
+    """A file holding Flower's password (a mounted Secret), read when the password is unset."""
+
+    flower_timeout: float = Field(default=10.0, gt=0, le=120)
+    """Seconds a Flower request may take."""
+
+    def flower_auth(self) -> tuple[str, str] | None:
+        """Flower's basic-auth credentials, if configured."""
+        password = self.flower_password.get_secret_value() if self.flower_password else None
+        if password is None and self.flower_password_file is not None:
+            password = self.flower_password_file.read_text().strip()
+        if self.flower_user is None or password is None:
+            return None
+        return self.flower_user, password
 
 
 @functools.cache

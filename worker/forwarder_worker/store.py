@@ -25,7 +25,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import redis
@@ -148,8 +148,10 @@ class Entry:
 
     @classmethod
     def from_json(cls, text: str) -> Entry:
-        """Read an entry written by :meth:`to_json`."""
-        return cls(**json.loads(text))
+        """Read an entry written by :meth:`to_json`. Fields this version does not know (an
+        entry written by a newer one during a rolling upgrade) are ignored, not fatal."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
     @property
     def namespace(self) -> str:

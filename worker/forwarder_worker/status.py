@@ -1,8 +1,9 @@
 """ScheduledTask status in Kubernetes' conventions, built from the core's results.
 
-Pure functions: handlers, the sweep and the status loop all describe a resource the same
-way, and tests can check the shapes without a cluster. Times are RFC 3339 UTC strings; a
-``None`` value in a merge patch removes the field (a suspended task has no ``nextRunTime``).
+Pure functions: the operator (handlers, sweep, status loop) and the api's local mode all
+describe a schedule the same way, and tests can check the shapes without a cluster. Times
+are RFC 3339 UTC strings; a ``None`` value in a merge patch removes the field (a suspended
+task has no ``nextRunTime``).
 """
 
 from __future__ import annotations

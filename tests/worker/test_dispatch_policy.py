@@ -1,0 +1,56 @@
+"""concurrencyPolicy Forbid decides from the run records, and a run whose worker died
+mid-task (STARTED past the hard time limit) does not block the schedule forever."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from forwarder_worker.app import create_app
+from forwarder_worker.dispatch import Dispatcher, Firing
+from forwarder_worker.model import parse_spec
+from forwarder_worker.runs import RunLog
+from forwarder_worker.settings import Settings
+from forwarder_worker.store import Entry
+
+NAME = "team/nightly"
+
+
+@pytest.fixture
+def dispatcher(redis_url: str, rclient: redis.Redis) -> Dispatcher:
+    app = create_app(Settings(redis_url=redis_url, task_time_limit=60))
+    return Dispatcher(app, rclient, RunLog(rclient), "forwarder:")
+
+
+def forbid_entry() -> Entry:
+    spec = parse_spec(
+        {"task": "forwarder.ping", "schedule": {"every": "1m"}, "concurrencyPolicy": "Forbid"}
+    )
+    return Entry.from_spec(NAME, spec, uid="u", generation=1)
+
+
+def started_run(runs: RunLog, run_id: str, started: float) -> None:
+    runs.queued(run_id, "forwarder.ping", source="schedule", schedule=NAME, slot=started)
+    runs.transition(run_id, "STARTED", started=started)
+
+
+def test_forbid_skips_while_a_run_is_active(dispatcher: Dispatcher) -> None:
+    started_run(dispatcher.runs, "running-now", time.time())
+    (outcome,) = dispatcher.fire([Firing(forbid_entry(), time.time())])
+    assert not outcome.sent
+    assert outcome.reason is not None
+    assert "Forbid: run running-now is active" in outcome.reason
+    record = dispatcher.runs.get(outcome.run_id)
+    assert record is not None
+    assert record.state == "SKIPPED"
+
+
+def test_a_run_started_past_the_time_limit_no_longer_blocks(
+    dispatcher: Dispatcher, rclient: redis.Redis
+) -> None:
+    # Its worker was killed: no final signal will come until the broker redelivers it.
+    started_run(dispatcher.runs, "lost-worker", time.time() - 600)
+    (outcome,) = dispatcher.fire([Firing(forbid_entry(), time.time())])
+    assert outcome.sent
+    assert rclient.llen("forwarder:default") == 1  # the message is on the queue
