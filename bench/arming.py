@@ -146,7 +146,11 @@ def run(
         got = create["latency_s"]
         print(
             f"   resource create -> publish (operator): p50 {got['p50'] * 1000:.1f} ms, "
-            f"p99 {got['p99'] * 1000:.1f} ms ({create['fired']}/{trials} fired)"
+            f"p99 {got['p99'] * 1000:.1f} ms ({create['fired']}/{trials} fired); "
+            f"create -> store p50 {create['create_to_store_s']['p50'] * 1000:.1f} ms / "
+            f"p99 {create['create_to_store_s']['p99'] * 1000:.1f} ms, "
+            f"store -> publish p50 {create['store_to_publish_s']['p50'] * 1000:.1f} ms / "
+            f"p99 {create['store_to_publish_s']['p99'] * 1000:.1f} ms"
         )
     else:
         print(f"   resource create -> publish: not measured ({create['why']})")
