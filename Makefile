@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator
+.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator test-faults
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,3 +62,14 @@ kube-emulator: $(STAMP)
 # (docs/reliability.md lists what each test proves). Also part of `make test`.
 test-faults: $(STAMP)
 	$(BIN)/pytest tests/faults tests/security $(PYTEST_ARGS)
+
+# Benchmarks against the anchors, written to bench/results/ (see bench/REPORT.md): quick mode
+# (scales up to 1,000; about 17 minutes on 2 shared cores); `make bench FULL=1` adds N=10,000.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(if $(FULL),--full) $(BENCH_ARGS)

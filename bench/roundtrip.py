@@ -1,0 +1,226 @@
+"""Benchmark 4, interactive round trip: the API against raw Celery, with 1, 8 and 32 clients.
+
+Forwarder: ``POST /tasks/forwarder.ping/runs`` then ``GET /runs/{id}`` every 5 ms until
+SUCCESS, through a real uvicorn running ``forwarder_api.main:create_app``. Anchor: raw Celery
+``app.send_task("forwarder.ping").get()`` (the Redis result backend notifies by pub/sub).
+Both use the same Valkey and the same Forwarder worker (prefork, concurrency 2). Each client
+is a thread issuing requests back to back for a fixed time; latency is per request,
+throughput is completed requests per second over all clients.
+
+Needs ``forwarder_api`` (the api branch on main); otherwise it is reported as not measured.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from forwarder_worker.app import create_app
+from forwarder_worker.settings import Settings
+from harness import (
+    BIN,
+    bench_env,
+    eventually,
+    redis_for,
+    run_concurrently,
+    show,
+    start,
+    start_worker,
+    summarize,
+    table,
+    work_dir,
+    write_result,
+)
+
+TOKEN = "bench-token-not-a-secret"  # noqa: S105  (a throwaway token for a local uvicorn)
+CLIENTS = (1, 8, 32)
+POLL = 0.005
+
+
+def _api_available() -> str | None:
+    try:
+        import forwarder_api.main  # noqa: F401
+    except ImportError as exc:
+        return f"needs the api (forwarder_api) on main: {exc}"
+    return None
+
+
+def _drive(one_request: Any, clients: int, seconds: float) -> tuple[list[float], int, float]:
+    """``clients`` threads calling ``one_request()`` back to back for ``seconds``."""
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client() -> dict[str, Any]:
+        while time.monotonic() < stop_at:
+            began = time.perf_counter()
+            try:
+                one_request()
+            except Exception:
+                with lock:
+                    failures[0] += 1
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - began)
+        return {}
+
+    began = time.monotonic()
+    run_concurrently([client for _ in range(clients)])
+    return latencies, failures[0], time.monotonic() - began
+
+
+def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
+    missing = _api_available()
+    if missing:
+        print(f"\n== Interactive round trip: not measured ({missing})")
+        data = {"measured": False, "why": missing, "results": []}
+        write_result("roundtrip", data)
+        return data
+    import httpx
+    from support.processes import free_port
+
+    seconds = 20.0 if full else 6.0
+    logs = work_dir("roundtrip")
+    results: list[dict[str, Any]] = []
+    with redis_for("roundtrip") as url:
+        worker = start_worker(url, logs / "worker.log")
+        port = free_port()
+        api = start(
+            [
+                str(BIN / "uvicorn"),
+                "--factory",
+                "forwarder_api.main:create_app",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            bench_env(url, FORWARDER_API_TOKENS=TOKEN),
+            logs / "api.log",
+            "api",
+        )
+        base = f"http://127.0.0.1:{port}"
+        app = create_app(Settings(redis_url=url))
+        try:
+
+            def healthy() -> bool:
+                try:
+                    return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return not api.alive()
+
+            eventually(
+                healthy,
+                timeout=60,
+                interval=0.2,
+                message="api up",
+            )
+            if not api.alive():
+                raise RuntimeError(f"api exited:\n{api.output()[-3000:]}")
+            local = threading.local()
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+
+            # Where an API round trip goes: the POST, and each GET of the run.
+            parts: dict[str, list[float]] = {"post": [], "get": [], "gets_per_run": []}
+
+            def via_api() -> None:
+                if not hasattr(local, "http"):
+                    local.http = httpx.Client(base_url=base, headers=headers, timeout=30)
+                began = time.perf_counter()
+                reply = local.http.post("/tasks/forwarder.ping/runs", json={})
+                parts["post"].append(time.perf_counter() - began)
+                reply.raise_for_status()
+                run_id = reply.json()["id"]
+                deadline = time.monotonic() + 30
+                gets = 0
+                while time.monotonic() < deadline:
+                    began = time.perf_counter()
+                    state = local.http.get(f"/runs/{run_id}").json()["state"]
+                    parts["get"].append(time.perf_counter() - began)
+                    gets += 1
+                    if state in ("SUCCESS", "FAILURE", "REVOKED"):
+                        parts["gets_per_run"].append(gets)
+                    if state == "SUCCESS":
+                        return
+                    if state in ("FAILURE", "REVOKED"):
+                        raise RuntimeError(f"run {run_id} ended {state}")
+                    time.sleep(POLL)
+                raise TimeoutError(run_id)
+
+            def via_celery() -> None:
+                app.send_task("forwarder.ping").get(timeout=30)
+
+            # Warm both paths (connections, imports) before measuring.
+            _drive(via_api, 2, 1.0)
+            _drive(via_celery, 2, 1.0)
+            for clients in CLIENTS:
+                for path, call in (("raw celery", via_celery), ("api", via_api)):
+                    for values in parts.values():
+                        values.clear()
+                    latencies, failures, spent = _drive(call, clients, seconds)
+                    results.append(
+                        {
+                            "path": path,
+                            "clients": clients,
+                            "seconds": spent,
+                            "requests": len(latencies),
+                            "failures": failures,
+                            "throughput_per_s": len(latencies) / spent,
+                            "latency_s": summarize(latencies),
+                            "latency_samples": [round(x, 5) for x in latencies],
+                            **(
+                                {
+                                    "post_s": summarize(parts["post"]),
+                                    "get_s": summarize(parts["get"]),
+                                    "gets_per_run": summarize(parts["gets_per_run"]),
+                                }
+                                if path == "api"
+                                else {}
+                            ),
+                        }
+                    )
+        finally:
+            api.stop()
+            worker.stop()
+    rows = []
+    for clients in CLIENTS:
+        raw = next(r for r in results if r["clients"] == clients and r["path"] == "raw celery")
+        api_r = next(r for r in results if r["clients"] == clients and r["path"] == "api")
+        for q in ("p50", "p99"):
+            rows.append(
+                (
+                    f"{clients} clients: latency {q}",
+                    raw["latency_s"][q] * 1000,
+                    api_r["latency_s"][q] * 1000,
+                    "ms",
+                )
+            )
+        rows.append(
+            (
+                f"{clients} clients: throughput",
+                raw["throughput_per_s"],
+                api_r["throughput_per_s"],
+                "/s",
+            )
+        )
+    show("Interactive round trip (anchor: raw Celery apply_async().get())", rows)
+    for r in results:
+        if r["path"] == "api":
+            print(
+                f"   api x{r['clients']}: POST p50 {r['post_s']['p50'] * 1000:.1f} ms, "
+                f"GET /runs/{{id}} p50 {r['get_s']['p50'] * 1000:.1f} ms, "
+                f"{r['gets_per_run']['mean']:.1f} GETs per run"
+            )
+    data = {
+        "measured": True,
+        "mode": "full" if full else "quick",
+        "drive": f"client threads back to back for {seconds:.0f} s per configuration; "
+        f"api polled every {POLL * 1000:.0f} ms; one Forwarder worker, prefork, concurrency 2",
+        "target": "p50 overhead at most 2 ms over raw Celery; throughput at least 80% of raw",
+        "results": results,
+        "rows": table(rows),
+    }
+    write_result("roundtrip", data)
+    return data
