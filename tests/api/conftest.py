@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from forwarder_worker.cli import component_command
 from support.processes import (
     BIN,
     Proc,
@@ -57,18 +58,8 @@ class Stack:
 
 
 def api_command(port: int) -> list[str]:
-    """How ``forwarder api`` starts the API."""
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "forwarder_api.main:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    """How ``forwarder api`` starts the API (the CLI's own command line)."""
+    return component_command("api", ["--host", "127.0.0.1", "--port", str(port)])
 
 
 def _up(proc: Proc, url: str, auth: tuple[str, str] | None = None) -> bool:

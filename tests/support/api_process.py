@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
+from forwarder_worker.cli import component_command
 
 from support.processes import BIN, Proc, eventually, start
 
@@ -34,17 +34,7 @@ def api_env(env: dict[str, str], *, flower_port: int, logs: Path, **extra: str) 
 def start_api(env: dict[str, str], log: Path, port: int, name: str = "api") -> Proc:
     """``uvicorn --factory forwarder_api.main:create_app`` on 127.0.0.1:``port``, ready."""
     proc = start(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "forwarder_api.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        component_command("api", ["--host", "127.0.0.1", "--port", str(port)]),
         env,
         log,
         name,
