@@ -37,7 +37,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--peering", default=None, help="kopf peering name (default standalone)")
     parser.add_argument("--priority", type=int, default=None, help="peering priority")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log handler details")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log handler details")
+    loudness.add_argument("--debug", action="store_true", help="log everything (as -v)")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser.parse_args(argv)
 
 
@@ -55,7 +58,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.priority is not None:
         overrides["operator_priority"] = args.priority
     config = config.model_copy(update=overrides)
-    kopf.configure(verbose=args.verbose, log_prefix=True)
+    kopf.configure(verbose=args.verbose or args.debug, quiet=args.quiet, log_prefix=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not config.operator_namespaces,

@@ -236,7 +236,11 @@ def test_peering_permissions_only_when_peering_is_enabled(chart: helm.Chart) -> 
     assert "--peering=forwarder" in command["containers"][0]["command"]
     default = render(chart).get("Deployment", "forwarder-operator")["spec"]
     assert (default["replicas"], default["strategy"]["type"]) == (1, "Recreate")
-    assert "--standalone" in default["template"]["spec"]["containers"][0]["command"]
+    # Without a peering name, `forwarder operator` runs kopf standalone.
+    assert not any(
+        arg.startswith("--peering")
+        for arg in default["template"]["spec"]["containers"][0]["command"]
+    )
 
 
 def _walk_values(node: Any, path: str = "") -> list[tuple[str, Any]]:

@@ -438,3 +438,26 @@ def _json(url: str, **kwargs: Any) -> Any:
     except httpx.HTTPError:
         return None
     return response.json() if response.status_code == 200 else None
+
+
+def test_rendered_components_stop_with_one_line_when_redis_refuses_the_password(
+    stack: tuple[Cluster, dict[str, int]], workdir: Path
+) -> None:
+    # A Secret out of step with Redis (rotated on one side only): each container must end at
+    # once with one line naming the setting, so the pod's log says why it crash-loops.
+    cluster, ports = stack
+    ports = ports | {8080: free_port()}
+    wrong = {"FORWARDER_REDIS_PASSWORD": "not-the-rendered-one", "KUBECONFIG": "/nonexistent"}
+    procs = {
+        deployment: start(cluster, f"forwarder-{deployment}", workdir, ports, wrong)
+        for deployment in ("worker", "beat", "flower", "api", "operator")
+    }
+    with running(*procs.values()):
+        for deployment, proc in procs.items():
+            code = proc.popen.wait(60)
+            lines = [line for line in proc.output().splitlines() if line.strip()]
+            assert code == 2, (deployment, code, proc.output()[-2000:])
+            assert len(lines) == 1, (deployment, lines)
+            assert "refused the connection" in lines[0], lines[0]
+            assert "check FORWARDER_REDIS_PASSWORD" in lines[0], lines[0]
+            assert "not-the-rendered-one" not in lines[0]

@@ -1,8 +1,7 @@
 """Load: 50 concurrent API clients while 1,000 schedules fire.
 
-The issue asks for 60 s of load; on 2 shared cores that alone would take a sixth of the whole
-suite's budget, so the clients run for LOAD_SECONDS (10 s) and the claim is the same: no
-request gets a 5xx, and every run the API accepted (202) reaches a final state afterwards.
+The clients run for LOAD_SECONDS (60 s), as the issue asks: no request gets a 5xx, and every
+run the API accepted (202) reaches a final state afterwards.
 The 1,000 schedules (``every: 60s``) are written straight into the store, as the operator
 would write them, just before the clients start, so all of them fall due during the load. They
 go to their own queue and worker (as a deployment would keep batch work off the interactive
@@ -34,7 +33,7 @@ from support.processes import (
 )
 
 CLIENTS = 50
-LOAD_SECONDS = 10.0
+LOAD_SECONDS = 60.0
 BULK = "bulk"
 SCHEDULES = 1000
 
@@ -69,7 +68,7 @@ def _client_loop(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_concurrent_clients_while_schedules_fire(
     redis_url: str, rclient: redis.Redis, logs: Path
 ) -> None:
