@@ -15,6 +15,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from forwarder_operator.main import parse_args
 from support.chart import CHART, NAMESPACE, Rendered, load_values, render
 
 KUBE_VERSIONS = ("1.29", "1.37")
@@ -241,6 +242,33 @@ def test_peering_permissions_only_when_peering_is_enabled(chart: helm.Chart) -> 
         arg.startswith("--peering")
         for arg in default["template"]["spec"]["containers"][0]["command"]
     )
+
+
+@pytest.mark.parametrize(
+    ("level", "verbose", "quiet"),
+    [
+        ("DEBUG", True, False),
+        ("INFO", False, False),
+        ("WARNING", False, True),
+        ("ERROR", False, True),
+    ],
+)
+def test_operator_command_is_what_forwarder_operator_accepts(
+    chart: helm.Chart, level: str, verbose: bool, quiet: bool
+) -> None:
+    values = {
+        "config": {"logLevel": level},
+        "watchNamespaces": ["team-a", "team-b"],
+        "operator": {"peering": {"enabled": True}},
+    }
+    spec = render(chart, values).get("Deployment", "forwarder-operator")["spec"]["template"]
+    command = spec["spec"]["containers"][0]["command"]
+    assert command[:2] == ["forwarder", "operator"]
+    args = parse_args(command[2:])  # argparse exits (a crash-looping pod) on a wrong flag
+    assert (args.verbose or args.debug, args.quiet) == (verbose, quiet)
+    assert args.namespace == ["team-a", "team-b"]
+    assert args.peering == "forwarder"
+    assert args.liveness == "http://0.0.0.0:8080/healthz"
 
 
 def _walk_values(node: Any, path: str = "") -> list[tuple[str, Any]]:
