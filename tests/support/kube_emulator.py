@@ -66,8 +66,10 @@ import jsonpatch
 import kmock
 import yaml
 from kmock._internal import dicts as _kdicts
+from kmock._internal import dsl as _kdsl
 from kmock._internal import k8s_views as _kviews
 from kmock._internal import parsing as _kparsing
+from kmock._internal import rendering as _krendering
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "manifests" / "crds" / "forwarder.dev_scheduledtasks.yaml"
@@ -113,6 +115,35 @@ def _parse_path(path: str) -> _kparsing.ParsedPath:
 
 
 _kparsing.parse_path = _parse_path
+
+
+# -- speed: kmock decides whether a reaction sees a request by iterating every in-flight
+# request through the reaction's filter chain until it meets this one (`request in view`), for
+# each of its ~15 fallback reactions. For the chains the emulator builds (filters and
+# priorities over the root) that is the same as checking this one request's criteria, which is
+# what this does; other views keep kmock's own answer.
+_original_contains = _kdsl.View.__contains__
+
+
+def _contains(self: Any, item: Any) -> bool:
+    if not isinstance(item, _krendering.Request):
+        return bool(_original_contains(self, item))
+    view = self
+    while True:
+        kind = type(view)
+        if kind is _kdsl.Filter:
+            if not view.criteria(item):
+                return False
+            view = view._source
+        elif kind is _kdsl.Priority:
+            view = view._source
+        elif isinstance(view, _kdsl.Root):
+            return any(request is item for request in view._requests)
+        else:
+            return bool(_original_contains(view, item))
+
+
+_kdsl.View.__contains__ = _contains  # type: ignore[method-assign]
 
 
 # -- fix 10: selectors ------------------------------------------------------------------------
