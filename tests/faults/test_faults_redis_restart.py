@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 from forwarder_operator.folder import RESYNC_SECONDS
+from forwarder_worker.app import create_app
 from forwarder_worker.model import parse_spec
 from forwarder_worker.runs import RunLog
+from forwarder_worker.settings import Settings
 from forwarder_worker.store import Entry, ScheduleStore
 from support.processes import (
     BIN,
@@ -160,3 +162,40 @@ def _restart_and_compare(
         assert now is not None, f"run record {run_id} lost"
         if record.final:
             assert now.state == record.state, (run_id, record.state, now.state)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_worker_survives_a_restart_while_a_task_is_in_flight(tmp_path: Path, logs: Path) -> None:
+    # With acks_late, a running task is an unacknowledged delivery: when Redis drops, Celery
+    # 5.7 tries to restore it twice while closing the lost connection, and the second try used
+    # to end the worker ("Unrecoverable error: AttributeError ... 'hostname'").
+    with valkey(tmp_path / "redis") as server:
+        env = forwarder_env(server.url)
+        worker = celery_worker(env, logs / "worker.log", concurrency=1)
+        client = server.client()
+        with running(worker):
+            eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
+            app = create_app(Settings(redis_url=server.url))
+            app.send_task("tests.sleep", kwargs={"seconds": 4.0})
+            eventually(lambda: "tests.sleep" in worker.output(), 30, message="task started")
+            server.restart(downtime=1.0)
+            eventually(
+                lambda: "re-establish the connection" in worker.output(),
+                30,
+                message="the worker noticing the lost connection",
+            )
+            # Same process, reconnected, and running new work.
+            client = server.client()
+            reply = app.send_task("forwarder.ping")
+            runs = RunLog(client)
+            eventually(
+                lambda: (r := runs.get(reply.id)) is not None and r.state == "SUCCESS",
+                60,
+                0.2,
+                message="a task after the restart",
+            )
+            assert worker.alive(), worker.output()[-3000:]
+            assert "Unrecoverable error" not in worker.output()
+            app.close()
+        client.close()

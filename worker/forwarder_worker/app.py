@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from celery import Celery
 
-from forwarder_worker import signals  # noqa: F401  (connects the run-record receivers)
+from forwarder_worker import (
+    broker_fixes,
+    signals,  # noqa: F401  (connects the run-record receivers)
+)
 from forwarder_worker.connection import ssl_options
 from forwarder_worker.settings import Settings, get_settings
 
@@ -18,6 +21,7 @@ BUILTIN_TASK_MODULES = ("forwarder_worker.tasks", "forwarder_worker.history")
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from ``settings`` (the environment by default)."""
     settings = settings or get_settings()
+    broker_fixes.install()
     url = settings.effective_redis_url
     app = Celery("forwarder", broker=url, backend=url, set_as_current=False)
     app.forwarder_settings = settings
