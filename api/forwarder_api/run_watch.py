@@ -7,9 +7,9 @@ loop: the run record's script publishes the final state on the run's channel (it
 see :mod:`forwarder_worker.runs`), and one pub/sub connection per process, shared by every
 waiter, is subscribed to the channels of the runs being waited for while they are.
 
-The order that makes it race-free: read the record; if it has not ended, subscribe and wait
-for Redis to confirm the subscription; read it again (it may have ended in between, before
-anyone listened); then wait for the announcement. A lost announcement (the pub/sub connection
+The order that makes it race-free: subscribe and wait for Redis to confirm the subscription;
+then read the record (it may have ended before anyone listened: answered at once); then
+wait for the announcement. A lost announcement (the pub/sub connection
 dropped) only means the waiter answers when its wait runs out, with the state at that time.
 """
 
@@ -58,9 +58,10 @@ class RunWatch:
 
     async def wait(self, run_id: str, seconds: float) -> RunRecord | None:
         """Run ``run_id`` as soon as it has ended, or as it is after ``seconds``."""
-        record = await self.get(run_id)
-        if record is None or record.final or seconds <= 0:
-            return record
+        if seconds <= 0:
+            return await self.get(run_id)
+        # Listening first, then reading: a run waited for is usually still going (the
+        # client has just submitted it), so this saves a read over read-listen-read.
         channel = self.runs.key(run_id)
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
