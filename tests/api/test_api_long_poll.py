@@ -107,3 +107,4 @@ def test_wait_is_documented_in_openapi(api: httpx.Client) -> None:
     assert wait["in"] == "query"
     assert wait["schema"]["maximum"] == 55
     assert "as soon as the run has ended" in wait["description"]
+    assert "?wait=" in spec["info"]["description"]
