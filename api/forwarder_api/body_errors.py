@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forwarder_api.auth import Unauthorized, bearer, check_token
-from forwarder_api.deps import get_services, require_token
+from forwarder_api.deps import require_token, services_of
 from forwarder_api.errors import error_response
 
 
@@ -31,7 +31,7 @@ async def _unauthorized_first(request: Request) -> JSONResponse | None:
     if not _requires_token(request):
         return None
     try:
-        check_token(get_services(request).tokens, await bearer(request))
+        check_token(services_of(request).tokens, await bearer(request))
     except Unauthorized as exc:
         return error_response(exc.status, exc.message, exc.headers)
     return None

@@ -11,7 +11,7 @@ import logging
 import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError
+from kombu.exceptions import KombuError
 
 log = logging.getLogger("forwarder.api")
 
@@ -90,4 +90,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(redis.RedisError, _redis_error)
-    app.add_exception_handler(OperationalError, _broker_error)
+    # KombuError: a lost connection (OperationalError) or a failed publish batch alike.
+    app.add_exception_handler(KombuError, _broker_error)

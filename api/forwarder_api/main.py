@@ -26,7 +26,11 @@ log = logging.getLogger("forwarder.api")
 
 DESCRIPTION = """Submit, inspect and cancel Forwarder task runs, manage ScheduledTasks, and
 look at workers and task history. Every route but `/healthz`, `/readyz` (and `/metrics`
-unless configured) needs `Authorization: Bearer <token>`."""
+unless configured) needs `Authorization: Bearer <token>`.
+
+To wait for a run's outcome, as Celery's `AsyncResult.get()` does, long-poll it:
+`GET /runs/{id}?wait=30` answers as soon as the run has ended (or, after 30 s, with the state
+it is in), so there is no need to poll in a loop."""
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

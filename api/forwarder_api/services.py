@@ -10,18 +10,19 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from forwarder_worker.app import create_app as create_celery_app
-from forwarder_worker.connection import redis_client
+from forwarder_worker.connection import async_redis_client, redis_client
 from forwarder_worker.dispatch import Dispatcher, SchedulerMetrics
 from forwarder_worker.runs import RunLog
 from forwarder_worker.store import ScheduleStore
 
 from forwarder_api.auth import TokenSet
 from forwarder_api.catalog import TaskCatalog
+from forwarder_api.celery_client import create_submit_app
 from forwarder_api.flower import FlowerClient
 from forwarder_api.kube_schedules import KubeSchedules
 from forwarder_api.local_schedules import LocalSchedules
 from forwarder_api.metrics import ApiMetrics
+from forwarder_api.run_watch import RunWatch
 from forwarder_api.schedules import ScheduleBackend
 from forwarder_api.settings import ApiSettings
 
@@ -35,6 +36,7 @@ class Services:
     redis: redis.Redis
     store: ScheduleStore
     runs: RunLog
+    watch: RunWatch
     catalog: TaskCatalog
     schedules: ScheduleBackend
     flower: FlowerClient
@@ -44,7 +46,7 @@ class Services:
     @classmethod
     def build(cls, settings: ApiSettings) -> Services:
         """Everything from ``settings``; nothing connects until first used."""
-        celery = create_celery_app(settings)
+        celery = create_submit_app(settings)
         client = redis_client(settings)
         prefix = settings.key_prefix
         store = ScheduleStore(client, prefix)
@@ -71,6 +73,7 @@ class Services:
             redis=client,
             store=store,
             runs=runs,
+            watch=RunWatch(async_redis_client(settings), runs),
             catalog=catalog,
             schedules=schedules,
             flower=FlowerClient(settings),
@@ -81,5 +84,6 @@ class Services:
     async def aclose(self) -> None:
         """Close connections (the lifespan's shutdown)."""
         await self.flower.aclose()
+        await self.watch.aclose()
         self.redis.close()
         self.celery.close()

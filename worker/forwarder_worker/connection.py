@@ -6,6 +6,7 @@ import ssl
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from forwarder_worker.settings import Settings
 
@@ -48,21 +49,34 @@ def check_credentials(settings: Settings) -> None:
         client.close()
 
 
+def _client_options(settings: Settings, *, blocking: bool) -> dict[str, Any]:
+    """Timeouts, health checks and TLS shared by the sync and asyncio clients."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 5,
+        "socket_timeout": None if blocking else 10,
+        "health_check_interval": 30,
+        "retry_on_timeout": False,
+    }
+    if (tls := ssl_options(settings)) is not None:
+        options.update(tls)
+    return options
+
+
 def redis_client(settings: Settings, *, blocking: bool = False) -> redis.Redis:
     """A decoded-string client for Forwarder's own keys.
 
     ``blocking`` clients have no socket read timeout, because they sit in BLPOP for as long as
     the scheduler asks; every other client fails fast so a dead Redis is noticed.
     """
-    extra: dict[str, Any] = {}
-    if (tls := ssl_options(settings)) is not None:
-        extra.update(tls)
     return redis.Redis.from_url(
-        settings.effective_redis_url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=None if blocking else 10,
-        health_check_interval=30,
-        retry_on_timeout=False,
-        **extra,
+        settings.effective_redis_url, **_client_options(settings, blocking=blocking)
+    )
+
+
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`redis_client`, for code running on an event loop (the
+    api's run reads and long polls), with the same password, TLS and timeouts."""
+    return redis.asyncio.Redis.from_url(
+        settings.effective_redis_url, **_client_options(settings, blocking=False)
     )

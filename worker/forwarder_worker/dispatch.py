@@ -92,7 +92,7 @@ class SchedulerMetrics:
         return {k: float(v) for k, v in self.client.hgetall(self.key).items()}
 
 
-def _publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
+def publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
     """Pipeline the batch's messages (and their task-sent events) into one Redis round trip
     where kombu can (``Producer.batch``, kombu 5.7+); older kombu publishes one by one."""
     batch = getattr(producer, "batch", None)
@@ -210,7 +210,7 @@ class Dispatcher:
             pipe.execute()
 
         lateness: list[float] = []
-        with self.app.producer_or_acquire() as producer, _publish_batch(producer):
+        with self.app.producer_or_acquire() as producer, publish_batch(producer):
             for outcome in sent:
                 entry, slot = outcome.firing.entry, outcome.firing.slot
                 delay, expires = plans[outcome.run_id]

@@ -11,6 +11,10 @@ ids by creation time), ``runs:s:<schedule>`` (per-schedule zset), ``runs:stats:<
 (counters and last times), ``runs:active:<schedule>`` (runs not yet final, for
 concurrencyPolicy) and ``runs:changed`` (schedules whose records changed since the operator
 last looked, so its status loop touches only those).
+
+A run that reaches a final state is announced on the pub/sub channel named like its hash,
+``run:<id>`` (payload: the state), so a client waiting for it (the api's long poll) is woken
+at once instead of polling. Nobody subscribed costs Redis nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", *sorted(FINAL_STATES))
 
 # Create-or-update a run in one atomic step. A final state is never overwritten by a late
 # non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
-# the pool child can arrive out of order).
+# the pool child can arrive out of order). Reaching a final state is published on KEYS[1].
 # KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,
 # per-schedule cap, then field/value pairs.
 _TRANSITION = """
@@ -74,6 +78,7 @@ if schedule and schedule ~= '' then
   end
   redis.call('SADD', KEYS[3], schedule)
 end
+if final[state] and old ~= state then redis.call('PUBLISH', key, state) end
 return state
 """
 
@@ -186,7 +191,7 @@ class RunLog:
         self._transition = client.register_script(_TRANSITION)
 
     def key(self, run_id: str) -> str:
-        """The hash key of run ``run_id``."""
+        """The hash key of run ``run_id``; also the pub/sub channel announcing its end."""
         return f"{self.prefix}run:{run_id}"
 
     # -- writes ---------------------------------------------------------------------------
@@ -233,9 +238,11 @@ class RunLog:
         slot: float | None = None,
         args: Any = None,
         kwargs: Any = None,
+        expires: float | None = None,
         client: Any = None,
     ) -> Any:
-        """Record a run as it is sent (state PENDING), before any worker sees it."""
+        """Record a run as it is sent (state PENDING), before any worker sees it; ``expires``
+        is when an unstarted run stops counting as active (epoch seconds)."""
         return self.transition(
             run_id,
             "PENDING",
@@ -244,6 +251,7 @@ class RunLog:
             source=source,
             schedule=schedule,
             slot=slot,
+            expires=expires,
             args=None if args is None else bounded(args, self.result_limit),
             kwargs=None if kwargs is None else bounded(kwargs, self.result_limit),
         )

@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+from celery import Celery
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from forwarder_worker.runs import RunRecord
 from forwarder_worker.timing import utc_iso
 
-from forwarder_api.deps import Authorized, CeleryDep, RunLogDep, SettingsDep
+from forwarder_api.deps import Authorized, CeleryDep, RunLogDep, ServicesDep, SettingsDep
 from forwarder_api.errors import Conflict, NotFound
 from forwarder_api.models import Revoked, Run, RunError, RunPage, RunState
 
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authorized])
 
 RunId = Annotated[str, Path(min_length=1, max_length=200)]
+# Longest long poll: under the idle timeouts of common proxies and load balancers (60 s).
+MAX_WAIT_SECONDS = 55
 
 
 def _json(text: str | None) -> tuple[Any, bool]:
@@ -81,17 +85,42 @@ def list_runs(
 
 
 @router.get("/{run_id}", name="get_run", responses={404: {"description": "Never submitted"}})
-def get_run(run_id: RunId, runs: RunLogDep, celery: CeleryDep, settings: SettingsDep) -> Run:
-    """A run's state, result or error, and times."""
-    record = runs.get(run_id)
+async def get_run(
+    run_id: RunId,
+    services: ServicesDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Long poll: hold the request for up to this many seconds and answer "
+            "as soon as the run has ended (SUCCESS, FAILURE, REVOKED or SKIPPED); a run still "
+            "going when the wait runs out is answered as it is. 0 (default): answer at once.",
+        ),
+    ] = 0,
+) -> Run:
+    """A run's state, result or error, and times; with ``wait``, once it has ended."""
+    # The polling hot path: read on the event loop (no threadpool hop), one dependency.
+    watch = services.watch
+    record = await watch.wait(run_id, wait) if wait else await watch.get(run_id)
     if record is None:
         raise NotFound(f"run {run_id!r} was never submitted (or its record has expired)")
-    run = to_run(record, show_traceback=settings.api_show_traceback)
+    run = to_run(record, show_traceback=services.settings.api_show_traceback)
     if run.result_truncated and record.state == "SUCCESS":
         # The record keeps a bounded copy; the result backend still has all of it.
-        backend = celery.AsyncResult(run_id)
-        if backend.state == "SUCCESS":
-            run = run.model_copy(update={"result": backend.result, "result_truncated": False})
+        return await run_in_threadpool(_with_full_result, services.celery, run)
+    return run
+
+
+def run_path(run_id: str) -> str:
+    """The path of ``GET /runs/{run_id}`` (what ``url_for`` finds, without a route walk)."""
+    return f"{router.prefix}/{run_id}"
+
+
+def _with_full_result(celery: Celery, run: Run) -> Run:
+    backend = celery.AsyncResult(run.id)
+    if backend.state == "SUCCESS":
+        return run.model_copy(update={"result": backend.result, "result_truncated": False})
     return run
 
 

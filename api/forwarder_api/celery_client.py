@@ -1,0 +1,35 @@
+"""The API's Celery app: the core app, with a result backend that never subscribes on send.
+
+Celery's Redis result backend subscribes to a task's result channel whenever the task is
+sent, so that a later ``AsyncResult.get()`` hears the result by pub/sub; the subscription is
+dropped when the ``AsyncResult`` is garbage-collected. The API never waits that way (it answers
+from run records, and ``GET /runs/{id}?wait=`` listens for the run record's own announcement),
+so every submission would pay for a SUBSCRIBE and an UNSUBSCRIBE whose confirmations nobody
+reads, piling up on the backend's pub/sub connection. Results are still stored by the workers
+and read here with a plain GET (``AsyncResult(id).result``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+from forwarder_worker.app import create_app
+from forwarder_worker.settings import Settings
+
+
+class SubmitOnlyRedisBackend(RedisBackend):
+    """Celery's Redis result backend, minus the per-send subscription."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> dict[str, Any]:
+        return {}
+
+
+def create_submit_app(settings: Settings) -> Celery:
+    """The core Celery app configured from ``settings``, with :class:`SubmitOnlyRedisBackend`."""
+    app = create_app(settings)
+    backend = f"{SubmitOnlyRedisBackend.__module__}:{SubmitOnlyRedisBackend.__qualname__}"
+    # Celery's "<backend class>+<url>" form: this class, on the configured Redis.
+    app.conf.result_backend = f"{backend}+{settings.effective_redis_url}"
+    return app

@@ -1,0 +1,39 @@
+"""The API's Celery app sends without subscribing to results, and still reads them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import redis
+from forwarder_api.celery_client import SubmitOnlyRedisBackend, create_submit_app
+from forwarder_worker.app import create_app
+from forwarder_worker.settings import Settings
+from support.processes import eventually
+
+
+def _result_channels(rclient: redis.Redis) -> list[str]:
+    return [c for c in rclient.pubsub_channels() if "celery-task-meta-" in c]
+
+
+def test_sending_leaves_no_result_subscription(redis_url: str, rclient: redis.Redis) -> None:
+    settings = Settings(redis_url=redis_url)
+    stock, ours = create_app(settings), create_submit_app(settings)
+    try:
+        assert isinstance(ours.backend, SubmitOnlyRedisBackend)
+        # The stock app subscribes while its AsyncResult lives; that is what the API avoids.
+        kept = stock.send_task("forwarder.ping", task_id=str(uuid.uuid4()))
+        kept_id = kept.id
+        eventually(lambda: kept_id in str(_result_channels(rclient)), 10, 0.05, "subscribed")
+        del kept
+        sent = [ours.send_task("forwarder.ping", task_id=str(uuid.uuid4())) for _ in range(3)]
+        time.sleep(0.3)  # time for a SUBSCRIBE in flight to land, were one sent
+        channels = _result_channels(rclient)
+        assert not [c for c in channels if any(r.id in c for r in sent)]
+        # Results are still stored by workers and read with a plain GET.
+        ours.backend.store_result(sent[0].id, {"pong": True}, "SUCCESS")
+        assert ours.AsyncResult(sent[0].id).result == {"pong": True}
+        assert ours.AsyncResult(sent[0].id).state == "SUCCESS"
+    finally:
+        stock.close()
+        ours.close()
