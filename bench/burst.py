@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import cProfile
 import io
-import json
 import math
 import pstats
 import statistics
@@ -30,9 +29,9 @@ from forwarder_worker.settings import Settings
 from harness import (
     DONE_KEY,
     QUEUE_KEY,
-    RESULTS,
     Stack,
     cpu_seconds,
+    keep_other_sizes,
     redis_for,
     sample_until,
     show,
@@ -80,9 +79,10 @@ def one_pass(stack: Stack, n: int, with_worker: bool, repeat: int = 0) -> dict[s
         client = redis.Redis.from_url(url, decode_responses=True)
         worker = start_worker(url, logs / f"worker-{tag}.log") if with_worker else None
         per_entry = _load_rate(url, stack)
-        # Room to write every entry and to start the beat before T0; a whole second, because
-        # redbeat keeps due times in whole seconds (its to_timestamp).
-        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + 10))
+        # Room to write every entry and to start the beat before T0 (start_beat returns once
+        # the beat is up, in about a second; 4 s leave room for a loaded machine); a whole
+        # second, because redbeat keeps due times in whole seconds (its to_timestamp).
+        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + 4))
         _load(stack, url, n, t0)
         beat = start_beat(stack, url, logs / f"beat-{tag}.log")
         try:
@@ -258,22 +258,6 @@ def _median(passes: list[dict[str, Any]], key: str) -> float:
     return statistics.median(math.nan if p[key] is None else p[key] for p in passes)
 
 
-def _keep_other_sizes(data: dict[str, Any], sizes: list[int]) -> None:
-    """Keep the previous run's figures for sizes not measured now (each size's anchor and
-    Forwarder figures always come from one run), so N=10,000 can be run on its own."""
-    previous = RESULTS / "burst.json"
-    if not previous.exists():
-        return
-    old = json.loads(previous.read_text())
-    when = old.get("when_utc")
-    for key in ("passes", "profiles", "send_task_cost"):
-        kept = [dict(x, when_utc=x.get("when_utc", when)) for x in old.get(key, [])]
-        data[key] = [x for x in kept if x["n"] not in sizes] + data[key]
-    data["rows"] = [
-        r for r in old.get("rows", []) if not any(r["figure"].startswith(f"N={n}:") for n in sizes)
-    ] + data["rows"]
-
-
 def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
     """Quick mode: N=1,000; FULL: N=1,000 and 10,000."""
     sizes = sizes or ([1000, 10000] if full else [1000])
@@ -352,6 +336,6 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
         "send_task_cost": publishing,
         "rows": table(rows),
     }
-    _keep_other_sizes(data, sizes)
+    keep_other_sizes("burst", data, ("passes", "profiles", "send_task_cost"), sizes)
     write_result("burst", data)
     return data

@@ -87,6 +87,32 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def keep_other_sizes(
+    name: str, data: dict[str, Any], keys: Sequence[str], sizes: list[int]
+) -> None:
+    """Keep the previous ``<name>.json`` figures for sizes not measured in this run.
+
+    Each size's anchor and Forwarder figures always come from one run, but N = 10,000 can then
+    be run on its own (``--full --n 10000``) without losing the quick run's N = 1,000, and the
+    other way round. Kept entries carry the time of the run they came from.
+    """
+    previous = RESULTS / f"{name}.json"
+    if not previous.exists():
+        return
+    old = json.loads(previous.read_text())
+    when = old.get("when_utc")
+    for key in keys:
+        kept = [dict(x, when_utc=x.get("when_utc", when)) for x in old.get(key, [])]
+        data[key] = [x for x in kept if x.get("n") not in sizes] + data.get(key, [])
+
+    def measured_now(figure: str) -> bool:
+        return any(figure.startswith((f"N={n}:", f"N={n} ")) for n in sizes)
+
+    if "rows" in data:
+        kept_rows = [r for r in old.get("rows", []) if not measured_now(r["figure"])]
+        data["rows"] = kept_rows + data["rows"]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) by linear interpolation; NaN for no values."""
     if not values:

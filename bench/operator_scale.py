@@ -35,6 +35,7 @@ from harness import (
     Stack,
     bench_env,
     cpu_seconds,
+    keep_other_sizes,
     redis_for,
     rss_bytes,
     start,
@@ -284,7 +285,9 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
     results = []
     for n in sizes:
         try:
-            results.append(scale(n, 900.0 if full else 150.0))
+            results.append(
+                dict(scale(n, 900.0 if full else 150.0), mode="full" if full else "quick")
+            )
         except Exception as exc:  # the emulator failing at this scale is itself a result
             results.append({"n": n, "error": f"{type(exc).__name__}: {exc}"})
     print("\n== Operator scale (no anchor: redbeat has no operator)")
@@ -312,5 +315,6 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
         "target": TARGET,
         "results": results,
     }
+    keep_other_sizes("operator_scale", data, ("results",), sizes)
     write_result("operator_scale", data)
     return data

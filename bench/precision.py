@@ -32,6 +32,7 @@ from harness import (
     QueueProbe,
     Stack,
     cpu_seconds,
+    keep_other_sizes,
     redis_for,
     run_concurrently,
     show,
@@ -132,6 +133,8 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
     for n in sizes:
         calls = [functools.partial(scenario, stack, n, minutes) for stack in STACKS]
         got = [call() for call in calls] if full else run_concurrently(calls)
+        for r in got:
+            r.update(mode="full" if full else "quick", minutes=minutes)
         results.extend(got)
         ours, default, fast = got
         rows = []
@@ -174,5 +177,6 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
         "rows": table(all_rows),
         "results": results,
     }
+    keep_other_sizes("precision", data, ("results",), sizes)
     write_result("precision", data)
     return data
