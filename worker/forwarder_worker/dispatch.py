@@ -4,7 +4,9 @@ Beat fires due slots through :meth:`Dispatcher.fire` in batches; run-now trigger
 annotation, api) use the same path, so every firing is recorded, labelled and policed alike.
 Redis work is pipelined per batch: one round trip for the active-run checks, one for the
 run records, one for the messages (kombu's publish batch) and one for the metrics, whatever
-the batch size.
+the batch size. Beat's own path for concurrencyPolicy Allow is cheaper still: its claim script
+writes the run records, it publishes with :meth:`Dispatcher.publish`, and its metrics ride
+along with its next read (see :mod:`forwarder_worker.scheduler`).
 """
 
 from __future__ import annotations
@@ -69,23 +71,42 @@ class SchedulerMetrics:
         self.client = client
         self.key = f"{prefix}:metrics"
 
-    def record(self, pipe: Any, *, fired: Sequence[float], skipped: int, missed: int) -> None:
-        """Add a batch's figures; ``fired`` holds each sent firing's lateness in seconds."""
+    @staticmethod
+    def increments(
+        *, fired: Sequence[float], skipped: int, missed: int
+    ) -> list[tuple[str, int | float]]:
+        """A batch's figures as (counter, increment) pairs; ``fired`` holds each sent
+        firing's lateness in seconds."""
+        out: list[tuple[str, int | float]] = []
         if fired:
-            pipe.hincrby(self.key, "fired", len(fired))
-            pipe.hincrbyfloat(self.key, "lateness_sum", sum(fired))
-            pipe.hincrby(self.key, "lateness_count", len(fired))
+            out += [
+                ("fired", len(fired)),
+                ("lateness_sum", sum(fired)),
+                ("lateness_count", len(fired)),
+            ]
             counts: dict[str, int] = {}
             for lateness in fired:
                 bucket = next((b for b in LATENESS_BUCKETS if lateness <= b), None)
                 name = f"le_{bucket}" if bucket is not None else "le_inf"
                 counts[name] = counts.get(name, 0) + 1
-            for name, count in counts.items():
-                pipe.hincrby(self.key, name, count)
+            out += counts.items()
         if skipped:
-            pipe.hincrby(self.key, "skipped", skipped)
+            out.append(("skipped", skipped))
         if missed:
-            pipe.hincrby(self.key, "missed", missed)
+            out.append(("missed", missed))
+        return out
+
+    def record(self, pipe: Any, *, fired: Sequence[float], skipped: int, missed: int) -> None:
+        """Add a batch's figures; ``fired`` holds each sent firing's lateness in seconds."""
+        self.add(pipe, self.increments(fired=fired, skipped=skipped, missed=missed))
+
+    def add(self, pipe: Any, increments: Sequence[tuple[str, int | float]]) -> None:
+        """Add (counter, increment) pairs through ``pipe`` (or a client)."""
+        for name, value in increments:
+            if isinstance(value, float):
+                pipe.hincrbyfloat(self.key, name, value)
+            else:
+                pipe.hincrby(self.key, name, value)
 
     def read(self) -> dict[str, float]:
         """Every counter; lateness buckets as ``le_<seconds>`` (not cumulative)."""
@@ -96,7 +117,7 @@ def publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
     """Pipeline the batch's messages (and their task-sent events) into one Redis round trip
     where kombu can (``Producer.batch``, kombu 5.7+); older kombu publishes one by one."""
     batch = getattr(producer, "batch", None)
-    return batch(max_size=PUBLISH_PIPELINE) if batch is not None else contextlib.nullcontext()
+    return batch(max_size=PUBLISH_PIPELINE) if batch is not None else contextlib.nullcontext(None)
 
 
 class Dispatcher:
@@ -149,8 +170,63 @@ class Dispatcher:
 
         return {name: sorted(i for i in ms if alive(i)) for name, ms in members.items()}
 
-    def fire(self, firings: Sequence[Firing], *, missed: int = 0) -> list[Outcome]:
-        """Send ``firings`` (Forbid skips, Replace revokes first) and record every outcome."""
+    def plan(self, firing: Firing, now: float) -> tuple[float, float | None]:
+        """The jitter delay and the expiry (epoch seconds, None: none) of a firing sent now."""
+        entry, slot = firing.entry, firing.slot
+        delay = random.uniform(0, entry.jitter) if entry.jitter else 0.0  # noqa: S311
+        # The starting deadline counts from the slot (plus its jitter), as CronJob's does: a
+        # firing published late has that much less time to start.
+        expires = max(slot + entry.deadline, now) + delay if entry.deadline is not None else None
+        return delay, expires
+
+    def publish(
+        self, sends: Sequence[tuple[Firing, str, float, float | None]], *, first_flush: int = 0
+    ) -> list[float]:
+        """Publish (firing, run id, delay, expires) messages whose run records are written;
+        returns the lateness of each scheduled firing. With ``first_flush``, the first that
+        many messages are flushed to Redis before the rest are built, so the head of a large
+        batch lands without waiting for the whole batch to be built."""
+        lateness: list[float] = []
+        with self.app.producer_or_acquire() as producer, publish_batch(producer) as batch:
+            for k, (firing, run_id, delay, expires) in enumerate(sends):
+                entry, slot = firing.entry, firing.slot
+                options: dict[str, Any] = {"queue": entry.queue}
+                if entry.priority is not None:
+                    options["priority"] = entry.priority
+                if delay:
+                    options["countdown"] = delay
+                if expires is not None:
+                    options["expires"] = datetime.fromtimestamp(expires, UTC)
+                self.app.send_task(
+                    entry.task,
+                    args=entry.args,
+                    kwargs=entry.kwargs,
+                    task_id=run_id,
+                    producer=producer,
+                    headers={
+                        HEADER_SCHEDULE: entry.name,
+                        HEADER_UID: entry.uid,
+                        HEADER_SLOT: repr(slot),
+                    },
+                    **options,
+                )
+                if firing.source == "schedule":
+                    lateness.append(max(0.0, self.clock() - slot))
+                if k + 1 == first_flush and k + 1 < len(sends) and batch is not None:
+                    batch.flush()
+        return lateness
+
+    def fire(
+        self,
+        firings: Sequence[Firing],
+        *,
+        missed: int = 0,
+        metrics_out: list[tuple[str, int | float]] | None = None,
+    ) -> list[Outcome]:
+        """Send ``firings`` (Forbid skips, Replace revokes first) and record every outcome.
+
+        The metrics are written at once, or appended to ``metrics_out`` for the caller to
+        write with its next round trip (beat does)."""
         now = self.clock()
         active = self._active(firings, now)
         outcomes: list[Outcome] = []
@@ -188,13 +264,7 @@ class Dispatcher:
                         client=pipe,
                     )
                     continue
-                delay = random.uniform(0, entry.jitter) if entry.jitter else 0.0  # noqa: S311
-                # The starting deadline counts from the slot (plus its jitter), as CronJob's
-                # does: a firing published late has that much less time to start.
-                expires = (
-                    max(slot + entry.deadline, now) + delay if entry.deadline is not None else None
-                )
-                plans[outcome.run_id] = (delay, expires)
+                _, expires = plans[outcome.run_id] = self.plan(outcome.firing, now)
                 self.runs.queued(
                     outcome.run_id,
                     entry.task,
@@ -209,38 +279,24 @@ class Dispatcher:
                     self.runs.transition(outcome.run_id, "PENDING", client=pipe, expires=expires)
             pipe.execute()
 
-        lateness: list[float] = []
-        with self.app.producer_or_acquire() as producer, publish_batch(producer):
-            for outcome in sent:
-                entry, slot = outcome.firing.entry, outcome.firing.slot
-                delay, expires = plans[outcome.run_id]
-                options: dict[str, Any] = {"queue": entry.queue}
-                if entry.priority is not None:
-                    options["priority"] = entry.priority
-                if delay:
-                    options["countdown"] = delay
-                if expires is not None:
-                    options["expires"] = datetime.fromtimestamp(expires, UTC)
-                self.app.send_task(
-                    entry.task,
-                    args=entry.args,
-                    kwargs=entry.kwargs,
-                    task_id=outcome.run_id,
-                    producer=producer,
-                    headers={
-                        HEADER_SCHEDULE: entry.name,
-                        HEADER_UID: entry.uid,
-                        HEADER_SLOT: repr(slot),
-                    },
-                    **options,
-                )
-                if outcome.firing.source == "schedule":
-                    lateness.append(max(0.0, self.clock() - slot))
-        with self.client.pipeline(transaction=False) as pipe:
-            self.metrics.record(
-                pipe, fired=lateness, skipped=len(outcomes) - len(sent), missed=missed
-            )
-            pipe.execute()
+        lateness = self.publish([(o.firing, o.run_id, *plans[o.run_id]) for o in sent])
+        increments = self.metrics.increments(
+            fired=lateness, skipped=len(outcomes) - len(sent), missed=missed
+        )
+        if metrics_out is not None:
+            metrics_out.extend(increments)
+        elif increments:
+            with self.client.pipeline(transaction=False) as pipe:
+                self.metrics.add(pipe, increments)
+                pipe.execute()
+        self.log_outcomes(outcomes)
+        return outcomes
+
+    @staticmethod
+    def log_outcomes(outcomes: Sequence[Outcome]) -> None:
+        """One INFO line per firing, sent or skipped."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         for outcome in outcomes:
             if outcome.sent:
                 log.info(
@@ -257,4 +313,3 @@ class Dispatcher:
                     outcome.firing.slot,
                     outcome.reason,
                 )
-        return outcomes

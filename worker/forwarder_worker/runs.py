@@ -32,55 +32,66 @@ STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", *sorted(FINAL_STATES))
 
 # Create-or-update a run in one atomic step. A final state is never overwritten by a late
 # non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
-# the pool child can arrive out of order). Reaching a final state is published on KEYS[1].
+# the pool child can arrive out of order). Reaching a final state is published on the run's
+# key, for the API's long poll. A Lua function, so beat's claim script (store.py)
+# writes run records with the same code in the same round trip as its claims.
+# key: run hash, gkey: global zset, ckey: changed set; fields: a field -> value table.
+TRANSITION_FUNCTION = """
+local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, fields)
+  local old = redis.call('HGET', key, 'state')
+  local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
+  if old and final[old] and not final[state] then return old end
+  if old == 'STARTED' and state == 'RECEIVED' then state = old end
+  if not old then
+    redis.call('HSET', key, 'id', id, 'created', now)
+    redis.call('ZADD', gkey, now, id)
+    redis.call('ZREMRANGEBYRANK', gkey, 0, -gcap - 1)
+  end
+  for k, v in pairs(fields) do
+    if v ~= '' then redis.call('HSET', key, k, v) end
+  end
+  redis.call('HSET', key, 'state', state, 'updated', now)
+  redis.call('EXPIRE', key, ttl)
+  local schedule = redis.call('HGET', key, 'schedule')
+  if schedule and schedule ~= '' then
+    local skey = prefix .. 'runs:s:' .. schedule
+    if not old then
+      redis.call('ZADD', skey, now, id)
+      redis.call('ZREMRANGEBYRANK', skey, 0, -scap - 1)
+    end
+    local stats = prefix .. 'runs:stats:' .. schedule
+    local active = prefix .. 'runs:active:' .. schedule
+    if final[state] then
+      redis.call('SREM', active, id)
+      if old ~= state then
+        if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
+        redis.call('HINCRBY', stats, string.lower(state), 1)
+        if state == 'SUCCESS' then redis.call('HSET', stats, 'last_success', now) end
+      end
+    else
+      redis.call('SADD', active, id)
+    end
+    if fields['slot'] and fields['slot'] ~= '' then
+      redis.call('HSET', stats, 'last_schedule', fields['slot'])
+    end
+    redis.call('SADD', ckey, schedule)
+  end
+  if final[state] and old ~= state then redis.call('PUBLISH', key, state) end
+  return state
+end
+"""
+
 # KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,
 # per-schedule cap, then field/value pairs.
-_TRANSITION = """
-local key, prefix, id, state, now = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local ttl, gcap, scap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+_TRANSITION = (
+    TRANSITION_FUNCTION
+    + """
 local fields = {}
 for i = 8, #ARGV, 2 do fields[ARGV[i]] = ARGV[i + 1] end
-local old = redis.call('HGET', key, 'state')
-local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
-if old and final[old] and not final[state] then return old end
-if old == 'STARTED' and state == 'RECEIVED' then state = old end
-if not old then
-  redis.call('HSET', key, 'id', id, 'created', now)
-  redis.call('ZADD', KEYS[2], now, id)
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -gcap - 1)
-end
-for k, v in pairs(fields) do
-  if v ~= '' then redis.call('HSET', key, k, v) end
-end
-redis.call('HSET', key, 'state', state, 'updated', now)
-redis.call('EXPIRE', key, ttl)
-local schedule = redis.call('HGET', key, 'schedule')
-if schedule and schedule ~= '' then
-  local skey = prefix .. 'runs:s:' .. schedule
-  if not old then
-    redis.call('ZADD', skey, now, id)
-    redis.call('ZREMRANGEBYRANK', skey, 0, -scap - 1)
-  end
-  local stats = prefix .. 'runs:stats:' .. schedule
-  local active = prefix .. 'runs:active:' .. schedule
-  if final[state] then
-    redis.call('SREM', active, id)
-    if old ~= state then
-      if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
-      redis.call('HINCRBY', stats, string.lower(state), 1)
-      if state == 'SUCCESS' then redis.call('HSET', stats, 'last_success', now) end
-    end
-  else
-    redis.call('SADD', active, id)
-  end
-  if fields['slot'] and fields['slot'] ~= '' then
-    redis.call('HSET', stats, 'last_schedule', fields['slot'])
-  end
-  redis.call('SADD', KEYS[3], schedule)
-end
-if final[state] and old ~= state then redis.call('PUBLISH', key, state) end
-return state
+return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
+  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), fields)
 """
+)
 
 
 @dataclass(frozen=True)
@@ -226,6 +237,37 @@ class RunLog:
             keys=[self.key(run_id), self.global_key, self.changed_key],
             args=args,
             client=client or self.client,
+        )
+
+    def record_fields(self, **fields: Any) -> list[str]:
+        """``fields`` as the flat field/value list the transition script takes (None left out),
+        for callers that write records inside their own script (beat's claim)."""
+        out: list[str] = []
+        for name, value in fields.items():
+            if value is not None:
+                out += [name, value if isinstance(value, str) else repr(value)]
+        return out
+
+    def queued_fields(
+        self,
+        task: str,
+        *,
+        source: str,
+        schedule: str | None = None,
+        slot: float | None = None,
+        args: Any = None,
+        kwargs: Any = None,
+        expires: float | None = None,
+    ) -> list[str]:
+        """The fields :meth:`queued` writes (plus ``expires``), as a flat list."""
+        return self.record_fields(
+            task=task,
+            source=source,
+            schedule=schedule,
+            slot=slot,
+            args=None if args is None else bounded(args, self.result_limit),
+            kwargs=None if kwargs is None else bounded(kwargs, self.result_limit),
+            expires=expires,
         )
 
     def queued(

@@ -23,6 +23,7 @@ subclass of it:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -35,10 +36,10 @@ from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
 from forwarder_worker.connection import redis_client
-from forwarder_worker.dispatch import Dispatcher, Firing
+from forwarder_worker.dispatch import Dispatcher, Firing, Outcome, SchedulerMetrics
 from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import settings_of
-from forwarder_worker.store import Meta, ScheduleStore, StoredEntry
+from forwarder_worker.store import Meta, RunWrite, ScheduleStore, StoredEntry
 
 log = logging.getLogger("forwarder.beat")
 
@@ -51,6 +52,14 @@ _MAX_MISSED_WALK = 100_000
 FAIR_WINDOW_BATCHES = 10
 # Seconds before beat looks again at an entry whose next firing it could not compute.
 BAD_ENTRY_RETRY = 60.0
+# The first batch of a burst (a pass after a pass that was not full) is this small, and the
+# first this-many messages of any batch are flushed before the rest are built, so the head of
+# a burst is published without waiting for a whole batch to be claimed, recorded and built.
+FIRST_BATCH = 50
+# Beat's metrics ride along with its next read; before a wait at least this long (seconds)
+# they are written on their own, so an idle beat's counters are never stale for long.
+METRICS_FLUSH_WAIT = 0.2
+MISSED_REASON = "missed: the starting deadline passed before the slot could fire"
 
 
 def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta, float | None]:
@@ -116,6 +125,10 @@ class ForwarderScheduler(Scheduler):
         self.holding = False
         self._last_renew = 0.0
         self._backoff = 0.0
+        # Metric increments not yet written (see METRICS_FLUSH_WAIT).
+        self._metrics: dict[str, int | float] = {}
+        # Whether the last pass took a full batch (a burst is being drained).
+        self._draining = False
         kwargs.setdefault("max_interval", self.settings.beat_max_loop_interval)
         super().__init__(app, *args, **kwargs)
 
@@ -156,6 +169,8 @@ class ForwarderScheduler(Scheduler):
             return self._backoff
 
     def close(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self._flush_metrics()
         if self.holding:
             try:
                 self.lock.release()
@@ -195,27 +210,59 @@ class ForwarderScheduler(Scheduler):
             max(0.05, min(ttl_ms / 1000 + 0.01 if ttl_ms > 0 else 0.05, self.max_interval))
         )
 
+    def _take_metrics(self) -> list[tuple[str, int | float]]:
+        pending, self._metrics = self._metrics, {}
+        return list(pending.items())
+
+    def _add_metrics(self, increments: list[tuple[str, int | float]]) -> None:
+        for name, value in increments:
+            self._metrics[name] = self._metrics.get(name, 0) + value
+
+    def _flush_metrics(self) -> None:
+        pending = self._take_metrics()
+        if pending:
+            with self.client.pipeline(transaction=False) as pipe:
+                self.dispatcher.metrics.add(pipe, pending)
+                pipe.execute()
+
     def _tick(self) -> float:
+        """One pass, in three Redis round trips when a few entries are due: one Lua read (the
+        due entries, loaded, the earliest due time, and the previous pass's metrics), one Lua
+        claim (claims, run records and the next due time) and one publish pipeline."""
         if not self._hold_lock():
             return self._standby_wait()
         now = self.clock()
         size = self.settings.beat_batch_size
-        batch = self.store.due(now, size, window=size * FAIR_WINDOW_BATCHES)
+        # A lost reply may or may not have been applied: drop those metrics, never count twice.
+        batch, next_due = self.store.read_due(
+            now, size, metrics_key=self.dispatcher.metrics.key, metrics=self._take_metrics()
+        )
+        limit = size
+        if batch is None:
+            # A backlog: drain it in fair batches, the first of them small (FIRST_BATCH).
+            limit = size if self._draining else min(size, FIRST_BATCH)
+            batch = self.store.due(now, limit, window=size * FAIR_WINDOW_BATCHES)
+        self._draining = bool(batch) and len(batch) == limit
         if batch:
-            self.fire_batch(batch, now)
-            if len(batch) == size:
+            next_due = self.fire_batch(batch, now)
+            if self._draining:
                 return 0.0  # more may be due: take the next batch straight away
-        next_due = self.store.next_due()
         wait = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)
         wait = min(wait, self.max_interval)
         if next_due is not None:
             wait = min(wait, next_due - self.clock())
         if wait > 0:
+            if wait >= METRICS_FLUSH_WAIT:
+                self._flush_metrics()
             self.store.wait_for_change(wait, self.waiter)
         return 0.0
 
-    def fire_batch(self, batch: list[StoredEntry], now: float) -> None:
-        """Claim and fire one batch of due entries."""
+    def fire_batch(self, batch: list[StoredEntry], now: float) -> float | None:
+        """Claim and fire one batch of due entries; returns the earliest due time after it.
+
+        Entries with concurrencyPolicy Allow (and missed slots) have their run records written
+        by the claim script itself; Forbid and Replace entries are claimed, then policed and
+        sent by the dispatcher, which must look at their active runs first."""
         plans, deferred = [], []
         for stored in batch:
             try:
@@ -231,21 +278,61 @@ class ForwarderScheduler(Scheduler):
                 )
                 deferred.append((stored, stored.meta, now + BAD_ENTRY_RETRY))
         updates = [(stored, meta, due) for stored, *_, meta, due in plans]
-        claimed = self.store.claim([*updates, *deferred])[: len(plans)]
-        firings, missed = [], 0
-        for (stored, slot, in_time, walked, _, _), won in zip(plans, claimed, strict=True):
+        records: list[RunWrite | None] = []
+        # Per plan: the message to publish if the claim wins (None: skipped or policed).
+        sends: list[tuple[Firing, str, float, float | None] | None] = []
+        for stored, slot, in_time, _walked, _meta, _due in plans:
+            entry = stored.entry
+            if not in_time:
+                fields = self.runs.record_fields(
+                    task=entry.task,
+                    source="schedule",
+                    schedule=entry.name,
+                    slot=slot,
+                    reason=MISSED_REASON,
+                    finished=time.time(),
+                )
+                records.append(RunWrite(str(uuid.uuid4()), "SKIPPED", fields))
+                sends.append(None)
+            elif entry.policy == "Allow":
+                firing, run_id = Firing(entry, slot), str(uuid.uuid4())
+                delay, expires = self.dispatcher.plan(firing, now)
+                fields = self.runs.queued_fields(
+                    entry.task,
+                    source="schedule",
+                    schedule=entry.name,
+                    slot=slot,
+                    args=entry.args,
+                    kwargs=entry.kwargs,
+                    expires=expires,
+                )
+                records.append(RunWrite(run_id, "PENDING", fields))
+                sends.append((firing, run_id, delay, expires))
+            else:
+                records.append(None)  # claimed only: the dispatcher polices it below
+                sends.append(None)
+        claimed, next_due = self.store.claim_and_record(
+            [*updates, *deferred], [*records, *([None] * len(deferred))], self.runs
+        )
+        won_sends, policed, missed = [], [], 0
+        for (stored, slot, in_time, walked, _, _), send, won in zip(
+            plans, sends, claimed, strict=False
+        ):
             if not won:
                 continue  # rewritten or claimed by another beat meanwhile
             missed += walked
-            if not in_time:
-                self.runs.skipped(
-                    str(uuid.uuid4()),
-                    stored.entry.task,
-                    schedule=stored.entry.name,
-                    slot=slot,
-                    reason="missed: the starting deadline passed before the slot could fire",
-                )
-                continue
-            firings.append(Firing(stored.entry, slot))
-        if firings or missed:
-            self.dispatcher.fire(firings, missed=missed)
+            if send is not None:
+                won_sends.append(send)
+            elif in_time:
+                policed.append(Firing(stored.entry, slot))
+        if won_sends:
+            lateness = self.dispatcher.publish(won_sends, first_flush=FIRST_BATCH)
+            self._add_metrics(SchedulerMetrics.increments(fired=lateness, skipped=0, missed=0))
+            Dispatcher.log_outcomes([Outcome(f, run_id, True) for f, run_id, *_ in won_sends])
+        if policed:
+            out: list[tuple[str, int | float]] = []
+            self.dispatcher.fire(policed, metrics_out=out)
+            self._add_metrics(out)
+        if missed:
+            self._add_metrics([("missed", missed)])
+        return next_due

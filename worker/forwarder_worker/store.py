@@ -31,28 +31,85 @@ from typing import Any
 import redis
 
 from forwarder_worker.model import ScheduledTaskSpec
+from forwarder_worker.runs import TRANSITION_FUNCTION
 from forwarder_worker.timing import CronTimetable, IntervalTimetable, OneOffTimetable, Timetable
 
 ENTRY_NAME = re.compile(
     r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 )
 
-# Claim a due slot: advance the entry only if nobody rewrote its definition (rev) and nobody
+# Claim due slots: advance an entry only if nobody rewrote its definition (rev) and nobody
 # claimed this slot already (its due score is still the one we read). Two beats that both
 # read the same slot (a stale holder and its successor) can therefore never both fire it.
-_CLAIM = """
-if redis.call('HGET', KEYS[1], 'rev') ~= ARGV[1] then return 0 end
-local score = redis.call('ZSCORE', KEYS[2], KEYS[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[3])
-if ARGV[4] == '' then
-  redis.call('ZREM', KEYS[2], KEYS[1])
-else
-  redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+# The run record of each won slot is written in the same script (so a record
+# exists before the message is published, and only for a slot this beat won), and the
+# earliest due time after the claims returned last, so beat needs no separate read for it.
+# KEYS: due set, global runs zset, runs:changed.  ARGV: run prefix, now, ttl, global cap,
+# per-schedule cap, count, then per entry: hash key, rev, due score read, new meta, new due
+# ('' leaves the due set), run id ('' claims only), run state, field count, field/value pairs.
+_CLAIM_AND_RECORD = (
+    TRANSITION_FUNCTION
+    + """
+local out, i = {}, 7
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local gcap, scap = tonumber(ARGV[4]), tonumber(ARGV[5])
+for n = 1, tonumber(ARGV[6]) do
+  local key, rev, due, meta, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local id, state, nf = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
+  local fields = {}
+  for j = 0, nf - 1 do fields[ARGV[i + 8 + 2 * j]] = ARGV[i + 9 + 2 * j] end
+  i = i + 8 + 2 * nf
+  out[n] = 0
+  if redis.call('HGET', key, 'rev') == rev then
+    local score = redis.call('ZSCORE', KEYS[1], key)
+    if score and tonumber(score) == tonumber(due) then
+      out[n] = 1
+      redis.call('HSET', key, 'meta', meta)
+      if nxt == '' then
+        redis.call('ZREM', KEYS[1], key)
+      else
+        redis.call('ZADD', KEYS[1], nxt, key)
+      end
+      if id ~= '' then
+        transition(ARGV[1] .. 'run:' .. id, KEYS[2], KEYS[3], ARGV[1], id, state, now, ttl,
+          gcap, scap, fields)
+      end
+    end
+  end
 end
-return 1
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+out[#out + 1] = first[2] or ''
+return out
 """
+)
 
+# Beat's read: every entry due at ARGV[1] (at most ARGV[2]) with its hash fields and score,
+# and the earliest due score overall, in one round trip; beat's deferred metrics (ARGV[3..],
+# field/increment pairs, on hash KEYS[2]) ride along. More than ARGV[2] due: only a count, and
+# beat reads the backlog in fair batches (ScheduleStore.due).
+_READ_DUE = """
+for i = 3, #ARGV, 2 do
+  if string.find(ARGV[i], 'lateness_sum', 1, true) then
+    redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[2]) + 1)
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #due > 2 * tonumber(ARGV[2]) then return {1, first[2] or ''} end
+local out = {0, first[2] or ''}
+for j = 1, #due, 2 do
+  local h = redis.call('HMGET', due[j], 'definition', 'meta', 'rev')
+  out[#out + 1] = due[j]
+  out[#out + 1] = due[j + 1]
+  out[#out + 1] = h[1] or ''
+  out[#out + 1] = h[2] or ''
+  out[#out + 1] = h[3] or ''
+end
+return out
+"""
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
 _TIMEOUT_SLACK = 0.11
@@ -193,6 +250,15 @@ class Meta:
 
 
 @dataclass(frozen=True)
+class RunWrite:
+    """A run record to write with a claim, only if the claim wins (see ScheduleStore.claim)."""
+
+    run_id: str
+    state: str  # PENDING (to be sent) or SKIPPED
+    fields: list[str]  # flat field/value pairs, as RunLog.record_fields builds them
+
+
+@dataclass(frozen=True)
 class StoredEntry:
     """An entry read back with its firing state and next due time (None: not in the due set)."""
 
@@ -211,7 +277,8 @@ class ScheduleStore:
         self.due_key = f"{prefix}:schedule"
         self.index_key = f"{prefix}:entries"
         self.wake_key = f"{prefix}:wake"
-        self._claim = client.register_script(_CLAIM)
+        self._claim = client.register_script(_CLAIM_AND_RECORD)
+        self._read_due = client.register_script(_READ_DUE)
 
     def key(self, name: str) -> str:
         """The hash key of entry ``name``."""
@@ -405,24 +472,96 @@ class ScheduleStore:
         first = self.client.zrange(self.due_key, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
-    def claim(self, updates: Iterable[tuple[StoredEntry, Meta, float | None]]) -> list[bool]:
-        """Claim each entry's due slot and store its new state and due time (None: leave the
-        due set). One pipelined round trip; True where the claim won and the slot may fire.
+    def read_due(
+        self, now: float, limit: int, *, metrics_key: str = "", metrics: Iterable[Any] = ()
+    ) -> tuple[list[StoredEntry] | None, float | None]:
+        """Every entry due at ``now`` (loaded) and the earliest due time, in one round trip
+        (one Lua call, no separate load or next-due read). None instead of the list when
+        more than ``limit`` are due: read those in fair batches with :meth:`due`.
+
+        ``metrics`` (field, increment) pairs are added to hash ``metrics_key`` in the same
+        call, so beat's counters cost no round trip of their own.
         """
-        with self.client.pipeline(transaction=False) as pipe:
-            for stored, meta, due in updates:
-                assert stored.due is not None
-                self._claim(
-                    keys=[self.key(stored.entry.name), self.due_key],
-                    args=[
-                        stored.rev,
-                        repr(stored.due),
-                        meta.to_json(),
-                        "" if due is None else repr(due),
-                    ],
-                    client=pipe,
+        args: list[Any] = [repr(now), limit]
+        for name, value in metrics:
+            args += [name, value]
+        reply = self._read_due(keys=[self.due_key, metrics_key or self.due_key], args=args)
+        backlog, first = int(reply[0]), float(reply[1]) if reply[1] != "" else None
+        if backlog:
+            return None, first
+        loaded, missing = [], []
+        for j in range(2, len(reply), 5):
+            key, score, definition, meta, rev = reply[j : j + 5]
+            if not definition:
+                missing.append(key)
+                continue
+            due = float(score)
+            loaded.append(
+                StoredEntry(
+                    Entry.from_json(definition),
+                    Meta.from_json(meta, default_anchor=due),
+                    rev or "0",
+                    due,
                 )
-            return [bool(r) for r in pipe.execute()]
+            )
+        if missing:
+            # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
+            self.client.zrem(self.due_key, *missing)
+        return loaded, first
+
+    def claim(
+        self,
+        updates: Iterable[tuple[StoredEntry, Meta, float | None]],
+        records: Iterable[RunWrite | None] | None = None,
+        runs: Any = None,
+    ) -> list[bool]:
+        """Claim each entry's due slot and store its new state and due time (None: leave the
+        due set). One round trip (one Lua call); True where the claim won and the slot may
+        fire. See :meth:`claim_and_record`."""
+        return self.claim_and_record(updates, records, runs)[0]
+
+    def claim_and_record(
+        self,
+        updates: Iterable[tuple[StoredEntry, Meta, float | None]],
+        records: Iterable[RunWrite | None] | None = None,
+        runs: Any = None,
+    ) -> tuple[list[bool], float | None]:
+        """:meth:`claim`, writing ``records[i]`` (a run record, through ``runs``' transition
+        rules) where claim ``i`` wins, in the same atomic script; also returns the earliest
+        due time after the claims (None: the due set is empty)."""
+        updates = list(updates)
+        writes = list(records) if records is not None else [None] * len(updates)
+        args: list[Any] = [
+            getattr(runs, "prefix", self.prefix),
+            repr(time.time()),
+            getattr(runs, "ttl", 0),
+            getattr(runs, "global_limit", 0),
+            getattr(runs, "schedule_limit", 0),
+            len(updates),
+        ]
+        for (stored, meta, due), write in zip(updates, writes, strict=True):
+            assert stored.due is not None
+            args += [
+                self.key(stored.entry.name),
+                stored.rev,
+                repr(stored.due),
+                meta.to_json(),
+                "" if due is None else repr(due),
+            ]
+            if write is None:
+                args += ["", "", 0]
+            else:
+                args += [write.run_id, write.state, len(write.fields) // 2, *write.fields]
+        reply = self._claim(
+            keys=[
+                self.due_key,
+                getattr(runs, "global_key", f"{self.prefix}runs"),
+                getattr(runs, "changed_key", f"{self.prefix}runs:changed"),
+            ],
+            args=args,
+        )
+        first = reply[-1]
+        return [bool(r) for r in reply[:-1]], float(first) if first != "" else None
 
     def wait_for_change(self, timeout: float, client: redis.Redis | None = None) -> bool:
         """Block until the store changes or ``timeout`` seconds pass; True if woken."""
