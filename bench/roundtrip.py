@@ -133,19 +133,23 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             # Where an API round trip goes: the POST, and each GET of the run.
             parts: dict[str, list[float]] = {"post": [], "get": [], "gets_per_run": []}
 
-            def via_api() -> None:
+            def submit(timeout: float) -> str:
+                """POST a ping through the API (one client per thread); the run's id."""
                 if not hasattr(local, "http"):
-                    local.http = httpx.Client(base_url=base, headers=headers, timeout=30)
+                    local.http = httpx.Client(base_url=base, headers=headers, timeout=timeout)
                 began = time.perf_counter()
                 reply = local.http.post("/tasks/forwarder.ping/runs", json={})
                 parts["post"].append(time.perf_counter() - began)
                 reply.raise_for_status()
-                run_id = reply.json()["id"]
-                deadline = time.monotonic() + 30
+                return str(reply.json()["id"])
+
+            def poll(run_id: str, params: dict[str, Any], sleep: float, limit: float) -> None:
+                """GET the run until it ends; each GET's time and the GETs per run."""
+                deadline = time.monotonic() + limit
                 gets = 0
                 while time.monotonic() < deadline:
                     began = time.perf_counter()
-                    state = local.http.get(f"/runs/{run_id}").json()["state"]
+                    state = local.http.get(f"/runs/{run_id}", params=params).json()["state"]
                     parts["get"].append(time.perf_counter() - began)
                     gets += 1
                     if state in ("SUCCESS", "FAILURE", "REVOKED"):
@@ -154,31 +158,14 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
                         return
                     if state in ("FAILURE", "REVOKED"):
                         raise RuntimeError(f"run {run_id} ended {state}")
-                    time.sleep(POLL)
+                    time.sleep(sleep)
                 raise TimeoutError(run_id)
 
+            def via_api() -> None:
+                poll(submit(30), {}, POLL, 30)
+
             def via_api_long_poll() -> None:
-                if not hasattr(local, "http"):
-                    local.http = httpx.Client(base_url=base, headers=headers, timeout=60)
-                began = time.perf_counter()
-                reply = local.http.post("/tasks/forwarder.ping/runs", json={})
-                parts["post"].append(time.perf_counter() - began)
-                reply.raise_for_status()
-                run_id = reply.json()["id"]
-                gets = 0
-                while True:
-                    began = time.perf_counter()
-                    state = local.http.get(f"/runs/{run_id}", params={"wait": LONG_POLL}).json()[
-                        "state"
-                    ]
-                    parts["get"].append(time.perf_counter() - began)
-                    gets += 1
-                    if state in ("SUCCESS", "FAILURE", "REVOKED"):
-                        parts["gets_per_run"].append(gets)
-                    if state == "SUCCESS":
-                        return
-                    if state in ("FAILURE", "REVOKED") or gets * LONG_POLL > 60:
-                        raise RuntimeError(f"run {run_id} ended {state}")
+                poll(submit(60), {"wait": LONG_POLL}, 0.0, 60)
 
             def via_celery() -> None:
                 app.send_task("forwarder.ping").get(timeout=30)
