@@ -145,3 +145,23 @@ def test_metrics_reach_redis_before_beat_idles(
     assert int(metrics["fired"]) == 3
     assert int(metrics["lateness_count"]) == 3
     assert float(metrics["lateness_sum"]) >= 0
+
+
+def test_messages_reach_queues_no_worker_has_declared(
+    scheduler: ForwarderScheduler, rclient: redis.Redis
+) -> None:
+    # Beat declares each queue of a batch once (not per message); a queue that no worker
+    # has consumed from yet must still get its messages, not have them dropped unrouted.
+    store = ScheduleStore(rclient, PREFIX)
+    due = time.time() - 1
+    for i in range(6):
+        queue = ("lonely-a", "lonely-b")[i % 2]
+        store.upsert(
+            Entry(name=f"q/e{i}", task="forwarder.ping", schedule={"at": due}, queue=queue)
+        )
+    for _ in range(5):
+        scheduler.tick()
+        if rclient.llen(f"{PREFIX}lonely-a") + rclient.llen(f"{PREFIX}lonely-b") == 6:
+            break
+    assert rclient.llen(f"{PREFIX}lonely-a") == 3
+    assert rclient.llen(f"{PREFIX}lonely-b") == 3

@@ -188,9 +188,15 @@ class Dispatcher:
         batch lands without waiting for the whole batch to be built."""
         lateness: list[float] = []
         with self.app.producer_or_acquire() as producer, publish_batch(producer) as batch:
+            # Each queue is declared once per batch, not once per message as send_task does
+            # by default: kombu caches declarations per connection either way, but checking
+            # that cache per message (binding and copying the entity) was a quarter of the
+            # publish cost. `declare=[]` below then skips the per-message check.
+            for name in dict.fromkeys(firing.entry.queue for firing, *_ in sends):
+                producer.maybe_declare(self.app.amqp.queues[name])
             for k, (firing, run_id, delay, expires) in enumerate(sends):
                 entry, slot = firing.entry, firing.slot
-                options: dict[str, Any] = {"queue": entry.queue}
+                options: dict[str, Any] = {"queue": entry.queue, "declare": []}
                 if entry.priority is not None:
                     options["priority"] = entry.priority
                 if delay:
