@@ -230,9 +230,7 @@ class RunLog:
             self.global_limit,
             self.schedule_limit,
         ]
-        for name, value in fields.items():
-            if value is not None:
-                args += [name, value if isinstance(value, str) else repr(value)]
+        args += self.record_fields(**fields)
         return self._transition(
             keys=[self.key(run_id), self.global_key, self.changed_key],
             args=args,
@@ -259,16 +257,31 @@ class RunLog:
         kwargs: Any = None,
         expires: float | None = None,
     ) -> list[str]:
-        """The fields :meth:`queued` writes (plus ``expires``), as a flat list."""
+        """The fields :meth:`queued` writes, as a flat list (beat's claim script writes them)."""
         return self.record_fields(
-            task=task,
-            source=source,
-            schedule=schedule,
-            slot=slot,
-            args=None if args is None else bounded(args, self.result_limit),
-            kwargs=None if kwargs is None else bounded(kwargs, self.result_limit),
-            expires=expires,
+            **self._queued(task, source, schedule, slot, args, kwargs, expires)
         )
+
+    def _queued(
+        self,
+        task: str,
+        source: str,
+        schedule: str | None,
+        slot: float | None,
+        args: Any,
+        kwargs: Any,
+        expires: float | None,
+    ) -> dict[str, Any]:
+        """A queued (PENDING) run's record fields, its args and kwargs bounded."""
+        return {
+            "task": task,
+            "source": source,
+            "schedule": schedule,
+            "slot": slot,
+            "expires": expires,
+            "args": None if args is None else bounded(args, self.result_limit),
+            "kwargs": None if kwargs is None else bounded(kwargs, self.result_limit),
+        }
 
     def queued(
         self,
@@ -285,18 +298,8 @@ class RunLog:
     ) -> Any:
         """Record a run as it is sent (state PENDING), before any worker sees it; ``expires``
         is when an unstarted run stops counting as active (epoch seconds)."""
-        return self.transition(
-            run_id,
-            "PENDING",
-            client=client,
-            task=task,
-            source=source,
-            schedule=schedule,
-            slot=slot,
-            expires=expires,
-            args=None if args is None else bounded(args, self.result_limit),
-            kwargs=None if kwargs is None else bounded(kwargs, self.result_limit),
-        )
+        fields = self._queued(task, source, schedule, slot, args, kwargs, expires)
+        return self.transition(run_id, "PENDING", client=client, **fields)
 
     def skipped(
         self,
