@@ -1,14 +1,16 @@
-"""kopf handlers for ScheduledTask: thin, each validates, calls the core, and writes status.
+"""kopf handlers for ScheduledTask: every watch event goes to one level-triggered reconcile.
 
-* create / resume / spec update: :func:`forwarder_worker.reconcile.apply_schedule`, then
-  the Ready condition, ``observedGeneration`` and ``nextRunTime``. An invalid spec gets
-  ``Ready=False`` and one Warning Event and is not retried: kopf calls the handler again only
-  when the spec changes.
+* each event: :func:`forwarder_operator.reconciler.plan` decides from the object as it is
+  (entry applied for this generation? finalizer on? being deleted? a new run-now value?),
+  and the handler turns the plan into kopf's patch (status, finalizer) and Events. The
+  events our own writes cause are in step and cost nothing. An invalid spec gets
+  ``Ready=False`` and one Warning Event per generation, and is not retried.
 * delete: the finalizer ``forwarder.dev/finalizer`` keeps the resource until its entry and
   run history are gone.
-* the ``forwarder.dev/run-now`` annotation: one run per distinct value.
+* Redis down: ``Ready=False`` (RedisUnavailable) once, and the object waits in the retry
+  queue, which the background loop drains with backoff.
 * startup: tuned kopf settings, the shared services, and the one background task that runs
-  the status loop and the sweep (:mod:`forwarder_operator.loops`).
+  the status loop, the retries and the sweep (:mod:`forwarder_operator.loops`).
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ from typing import Any
 
 import kopf
 import redis
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.status import applied_status, runs_status, unavailable_status
+from forwarder_worker.status import unavailable_status
 
-from forwarder_operator import loops
-from forwarder_operator.kube import GROUP, PLURAL, VERSION
-from forwarder_operator.services import FINALIZER, HANDLED, KOPF_PREFIX, Services, services_of
+from forwarder_operator import loops, reconciler
+from forwarder_operator.kube import FINALIZER, GROUP, PLURAL, VERSION
+from forwarder_operator.services import Services, services_of
 from forwarder_operator.settings import OperatorSettings
 
-RUN_NOW = "forwarder.dev/run-now"
-# Longest wait between retries while Redis is down.
-MAX_BACKOFF = 60.0
+HANDLER = "scheduledtask"
+"""The event handler's id, as kopf's log lines name it."""
 
 
-def backoff(retry: int) -> float:
-    """Seconds before retry number ``retry``: 1, 2, 4, ... up to MAX_BACKOFF."""
-    return float(min(2**retry, MAX_BACKOFF))
+class QuietSuccess(logging.Filter):
+    """Drops kopf's "Handler 'scheduledtask' succeeded." line: kopf logs it for every watch
+    event, including those our own status writes cause (one per run), and it says nothing
+    the reconcile's own log lines do not. Failures still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.msg, str) and record.msg.startswith(f"Handler {HANDLER!r} succeeded")
+        )
 
 
 @kopf.on.startup()
@@ -45,13 +51,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if not isinstance(config, OperatorSettings):
         config = OperatorSettings()
         memo["config"] = config
-    settings.persistence.finalizer = FINALIZER
-    # kopf's bookkeeping goes into annotations, not into status: status belongs to users'
-    # tools (printer columns, kubectl wait) and has a strict schema.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key=HANDLED.partition("/")[2]
-    )
+    # settings.persistence.finalizer stays kopf's default, which no ScheduledTask carries:
+    # kopf removes its own finalizer from objects when no kopf handler needs one, and ours
+    # (FINALIZER) is the reconcile's to add and remove.
+    objects_log = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietSuccess) for f in objects_log.filters):
+        objects_log.addFilter(QuietSuccess())
     # Events only for what a user must act on; handler chatter stays in the log.
     settings.posting.level = logging.WARNING
     # Ask the server to end each watch after 5 minutes, and give up on a silent connection a
@@ -62,8 +67,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = config.operator_workers
-    # Handlers that fail unexpectedly are retried, but not in a tight loop.
-    settings.execution.default_backoff = 10
     if config.operator_peering:
         settings.peering.name = config.operator_peering
         settings.peering.priority = config.operator_priority
@@ -94,94 +97,81 @@ def redis_probe(memo: kopf.Memo, **_: Any) -> bool:
         return False
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile(
-    namespace: str | None,
-    name: str,
-    uid: str,
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
+@kopf.on.event(GROUP, VERSION, PLURAL, id=HANDLER)
+def scheduledtask(
+    type: str | None,
     body: kopf.Body,
     patch: kopf.Patch,
     memo: Any,
-    retry: int,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Upsert the schedule entry and report it; invalid specs are reported, not retried."""
-    assert namespace is not None  # ScheduledTask is namespaced
+    """Reconcile the object this event shows; kopf applies ``patch`` afterwards."""
     services = services_of(memo)
-    generation = meta.get("generation")
-    try:
-        result = apply_schedule(
-            services.store,
-            namespace,
-            name,
-            dict(spec),
-            uid=uid,
-            generation=int(generation or 0),
-            known_tasks=services.known_tasks,
-        )
-    except redis.RedisError as exc:
-        patch.status.update(unavailable_status(exc, generation, status, time.time()))
-        raise kopf.TemporaryError(f"Redis is unreachable: {exc}", delay=backoff(retry)) from exc
-    patch.status.update(applied_status(result, generation, status, time.time()))
-    if result.entry is not None and result.reason != "Stale":
-        # The run history too: runHistoryLimit may have changed, and after a restart the
-        # status loop reports only what changes from now on.
-        entry_name = result.entry.name
-        history = services.runs.summary(entry_name, result.entry.history)
-        patch.status.update(runs_status(history, services.store.get(entry_name)))
-    if result.ready:
-        logger.info("%s", result.message)
-    else:
-        kopf.warn(body, reason=result.reason, message=result.message)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-def remove(
-    namespace: str | None, name: str, memo: Any, retry: int, logger: kopf.Logger, **_: Any
-) -> None:
-    """Remove the entry and its run history; the finalizer holds the resource until then."""
-    assert namespace is not None  # ScheduledTask is namespaced
-    try:
-        services_of(memo).forget(f"{namespace}/{name}")
-    except redis.RedisError as exc:
-        raise kopf.TemporaryError(f"Redis is unreachable: {exc}", delay=backoff(retry)) from exc
-    logger.info("%s/%s: schedule entry removed", namespace, name)
-
-
-@kopf.on.field(GROUP, VERSION, PLURAL, field=("metadata", "annotations", RUN_NOW))
-def run_now(
-    namespace: str | None,
-    name: str,
-    new: Any,
-    body: kopf.Body,
-    memo: Any,
-    retry: int,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """Run the task once for each new value of the run-now annotation."""
-    assert namespace is not None  # ScheduledTask is namespaced
-    if not new or body.get("metadata", {}).get("deletionTimestamp"):
+    metadata = body.metadata
+    namespace, name = metadata.namespace, metadata.name
+    if namespace is None or name is None:
+        return  # ScheduledTask is namespaced; a malformed event has nothing to reconcile
+    if type == "DELETED":
+        try:
+            if reconciler.forget_if_owned(services, metadata):
+                logger.info("schedule entry removed (the object is gone)")
+        except redis.RedisError as exc:
+            delay = services.retries.add(metadata, gone=True)
+            logger.warning("Redis is unreachable, retrying in %.0fs: %s", delay, exc)
+            return
+        services.retries.done(namespace, name)
         return
+    if services.retries.pending(namespace, name):
+        return  # the retry reads the object afresh once Redis answers
     try:
-        outcome = services_of(memo).run_now(f"{namespace}/{name}", str(new))
-    except LookupError as exc:
-        kopf.warn(body, reason="RunNowFailed", message=str(exc))
-        return
+        plan = reconciler.plan(services, body, initial=type is None)
     except redis.RedisError as exc:
-        raise kopf.TemporaryError(f"Redis is unreachable: {exc}", delay=backoff(retry)) from exc
-    if outcome is None:
-        logger.info("run-now %r already ran", new)
-    elif outcome.sent:
-        # A Normal event (kopf.info would be filtered by the WARNING posting level).
-        kopf.event(
-            body, type="Normal", reason="RunNow", message=f"run {outcome.run_id} sent for {new!r}"
-        )
-    else:
-        kopf.warn(body, reason="RunNowSkipped", message=outcome.reason or "skipped")
+        delay = services.retries.add(metadata)
+        if not reconciler.is_unavailable(body.status):
+            patch.status.update(
+                unavailable_status(exc, metadata.get("generation"), body.status, time.time())
+            )
+        logger.warning("Redis is unreachable, retrying in %.0fs: %s", delay, exc)
+        return
+    except Exception:
+        # kopf does not retry event handlers: anything else (a broker error in run-now, a
+        # bug) is logged with its traceback and retried with the same backoff.
+        delay = services.retries.add(metadata)
+        logger.exception("reconcile failed, retrying in %.0fs", delay)
+        return
+    write(plan, body, patch, logger)
+
+
+def write(plan: reconciler.Plan, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """Put ``plan`` into kopf's patch, post its Events and log it."""
+    if plan.status:
+        patch.status.update(plan.status)
+    # Finalizers go as JSON-patch functions: kopf sends them with a resourceVersion test, so
+    # a concurrent change to the list by another controller is never overwritten.
+    if plan.add_finalizer:
+        patch.fns.append(add_finalizer)
+    if plan.remove_finalizer:
+        patch.fns.append(remove_finalizer)
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        if event.type == "Warning":
+            logger.warning("%s: %s", event.reason, event.message)
+    for line in plan.log:
+        logger.info("%s", line)
+
+
+def add_finalizer(body: kopf.RawBody) -> None:
+    """kopf patch function: our finalizer, once."""
+    metadata = body.setdefault("metadata", {})
+    finalizers = metadata.setdefault("finalizers", [])
+    if FINALIZER not in finalizers:
+        finalizers.append(FINALIZER)
+
+
+def remove_finalizer(body: kopf.RawBody) -> None:
+    """kopf patch function: our finalizer gone, others kept."""
+    metadata = body.get("metadata", {})
+    finalizers = metadata.get("finalizers") or []
+    if FINALIZER in finalizers:
+        metadata["finalizers"] = [f for f in finalizers if f != FINALIZER]

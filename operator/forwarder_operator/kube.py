@@ -1,13 +1,15 @@
 """The few Kubernetes API calls the operator makes outside kopf's handlers.
 
 kopf delivers events to handlers, but the status loop and the sweep work across all
-resources at once: they list ScheduledTasks and patch status through this client. It uses
+resources at once: they list ScheduledTasks and patch status through this client; the
+retries read one object afresh and write its finalizer and Events. It uses
 the same credentials kopf's default login uses (in-cluster, else ``KUBECONFIG``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import datetime
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import kubernetes
@@ -16,6 +18,12 @@ from kubernetes.client.exceptions import ApiException
 GROUP = "forwarder.dev"
 VERSION = "v1alpha1"
 PLURAL = "scheduledtasks"
+FINALIZER = "forwarder.dev/finalizer"
+"""Held on every ScheduledTask until its entry is removed."""
+RUN_NOW = "forwarder.dev/run-now"
+"""The annotation whose every new value runs the task once."""
+COMPONENT = "forwarder-operator"
+"""The Events' reporting component."""
 
 
 def _api_client() -> kubernetes.client.ApiClient:
@@ -58,6 +66,76 @@ class KubeClient:
             )
             items.extend(_items(reply))
         return items
+
+    def get_scheduled_task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One ScheduledTask, or None if it does not exist."""
+        try:
+            reply = self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        assert isinstance(reply, dict)
+        return reply
+
+    def set_finalizer(self, body: Mapping[str, Any], *, present: bool) -> None:
+        """Add or remove our finalizer, only if the object is still the version ``body``
+        shows (a JSON-patch test): others' finalizers are never overwritten. A conflict
+        raises ApiException (422); the caller reads the object again."""
+        metadata = body["metadata"]
+        finalizers = [f for f in metadata.get("finalizers") or () if f != FINALIZER]
+        if present:
+            finalizers.append(FINALIZER)
+        ops = [
+            {
+                "op": "test",
+                "path": "/metadata/resourceVersion",
+                "value": metadata["resourceVersion"],
+            },
+            {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+        ]
+        try:
+            self.api.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                metadata["namespace"],
+                PLURAL,
+                metadata["name"],
+                ops,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # gone: nothing left to hold
+                raise
+
+    def post_event(self, body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about ``body`` (what kopf posts from handlers)."""
+        metadata = body["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "metadata": {"generateName": f"{metadata['name']}."},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": body.get("kind", "ScheduledTask"),
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        # A dict body: the client serialises it as is (its model class adds nothing here).
+        kubernetes.client.CoreV1Api(self.api.api_client).create_namespaced_event(
+            metadata["namespace"],
+            event,  # type: ignore[arg-type]
+        )
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge ``status`` into the resource's status; False if the resource is gone."""

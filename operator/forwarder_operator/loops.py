@@ -1,4 +1,5 @@
-"""The operator's one background task: the status loop and the orphan/drift sweep.
+"""The operator's one background task: the status loop, the retries, and the orphan/drift
+sweep.
 
 A timer per resource would cost one coroutine and one Redis poll per ScheduledTask. Instead
 one loop asks the run log which schedules changed since its last pass
@@ -11,6 +12,10 @@ gets it back.
 With peering, every replica runs this loop, paused or not (kopf does not tell activities
 about pauses). That is safe: sweeps converge to the same entries and the store refuses older
 generations, and each status pass patches what it took from the changed set.
+
+Objects whose reconcile failed on Redis wait in the retry queue
+(:mod:`forwarder_operator.retries`); each pass tries the due ones again, reading each object
+afresh (one Redis ping first, so an outage costs no Kubernetes requests).
 
 Redis or API errors never end the loop: it logs, backs off (1 s doubling to 60 s), and
 carries on, so the operator recovers by itself when Redis comes back.
@@ -29,7 +34,10 @@ from forwarder_worker.status import applied_status, runs_status
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from forwarder_operator.services import HANDLED, Services
+from forwarder_operator import reconciler
+from forwarder_operator.kube import FINALIZER
+from forwarder_operator.retries import Retry
+from forwarder_operator.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +118,12 @@ def sweep(services: Services) -> tuple[list[str], list[str]]:
         entry = entries.get(name)
         if entry is not None and entry.uid == uid and entry.generation >= generation:
             continue  # in step (or its newest spec is invalid and the last valid one stays)
-        if HANDLED not in (metadata.get("annotations") or {}):
-            continue  # not handled yet: its create handler will make the entry
+        if FINALIZER not in (metadata.get("finalizers") or ()):
+            continue  # not reconciled yet: its watch event will make the entry
         if metadata.get("deletionTimestamp"):
             continue
+        if services.retries.pending(metadata["namespace"], metadata["name"]):
+            continue  # waits for Redis in the retry queue
         if entry is None and services.store.get(name) is not None:
             continue  # its handler created the entry since the entries were read
         result = apply_schedule(
@@ -137,6 +147,63 @@ def sweep(services: Services) -> tuple[list[str], list[str]]:
     return removed, repaired
 
 
+def retry_one(services: Services, retry: Retry) -> None:
+    """Reconcile one queued object afresh (blocking I/O: run it in a thread); raises on
+    Redis or Kubernetes errors, and the caller queues it again."""
+    namespace, name = retry.namespace, retry.name
+    body = services.kube.get_scheduled_task(namespace, name)
+    if body is None:
+        metadata = {"namespace": namespace, "name": name, "uid": retry.uid}
+        if reconciler.forget_if_owned(services, metadata):
+            log.info("[%s/%s] schedule entry removed (the object is gone)", namespace, name)
+        services.retries.done(namespace, name)
+        return
+    plan = reconciler.plan(services, body, initial=True)
+    # Done before the writes below: watch events from now on are handled again, so a spec
+    # change that lands meanwhile is not lost (reconciling is idempotent).
+    services.retries.done(namespace, name)
+    kube = services.kube
+    if plan.status and not kube.patch_status(namespace, name, plan.status):
+        return  # deleted meanwhile: its DELETED event takes care of the entry
+    if plan.add_finalizer or plan.remove_finalizer:
+        kube.set_finalizer(body, present=plan.add_finalizer)
+    for event in plan.events:
+        kube.post_event(body, event.type, event.reason, event.message)
+    for line in plan.log:
+        log.info("[%s/%s] %s", namespace, name, line)
+
+
+async def retry_due(services: Services) -> int:
+    """Try the due objects of the retry queue again; returns how many are in step now."""
+    due = services.retries.due()
+    if not due:
+        return 0
+    try:
+        await asyncio.to_thread(services.client.ping)
+    except redis.RedisError as exc:
+        delay = max(services.retries.postpone(retry) for retry in due)
+        log.warning("%d objects wait for Redis (%s); next try in %.0fs", len(due), exc, delay)
+        return 0
+    recovered = 0
+    for retry in due:
+        try:
+            await asyncio.to_thread(retry_one, services, retry)
+        except Exception as exc:
+            # One object's failure never stops the others; a bug shows its traceback.
+            delay = services.retries.postpone(retry)
+            log.warning(
+                "[%s/%s] retrying in %.0fs: %s",
+                retry.namespace,
+                retry.name,
+                delay,
+                exc,
+                exc_info=not isinstance(exc, TRANSIENT),
+            )
+            continue
+        recovered += 1
+    return recovered
+
+
 async def run_forever(services: Services) -> None:
     """Status passes every ``operator_status_interval``, sweeps every ``operator_sweep_interval``
     (the first one at once), until cancelled."""
@@ -149,6 +216,7 @@ async def run_forever(services: Services) -> None:
             if time.monotonic() >= next_sweep:
                 await asyncio.to_thread(sweep, services)
                 next_sweep = time.monotonic() + config.operator_sweep_interval
+            await retry_due(services)
             await asyncio.to_thread(writer.pass_once)
         except Exception as exc:
             # The loop must outlive any one failure; a bug is logged with its traceback.

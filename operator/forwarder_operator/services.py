@@ -21,17 +21,8 @@ from forwarder_worker.runs import RunLog
 from forwarder_worker.store import ScheduleStore
 
 from forwarder_operator.kube import KubeClient
+from forwarder_operator.retries import RetryQueue
 from forwarder_operator.settings import OperatorSettings
-
-FINALIZER = "forwarder.dev/finalizer"
-"""Held on every ScheduledTask until its entry is removed."""
-
-KOPF_PREFIX = "kopf.forwarder.dev"
-"""Where kopf keeps its bookkeeping annotations. Not forwarder.dev itself: kopf ignores every
-annotation under its storage prefix, and users' forwarder.dev/run-now must not be ignored."""
-
-HANDLED = f"{KOPF_PREFIX}/last-handled-configuration"
-"""Set once kopf has handled a resource; the sweep leaves unhandled ones to their handler."""
 
 
 @dataclass
@@ -46,6 +37,7 @@ class Services:
     dispatcher: Dispatcher
     kube: KubeClient
     known_tasks: Collection[str] | None
+    retries: RetryQueue
 
     @classmethod
     def create(cls, config: OperatorSettings) -> Services:
@@ -69,6 +61,7 @@ class Services:
             dispatcher=Dispatcher(app, client, runs, config.key_prefix),
             kube=KubeClient(config.operator_namespaces),
             known_tasks=registered_task_names(app) if config.operator_check_tasks else None,
+            retries=RetryQueue(),
         )
 
     def close(self) -> None:
@@ -77,17 +70,19 @@ class Services:
         self.kube.close()
 
     def run_now(self, entry_name: str, value: str) -> Outcome | None:
-        """Fire ``entry_name`` once for run-now ``value``; None if that value already ran.
+        """Fire ``entry_name`` once for run-now ``value``; None if that value was seen before.
 
-        The last value is kept in Redis, so a restarted operator does not run it again.
+        The last value is kept in Redis, so a restarted operator does not run it again, and
+        a value that failed (no entry: raises LookupError) is not tried again either: each
+        new value is one attempt, as ``kubectl annotate`` users expect.
         """
-        stored = self.store.get(entry_name)
-        if stored is None:
-            raise LookupError(f"schedule {entry_name} has no entry (is its spec valid?)")
         previous = self.client.hget(self.run_now_key, entry_name)
         if previous == value:
             return None
         self.client.hset(self.run_now_key, entry_name, value)
+        stored = self.store.get(entry_name)
+        if stored is None:
+            raise LookupError(f"schedule {entry_name} has no entry (is its spec valid?)")
         (outcome,) = self.dispatcher.fire([Firing(stored.entry, time.time(), "trigger")])
         return outcome
 

