@@ -31,6 +31,8 @@ from forwarder_operator.settings import OperatorSettings
 
 HANDLER = "scheduledtask"
 """The event handler's id, as kopf's log lines name it."""
+RECONCILED = "forwarder.reconciled"
+"""Key in kopf's per-object memo: this process has reconciled the object once."""
 
 
 class QuietSuccess(logging.Filter):
@@ -124,8 +126,13 @@ def scheduledtask(
         return
     if services.retries.pending(namespace, name):
         return  # the retry reads the object afresh once Redis answers
+    # The first sight since this process started re-applies (as kopf's resume handlers did):
+    # Redis may have lost the entry, or the run history changed, meanwhile. kopf lists again
+    # (type None) after a watch gap too; those listings must not re-apply everything, so the
+    # per-object memo remembers that this object was reconciled.
+    initial = type is None and not memo.get(RECONCILED)
     try:
-        plan = reconciler.plan(services, body, initial=type is None)
+        plan = reconciler.plan(services, body, initial=initial)
     except redis.RedisError as exc:
         delay = services.retries.add(metadata)
         if not reconciler.is_unavailable(body.status):
@@ -140,6 +147,7 @@ def scheduledtask(
         delay = services.retries.add(metadata)
         logger.exception("reconcile failed, retrying in %.0fs", delay)
         return
+    memo[RECONCILED] = True
     write(plan, body, patch, logger)
 
 
