@@ -96,6 +96,10 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
             kube.create("leaving", HOURLY)
             eventually(lambda: kube.ready("leaving").get("status") == "True", 20)
             assert admin.exists("forwarder:default/leaving")
+            # A new object's status: no runs yet, and when the first one is due.
+            status = kube.status("leaving")
+            assert status["totalRunCount"] == 0 and status["recentRuns"] == [], status
+            assert status["nextRunTime"].endswith("Z") and "lastRun" not in status, status
 
             admin.acl_setuser("default", enabled=False)
             admin.client_kill_filter(user="default")
