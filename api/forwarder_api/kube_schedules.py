@@ -113,8 +113,22 @@ class KubeSchedules:
             annotations=dict(meta.get("annotations") or {}),
         )
 
+    def _check(self, namespace: str, name: str | None = None) -> None:
+        """422 for a malformed namespace or name, 404 for a namespace this api does not serve
+        (its RBAC would refuse it anyway, with a less helpful 502)."""
+        if name is None:
+            check_namespace(namespace)
+        else:
+            check_identity(namespace, name)
+        served = self.settings.api_namespaces
+        if served and namespace not in served:
+            raise NotFound(
+                f"namespace {namespace!r} is not served here "
+                f"(FORWARDER_API_NAMESPACES: {', '.join(served)})"
+            )
+
     def _get(self, namespace: str, name: str) -> dict[str, Any]:
-        check_identity(namespace, name)
+        self._check(namespace, name)
         obj: dict[str, Any] = self._call(
             f"ScheduledTask {namespace}/{name}",
             self.api().get_namespaced_custom_object,
@@ -129,7 +143,7 @@ class KubeSchedules:
     # -- ScheduleBackend ----------------------------------------------------------------------
 
     def list(self, namespace: str | None) -> list[ScheduleView]:
-        if namespace is None:
+        if namespace is None and not self.settings.api_namespaces:
             result = self._call(
                 "listing ScheduledTasks",
                 self.api().list_cluster_custom_object,
@@ -137,17 +151,21 @@ class KubeSchedules:
                 VERSION,
                 PLURAL,
             )
+            items = list((result or {}).get("items", []))
         else:
-            check_namespace(namespace)
-            result = self._call(
-                f"listing ScheduledTasks in {namespace}",
-                self.api().list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-            )
-        views = [self._view(item) for item in (result or {}).get("items", [])]
+            items = []
+            for each in [namespace] if namespace is not None else self.settings.api_namespaces:
+                self._check(each)
+                result = self._call(
+                    f"listing ScheduledTasks in {each}",
+                    self.api().list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    each,
+                    PLURAL,
+                )
+                items.extend((result or {}).get("items", []))
+        views = [self._view(item) for item in items]
         return sorted(views, key=lambda v: (v.namespace, v.name))
 
     def get(self, namespace: str, name: str) -> ScheduleView:
@@ -161,6 +179,7 @@ class KubeSchedules:
         labels: dict[str, str],
         annotations: dict[str, str],
     ) -> ScheduleView:
+        self._check(namespace, name)
         body = new_document(namespace, name, spec, labels, annotations, self.known_tasks())
         created = self._call(
             f"creating ScheduledTask {namespace}/{name}",
@@ -195,7 +214,7 @@ class KubeSchedules:
         return self._view(patched)
 
     def delete(self, namespace: str, name: str) -> None:
-        check_identity(namespace, name)
+        self._check(namespace, name)
         self._call(
             f"ScheduledTask {namespace}/{name}",
             self.api().delete_namespaced_custom_object,
@@ -207,7 +226,7 @@ class KubeSchedules:
         )
 
     def trigger(self, namespace: str, name: str) -> Triggered:
-        check_identity(namespace, name)
+        self._check(namespace, name)
         value = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
         self._call(
             f"ScheduledTask {namespace}/{name}",

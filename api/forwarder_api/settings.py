@@ -62,11 +62,17 @@ class ApiSettings(Settings, FlowerSettings):
     kube_timeout: float = Field(default=10.0, gt=0, le=120)
     """Seconds a Kubernetes API request may take."""
 
+    api_namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Namespaces whose ScheduledTasks ``/schedules`` serves in cluster mode
+    (``FORWARDER_API_NAMESPACES=a,b``); empty serves all. The chart sets it from
+    ``watchNamespaces``, where the api's RBAC is Roles in those namespaces only: listing all
+    schedules then lists each of them, and other namespaces answer 404."""
+
     logs_dir: Path | None = None
     """Folder of component logs (``<component>.log``) in local mode; unset in a cluster, where
     components log to stdout."""
 
-    @field_validator("api_tokens", "api_tasks", mode="before")
+    @field_validator("api_tokens", "api_tasks", "api_namespaces", mode="before")
     @classmethod
     def _api_csv(cls, value: object) -> object:
         # Named apart from the core's validator, which a same-named method would replace.

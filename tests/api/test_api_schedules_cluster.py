@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -167,3 +168,59 @@ def test_unreachable_cluster_is_503(redis_url: str, tmp_path: Path) -> None:
         response = client.get("/schedules/default/x")
         assert response.status_code == 503
         assert response.json()["detail"].startswith("no Kubernetes configuration found")
+
+
+def test_served_namespaces_only(redis_url: str, cluster: ServedCluster) -> None:
+    """With FORWARDER_API_NAMESPACES (the chart's watchNamespaces, where the api has Roles
+    in those namespaces only), /schedules lists each of them and answers 404 elsewhere."""
+    settings = ApiSettings(
+        redis_url=redis_url,
+        api_tokens=[TOKEN],
+        task_modules=["support.sample_tasks"],
+        schedules_mode="kubernetes",
+        kubeconfig=cluster.kubeconfig,
+        api_namespaces=["team-a", "team-b"],
+    )
+    spec = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(settings), headers=headers) as api:
+        for namespace in ("team-a", "team-b"):
+            created = api.post(
+                "/schedules",
+                json={"metadata": {"name": "job", "namespace": namespace}, "spec": spec},
+            )
+            assert created.status_code == 201, created.text
+        # team-c's resource exists in the cluster, but this api does not serve team-c.
+        document = {"apiVersion": "forwarder.dev/v1alpha1", "kind": "ScheduledTask"}
+        with httpx.Client(base_url=cluster.url) as kube:
+            reply = kube.post(
+                "/apis/forwarder.dev/v1alpha1/namespaces/team-c/scheduledtasks",
+                json={**document, "metadata": {"name": "job"}, "spec": spec},
+            )
+            assert reply.status_code == 201, reply.text
+
+        listed = api.get("/schedules")
+        assert listed.status_code == 200, listed.text
+        assert [
+            (i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed.json()["items"]
+        ] == [
+            ("team-a", "job"),
+            ("team-b", "job"),
+        ]
+        assert len(api.get("/schedules", params={"namespace": "team-b"}).json()["items"]) == 1
+        for method, path, body in (
+            ("GET", "/schedules?namespace=team-c", None),
+            ("GET", "/schedules/team-c/job", None),
+            ("DELETE", "/schedules/team-c/job", None),
+            ("POST", "/schedules/team-c/job/trigger", None),
+            (
+                "POST",
+                "/schedules",
+                {"metadata": {"name": "new", "namespace": "team-c"}, "spec": spec},
+            ),
+        ):
+            reply = api.request(method, path, json=body)
+            assert reply.status_code == 404, (method, path, reply.text)
+            assert "team-c" in reply.json()["detail"] and "not served" in reply.json()["detail"]
+        names = json.loads(cluster.kubectl("get", "st", "-n", "team-c", "-o", "json").stdout)
+        assert [i["metadata"]["name"] for i in names["items"]] == ["job"]

@@ -221,6 +221,14 @@ def test_rbac_is_scoped_to_the_watched_namespaces(chart: helm.Chart) -> None:
     args = operator["containers"][0]["command"]
     assert {"--namespace=mlops", "--namespace=data", "--peering=forwarder-mlops"} <= set(args)
     assert "--all-namespaces" not in args
+    # The api's /schedules serves those namespaces only (its Roles allow no more).
+    api = scoped.get("Deployment", "forwarder-api")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    assert env["FORWARDER_API_NAMESPACES"] == ",".join(values["watchNamespaces"])
+    default_api = render(chart).get("Deployment", "forwarder-api")["spec"]["template"]["spec"]
+    assert "FORWARDER_API_NAMESPACES" not in {
+        e["name"] for e in default_api["containers"][0]["env"]
+    }
 
 
 def test_peering_permissions_only_when_peering_is_enabled(chart: helm.Chart) -> None:
