@@ -15,7 +15,7 @@ from kombu.exceptions import KombuError
 from starlette.datastructures import URL, URLPath
 from starlette.types import Scope
 
-from forwarder_api.deps import Authorized, CatalogDep, ServicesDep
+from forwarder_api.deps import Authorized, CatalogDep, services_of
 from forwarder_api.models import RunRequest, Submitted, TaskList, TaskOut
 from forwarder_api.routers.runs import run_path
 from forwarder_api.services import Services
@@ -42,13 +42,13 @@ async def submit_run(
     name: TaskName,
     request: Request,
     response: Response,
-    services: ServicesDep,
     body: Annotated[RunRequest | None, Body()] = None,
 ) -> Submitted:
     """Queue one run of task ``name``; answers 202 with its id and URL."""
-    # This is the interactive hot path: one dependency (the services) rather than one per
-    # service, and the blocking work in one threadpool hop (a sync endpoint takes two: the
-    # call, then the response validation).
+    # This is the interactive hot path: the services taken from the request rather than
+    # through dependencies (FastAPI solves those on every call), and the blocking work in one
+    # threadpool hop (a sync endpoint takes two: the call, then the response validation).
+    services = services_of(request)
     run_id = await run_in_threadpool(_submit, services, name, body or RunRequest())
     services.metrics.submitted.labels(name).inc()
     url = _runs_url(request.scope) + run_id
