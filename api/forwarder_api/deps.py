@@ -78,13 +78,16 @@ async def get_metrics(services: ServicesDep) -> ApiMetrics:
     return services.metrics
 
 
-async def require_token(services: ServicesDep, credentials: Credentials) -> None:
+# The token checks take the request rather than ServicesDep: every protected request runs
+# one, and FastAPI solves each dependency's own dependencies on every request, cached or not.
+async def require_token(request: Request, credentials: Credentials) -> None:
     """401 unless the request carries an accepted bearer token."""
-    check_token(services.tokens, credentials)
+    check_token(services_of(request).tokens, credentials)
 
 
-async def require_metrics_token(services: ServicesDep, credentials: Credentials) -> None:
+async def require_metrics_token(request: Request, credentials: Credentials) -> None:
     """Like :func:`require_token`, when ``FORWARDER_API_METRICS_AUTH`` asks for it."""
+    services = services_of(request)
     if services.settings.api_metrics_auth:
         check_token(services.tokens, credentials)
 

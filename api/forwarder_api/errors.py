@@ -64,31 +64,29 @@ def error_response(
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, exc.headers)
+async def _handle(_: Request, exc: Exception) -> JSONResponse:
+    # ApiError, Redis and broker errors by their kind; anything else is a bug: logged with
+    # its traceback, and still answered in the API's error shape.
+    return error_for(exc)
 
 
-async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("Redis unavailable: %s", exc)
-    return error_response(503, f"Redis is unavailable: {exc}")
-
-
-async def _broker_error(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("broker unavailable: %s", exc)
-    return error_response(503, f"the task broker is unavailable: {exc}")
-
-
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    # A bug: log it with its traceback, and still answer in the API's error shape.
+def error_for(exc: Exception) -> JSONResponse:
+    """What the handlers below answer for ``exc`` (for code that runs outside FastAPI's
+    exception handling: the fast paths in :mod:`forwarder_api.fast_paths`)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.message, exc.headers)
+    if isinstance(exc, redis.RedisError):
+        log.warning("Redis unavailable: %s", exc)
+        return error_response(503, f"Redis is unavailable: {exc}")
+    if isinstance(exc, KombuError):
+        log.warning("broker unavailable: %s", exc)
+        return error_response(503, f"the task broker is unavailable: {exc}")
     log.error("unhandled error", exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); see the api log")
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
-    app.add_exception_handler(Exception, _unexpected)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(redis.RedisError, _redis_error)
     # KombuError: a lost connection (OperationalError) or a failed publish batch alike.
-    app.add_exception_handler(KombuError, _broker_error)
+    for kind in (Exception, ApiError, redis.RedisError, KombuError):
+        app.add_exception_handler(kind, _handle)

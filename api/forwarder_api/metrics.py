@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from forwarder_worker.dispatch import LATENESS_BUCKETS, SchedulerMetrics
@@ -110,6 +111,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Kinds are bounded: methods x route templates x statuses (unmatched paths share one).
+        self._cache: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,6 +132,19 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
+            count, latency = self._children(scope.get("method", ""), template, status)
+            count.inc()
+            latency.observe(time.perf_counter() - start)
+
+    def _children(self, method: str, template: str, status: int) -> tuple[Any, Any]:
+        """The labelled counter and histogram of a request kind, looked up once per kind
+        (``labels()`` takes a lock and builds the label tuple on every call)."""
+        key = (method, template, status)
+        children = self._cache.get(key)
+        if children is None:
+            children = (
+                self.metrics.requests.labels(method, template, str(status)),
+                self.metrics.latency.labels(method, template),
+            )
+            self._cache[key] = children
+        return children

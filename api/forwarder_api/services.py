@@ -17,7 +17,7 @@ from forwarder_worker.store import ScheduleStore
 
 from forwarder_api.auth import TokenSet
 from forwarder_api.catalog import TaskCatalog
-from forwarder_api.celery_client import create_submit_app
+from forwarder_api.celery_client import QueueDeclarations, create_submit_app
 from forwarder_api.flower import FlowerClient
 from forwarder_api.kube_schedules import KubeSchedules
 from forwarder_api.local_schedules import LocalSchedules
@@ -33,6 +33,7 @@ class Services:
 
     settings: ApiSettings
     celery: Celery
+    queues: QueueDeclarations
     redis: redis.Redis
     store: ScheduleStore
     runs: RunLog
@@ -70,6 +71,7 @@ class Services:
         return cls(
             settings=settings,
             celery=celery,
+            queues=QueueDeclarations(celery),
             redis=client,
             store=store,
             runs=runs,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 import redis
-from forwarder_api.celery_client import SubmitOnlyRedisBackend, create_submit_app
+from forwarder_api.celery_client import (
+    QueueDeclarations,
+    ReusedClientChannel,
+    SubmitOnlyRedisBackend,
+    create_submit_app,
+)
 from forwarder_worker.app import create_app
 from forwarder_worker.settings import Settings
 from support.processes import eventually
@@ -37,3 +43,43 @@ def test_sending_leaves_no_result_subscription(redis_url: str, rclient: redis.Re
     finally:
         stock.close()
         ours.close()
+
+
+def test_publishes_reuse_one_client_per_channel_and_all_land(
+    redis_url: str, rclient: redis.Redis
+) -> None:
+    app = create_submit_app(Settings(redis_url=redis_url))
+    try:
+        with app.producer_or_acquire() as producer:
+            assert isinstance(producer.channel, ReusedClientChannel)
+            ids = []
+            clients = set()
+            for _ in range(3):
+                ids.append(app.send_task("forwarder.ping", producer=producer).id)
+                assert producer.channel._reused is not None
+                clients.add(id(producer.channel._reused[1]))
+            assert len(clients) == 1
+        # Each message is in the queue's list (the key prefix applies), none lost.
+        queued = [
+            json.loads(m)["headers"]["id"] for m in rclient.lrange("forwarder:default", 0, -1)
+        ]
+        assert sorted(queued) == sorted(ids)
+    finally:
+        app.close()
+
+
+def test_each_queue_is_declared_once_per_process(redis_url: str, rclient: redis.Redis) -> None:
+    app = create_submit_app(Settings(redis_url=redis_url))
+    queues = QueueDeclarations(app)
+    try:
+        with app.producer_or_acquire() as producer:
+            for name in ("default", "reports", "default"):
+                queues.ensure(producer, name)
+                app.send_task("forwarder.ping", queue=name, declare=[], producer=producer)
+        assert queues.declared == {"default", "reports"}
+        # Declared on the broker (kombu's binding records), and the messages reached both.
+        assert rclient.exists("forwarder:_kombu.binding.reports")
+        assert rclient.llen("forwarder:default") == 2
+        assert rclient.llen("forwarder:reports") == 1
+    finally:
+        app.close()

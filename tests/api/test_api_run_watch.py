@@ -1,16 +1,19 @@
-"""RunWatch against a real Redis: run records written by the core's RunLog wake its waiters,
-and nothing stays subscribed once nobody waits."""
+"""RunWatch against a real Redis: run records written by the core's RunLog wake its waiters
+through one pattern subscription per process, which survives a Redis restart."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import redis
-from forwarder_api.run_watch import RunWatch
+from forwarder_api.run_watch import RunWatch, glob_escape
 from forwarder_worker.connection import async_redis_client
 from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import Settings
+from support.processes import eventually
+from support.valkey_process import valkey
 
 LONG = 30.0
 
@@ -21,8 +24,17 @@ def _watch(redis_url: str) -> tuple[RunWatch, RunLog]:
     return RunWatch(async_redis_client(settings), runs), runs
 
 
-def _subscribers(rclient: redis.Redis, channel: str) -> int:
-    return int(dict(rclient.pubsub_numsub(channel))[channel])
+def _pattern_subscribers(rclient: redis.Redis) -> int:
+    """Connections holding a pattern subscription (the watch's shared one)."""
+    return sum(1 for c in rclient.client_list() if int(c.get("psub", 0)) > 0)
+
+
+async def _until(check: object, timeout: float = LONG) -> None:
+    async def poll() -> None:
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_a_final_transition_wakes_every_waiter_of_the_run(
@@ -35,13 +47,7 @@ async def test_a_final_transition_wakes_every_waiter_of_the_run(
         began = time.monotonic()
         waiters = [asyncio.create_task(watch.wait(run_id, LONG)) for run_id in ("r1",) * 3]
         other = asyncio.create_task(watch.wait("r2", 0.5))
-        channel = runs.key("r1")
-
-        async def subscribed() -> None:
-            while _subscribers(rclient, channel) < 1:
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(subscribed(), LONG)
+        await _until(lambda: watch.waiting >= 3)
         runs.transition("r1", "STARTED")  # not final: nobody wakes
         await asyncio.sleep(0.2)
         assert not any(w.done() for w in waiters)
@@ -52,16 +58,16 @@ async def test_a_final_transition_wakes_every_waiter_of_the_run(
         # A run that did not end is answered as it is when its wait runs out.
         late = await other
         assert late is not None and late.state == "PENDING"
-        # Nobody waits any more: no subscription is left behind.
-        assert _subscribers(rclient, channel) == 0
-        assert _subscribers(rclient, runs.key("r2")) == 0
+        # Nobody waits any more; the one shared subscription stays, and no per-run one exists.
+        assert watch.waiting == 0
+        assert rclient.pubsub_numpat() == 1
+        assert _pattern_subscribers(rclient) == 1
+        assert rclient.pubsub_channels() == []
     finally:
         await watch.aclose()
 
 
-async def test_a_run_that_ends_while_subscribing_is_not_missed(
-    redis_url: str, rclient: redis.Redis
-) -> None:
+async def test_a_run_that_ends_while_waiters_arrive_is_not_missed(redis_url: str) -> None:
     watch, runs = _watch(redis_url)
     try:
         # Waiters come and go on the same runs while the runs end at random moments; each
@@ -74,7 +80,41 @@ async def test_a_run_that_ends_while_subscribing_is_not_missed(
             runs.transition(run_id, "FAILURE", error="x")
             records = await asyncio.wait_for(asyncio.gather(*waiters), LONG - 5)
             assert {r.state for r in records if r} == {"FAILURE"}
-            assert _subscribers(rclient, runs.key(run_id)) == 0
+        assert watch.waiting == 0
+    finally:
+        await watch.aclose()
+
+
+async def test_many_concurrent_long_polls_share_one_subscription(
+    redis_url: str, rclient: redis.Redis
+) -> None:
+    watch, runs = _watch(redis_url)
+    ids = [f"many-{k}" for k in range(100)]
+    for run_id in ids:
+        runs.queued(run_id, "forwarder.ping", source="api")
+    try:
+        # Three waiters per run, 300 in all, on one pub/sub connection.
+        waiters = [asyncio.create_task(watch.wait(run_id, LONG)) for run_id in ids * 3]
+        await _until(lambda: watch.waiting == len(waiters))
+        assert _pattern_subscribers(rclient) == 1
+        # Half of the runs end (in one burst); only their waiters answer.
+        with rclient.pipeline(transaction=False) as pipe:
+            for run_id in ids[:50]:
+                runs.transition(run_id, "SUCCESS", client=pipe)
+            pipe.execute()
+        ended = [w for k, w in enumerate(waiters) if k % 100 < 50]
+        records = await asyncio.wait_for(asyncio.gather(*ended), LONG - 5)
+        assert {r.state for r in records if r} == {"SUCCESS"}
+        assert len(records) == 150
+        await asyncio.sleep(0.2)
+        assert not any(w.done() for k, w in enumerate(waiters) if k % 100 >= 50)
+        assert watch.waiting == 150
+        for run_id in ids[50:]:
+            runs.transition(run_id, "REVOKED")
+        rest = await asyncio.wait_for(asyncio.gather(*waiters), LONG - 5)
+        assert sum(1 for r in rest if r and r.state == "REVOKED") == 150
+        assert watch.waiting == 0
+        assert _pattern_subscribers(rclient) == 1
     finally:
         await watch.aclose()
 
@@ -91,3 +131,52 @@ async def test_unknown_and_finished_runs_answer_without_waiting(redis_url: str) 
         assert time.monotonic() - began < LONG - 5
     finally:
         await watch.aclose()
+
+
+async def test_a_run_that_ends_while_redis_restarts_is_answered_after_reconnecting(
+    tmp_path: Path,
+) -> None:
+    # The announcement is made while the watch's connection is down, so only the
+    # re-subscription (which wakes every waiter to read again) can answer before the wait ends.
+    wait = 60.0
+    with valkey(tmp_path / "redis", appendonly=True, appendfsync="always") as server:
+        watch, runs = _watch(server.url)
+        try:
+            runs.queued("across", "forwarder.ping", source="api")
+            waiter = asyncio.create_task(watch.wait("across", wait))
+            await _until(lambda: watch.waiting == 1)
+            # A waiter counts from before its first read; let that read finish (a read while
+            # Redis is down fails the request, which is not what this test is about).
+            await asyncio.sleep(1.0)
+            assert not waiter.done()
+            began = time.monotonic()
+            await asyncio.to_thread(server.restart, downtime=1.0)
+
+            def ended() -> bool:
+                try:
+                    runs.transition("across", "SUCCESS", result='"ok"')
+                except redis.ConnectionError:
+                    return False
+                return True
+
+            await asyncio.to_thread(eventually, ended, 20, message="run ended after restart")
+            record = await asyncio.wait_for(waiter, wait)
+            assert record is not None and record.state == "SUCCESS"
+            assert time.monotonic() - began < wait - 20, "answered only when the wait ran out"
+            # And the subscription works again for runs that end later.
+            runs.queued("after", "forwarder.ping", source="api")
+            later = asyncio.create_task(watch.wait("after", wait))
+            await _until(lambda: watch.waiting == 1)
+            began = time.monotonic()
+            runs.transition("after", "FAILURE", error="x")
+            record = await asyncio.wait_for(later, wait)
+            assert record is not None and record.state == "FAILURE"
+            assert time.monotonic() - began < wait - 20
+        finally:
+            await watch.aclose()
+            runs.client.close()
+
+
+def test_the_pattern_matches_the_prefix_literally() -> None:
+    assert glob_escape("forwarder:") == "forwarder:"
+    assert glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"

@@ -7,6 +7,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from forwarder_worker.settings import Settings
 
@@ -74,9 +76,25 @@ def redis_client(settings: Settings, *, blocking: bool = False) -> redis.Redis:
     )
 
 
+# The asyncio client's pool: at most this many connections; a request beyond them waits up
+# to ASYNC_POOL_WAIT seconds for one instead of failing with "Too many connections".
+ASYNC_POOL_SIZE = 100
+ASYNC_POOL_WAIT = 10.0
+
+
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
     """The asyncio twin of :func:`redis_client`, for code running on an event loop (the
-    api's run reads and long polls), with the same password, TLS and timeouts."""
-    return redis.asyncio.Redis.from_url(
-        settings.effective_redis_url, **_client_options(settings, blocking=False)
+    api's run reads and long polls), with the same password, TLS and timeouts.
+
+    Its pool blocks when all its connections are busy (many long polls woken at once must
+    queue, not fail), and a command that meets a closed connection is sent once more on a
+    fresh one: after a Redis restart every pooled connection is stale, and without the retry
+    the first request on each would fail although Redis is back."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.effective_redis_url,
+        max_connections=ASYNC_POOL_SIZE,
+        timeout=ASYNC_POOL_WAIT,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        **_client_options(settings, blocking=False),
     )
+    return redis.asyncio.Redis.from_pool(pool)

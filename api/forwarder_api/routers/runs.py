@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from forwarder_worker.runs import RunRecord
 from forwarder_worker.timing import utc_iso
 
-from forwarder_api.deps import Authorized, CeleryDep, RunLogDep, ServicesDep, SettingsDep
+from forwarder_api.deps import Authorized, CeleryDep, RunLogDep, SettingsDep, services_of
 from forwarder_api.errors import Conflict, NotFound
 from forwarder_api.models import Revoked, Run, RunError, RunPage, RunState
 
@@ -87,7 +87,7 @@ def list_runs(
 @router.get("/{run_id}", name="get_run", responses={404: {"description": "Never submitted"}})
 async def get_run(
     run_id: RunId,
-    services: ServicesDep,
+    request: Request,
     wait: Annotated[
         float,
         Query(
@@ -100,7 +100,9 @@ async def get_run(
     ] = 0,
 ) -> Run:
     """A run's state, result or error, and times; with ``wait``, once it has ended."""
-    # The polling hot path: read on the event loop (no threadpool hop), one dependency.
+    # The polling hot path: read on the event loop (no threadpool hop), and the services
+    # taken from the request rather than through a dependency (FastAPI solves those per call).
+    services = services_of(request)
     watch = services.watch
     record = await watch.wait(run_id, wait) if wait else await watch.get(run_id)
     if record is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from datetime import datetime
@@ -11,9 +12,10 @@ from fastapi import APIRouter, Body, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from forwarder_worker.dispatch import publish_batch
 from kombu.exceptions import KombuError
-from starlette.datastructures import URLPath
+from starlette.datastructures import URL, URLPath
+from starlette.types import Scope
 
-from forwarder_api.deps import Authorized, CatalogDep, ServicesDep
+from forwarder_api.deps import Authorized, CatalogDep, services_of
 from forwarder_api.models import RunRequest, Submitted, TaskList, TaskOut
 from forwarder_api.routers.runs import run_path
 from forwarder_api.services import Services
@@ -40,18 +42,40 @@ async def submit_run(
     name: TaskName,
     request: Request,
     response: Response,
-    services: ServicesDep,
     body: Annotated[RunRequest | None, Body()] = None,
 ) -> Submitted:
     """Queue one run of task ``name``; answers 202 with its id and URL."""
-    # This is the interactive hot path: one dependency (the services) rather than one per
-    # service, and the blocking work in one threadpool hop (a sync endpoint takes two: the
-    # call, then the response validation).
+    # This is the interactive hot path: the services taken from the request rather than
+    # through dependencies (FastAPI solves those on every call), and the blocking work in one
+    # threadpool hop (a sync endpoint takes two: the call, then the response validation).
+    services = services_of(request)
     run_id = await run_in_threadpool(_submit, services, name, body or RunRequest())
     services.metrics.submitted.labels(name).inc()
-    url = str(URLPath(run_path(run_id)).make_absolute_url(request.base_url))
+    url = _runs_url(request.scope) + run_id
     response.headers["Location"] = url
     return Submitted(id=run_id, url=url)
+
+
+def _runs_url(scope: Scope) -> str:
+    """The absolute URL of ``GET /runs/`` as the client addressed this app: what
+    ``request.url_for`` would give, without building URL objects on every submit."""
+    host = next((value for key, value in scope["headers"] if key == b"host"), None)
+    root = scope.get("app_root_path", scope.get("root_path", ""))
+    return _runs_url_of(scope["scheme"], host, tuple(scope.get("server") or ()) or None, root)
+
+
+@functools.lru_cache(maxsize=256)
+def _runs_url_of(scheme: str, host: bytes | None, server: tuple[str, int] | None, root: str) -> str:
+    scope: dict[str, Any] = {
+        "type": "http",
+        "scheme": scheme,
+        "server": server,
+        "root_path": root,
+        "path": root if root.endswith("/") else f"{root}/",
+        "query_string": b"",
+        "headers": [] if host is None else [(b"host", host)],
+    }
+    return str(URLPath(run_path("")).make_absolute_url(URL(scope=scope)))
 
 
 def _submit(services: Services, name: str, run: RunRequest) -> str:
@@ -60,9 +84,10 @@ def _submit(services: Services, name: str, run: RunRequest) -> str:
     services.catalog.require(name)
     runs, celery = services.runs, services.celery
     run_id = str(uuid.uuid4())
-    options: dict[str, Any] = {}
-    if run.queue is not None:
-        options["queue"] = run.queue
+    # The queue is always named, as beat's dispatcher does (no task routes are configured),
+    # so it can be declared once per process and the publish skip the per-message check.
+    queue = run.queue or celery.conf.task_default_queue
+    options: dict[str, Any] = {"queue": queue, "declare": []}
     if run.priority is not None:
         options["priority"] = run.priority
     if run.countdown is not None:
@@ -83,6 +108,7 @@ def _submit(services: Services, name: str, run: RunRequest) -> str:
     runs.queued(run_id, name, source="api", args=run.args, kwargs=run.kwargs, expires=expires_at)
     try:
         with celery.producer_or_acquire() as producer, publish_batch(producer):
+            services.queues.ensure(producer, queue)
             celery.send_task(
                 name,
                 args=run.args,
