@@ -64,7 +64,8 @@ test-faults: $(STAMP)
 	$(BIN)/pytest tests/faults tests/security $(PYTEST_ARGS)
 
 # Benchmarks against the anchors, written to bench/results/ (see bench/REPORT.md): quick mode
-# (scales up to 1,000; about 17 minutes on 2 shared cores); `make bench FULL=1` adds N=10,000.
+# (scales up to 1,000; about 10 minutes on 2 quiet cores); `make bench FULL=1` adds N=10,000
+# (about 40 minutes).
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
