@@ -75,6 +75,23 @@ class TaskMessages:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        # Per-process constants of every batch: the node name (it holds the pid, so it is
+        # looked up again after a fork) and the event exchange per transport and name.
+        self._node: tuple[int, str] = (0, "")
+        self._exchanges: dict[tuple[str, str], Any] = {}
+
+    def node_name(self) -> str:
+        """``anon_nodename()``: the ``origin`` header and the events' ``hostname``."""
+        if self._node[0] != os.getpid():
+            self._node = (os.getpid(), anon_nodename())
+        return self._node[1]
+
+    def event_exchange(self, producer: Any) -> Any:
+        """Celery's event exchange for ``producer``'s transport (fanout on Redis)."""
+        key = (producer.connection.transport.driver_type, self.app.conf.event_exchange)
+        if key not in self._exchanges:
+            self._exchanges[key] = get_exchange(producer.connection, name=key[1])
+        return self._exchanges[key]
 
     def unusual(self, producer: Any) -> str | None:
         """Why a batch on ``producer`` must go through ``send_task`` (None: it need not)."""
@@ -105,7 +122,7 @@ class TaskMessages:
         if reason is not None:
             log.debug("publishing with send_task: %s", reason)
             return None
-        return MessageBatch(self.app, producer)
+        return MessageBatch(self, producer)
 
 
 class MessageBatch:
@@ -113,8 +130,8 @@ class MessageBatch:
 
     Call :meth:`flush_events` before flushing the producer's batch and once at the end."""
 
-    def __init__(self, app: Celery, producer: Any) -> None:
-        self.app = app
+    def __init__(self, messages: TaskMessages, producer: Any) -> None:
+        self.app = app = messages.app
         self.producer = producer
         conf = app.conf
         self.queues = app.amqp.queues
@@ -123,14 +140,14 @@ class MessageBatch:
         self.args_max = app.amqp.argsrepr_maxsize
         self.kwargs_max = app.amqp.kwargsrepr_maxsize
         self.reply_to = app.thread_oid
-        self.origin = anon_nodename()
+        self.origin = messages.node_name()
         self.routes: dict[tuple[str, str, int | None], Route | None] = {}
         # As Celery's EventDispatcher(enabled=False) that send_task publishes events with.
         self.send_events = bool(conf.task_send_sent_event)
         self.events: list[dict[str, Any]] = []
         if self.send_events:
-            self.event_exchange = get_exchange(producer.connection, name=conf.event_exchange)
-            self.event_headers = {"hostname": anon_nodename()}
+            self.event_exchange = messages.event_exchange(producer)
+            self.event_headers = {"hostname": self.origin}
             self.pid = os.getpid()
             self.utcoffset = utcoffset()
             producer.maybe_declare(self.event_exchange)
@@ -220,8 +237,11 @@ class MessageBatch:
             expires_iso = message_headers["expires"] = when.isoformat()
             # send_task sends the time left as the AMQP TTL, at least 0 (it warns below 0).
             properties["expiration"] = max(0.0, (when - self.app.now()).total_seconds())
-        argsrepr = saferepr(args, self.args_max, maxlevels=self.repr_levels)
-        kwargsrepr = saferepr(kwargs, self.kwargs_max, maxlevels=self.repr_levels)
+        # saferepr of an empty tuple and dict, without walking them (most firings have one).
+        argsrepr = saferepr(args, self.args_max, maxlevels=self.repr_levels) if args else "()"
+        kwargsrepr = (
+            saferepr(kwargs, self.kwargs_max, maxlevels=self.repr_levels) if kwargs else "{}"
+        )
         message_headers["argsrepr"], message_headers["kwargsrepr"] = argsrepr, kwargsrepr
         if headers:
             message_headers.update(headers)
