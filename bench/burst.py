@@ -82,9 +82,10 @@ def one_pass(stack: Stack, n: int, with_worker: bool, repeat: int = 0) -> dict[s
         per_entry = _load_rate(url, stack)
         # Room to write every entry and to start the beat before T0 (start_beat returns once
         # the beat is up: about a second at N = 1,000, several at 10,000, where redbeat reads
-        # its entries first); a whole second, because redbeat keeps due times in whole
-        # seconds (its to_timestamp).
-        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + 4 + n / 1000))
+        # its entries first; over 5 s next to a starting worker when other engineers load
+        # the machine, hence 8 s); a whole second, because redbeat keeps due times in whole
+        # seconds (its to_timestamp). Both beats idle until T0, so the margin is not measured.
+        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + 8 + n / 1000))
         _load(stack, url, n, t0)
         beat = start_beat(stack, url, logs / f"beat-{tag}.log")
         try:
