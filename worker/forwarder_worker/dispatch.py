@@ -6,7 +6,8 @@ Redis work is pipelined per batch: one round trip for the active-run checks, one
 run records, one for the messages (kombu's publish batch) and one for the metrics, whatever
 the batch size. Beat's own path for concurrencyPolicy Allow is cheaper still: its claim script
 writes the run records, it publishes with :meth:`Dispatcher.publish`, and its metrics ride
-along with its next read (see :mod:`forwarder_worker.scheduler`).
+along with its next read (see :mod:`forwarder_worker.scheduler`). The messages themselves
+are Celery's, built without ``send_task`` per message (see :mod:`forwarder_worker.messages`).
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ class Dispatcher:
         batch lands without waiting for the whole batch to be built.
 
         Messages are built by :mod:`forwarder_worker.messages` (a fifth of send_task's CPU
-        per message); a firing it declines, or every firing when ``prebuilt`` is off, goes
-        through ``send_task`` as before."""
+        per message, measured); a firing it declines, or every firing when ``prebuilt`` is
+        off, goes through ``send_task`` as before."""
         lateness: list[float] = []
         with self.app.producer_or_acquire() as producer, publish_batch(producer) as batch:
             # Each queue is declared once per batch, not once per message as send_task does
