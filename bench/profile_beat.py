@@ -5,7 +5,8 @@ entries due ``spread`` seconds apart in total (so N / spread firings a second: N
 6 s is the rate of N=10,000 over a minute), drives ``ForwarderScheduler.tick()`` in this
 process for ``seconds`` under cProfile, with a probe popping the broker queue, and prints
 the CPU per firing, the Redis round trips per pass (socket writes on every connection of the
-process, the probe's excluded) and the top of the profile.
+process, the probe's excluded) and the top of the profile. ``--send-task`` publishes with
+Celery's send_task per message (the path before prebuilt messages), for comparison.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true", help="only CPU and round trips")
+    parser.add_argument(
+        "--send-task",
+        action="store_true",
+        help="publish with send_task per message instead of prebuilt messages",
+    )
     args = parser.parse_args()
     _count_round_trips()
     with redis_for("profile-beat") as url:
@@ -65,6 +71,7 @@ def main() -> None:
         load_ours(client, range(args.n), every, lambda i: t0 + i * args.spread / args.n)
         app = create_app(Settings(redis_url=url))
         scheduler = ForwarderScheduler(app)
+        scheduler.dispatcher.prebuilt = not args.send_task
         passes = 0
         with QueueProbe(url) as probe:
             _ignored.add(probe._thread.ident or 0)

@@ -33,6 +33,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.beat import Scheduler
+from kombu import exceptions as kombu_errors
 from kombu.exceptions import OperationalError
 
 from forwarder_worker.connection import redis_client
@@ -56,6 +57,11 @@ BAD_ENTRY_RETRY = 60.0
 # first this-many messages of any batch are flushed before the rest are built, so the head of
 # a burst is published without waiting for a whole batch to be claimed, recorded and built.
 FIRST_BATCH = 50
+# What a publish batch raises when Redis fails while its pipeline is sent (kombu 5.7+; older
+# kombu publishes message by message and raises OperationalError).
+BATCH_PUBLISH_ERROR: type[Exception] = getattr(
+    kombu_errors, "BatchPublishError", kombu_errors.OperationalError
+)
 # Beat's metrics ride along with its next read; before a wait at least this long (seconds)
 # they are written on their own, so an idle beat's counters are never stale for long.
 METRICS_FLUSH_WAIT = 0.2
@@ -160,9 +166,11 @@ class ForwarderScheduler(Scheduler):
             delay = self._tick()
             self._backoff = 0.0
             return delay
-        except (redis.RedisError, OperationalError) as exc:
+        except (redis.RedisError, OperationalError, BATCH_PUBLISH_ERROR) as exc:
             # Redis restarted or unreachable (kombu reports it as OperationalError while
-            # publishing): keep beat alive and retry with backoff.
+            # publishing, or BatchPublishError when a publish pipeline fails): keep beat
+            # alive and retry with backoff. Celery's beat loop does not catch exceptions
+            # from tick(), so anything raised here would end the beat process.
             self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
             self.holding = False
             log.warning("beat: Redis unavailable (%s); retrying in %.1fs", exc, self._backoff)
