@@ -30,9 +30,10 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from forwarder_api.errors import error_for
+from forwarder_api.limits import replaying
 from forwarder_api.models import Run, RunRequest, Submitted
 from forwarder_api.routers import runs, tasks
 from forwarder_api.services import Services
@@ -147,7 +148,7 @@ class FastPaths:
         body = b"".join(chunks)
         run = self._run_request(scope, body)
         if run is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replaying(body, receive), send)
             return
         scope["route"] = SUBMIT_RUN
         services = self.services
@@ -182,17 +183,3 @@ class FastPaths:
             return RunRequest.model_validate(value)
         except ValidationError:
             return None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that first gives back the body already read."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

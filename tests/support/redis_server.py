@@ -52,3 +52,39 @@ def _free_port() -> int:
 def client_for(url: str) -> redis.Redis:
     """A decoded client for assertions."""
     return redis.Redis.from_url(url, decode_responses=True)
+
+
+ADMIN_USER, ADMIN_PASSWORD = "admin", "admin-pass"
+
+
+def admin_client(port: int) -> redis.Redis:
+    """A decoded client of a second, all-powerful user, so a test can switch the default user
+    (the one Forwarder's processes use) off and on while it keeps reading Redis."""
+    with redis.Redis(host="127.0.0.1", port=port) as setup:
+        setup.acl_setuser(
+            ADMIN_USER,
+            enabled=True,
+            passwords=[f"+{ADMIN_PASSWORD}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        username=ADMIN_USER,
+        password=ADMIN_PASSWORD,
+        decode_responses=True,
+    )
+
+
+def refuse_default_user(admin: redis.Redis) -> None:
+    """Redis refuses Forwarder's processes from now on: their user is off and its connections
+    are closed, while the data stays."""
+    admin.acl_setuser("default", enabled=False)
+    admin.client_kill_filter(user="default")
+
+
+def allow_default_user(admin: redis.Redis) -> None:
+    """Redis answers Forwarder's processes again."""
+    admin.acl_setuser("default", enabled=True)
