@@ -79,11 +79,13 @@ class Services:
         previous = self.client.hget(self.run_now_key, entry_name)
         if previous == value:
             return None
-        self.client.hset(self.run_now_key, entry_name, value)
         stored = self.store.get(entry_name)
         if stored is None:
+            self.client.hset(self.run_now_key, entry_name, value)
             raise LookupError(f"schedule {entry_name} has no entry (is its spec valid?)")
         (outcome,) = self.dispatcher.fire([Firing(stored.entry, time.time(), "trigger")])
+        # Marked once sent: a publish that fails is tried again, never silently dropped.
+        self.client.hset(self.run_now_key, entry_name, value)
         return outcome
 
     @property
