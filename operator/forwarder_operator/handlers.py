@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -25,7 +26,7 @@ import redis
 from forwarder_worker.status import unavailable_status
 
 from forwarder_operator import loops, reconciler
-from forwarder_operator.kube import FINALIZER, GROUP, PLURAL, VERSION
+from forwarder_operator.kube import GROUP, PLURAL, VERSION, finalizers_with
 from forwarder_operator.services import Services, services_of
 from forwarder_operator.settings import OperatorSettings
 
@@ -55,7 +56,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo["config"] = config
     # settings.persistence.finalizer stays kopf's default, which no ScheduledTask carries:
     # kopf removes its own finalizer from objects when no kopf handler needs one, and ours
-    # (FINALIZER) is the reconcile's to add and remove.
+    # (forwarder.dev/finalizer, kube.FINALIZER) is the reconcile's to add and remove.
     objects_log = logging.getLogger("kopf.objects")
     if not any(isinstance(f, QuietSuccess) for f in objects_log.filters):
         objects_log.addFilter(QuietSuccess())
@@ -157,10 +158,8 @@ def write(plan: reconciler.Plan, body: kopf.Body, patch: kopf.Patch, logger: kop
         patch.status.update(plan.status)
     # Finalizers go as JSON-patch functions: kopf sends them with a resourceVersion test, so
     # a concurrent change to the list by another controller is never overwritten.
-    if plan.add_finalizer:
-        patch.fns.append(add_finalizer)
-    if plan.remove_finalizer:
-        patch.fns.append(remove_finalizer)
+    if plan.add_finalizer or plan.remove_finalizer:
+        patch.fns.append(functools.partial(mark_finalizer, present=plan.add_finalizer))
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         if event.type == "Warning":
@@ -169,17 +168,7 @@ def write(plan: reconciler.Plan, body: kopf.Body, patch: kopf.Patch, logger: kop
         logger.info("%s", line)
 
 
-def add_finalizer(body: kopf.RawBody) -> None:
-    """kopf patch function: our finalizer, once."""
+def mark_finalizer(body: kopf.RawBody, *, present: bool) -> None:
+    """kopf patch function: our finalizer on (``present``) or off, others kept."""
     metadata = body.setdefault("metadata", {})
-    finalizers = metadata.setdefault("finalizers", [])
-    if FINALIZER not in finalizers:
-        finalizers.append(FINALIZER)
-
-
-def remove_finalizer(body: kopf.RawBody) -> None:
-    """kopf patch function: our finalizer gone, others kept."""
-    metadata = body.get("metadata", {})
-    finalizers = metadata.get("finalizers") or []
-    if FINALIZER in finalizers:
-        metadata["finalizers"] = [f for f in finalizers if f != FINALIZER]
+    metadata["finalizers"] = finalizers_with(metadata.get("finalizers") or (), present=present)

@@ -9,7 +9,7 @@ the same credentials kopf's default login uses (in-cluster, else ``KUBECONFIG``)
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import kubernetes
@@ -24,6 +24,12 @@ RUN_NOW = "forwarder.dev/run-now"
 """The annotation whose every new value runs the task once."""
 COMPONENT = "forwarder-operator"
 """The Events' reporting component."""
+
+
+def finalizers_with(finalizers: Iterable[str], *, present: bool) -> list[str]:
+    """``finalizers`` with ours added (last) or removed; everyone else's kept in order."""
+    kept = [f for f in finalizers if f != FINALIZER]
+    return [*kept, FINALIZER] if present else kept
 
 
 def _api_client() -> kubernetes.client.ApiClient:
@@ -83,9 +89,7 @@ class KubeClient:
         shows (a JSON-patch test): others' finalizers are never overwritten. A conflict
         raises ApiException (422); the caller reads the object again."""
         metadata = body["metadata"]
-        finalizers = [f for f in metadata.get("finalizers") or () if f != FINALIZER]
-        if present:
-            finalizers.append(FINALIZER)
+        finalizers = finalizers_with(metadata.get("finalizers") or (), present=present)
         ops = [
             {
                 "op": "test",
