@@ -34,6 +34,8 @@ HANDLER = "scheduledtask"
 """The event handler's id, as kopf's log lines name it."""
 RECONCILED = "forwarder.reconciled"
 """Key in kopf's per-object memo: this process has reconciled the object once."""
+EXECUTOR = "executor"
+"""Key in kopf's memo: kopf's thread pool for sync work (``settings.execution.executor``)."""
 
 
 class QuietSuccess(logging.Filter):
@@ -70,6 +72,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = config.operator_workers
+    memo[EXECUTOR] = settings.execution.executor
     if config.operator_peering:
         settings.peering.name = config.operator_peering
         settings.peering.priority = config.operator_priority
@@ -101,7 +104,7 @@ def redis_probe(memo: kopf.Memo, **_: Any) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id=HANDLER)
-def scheduledtask(
+async def scheduledtask(
     type: str | None,
     body: kopf.Body,
     patch: kopf.Patch,
@@ -109,20 +112,29 @@ def scheduledtask(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Reconcile the object this event shows; kopf applies ``patch`` afterwards."""
+    """Reconcile the object this event shows; kopf applies ``patch`` afterwards.
+
+    Async so that the events needing no Redis (most are our own writes coming back) are
+    decided on the event loop; Redis work, which is synchronous, goes to kopf's thread pool.
+    """
     services = services_of(memo)
+    executor = memo.get(EXECUTOR)
     metadata = body.metadata
     namespace, name = metadata.namespace, metadata.name
     if namespace is None or name is None:
         return  # ScheduledTask is namespaced; a malformed event has nothing to reconcile
+    loop = asyncio.get_running_loop()
     if type == "DELETED":
         try:
-            if reconciler.forget_if_owned(services, metadata):
-                logger.info("schedule entry removed (the object is gone)")
+            removed = await loop.run_in_executor(
+                executor, reconciler.forget_if_owned, services, metadata
+            )
         except redis.RedisError as exc:
             delay = services.retries.add(metadata, gone=True)
             logger.warning("Redis is unreachable, retrying in %.0fs: %s", delay, exc)
             return
+        if removed:
+            logger.info("schedule entry removed (the object is gone)")
         services.retries.done(namespace, name)
         return
     if services.retries.pending(namespace, name):
@@ -133,7 +145,12 @@ def scheduledtask(
     # per-object memo remembers that this object was reconciled.
     initial = type is None and not memo.get(RECONCILED)
     try:
-        plan = reconciler.plan(services, body, initial=initial)
+        if reconciler.needs_redis(body, initial=initial):
+            plan = await loop.run_in_executor(
+                executor, functools.partial(reconciler.plan, services, body, initial=initial)
+            )
+        else:
+            plan = reconciler.plan(services, body, initial=initial)
     except redis.RedisError as exc:
         delay = services.retries.add(metadata)
         if not reconciler.is_unavailable(body.status):

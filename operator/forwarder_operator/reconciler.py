@@ -74,6 +74,15 @@ def is_unavailable(status: Mapping[str, Any]) -> bool:
     )
 
 
+def needs_redis(body: Mapping[str, Any], *, initial: bool) -> bool:
+    """Whether :func:`plan` has Redis work to do for ``body``. Most watch events are our own
+    writes coming back, which need none: the handler decides those without a thread."""
+    metadata = body["metadata"]
+    if metadata.get("deletionTimestamp"):
+        return _must_forget(metadata)
+    return _must_apply(body, initial=initial) or bool(_run_now_value(metadata))
+
+
 def plan(services: Services, body: Mapping[str, Any], *, initial: bool) -> Plan:
     """Decide (and do, in Redis) what reconciling ``body`` takes; raises RedisError.
 
@@ -81,24 +90,43 @@ def plan(services: Services, body: Mapping[str, Any], *, initial: bool) -> Plan:
     """
     metadata = body["metadata"]
     name = entry_name(metadata)
-    finalizers = metadata.get("finalizers") or ()
     result = Plan()
     if metadata.get("deletionTimestamp"):
-        if FINALIZER in finalizers:
+        if _must_forget(metadata):
             services.forget(name)
             result.remove_finalizer = True
             result.log.append("schedule entry removed")
         return result
-    if FINALIZER not in finalizers:
+    if FINALIZER not in (metadata.get("finalizers") or ()):
         result.add_finalizer = True
-    status = body.get("status") or {}
-    generation = metadata.get("generation")
-    if initial or status.get("observedGeneration") != generation or is_unavailable(status):
+    if _must_apply(body, initial=initial):
         _apply(services, body, result)
-    run_now = (metadata.get("annotations") or {}).get(RUN_NOW)
+    run_now = _run_now_value(metadata)
     if run_now:
-        _run_now(services, name, str(run_now), result)
+        _run_now(services, name, run_now, result)
     return result
+
+
+def _must_forget(metadata: Mapping[str, Any]) -> bool:
+    """Being deleted with our finalizer still on: the entry has to go first."""
+    return FINALIZER in (metadata.get("finalizers") or ())
+
+
+def _must_apply(body: Mapping[str, Any], *, initial: bool) -> bool:
+    """The spec has to be applied: first sight, a generation not yet observed, or a status
+    that still says Redis was unreachable."""
+    status = body.get("status") or {}
+    return (
+        initial
+        or status.get("observedGeneration") != body["metadata"].get("generation")
+        or is_unavailable(status)
+    )
+
+
+def _run_now_value(metadata: Mapping[str, Any]) -> str | None:
+    """The run-now annotation's value, if any (whether it is new is Redis's to say)."""
+    value = (metadata.get("annotations") or {}).get(RUN_NOW)
+    return str(value) if value else None
 
 
 def _apply(services: Services, body: Mapping[str, Any], result: Plan) -> None:

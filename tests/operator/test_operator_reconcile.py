@@ -5,7 +5,9 @@
 * a delete while Redis refuses the operator keeps the finalizer and the entry, and finishes
   by itself once Redis answers (the retry queue);
 * a DELETED object takes its entry along only if the entry is still its own: a newer object
-  of the same name keeps its entry.
+  of the same name keeps its entry;
+* the events the handler decides on the event loop (``needs_redis`` false: our own writes
+  coming back) really need no Redis, and every other kind does go to Redis.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from forwarder_operator.kube import FINALIZER
-from forwarder_operator.reconciler import forget_if_owned
+from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
 from forwarder_worker.reconcile import apply_schedule
@@ -120,5 +122,68 @@ def test_gone_object_leaves_a_newer_owners_entry(redis_url: str) -> None:
         current = {**old, "uid": "new-uid"}
         assert forget_if_owned(services, current)
         assert services.store.get("default/twin") is None
+    finally:
+        services.close()
+
+
+def _object(**changes: Any) -> dict[str, Any]:
+    """A ScheduledTask as the watch shows it once reconciled: generation 2 observed, our
+    finalizer on; ``changes`` are merged into metadata (and ``status``/``spec`` replaced)."""
+    body: dict[str, Any] = {
+        "metadata": {
+            "namespace": "default",
+            "name": "steady",
+            "uid": "u-1",
+            "generation": 2,
+            "finalizers": [FINALIZER],
+        },
+        "spec": HOURLY,
+        "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    for key, value in changes.items():
+        if key in ("status", "spec"):
+            body[key] = value
+        else:
+            body["metadata"][key] = value
+    return body
+
+
+def test_in_step_events_are_decided_without_redis() -> None:
+    # Redis on a port nobody listens on: any Redis call raises ConnectionError.
+    services = Services.create(OperatorSettings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        steady = _object()
+        assert not needs_redis(steady, initial=False)
+        assert plan(services, steady, initial=False).status == {}
+
+        no_finalizer = _object(finalizers=[])
+        assert not needs_redis(no_finalizer, initial=False)
+        assert plan(services, no_finalizer, initial=False).add_finalizer
+
+        others_deleting = _object(deletionTimestamp="2026-01-01T00:00:00Z", finalizers=["x/y"])
+        assert not needs_redis(others_deleting, initial=False)
+        assert not plan(services, others_deleting, initial=False).remove_finalizer
+
+        needing_redis = {
+            "first sight": (steady, True),
+            "new generation": (_object(generation=3), False),
+            "Redis was down": (
+                _object(
+                    status={
+                        "observedGeneration": 2,
+                        "conditions": [
+                            {"type": "Ready", "status": "False", "reason": "RedisUnavailable"}
+                        ],
+                    }
+                ),
+                False,
+            ),
+            "run-now": (_object(annotations={"forwarder.dev/run-now": "1"}), False),
+            "deleting": (_object(deletionTimestamp="2026-01-01T00:00:00Z"), False),
+        }
+        for why, (body, initial) in needing_redis.items():
+            assert needs_redis(body, initial=initial), why
+            with pytest.raises(redis.ConnectionError):
+                plan(services, body, initial=initial)
     finally:
         services.close()
