@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from typing import Any
@@ -34,6 +35,14 @@ HANDLER = "scheduledtask"
 """The event handler's id, as kopf's log lines name it."""
 RECONCILED = "forwarder.reconciled"
 """Key in kopf's per-object memo: this process has reconciled the object once."""
+GC_THRESHOLDS = (50_000, 20, 10)
+"""The cyclic garbage collector's thresholds in the operator (CPython's default: 700, 10, 10).
+
+With thousands of objects in flight, kopf's per-object state, bodies and tasks make a large
+heap, and every full collection walks all of it: at 10,000 resources the collector took 8 of
+the operator's 66 s of CPU to Ready, 22 full collections. Collecting the young generation every
+50,000 net allocations instead of 700 took 1.5 s, with no more memory (bench, operator scale).
+Reference cycles are still collected, just in larger batches."""
 EXECUTOR = "executor"
 """Key in kopf's memo: kopf's thread pool for sync work (``settings.execution.executor``)."""
 
@@ -73,6 +82,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = config.operator_workers
     memo[EXECUTOR] = settings.execution.executor
+    gc.set_threshold(*GC_THRESHOLDS)
     if config.operator_peering:
         settings.peering.name = config.operator_peering
         settings.peering.priority = config.operator_priority
