@@ -220,6 +220,15 @@ class RunLog:
 
         Fields set to None are left as they were. Pass a pipeline as ``client`` to batch.
         """
+        keys, args = self.transition_call(run_id, state, at=at, **fields)
+        return self._transition(keys=keys, args=args, client=client or self.client)
+
+    def transition_call(
+        self, run_id: str, state: str, *, at: float | None = None, **fields: Any
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of :meth:`transition`'s script (``TRANSITION_FUNCTION``'s
+        parameters in order, then the field/value pairs), for callers that run the
+        transition inside their own script (the api's submit)."""
         now = time.time() if at is None else at
         args: list[Any] = [
             self.prefix,
@@ -231,11 +240,7 @@ class RunLog:
             self.schedule_limit,
         ]
         args += self.record_fields(**fields)
-        return self._transition(
-            keys=[self.key(run_id), self.global_key, self.changed_key],
-            args=args,
-            client=client or self.client,
-        )
+        return [self.key(run_id), self.global_key, self.changed_key], args
 
     def record_fields(self, **fields: Any) -> list[str]:
         """``fields`` as the flat field/value list the transition script takes (None left out),
@@ -282,6 +287,21 @@ class RunLog:
             "args": None if args is None else bounded(args, self.result_limit),
             "kwargs": None if kwargs is None else bounded(kwargs, self.result_limit),
         }
+
+    def queued_call(
+        self,
+        run_id: str,
+        task: str,
+        *,
+        source: str,
+        args: Any = None,
+        kwargs: Any = None,
+        expires: float | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """:meth:`transition_call` of what :meth:`queued` writes (no schedule, as the api's
+        submissions have none)."""
+        fields = self._queued(task, source, None, None, args, kwargs, expires)
+        return self.transition_call(run_id, "PENDING", **fields)
 
     def queued(
         self,
