@@ -13,8 +13,11 @@ concurrencyPolicy) and ``runs:changed`` (schedules whose records changed since t
 last looked, so its status loop touches only those).
 
 A run that reaches a final state is announced on the pub/sub channel named like its hash,
-``run:<id>`` (payload: the state), so a client waiting for it (the api's long poll) is woken
-at once instead of polling. Nobody subscribed costs Redis nothing.
+``run:<id>``, so a client waiting for it (the api's long poll) is woken at once instead of
+polling. The payload is the final record, the hash's fields as a JSON object (bounded, as
+every field stored is: results, errors and arguments are cut to ``result_limit``, tracebacks
+to 8,000 characters), so the waiter answers without reading the hash again; records
+announced by older versions carried only the state (:func:`announced_record` tells).
 """
 
 from __future__ import annotations
@@ -76,7 +79,14 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     redis.call('SADD', ckey, schedule)
   end
-  if final[state] and old ~= state then redis.call('PUBLISH', key, state) end
+  if final[state] and old ~= state then
+    -- The final record itself, so a waiter needs no read of its own (bounded: every
+    -- stored field is).
+    local flat = redis.call('HGETALL', key)
+    local record = {}
+    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    redis.call('PUBLISH', key, cjson.encode(record))
+  end
   return state
 end
 """
@@ -152,6 +162,20 @@ class RunRecord:
     def final(self) -> bool:
         """Whether the run has ended."""
         return self.state in FINAL_STATES
+
+
+def announced_record(payload: str) -> RunRecord | None:
+    """The final record a run's announcement carries, or None if the payload is not one (an
+    older writer's bare state): the caller then reads the record."""
+    if not payload.startswith("{"):
+        return None
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "id" not in data:
+        return None
+    return RunRecord.from_hash({str(k): str(v) for k, v in data.items()})
 
 
 @dataclass(frozen=True)
