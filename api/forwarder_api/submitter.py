@@ -19,7 +19,8 @@ and the command sent again by the client's retry), and a retry never sends a mes
 
 Anything this path does not handle goes to :func:`submit_blocking`, unchanged: a task the
 catalog cannot vouch for without blocking (first use, or a task only the workers know),
-a queue this process has not declared yet (the blocking path declares it), an ``eta``, a
+a queue this process has not declared yet (the blocking path declares it), an ``eta`` or an
+``expires`` date with a UTC offset other than 0 (send_task writes it as given), a
 producer not opened yet (opened in the threadpool once), whatever
 :class:`~forwarder_worker.messages.TaskMessages` declines (another Celery, task routes, publish
 signal receivers, task options it does not mirror...), and any Redis command other than those
@@ -207,6 +208,8 @@ class Submitter:
         queue = run.queue or self.celery.conf.task_default_queue
         if producer is None or queue not in self.queues.declared:
             return None
+        if isinstance(run.expires, datetime) and run.expires.utcoffset():
+            return None  # send_task keeps the client's offset in the message; ours is UTC
         # kombu 5.7's publish batches: the producer's batch state, the channel's collector.
         local = getattr(producer, "_batch_local", None)
         if local is None or not hasattr(producer.channel, "create_publish_batch"):

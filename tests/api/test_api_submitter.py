@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -207,6 +207,10 @@ async def test_what_the_script_does_not_handle_goes_through_send_task(
     # An eta, and a publish signal receiver (send_task would call it).
     eta = datetime.now(UTC) + timedelta(minutes=5)
     assert await path_of(RunRequest(eta=eta)) == "send_task"
+    # An expiry written with another UTC offset (send_task keeps it); in UTC it is ours.
+    paris = timezone(timedelta(hours=1))
+    assert await path_of(RunRequest(expires=eta.astimezone(paris))) == "send_task"
+    assert await path_of(RunRequest(expires=eta)) == "script"
     received: list[str] = []
 
     def receiver(headers: dict[str, Any] | None = None, **_: Any) -> None:
