@@ -93,7 +93,7 @@ end
 
 # KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,
 # per-schedule cap, then field/value pairs.
-_TRANSITION = (
+TRANSITION_SCRIPT = (
     TRANSITION_FUNCTION
     + """
 local fields = {}
@@ -223,7 +223,7 @@ class RunLog:
         self.result_limit = result_limit
         self.global_key = f"{prefix}runs"
         self.changed_key = f"{prefix}runs:changed"
-        self._transition = client.register_script(_TRANSITION)
+        self._transition = client.register_script(TRANSITION_SCRIPT)
 
     def key(self, run_id: str) -> str:
         """The hash key of run ``run_id``; also the pub/sub channel announcing its end."""
