@@ -106,6 +106,19 @@ class TaskCatalog:
         if name not in self.local_tasks() and name not in self.worker_tasks():
             raise NotFound(f"task {name!r} is not registered by this API or any worker")
 
+    def required_at_once(self, name: str) -> bool:
+        """:meth:`require` where it can answer without blocking (no module import, no
+        question to the workers): True if ``name`` is submittable, NotFound as
+        :meth:`require` raises it; False where only :meth:`require` can tell."""
+        if self._local is None:
+            return False  # the task modules are not imported yet
+        if not self.allows(name):
+            raise NotFound(f"task {name!r} is not submittable through the API (allow-list)")
+        if name in self._local:
+            return True
+        fresh = time.monotonic() - self._cached_at < self.cache_seconds
+        return fresh and name in self._cached
+
     def known(self) -> set[str]:
         """Every registered task name, allowed or not (for schedule validation)."""
         return set(self.local_tasks())

@@ -4,7 +4,7 @@
 A client that runs a task submits it, then polls or long-polls the run, often several times
 per run; FastAPI's routing, dependency solving, body and response validation cost more CPU
 than the Redis work itself. This ASGI middleware answers exactly the plain, well-formed
-cases with the routes' own functions (:func:`~forwarder_api.routers.tasks._submit`,
+cases with the routes' own functions (:meth:`~forwarder_api.submitter.Submitter.submit`,
 :meth:`~forwarder_api.run_watch.RunWatch.wait`, :func:`~forwarder_api.routers.runs.to_run`)
 and models: an accepted bearer token, no root path, and
 
@@ -27,7 +27,6 @@ import json
 import re
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -153,7 +152,7 @@ class FastPaths:
         scope["route"] = SUBMIT_RUN
         services = self.services
         try:
-            run_id = await run_in_threadpool(tasks._submit, services, name, run)
+            run_id = await services.submitter.submit(services, name, run)
         except Exception as exc:  # noqa: BLE001  (answered as the app's handlers answer it)
             await error_for(exc)(scope, receive, send)
             return

@@ -10,9 +10,12 @@ One subscription per process serves every waiter: a single pub/sub connection ho
 pattern subscription to every run's channel (``<prefix>run:*``), made once, and a reader task
 hands each announcement to the futures waiting for that run. A long poll then costs no
 SUBSCRIBE, confirmation or UNSUBSCRIBE of its own: it registers a future, reads the record
-(the run may have ended before anyone waited: answered at once), waits, and reads the final
-record. The price is that every API process hears every run that ends, waited for or not: a
-dictionary lookup per run, far less than a subscribe/unsubscribe pair per long poll.
+(the run may have ended before anyone waited: answered at once), and waits. The announcement
+carries the final record (see :mod:`forwarder_worker.runs`), which the waiter answers with
+(parsed once per announced run, and only for runs someone waits for); an announcement
+without one (an older worker's) makes the waiter read the record. The price is that every
+API process hears every run that ends, waited for or not: a dictionary lookup per run (and
+the announcement's bytes), far less than a subscribe/unsubscribe pair per long poll.
 
 Race-freedom: a waiter starts only once the pattern subscription is confirmed, and registers
 before its first read, so an end announced after that read reaches it. If the pub/sub
@@ -31,7 +34,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from forwarder_worker.runs import RunLog, RunRecord
+from forwarder_worker.runs import RunLog, RunRecord, announced_record
 
 log = logging.getLogger("forwarder.api")
 
@@ -52,8 +55,9 @@ class RunWatch:
         self.runs = runs
         self.pattern = glob_escape(runs.key("")) + "*"
         # Futures of the waiters, by run channel; a future is resolved when its run may have
-        # ended (announced, or announcements may have been lost), and then replaced.
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # ended (announced, or announcements may have been lost), with the announced final
+        # record if there was one (else None: read it), and then replaced.
+        self._waiters: dict[str, set[asyncio.Future[RunRecord | None]]] = {}
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -74,14 +78,16 @@ class RunWatch:
             async with asyncio.timeout(seconds):
                 await self._listening()
                 while True:
-                    woken: asyncio.Future[None] = loop.create_future()
+                    woken: asyncio.Future[RunRecord | None] = loop.create_future()
                     waiters = self._waiters.setdefault(channel, set())
                     waiters.add(woken)
                     try:
                         record = await self.get(run_id)
                         if record is None or record.final:
                             return record
-                        await woken
+                        announced = await woken
+                        if announced is not None and announced.final:
+                            return announced
                     finally:
                         waiters.discard(woken)
                         if not waiters and self._waiters.get(channel) is waiters:
@@ -139,7 +145,9 @@ class RunWatch:
                 continue
             kind = message["type"]
             if kind == "pmessage":
-                self._wake(self._waiters.get(message["channel"], ()))
+                waiters = self._waiters.get(message["channel"])
+                if waiters:
+                    self._wake(waiters, announced_record(message["data"]))
             elif kind == "psubscribe":
                 # Subscribed, first or again: whatever ended while we were not listening
                 # was not heard, so every waiter reads its run again.
@@ -148,7 +156,7 @@ class RunWatch:
                     self._wake(waiters)
 
     @staticmethod
-    def _wake(waiters: Any) -> None:
+    def _wake(waiters: Any, record: RunRecord | None = None) -> None:
         for woken in waiters:
             if not woken.done():
-                woken.set_result(None)
+                woken.set_result(record)

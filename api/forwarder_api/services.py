@@ -25,6 +25,7 @@ from forwarder_api.metrics import ApiMetrics
 from forwarder_api.run_watch import RunWatch
 from forwarder_api.schedules import ScheduleBackend
 from forwarder_api.settings import ApiSettings
+from forwarder_api.submitter import Submitter
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Services:
     store: ScheduleStore
     runs: RunLog
     watch: RunWatch
+    submitter: Submitter
     catalog: TaskCatalog
     schedules: ScheduleBackend
     flower: FlowerClient
@@ -60,6 +62,9 @@ class Services:
             result_limit=settings.result_max_chars,
         )
         catalog = TaskCatalog(celery, settings)
+        queues = QueueDeclarations(celery)
+        # One asyncio client (and pool) for the event loop's reads, waits and submissions.
+        async_client = async_redis_client(settings)
         schedules: ScheduleBackend
         if settings.schedules_mode == "kubernetes":
             schedules = KubeSchedules(settings, catalog.known)
@@ -71,11 +76,12 @@ class Services:
         return cls(
             settings=settings,
             celery=celery,
-            queues=QueueDeclarations(celery),
+            queues=queues,
             redis=client,
             store=store,
             runs=runs,
-            watch=RunWatch(async_redis_client(settings), runs),
+            watch=RunWatch(async_client, runs),
+            submitter=Submitter(celery, runs, async_client, catalog, queues),
             catalog=catalog,
             schedules=schedules,
             flower=FlowerClient(settings),

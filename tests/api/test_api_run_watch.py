@@ -4,6 +4,7 @@ through one pattern subscription per process, which survives a Redis restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -180,3 +181,33 @@ async def test_a_run_that_ends_while_redis_restarts_is_answered_after_reconnecti
 def test_the_pattern_matches_the_prefix_literally() -> None:
     assert glob_escape("forwarder:") == "forwarder:"
     assert glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
+
+
+async def test_a_waiter_answers_with_the_announced_record_without_reading_it(
+    redis_url: str, rclient: redis.Redis
+) -> None:
+    watch, runs = _watch(redis_url)
+    runs.queued("ann1", "forwarder.ping", source="api")
+    runs.queued("ann2", "forwarder.ping", source="api")
+    try:
+        # An announcement that differs from the hash (still PENDING) shows which one the
+        # waiter answered with: the announced final record, with no read of its own.
+        waiter = asyncio.create_task(watch.wait("ann1", LONG))
+        await _until(lambda: watch.waiting == 1)
+        announced = {"id": "ann1", "task": "forwarder.ping", "state": "SUCCESS", "result": "1"}
+        rclient.publish(runs.key("ann1"), json.dumps(announced))
+        record = await asyncio.wait_for(waiter, LONG)
+        assert record is not None and (record.state, record.result) == ("SUCCESS", "1")
+        # An older writer's bare state: the waiter reads the record, and keeps waiting while
+        # the run has not ended.
+        waiter = asyncio.create_task(watch.wait("ann2", LONG))
+        await _until(lambda: watch.waiting == 1)
+        rclient.publish(runs.key("ann2"), "SUCCESS")
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        rclient.hset(runs.key("ann2"), "state", "FAILURE")
+        rclient.publish(runs.key("ann2"), "FAILURE")
+        record = await asyncio.wait_for(waiter, LONG)
+        assert record is not None and record.state == "FAILURE" and record.result is None
+    finally:
+        await watch.aclose()

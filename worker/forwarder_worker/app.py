@@ -23,7 +23,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     broker_fixes.install()
     url = settings.effective_redis_url
-    app = Celery("forwarder", broker=url, backend=url, set_as_current=False)
+    # Celery's "<backend class>+<url>" form: its Redis backend, recording SUCCESS with the
+    # result (see forwarder_worker.result_backend).
+    backend = "forwarder_worker.result_backend:RecordingRedisBackend"
+    app = Celery("forwarder", broker=url, backend=f"{backend}+{url}", set_as_current=False)
     app.forwarder_settings = settings
     tls = ssl_options(settings)
     app.conf.update(

@@ -13,8 +13,11 @@ concurrencyPolicy) and ``runs:changed`` (schedules whose records changed since t
 last looked, so its status loop touches only those).
 
 A run that reaches a final state is announced on the pub/sub channel named like its hash,
-``run:<id>`` (payload: the state), so a client waiting for it (the api's long poll) is woken
-at once instead of polling. Nobody subscribed costs Redis nothing.
+``run:<id>``, so a client waiting for it (the api's long poll) is woken at once instead of
+polling. The payload is the final record, the hash's fields as a JSON object (bounded, as
+every field stored is: results, errors and arguments are cut to ``result_limit``, tracebacks
+to 8,000 characters), so the waiter answers without reading the hash again; records
+announced by older versions carried only the state (:func:`announced_record` tells).
 """
 
 from __future__ import annotations
@@ -76,14 +79,21 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     redis.call('SADD', ckey, schedule)
   end
-  if final[state] and old ~= state then redis.call('PUBLISH', key, state) end
+  if final[state] and old ~= state then
+    -- The final record itself, so a waiter needs no read of its own (bounded: every
+    -- stored field is).
+    local flat = redis.call('HGETALL', key)
+    local record = {}
+    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    redis.call('PUBLISH', key, cjson.encode(record))
+  end
   return state
 end
 """
 
 # KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,
 # per-schedule cap, then field/value pairs.
-_TRANSITION = (
+TRANSITION_SCRIPT = (
     TRANSITION_FUNCTION
     + """
 local fields = {}
@@ -154,6 +164,20 @@ class RunRecord:
         return self.state in FINAL_STATES
 
 
+def announced_record(payload: str) -> RunRecord | None:
+    """The final record a run's announcement carries, or None if the payload is not one (an
+    older writer's bare state): the caller then reads the record."""
+    if not payload.startswith("{"):
+        return None
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "id" not in data:
+        return None
+    return RunRecord.from_hash({str(k): str(v) for k, v in data.items()})
+
+
 @dataclass(frozen=True)
 class ScheduleRuns:
     """What the operator puts in a ScheduledTask's status."""
@@ -199,7 +223,7 @@ class RunLog:
         self.result_limit = result_limit
         self.global_key = f"{prefix}runs"
         self.changed_key = f"{prefix}runs:changed"
-        self._transition = client.register_script(_TRANSITION)
+        self._transition = client.register_script(TRANSITION_SCRIPT)
 
     def key(self, run_id: str) -> str:
         """The hash key of run ``run_id``; also the pub/sub channel announcing its end."""
@@ -220,6 +244,15 @@ class RunLog:
 
         Fields set to None are left as they were. Pass a pipeline as ``client`` to batch.
         """
+        keys, args = self.transition_call(run_id, state, at=at, **fields)
+        return self._transition(keys=keys, args=args, client=client or self.client)
+
+    def transition_call(
+        self, run_id: str, state: str, *, at: float | None = None, **fields: Any
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of :meth:`transition`'s script (``TRANSITION_FUNCTION``'s
+        parameters in order, then the field/value pairs), for callers that run the
+        transition inside their own script (the api's submit)."""
         now = time.time() if at is None else at
         args: list[Any] = [
             self.prefix,
@@ -231,11 +264,7 @@ class RunLog:
             self.schedule_limit,
         ]
         args += self.record_fields(**fields)
-        return self._transition(
-            keys=[self.key(run_id), self.global_key, self.changed_key],
-            args=args,
-            client=client or self.client,
-        )
+        return [self.key(run_id), self.global_key, self.changed_key], args
 
     def record_fields(self, **fields: Any) -> list[str]:
         """``fields`` as the flat field/value list the transition script takes (None left out),
@@ -282,6 +311,21 @@ class RunLog:
             "args": None if args is None else bounded(args, self.result_limit),
             "kwargs": None if kwargs is None else bounded(kwargs, self.result_limit),
         }
+
+    def queued_call(
+        self,
+        run_id: str,
+        task: str,
+        *,
+        source: str,
+        args: Any = None,
+        kwargs: Any = None,
+        expires: float | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """:meth:`transition_call` of what :meth:`queued` writes (no schedule, as the api's
+        submissions have none)."""
+        fields = self._queued(task, source, None, None, args, kwargs, expires)
+        return self.transition_call(run_id, "PENDING", **fields)
 
     def queued(
         self,

@@ -2,7 +2,8 @@
 
 Connected when the Forwarder app is created, they run in the worker (received, revoked,
 unknown) and in its pool processes (started, retried, succeeded, failed). A receiver that
-fails is logged by Celery and never fails the task.
+fails is logged by Celery and never fails the task. A success is usually recorded already,
+with the result (:mod:`forwarder_worker.result_backend`); its receiver then writes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from celery import Celery, signals
 
 from forwarder_worker.connection import redis_client
 from forwarder_worker.dispatch import HEADER_SCHEDULE, HEADER_SLOT
+from forwarder_worker.result_backend import recorded_with_result
 from forwarder_worker.runs import RunLog, bounded
 from forwarder_worker.settings import settings_of
 
@@ -81,6 +83,8 @@ def _started(task_id: str = "", task: Any = None, **_: Any) -> None:
 def _succeeded(sender: Any = None, result: Any = None, **_: Any) -> None:
     if sender is None or not _is_forwarder(sender.app):
         return
+    if recorded_with_result(sender.request.id):
+        return  # written with the result, in the same round trip
     log = run_log(sender.app)
     log.transition(
         sender.request.id,

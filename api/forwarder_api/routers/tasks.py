@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import functools
-import time
-import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from forwarder_worker.dispatch import publish_batch
-from kombu.exceptions import KombuError
 from starlette.datastructures import URL, URLPath
 from starlette.types import Scope
 
 from forwarder_api.deps import Authorized, CatalogDep, services_of
 from forwarder_api.models import RunRequest, Submitted, TaskList, TaskOut
 from forwarder_api.routers.runs import run_path
-from forwarder_api.services import Services
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], dependencies=[Authorized])
 
@@ -46,10 +39,10 @@ async def submit_run(
 ) -> Submitted:
     """Queue one run of task ``name``; answers 202 with its id and URL."""
     # This is the interactive hot path: the services taken from the request rather than
-    # through dependencies (FastAPI solves those on every call), and the blocking work in one
-    # threadpool hop (a sync endpoint takes two: the call, then the response validation).
+    # through dependencies (FastAPI solves those on every call), and the submission made on
+    # the event loop in one round trip where it can (forwarder_api.submitter).
     services = services_of(request)
-    run_id = await run_in_threadpool(_submit, services, name, body or RunRequest())
+    run_id = await services.submitter.submit(services, name, body or RunRequest())
     services.metrics.submitted.labels(name).inc()
     url = _runs_url(request.scope) + run_id
     response.headers["Location"] = url
@@ -76,54 +69,3 @@ def _runs_url_of(scheme: str, host: bytes | None, server: tuple[str, int] | None
         "headers": [] if host is None else [(b"host", host)],
     }
     return str(URLPath(run_path("")).make_absolute_url(URL(scope=scope)))
-
-
-def _submit(services: Services, name: str, run: RunRequest) -> str:
-    """Check, record and send one run of ``name``; its id. Blocks: Redis round trips, and
-    maybe asking the workers what they registered."""
-    services.catalog.require(name)
-    runs, celery = services.runs, services.celery
-    run_id = str(uuid.uuid4())
-    # The queue is always named, as beat's dispatcher does (no task routes are configured),
-    # so it can be declared once per process and the publish skip the per-message check.
-    queue = run.queue or celery.conf.task_default_queue
-    options: dict[str, Any] = {"queue": queue, "declare": []}
-    if run.priority is not None:
-        options["priority"] = run.priority
-    if run.countdown is not None:
-        options["countdown"] = run.countdown
-    if run.eta is not None:
-        options["eta"] = run.eta
-    expires_at: float | None = None
-    if run.expires is not None:
-        options["expires"] = run.expires
-        expires_at = (
-            run.expires.timestamp()
-            if isinstance(run.expires, datetime)
-            else time.time() + run.expires
-        )
-    # Recorded before it is sent, so GET /runs/{id} knows the id from the first instant
-    # and an id never submitted is a 404 rather than Celery's eternal PENDING. One round
-    # trip for the record, one for the message and its task-sent event.
-    runs.queued(run_id, name, source="api", args=run.args, kwargs=run.kwargs, expires=expires_at)
-    try:
-        with celery.producer_or_acquire() as producer, publish_batch(producer):
-            services.queues.ensure(producer, queue)
-            celery.send_task(
-                name,
-                args=run.args,
-                kwargs=run.kwargs,
-                task_id=run_id,
-                producer=producer,
-                **options,
-            )
-    except KombuError as exc:
-        runs.transition(
-            run_id,
-            "FAILURE",
-            finished=time.time(),
-            error_type="BrokerUnavailable",
-            error=f"could not be sent: {exc}",
-        )
-        raise
-    return run_id

@@ -1,0 +1,248 @@
+"""The api's submit on the event loop (forwarder_api.submitter) sends what ``send_task`` sends.
+
+For the same run, the message and task-sent event written by the submit script are compared
+with those of the reference path (:func:`submit_blocking`: the run record, then
+``send_task``), as raw JSON read back from a real Redis: only delivery tags, timestamps and
+the clock differ, and times computed at send time (eta, expiry) by the time in between. The
+record and the message land together, a retried script sends nothing twice, and everything
+the script path does not handle still goes through ``send_task``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+from celery import signals
+from forwarder_api.models import RunRequest
+from forwarder_api.services import Services
+from forwarder_api.settings import ApiSettings
+from forwarder_api.submitter import submit_blocking
+from forwarder_worker.runs import RunLog
+
+PREFIX = "forwarder:"
+SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority step
+
+
+@pytest.fixture
+async def services(redis_url: str) -> AsyncIterator[Services]:
+    built = Services.build(ApiSettings(redis_url=redis_url, api_tokens=["submitter-token"]))
+    yield built
+    await built.aclose()
+
+
+def queued(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every task message in Redis by task id, decoded, with its list; queues emptied."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in client.keys(f"{PREFIX}*"):
+        if client.type(key) != "list":
+            continue
+        queue, _, priority = key.removeprefix(PREFIX).partition(SEP)
+        for raw in client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            message["body"] = json.loads(base64.b64decode(message["body"]))
+            message["redis"] = {"queue": queue, "priority_step": priority}
+            out[message["headers"]["id"]] = message
+        client.delete(key)
+    return out
+
+
+@contextmanager
+def raw_events(client: redis.Redis) -> Iterator[list[tuple[str, Any]]]:
+    """(event routing key, decoded event envelope) of every event published meanwhile."""
+    got: list[tuple[str, Any]] = []
+    pubsub = client.pubsub()
+    pubsub.psubscribe(f"{PREFIX}/0.celeryev/*")
+    deadline = time.monotonic() + 10
+    while pubsub.get_message(timeout=0.1) is None:
+        assert time.monotonic() < deadline, "not subscribed"
+    try:
+        yield got
+        while (message := pubsub.get_message(timeout=0.5)) is not None:
+            envelope = json.loads(message["data"])
+            envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
+            got.append((message["channel"].rsplit("/", 1)[1], envelope))
+    finally:
+        pubsub.close()
+
+
+def normalized(message: dict[str, Any]) -> dict[str, Any]:
+    """A message without its random delivery tag and with send-time values set aside."""
+    out = json.loads(json.dumps(message))
+    props, headers = out["properties"], out["headers"]
+    del props["delivery_tag"]
+    out["eta"] = headers.pop("eta")
+    out["expires"] = headers.pop("expires")
+    out["expiration"] = props.pop("expiration", None)
+    return out
+
+
+def close(a: str | float | None, b: str | float | None, seconds: float = 5) -> None:
+    """Two times within ``seconds``: ISO dates, or AMQP expirations (milliseconds)."""
+    if a is None or b is None:
+        assert a == b
+    elif isinstance(a, str) and isinstance(b, str) and "T" in a and "T" in b:
+        gap = datetime.fromisoformat(a) - datetime.fromisoformat(b)
+        assert abs(gap.total_seconds()) < seconds
+    else:
+        assert abs(float(a) - float(b)) < seconds * 1000
+
+
+async def _warm(services: Services, queue: str = "default") -> None:
+    """The first submission takes the reference path (it imports the task modules and
+    declares the queue); the next opens the submitter's producer and takes the script."""
+    for _ in range(2):
+        await services.submitter.submit(services, "forwarder.ping", RunRequest(queue=queue))
+
+
+CASES = [
+    RunRequest(),
+    RunRequest(args=[1, "ü", {"a": [1.5, None, True]}], kwargs={"k": "v" * 300}),
+    RunRequest(queue="reports", priority=7, countdown=5, expires=600),
+    RunRequest(priority=0, expires=datetime.now(UTC) + timedelta(hours=1)),
+]
+
+
+@pytest.mark.parametrize("run", CASES, ids=["plain", "args", "queue-priority", "expiry"])
+async def test_the_script_sends_what_send_task_sends(
+    services: Services, rclient: redis.Redis, run: RunRequest
+) -> None:
+    await _warm(services, run.queue or "default")
+    queued(rclient)
+    with raw_events(rclient) as ours_events:
+        ours_id = await services.submitter.submit(services, "forwarder.ping", run)
+    ours = queued(rclient)
+    with raw_events(rclient) as their_events:
+        their_id = submit_blocking(services, "forwarder.ping", run)
+    theirs = queued(rclient)
+    assert list(ours) == [ours_id] and list(theirs) == [their_id]
+
+    mine, reference = normalized(ours[ours_id]), normalized(theirs[their_id])
+    for key in ("eta", "expires", "expiration"):
+        close(mine.pop(key), reference.pop(key))
+    # The ids are the only other difference (id, root id, correlation id).
+    assert json.loads(json.dumps(mine).replace(ours_id, their_id)) == reference
+    assert mine["redis"]["queue"] == (run.queue or "default")
+    assert mine["redis"]["priority_step"] == ("" if not run.priority else "6")
+
+    # The script's task-sent event is Celery's own, grouped as workers group theirs.
+    assert [channel for channel, _ in ours_events] == ["task.multi"]
+    assert [channel for channel, _ in their_events] == ["task.sent"]
+    (grouped,), single = ours_events[0][1]["body"], their_events[0][1]["body"]
+    assert grouped.keys() == single.keys()
+    for key in grouped.keys() - {"timestamp", "clock", "eta", "expires", "uuid", "root_id"}:
+        assert grouped[key] == single[key], key
+    assert grouped["uuid"] == grouped["root_id"] == ours_id
+    close(grouped["eta"], single["eta"])
+    close(grouped["expires"], single["expires"])
+
+    # Both recorded the same run.
+    runs = RunLog(rclient, PREFIX)
+    mine_run, their_run = runs.get(ours_id), runs.get(their_id)
+    assert mine_run is not None and their_run is not None
+    assert mine_run.state == their_run.state == "PENDING"
+    for field in ("task", "source", "args", "kwargs"):
+        assert getattr(mine_run, field) == getattr(their_run, field), field
+    expiry = rclient.hget(runs.key(ours_id), "expires")
+    if run.expires is None:
+        assert expiry is None
+    else:
+        close(float(expiry or 0), float(rclient.hget(runs.key(their_id), "expires") or 0))
+
+
+async def test_record_and_message_land_together_and_a_retry_sends_nothing_twice(
+    services: Services, rclient: redis.Redis
+) -> None:
+    await _warm(services)
+    queued(rclient)
+    submitter = services.submitter
+    prepared = submitter.prepare("forwarder.ping", RunRequest(args=[2]))
+    assert prepared is not None
+    keys, args = prepared
+    run_id = str(args[1])
+    # Nothing reaches Redis until the script runs.
+    assert not rclient.exists(f"{PREFIX}run:{run_id}") and not queued(rclient)
+    # Redis runs a script whole: a worker that sees the message finds the record.
+    assert await submitter._script(keys=keys, args=args) == 1
+    record = RunLog(rclient, PREFIX).get(run_id)
+    assert record is not None and record.state == "PENDING" and record.args == "[2]"
+    assert list(queued(rclient)) == [run_id]
+    # The same script again (a reply lost, the command retried): nothing is sent twice,
+    # nor is a later state overwritten.
+    RunLog(rclient, PREFIX).transition(run_id, "STARTED")
+    assert await submitter._script(keys=keys, args=args) == 0
+    assert not queued(rclient)
+    after = RunLog(rclient, PREFIX).get(run_id)
+    assert after is not None and after.state == "STARTED"
+
+
+async def test_what_the_script_does_not_handle_goes_through_send_task(
+    services: Services, rclient: redis.Redis
+) -> None:
+    submitter = services.submitter
+
+    async def path_of(run: RunRequest) -> str:
+        """Which path sent ``run``: its task-sent event's kind; and it was recorded."""
+        with raw_events(rclient) as events:
+            run_id = await submitter.submit(services, "forwarder.ping", run)
+        assert list(queued(rclient)) == [run_id]
+        assert RunLog(rclient, PREFIX).get(run_id) is not None
+        (channel, _), *_ = events
+        return {"task.sent": "send_task", "task.multi": "script"}[channel]
+
+    # First use: producer closed, queue undeclared; then a new queue is declared first.
+    assert await path_of(RunRequest()) == "send_task"
+    assert await path_of(RunRequest()) == "script"
+    assert await path_of(RunRequest(queue="fresh")) == "send_task"
+    assert await path_of(RunRequest(queue="fresh")) == "script"
+    # An eta, and a publish signal receiver (send_task would call it).
+    eta = datetime.now(UTC) + timedelta(minutes=5)
+    assert await path_of(RunRequest(eta=eta)) == "send_task"
+    # An expiry written with another UTC offset (send_task keeps it); in UTC it is ours.
+    paris = timezone(timedelta(hours=1))
+    assert await path_of(RunRequest(expires=eta.astimezone(paris))) == "send_task"
+    assert await path_of(RunRequest(expires=eta)) == "script"
+    received: list[str] = []
+
+    def receiver(headers: dict[str, Any] | None = None, **_: Any) -> None:
+        received.append(str((headers or {}).get("id")))
+
+    signals.before_task_publish.connect(receiver, weak=False)
+    try:
+        assert await path_of(RunRequest()) == "send_task"
+        assert len(received) == 1
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert await path_of(RunRequest()) == "script"
+
+
+async def test_concurrent_submissions_from_threads_and_the_loop_all_land(
+    services: Services, rclient: redis.Redis
+) -> None:
+    await _warm(services)
+    queued(rclient)
+    ids: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: ids.append(submit_blocking(services, "forwarder.ping", RunRequest()))
+        )
+        for _ in range(5)
+    ]
+    for thread in threads:
+        thread.start()
+    for _ in range(20):
+        ids.append(await services.submitter.submit(services, "forwarder.ping", RunRequest()))
+    for thread in threads:
+        thread.join()
+    assert sorted(queued(rclient)) == sorted(ids)
+    assert len(set(ids)) == 25
+    assert all(uuid.UUID(i) for i in ids)

@@ -1,0 +1,101 @@
+"""The workers' result backend records a run's SUCCESS in the result's own round trip, so
+whoever hears the result finds the record final; if that write fails, the result is stored
+as Celery stores it and the task_success receiver records the run as before."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from celery.app.task import Context
+from forwarder_worker.app import create_app
+from forwarder_worker.result_backend import RecordingRedisBackend, recorded_with_result
+from forwarder_worker.runs import RunLog
+from forwarder_worker.settings import Settings
+from support.processes import Proc, celery_worker, eventually, forwarder_env, running
+
+PREFIX = "forwarder:"
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[Celery]:
+    app = create_app(Settings(redis_url=redis_url, task_modules=["support.sample_tasks"]))
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def worker(redis_url: str, logs: Path) -> Iterator[Proc]:
+    with running(celery_worker(forwarder_env(redis_url), logs / "worker.log")) as (proc,):
+        eventually(lambda: " ready." in proc.output(), 60, message="worker ready")
+        yield proc
+
+
+def test_a_success_is_recorded_with_its_result(app: Celery, rclient: redis.Redis) -> None:
+    backend = app.backend
+    assert isinstance(backend, RecordingRedisBackend)
+    runs = RunLog(rclient, PREFIX)
+    run_id = str(uuid.uuid4())
+    runs.queued(run_id, "forwarder.ping", source="api")
+    backend.store_result(run_id, {"pong": True}, "SUCCESS", request=Context(task="forwarder.ping"))
+    record = runs.get(run_id)
+    assert record is not None and record.state == "SUCCESS"
+    assert json.loads(record.result or "") == {"pong": True} and record.finished
+    assert recorded_with_result(run_id) and not recorded_with_result(run_id)  # asked once
+    assert app.AsyncResult(run_id).result == {"pong": True}
+    # Other states are the receivers' to record.
+    other = str(uuid.uuid4())
+    backend.store_result(other, None, "STARTED", request=Context(task="forwarder.ping"))
+    assert runs.get(other) is None and not recorded_with_result(other)
+
+
+def test_when_the_record_cannot_be_written_the_result_still_is(
+    app: Celery, rclient: redis.Redis
+) -> None:
+    run_id = str(uuid.uuid4())
+    rclient.set(f"{PREFIX}run:{run_id}", "not a hash")  # the transition script fails on it
+    app.backend.store_result(run_id, 7, "SUCCESS", request=Context(task="forwarder.ping"))
+    assert app.AsyncResult(run_id).result == 7
+    assert not recorded_with_result(run_id)  # so the task_success receiver writes it
+
+
+def test_whoever_hears_a_result_finds_the_run_final(
+    worker: Proc, app: Celery, rclient: redis.Redis
+) -> None:
+    runs = RunLog(rclient, PREFIX)
+    pubsub = rclient.pubsub()
+    pubsub.psubscribe(f"{PREFIX}celery-task-meta-*")
+    deadline = time.monotonic() + 10
+    while pubsub.get_message(timeout=0.1) is None:
+        assert time.monotonic() < deadline
+    try:
+        ids = []
+        for _ in range(5):
+            run_id = str(uuid.uuid4())
+            runs.queued(run_id, "forwarder.ping", source="api")
+            app.send_task("forwarder.ping", task_id=run_id)
+            ids.append(run_id)
+        heard: dict[str, str | None] = {}
+        deadline = time.monotonic() + 60
+        while len(heard) < len(ids) and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message is None or message["type"] != "pmessage":
+                continue
+            meta = json.loads(message["data"])
+            if meta["status"] == "SUCCESS":
+                # Read at once: the record was written in the same transaction.
+                record = runs.get(meta["task_id"])
+                heard[meta["task_id"]] = record.state if record else None
+        assert heard == dict.fromkeys(ids, "SUCCESS")
+        # Recorded once: the receiver wrote nothing more (one final transition, one count).
+        for run_id in ids:
+            record = runs.get(run_id)
+            assert record is not None and record.worker and record.started
+    finally:
+        pubsub.close()
