@@ -10,13 +10,10 @@ the script path does not handle still goes through ``send_task``.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -28,9 +25,9 @@ from forwarder_api.services import Services
 from forwarder_api.settings import ApiSettings
 from forwarder_api.submitter import submit_blocking
 from forwarder_worker.runs import RunLog
+from support.broker_messages import queued, raw_events
 
 PREFIX = "forwarder:"
-SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority step
 
 
 @pytest.fixture
@@ -38,41 +35,6 @@ async def services(redis_url: str) -> AsyncIterator[Services]:
     built = Services.build(ApiSettings(redis_url=redis_url, api_tokens=["submitter-token"]))
     yield built
     await built.aclose()
-
-
-def queued(client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Every task message in Redis by task id, decoded, with its list; queues emptied."""
-    out: dict[str, dict[str, Any]] = {}
-    for key in client.keys(f"{PREFIX}*"):
-        if client.type(key) != "list":
-            continue
-        queue, _, priority = key.removeprefix(PREFIX).partition(SEP)
-        for raw in client.lrange(key, 0, -1):
-            message = json.loads(raw)
-            message["body"] = json.loads(base64.b64decode(message["body"]))
-            message["redis"] = {"queue": queue, "priority_step": priority}
-            out[message["headers"]["id"]] = message
-        client.delete(key)
-    return out
-
-
-@contextmanager
-def raw_events(client: redis.Redis) -> Iterator[list[tuple[str, Any]]]:
-    """(event routing key, decoded event envelope) of every event published meanwhile."""
-    got: list[tuple[str, Any]] = []
-    pubsub = client.pubsub()
-    pubsub.psubscribe(f"{PREFIX}/0.celeryev/*")
-    deadline = time.monotonic() + 10
-    while pubsub.get_message(timeout=0.1) is None:
-        assert time.monotonic() < deadline, "not subscribed"
-    try:
-        yield got
-        while (message := pubsub.get_message(timeout=0.5)) is not None:
-            envelope = json.loads(message["data"])
-            envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
-            got.append((message["channel"].rsplit("/", 1)[1], envelope))
-    finally:
-        pubsub.close()
 
 
 def normalized(message: dict[str, Any]) -> dict[str, Any]:
@@ -117,13 +79,13 @@ async def test_the_script_sends_what_send_task_sends(
     services: Services, rclient: redis.Redis, run: RunRequest
 ) -> None:
     await _warm(services, run.queue or "default")
-    queued(rclient)
-    with raw_events(rclient) as ours_events:
+    queued(rclient, PREFIX)
+    with raw_events(rclient, PREFIX) as ours_events:
         ours_id = await services.submitter.submit(services, "forwarder.ping", run)
-    ours = queued(rclient)
-    with raw_events(rclient) as their_events:
+    ours = queued(rclient, PREFIX)
+    with raw_events(rclient, PREFIX) as their_events:
         their_id = submit_blocking(services, "forwarder.ping", run)
-    theirs = queued(rclient)
+    theirs = queued(rclient, PREFIX)
     assert list(ours) == [ours_id] and list(theirs) == [their_id]
 
     mine, reference = normalized(ours[ours_id]), normalized(theirs[their_id])
@@ -163,24 +125,24 @@ async def test_record_and_message_land_together_and_a_retry_sends_nothing_twice(
     services: Services, rclient: redis.Redis
 ) -> None:
     await _warm(services)
-    queued(rclient)
+    queued(rclient, PREFIX)
     submitter = services.submitter
     prepared = submitter.prepare("forwarder.ping", RunRequest(args=[2]))
     assert prepared is not None
     keys, args = prepared
     run_id = str(args[1])
     # Nothing reaches Redis until the script runs.
-    assert not rclient.exists(f"{PREFIX}run:{run_id}") and not queued(rclient)
+    assert not rclient.exists(f"{PREFIX}run:{run_id}") and not queued(rclient, PREFIX)
     # Redis runs a script whole: a worker that sees the message finds the record.
     assert await submitter._script(keys=keys, args=args) == 1
     record = RunLog(rclient, PREFIX).get(run_id)
     assert record is not None and record.state == "PENDING" and record.args == "[2]"
-    assert list(queued(rclient)) == [run_id]
+    assert list(queued(rclient, PREFIX)) == [run_id]
     # The same script again (a reply lost, the command retried): nothing is sent twice,
     # nor is a later state overwritten.
     RunLog(rclient, PREFIX).transition(run_id, "STARTED")
     assert await submitter._script(keys=keys, args=args) == 0
-    assert not queued(rclient)
+    assert not queued(rclient, PREFIX)
     after = RunLog(rclient, PREFIX).get(run_id)
     assert after is not None and after.state == "STARTED"
 
@@ -192,9 +154,9 @@ async def test_what_the_script_does_not_handle_goes_through_send_task(
 
     async def path_of(run: RunRequest) -> str:
         """Which path sent ``run``: its task-sent event's kind; and it was recorded."""
-        with raw_events(rclient) as events:
+        with raw_events(rclient, PREFIX) as events:
             run_id = await submitter.submit(services, "forwarder.ping", run)
-        assert list(queued(rclient)) == [run_id]
+        assert list(queued(rclient, PREFIX)) == [run_id]
         assert RunLog(rclient, PREFIX).get(run_id) is not None
         (channel, _), *_ = events
         return {"task.sent": "send_task", "task.multi": "script"}[channel]
@@ -229,7 +191,7 @@ async def test_concurrent_submissions_from_threads_and_the_loop_all_land(
     services: Services, rclient: redis.Redis
 ) -> None:
     await _warm(services)
-    queued(rclient)
+    queued(rclient, PREFIX)
     ids: list[str] = []
     threads = [
         threading.Thread(
@@ -243,6 +205,6 @@ async def test_concurrent_submissions_from_threads_and_the_loop_all_land(
         ids.append(await services.submitter.submit(services, "forwarder.ping", RunRequest()))
     for thread in threads:
         thread.join()
-    assert sorted(queued(rclient)) == sorted(ids)
+    assert sorted(queued(rclient, PREFIX)) == sorted(ids)
     assert len(set(ids)) == 25
     assert all(uuid.UUID(i) for i in ids)

@@ -11,12 +11,10 @@ sent and finished. Anything the fast path does not mirror goes through ``send_ta
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -32,10 +30,9 @@ from forwarder_worker.runs import RunLog, RunRecord
 from forwarder_worker.scheduler import ForwarderScheduler
 from forwarder_worker.settings import Settings
 from forwarder_worker.store import Entry, ScheduleStore
+from support.broker_messages import queued, raw_events
 from support.processes import eventually
 from support.scheduler_harness import PREFIX, TASK_MODULES, Harness
-
-SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority step
 
 Send = tuple[Firing, str, float, float | None]
 
@@ -96,46 +93,10 @@ def sends_for(now: float) -> list[Send]:
     return out
 
 
-def queued(client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Every task message in Redis by task id, decoded (body included); queues emptied."""
-    out: dict[str, dict[str, Any]] = {}
-    for key in client.keys(f"{PREFIX}*"):
-        if client.type(key) != "list" or key.endswith(":wake"):
-            continue
-        queue, _, priority = key.removeprefix(PREFIX).partition(SEP)
-        for raw in client.lrange(key, 0, -1):
-            message = json.loads(raw)
-            body = base64.b64decode(message["body"])
-            if message["headers"].get("compression"):
-                body = zlib.decompress(body)
-            message["body"] = json.loads(body)
-            message["redis"] = {"queue": queue, "priority_step": priority}
-            out[message["headers"]["id"]] = message
-        client.delete(key)
-    return out
-
-
-@contextmanager
-def raw_events(client: redis.Redis) -> Iterator[list[tuple[str, Any]]]:
-    """(channel, decoded event body) of every event published meanwhile."""
-    got: list[tuple[str, Any]] = []
-    pubsub = client.pubsub()
-    pubsub.psubscribe(f"{PREFIX}/0.celeryev/*")
-    eventually(lambda: pubsub.get_message(timeout=0.1), 10, 0, "subscribed")
-    try:
-        yield got
-        while (message := pubsub.get_message(timeout=0.5)) is not None:
-            envelope = json.loads(message["data"])
-            body = json.loads(base64.b64decode(envelope["body"]))
-            got.append((message["channel"].rsplit("/", 1)[1], {**envelope, "body": body}))
-    finally:
-        pubsub.close()
-
-
 def publish(app: Celery, client: redis.Redis, sends: list[Send], *, prebuilt: bool) -> Any:
-    with raw_events(client) as events:
+    with raw_events(client, PREFIX) as events:
         dispatcher(app, client, prebuilt=prebuilt).publish(sends, first_flush=2)
-    return queued(client), events
+    return queued(client, PREFIX), events
 
 
 def normalized(message: dict[str, Any]) -> dict[str, Any]:
@@ -345,7 +306,7 @@ def test_a_publish_pipeline_that_redis_refuses_does_not_end_beat(
         eventually(
             lambda: beat.tick() is not None and rclient.llen(f"{PREFIX}default") == 1, 20, 0.1
         )
-        (message,) = queued(rclient).values()
+        (message,) = queued(rclient, PREFIX).values()
         assert message["headers"]["forwarder_schedule"] == "refused/later"
     finally:
         beat.close()

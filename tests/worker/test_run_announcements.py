@@ -4,11 +4,11 @@ a waiter (the api's long poll) needs no read of its own; other transitions annou
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import redis
 from forwarder_worker.runs import RunLog, RunRecord, announced_record
+from support.broker_messages import subscribed
 
 PREFIX = "forwarder:"
 
@@ -23,12 +23,7 @@ def _announcements(pubsub: Any) -> list[str]:
 
 def test_the_final_transition_announces_the_whole_final_record(rclient: redis.Redis) -> None:
     runs = RunLog(rclient, PREFIX)
-    pubsub = rclient.pubsub()
-    pubsub.psubscribe(f"{PREFIX}run:*")
-    deadline = time.monotonic() + 10
-    while pubsub.get_message(timeout=0.1) is None:
-        assert time.monotonic() < deadline
-    try:
+    with subscribed(rclient, f"{PREFIX}run:*") as pubsub:
         runs.queued("a1", "forwarder.ping", source="api", args=[1, "ü"], kwargs={"k": "/x"})
         runs.transition("a1", "STARTED", worker="w@h")
         assert _announcements(pubsub) == []  # nothing final yet
@@ -49,8 +44,6 @@ def test_the_final_transition_announces_the_whole_final_record(rclient: redis.Re
         finals = [announced_record(p) for p in _announcements(pubsub)]
         assert [(r.id, r.state) for r in finals if r] == [("a2", "FAILURE"), ("a3", "SKIPPED")]
         assert finals[0] is not None and finals[0].error == "boom"
-    finally:
-        pubsub.close()
 
 
 def test_an_announcement_without_a_record_is_not_taken_for_one() -> None:

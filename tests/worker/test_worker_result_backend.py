@@ -18,6 +18,7 @@ from forwarder_worker.app import create_app
 from forwarder_worker.result_backend import RecordingRedisBackend, recorded_with_result
 from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import Settings
+from support.broker_messages import subscribed
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
 
 PREFIX = "forwarder:"
@@ -69,12 +70,7 @@ def test_whoever_hears_a_result_finds_the_run_final(
     worker: Proc, app: Celery, rclient: redis.Redis
 ) -> None:
     runs = RunLog(rclient, PREFIX)
-    pubsub = rclient.pubsub()
-    pubsub.psubscribe(f"{PREFIX}celery-task-meta-*")
-    deadline = time.monotonic() + 10
-    while pubsub.get_message(timeout=0.1) is None:
-        assert time.monotonic() < deadline
-    try:
+    with subscribed(rclient, f"{PREFIX}celery-task-meta-*") as pubsub:
         ids = []
         for _ in range(5):
             run_id = str(uuid.uuid4())
@@ -97,5 +93,3 @@ def test_whoever_hears_a_result_finds_the_run_final(
         for run_id in ids:
             record = runs.get(run_id)
             assert record is not None and record.worker and record.started
-    finally:
-        pubsub.close()
