@@ -39,10 +39,11 @@ GC_THRESHOLDS = (50_000, 20, 10)
 """The cyclic garbage collector's thresholds in the operator (CPython's default: 700, 10, 10).
 
 With thousands of objects in flight, kopf's per-object state, bodies and tasks make a large
-heap, and every full collection walks all of it: at 10,000 resources the collector took 8 of
-the operator's 66 s of CPU to Ready, 22 full collections. Collecting the young generation every
-50,000 net allocations instead of 700 took 1.5 s, with no more memory (bench, operator scale).
-Reference cycles are still collected, just in larger batches."""
+heap, and every full collection walks all of it: at 10,000 resources the collector took
+7.7-9.1 s of the operator's 66-68 s of CPU to Ready, in 22 full collections. Collecting the
+young generation every 50,000 net allocations instead of 700 took 1.5-2.8 s (2 full
+collections), with no more memory (bench/REPORT.md, operator scale). Reference cycles are
+still collected, just in larger batches."""
 GC_BEFORE = "gc_thresholds_before"
 """Key in kopf's memo: the thresholds to put back when the operator stops."""
 EXECUTOR = "executor"
