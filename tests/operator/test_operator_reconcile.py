@@ -7,7 +7,8 @@
 * a DELETED object takes its entry along only if the entry is still its own: a newer object
   of the same name keeps its entry;
 * the events the handler decides on the event loop (``needs_redis`` false: our own writes
-  coming back) really need no Redis, and every other kind does go to Redis.
+  coming back) really need no Redis, and every other kind does go to Redis;
+* the operator has kopf build no diff base (``NoDiffBase``), and no handler that would need one.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import redis
+from forwarder_operator.handlers import NoDiffBase, configure, shutdown
 from forwarder_operator.kube import FINALIZER
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.services import Services
@@ -187,3 +190,23 @@ def test_in_step_events_are_decided_without_redis() -> None:
                 plan(services, body, initial=initial)
     finally:
         services.close()
+
+
+async def test_operator_has_kopf_build_no_diff_base(redis_url: str) -> None:
+    settings = kopf.OperatorSettings()
+    memo = kopf.Memo(config=OperatorSettings(redis_url=redis_url))
+    await configure(settings=settings, memo=memo)
+    try:
+        storage = settings.persistence.diffbase_storage
+        assert isinstance(storage, NoDiffBase)
+        body = kopf.Body(_object(annotations={"team": "ml"}))
+        assert storage.build(body=body) == {}
+        assert storage.fetch(body=body) is None
+    finally:
+        await shutdown(memo=memo)
+    # Only change-detecting handlers and daemons read the diff base: there must be none, or
+    # they would see every object as new on every event.
+    registry = kopf.get_default_registry()
+    assert registry._watching.get_all_handlers()
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
