@@ -1,4 +1,5 @@
-"""The schedule store on a real Redis: idempotent upserts, suspend, resume, delete, listing."""
+"""The schedule store on a real Redis: idempotent upserts, suspend, resume, delete, listing,
+and upserts decided from a read that a firing or another writer has since made stale."""
 
 from __future__ import annotations
 
@@ -75,6 +76,47 @@ def test_a_recreated_resource_replaces_the_entry(store: ScheduleStore) -> None:
     stored = store.get("team/job")
     assert stored is not None
     assert stored.entry.uid == "new"
+
+
+def test_an_upsert_from_a_stale_read_keeps_a_firing_in_between(
+    store: ScheduleStore, rclient: redis.Redis
+) -> None:
+    store.upsert(make_entry(), now=1000.0)
+    read = store.snapshot("team/job")
+    # beat fires the 1000 slot meanwhile: meta and due score move on (as its claim does)
+    rclient.hset("forwarder:team/job", "meta", '{"anchor":1000.0,"last":1000.0,"count":1}')
+    rclient.zadd("forwarder::schedule", {"forwarder:team/job": 1030.0})
+    result, due = store.upsert(make_entry(generation=2, kwargs={"x": 1}), current=read)
+    assert result is UpsertResult.UPDATED
+    assert due == 1030.0  # the firing's next slot, not the stale read's 1000
+    stored = store.get("team/job")
+    assert stored is not None
+    assert (stored.meta.last, stored.meta.count) == (1000.0, 1)
+    assert stored.entry.kwargs == {"x": 1}
+    assert stored.rev == "2"
+
+
+def test_an_upsert_from_a_stale_read_never_overwrites_a_newer_write(
+    store: ScheduleStore,
+) -> None:
+    store.upsert(make_entry(), now=1000.0)
+    read = store.snapshot("team/job")
+    store.upsert(make_entry(generation=3, kwargs={"v": 3}))
+    result, _ = store.upsert(make_entry(generation=2, kwargs={"v": 2}), current=read)
+    assert result is UpsertResult.STALE
+    stored = store.get("team/job")
+    assert stored is not None
+    assert stored.entry.kwargs == {"v": 3}
+
+
+def test_an_upsert_from_a_stale_read_recreates_a_deleted_entry(store: ScheduleStore) -> None:
+    store.upsert(make_entry(), now=1000.0)
+    read = store.snapshot("team/job")
+    store.delete("team/job")
+    result, due = store.upsert(make_entry(generation=2), now=2000.0, current=read)
+    assert result is UpsertResult.CREATED
+    assert due == 2000.0
+    assert store.names() == {"team/job"}
 
 
 def test_suspend_leaves_the_due_set_and_resume_rearms_from_now(

@@ -64,7 +64,9 @@ def apply_schedule(
     nothing: the last valid version of the entry, if any, stays scheduled.
     """
     entry_name = f"{namespace}/{name}"
-    existing = store.get(entry_name)
+    # One read serves both the checks below and the upsert's compare-and-set.
+    snapshot = store.snapshot(entry_name)
+    existing = snapshot.stored()
     # A one-off that already fired stays valid even though its time is now past.
     allow_past = (
         existing is not None
@@ -82,7 +84,7 @@ def apply_schedule(
                 f" (generation {existing.entry.generation}, the last valid one, stays scheduled)"
             )
         return ApplyResult(False, reason, message)
-    result, due = store.upsert(entry)
+    result, due = store.upsert(entry, current=snapshot)
     if result is UpsertResult.STALE:
         return ApplyResult(
             False,

@@ -25,7 +25,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import redis
@@ -82,6 +82,34 @@ out[#out + 1] = first[2] or ''
 return out
 """
 )
+
+# Write an entry if its hash and due score are still what the writer read (compare-and-set;
+# WATCH/MULTI did the same in four round trips), bump rev, index it and wake beat.
+# KEYS: entry hash, due set, index set, wake list.  ARGV: definition, meta, rev and due score
+# as read ('' for absent), new definition, new meta, new rev, new due ('' leaves the due
+# set), entry name. Returns 1 if written, 0 if the entry changed meanwhile.
+_UPSERT = """
+local h = redis.call('HMGET', KEYS[1], 'definition', 'meta', 'rev')
+if (h[1] or '') ~= ARGV[1] or (h[2] or '') ~= ARGV[2] or (h[3] or '') ~= ARGV[3] then
+  return 0
+end
+local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
+if ARGV[4] == '' then
+  if due then return 0 end
+elseif not due or tonumber(due) ~= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'definition', ARGV[5], 'meta', ARGV[6], 'rev', ARGV[7])
+if ARGV[8] == '' then
+  redis.call('ZREM', KEYS[2], KEYS[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[8], KEYS[1])
+end
+redis.call('SADD', KEYS[3], ARGV[9])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
+return 1
+"""
 
 # Beat's read: every entry due at ARGV[1] (at most ARGV[2]) with its hash fields and score,
 # and the earliest due score overall, in one round trip; beat's deferred metrics (ARGV[3..],
@@ -201,7 +229,8 @@ class Entry:
 
     def to_json(self) -> str:
         """Canonical JSON: equal entries give equal strings, which makes upsert idempotent."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        # vars(): the fields are plain JSON values, so asdict()'s recursive copy is not needed.
+        return json.dumps(vars(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Entry:
@@ -239,7 +268,7 @@ class Meta:
 
     def to_json(self) -> str:
         """Compact JSON for the ``meta`` hash field."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | None, *, default_anchor: float) -> Meta:
@@ -268,6 +297,29 @@ class StoredEntry:
     due: float | None
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """An entry's hash fields and due score exactly as read (None: absent), for a
+    compare-and-set write (:meth:`ScheduleStore.upsert`)."""
+
+    definition: str | None
+    meta: str | None
+    rev: str | None
+    due: float | None
+
+    def stored(self) -> StoredEntry | None:
+        """The entry this snapshot shows, or None when there is none."""
+        if not self.definition:
+            return None
+        anchor = float(self.due) if self.due is not None else time.time()
+        return StoredEntry(
+            Entry.from_json(self.definition),
+            Meta.from_json(self.meta, default_anchor=anchor),
+            self.rev or "0",
+            self.due,
+        )
+
+
 class ScheduleStore:
     """Reads and writes schedule entries under one key prefix."""
 
@@ -278,6 +330,7 @@ class ScheduleStore:
         self.index_key = f"{prefix}:entries"
         self.wake_key = f"{prefix}:wake"
         self._claim = client.register_script(_CLAIM_AND_RECORD)
+        self._upsert = client.register_script(_UPSERT)
         self._read_due = client.register_script(_READ_DUE)
 
     def key(self, name: str) -> str:
@@ -291,59 +344,59 @@ class ScheduleStore:
     # -- writes ---------------------------------------------------------------------------
 
     def upsert(
-        self, entry: Entry, *, now: float | None = None
+        self, entry: Entry, *, now: float | None = None, current: Snapshot | None = None
     ) -> tuple[UpsertResult, float | None]:
         """Create or update ``entry``; returns what happened and the next due time.
 
         The same entry twice changes nothing, not even the next due time. A change of timing
         re-arms from now; a change of anything else keeps the due time. Resuming re-arms from
         now too, so missed slots are not fired in a burst.
+
+        ``current`` is the entry's hash as the caller read it (:meth:`snapshot`), which saves
+        a read. The write is a compare-and-set: it lands only if the hash and due score are
+        still what the decision was made from, and otherwise the entry is read again and the
+        decision remade, so a firing or another writer in between is never overwritten.
         """
         key = self.key(entry.name)
         new_json = entry.to_json()
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    current_json, meta_json, rev = pipe.hmget(key, "definition", "meta", "rev")
-                    at = time.time() if now is None else now
-                    current = Entry.from_json(current_json) if current_json else None
-                    # Read while still watching: after unwatch() a pipeline buffers commands.
-                    due_now = pipe.zscore(self.due_key, key)
-                    if (
-                        current is not None
-                        and current.uid == entry.uid
-                        and (current.generation > entry.generation)
-                    ):
-                        pipe.unwatch()
-                        return UpsertResult.STALE, due_now
-                    if current_json == new_json:
-                        pipe.unwatch()
-                        return UpsertResult.UNCHANGED, due_now
-                    keep = current is not None and current.uid == entry.uid
-                    meta = Meta.from_json(meta_json if keep else None, default_anchor=at)
-                    meta, due = self._arm(
-                        entry, current if keep else None, meta, due_now if keep else None, at
-                    )
-                    pipe.multi()
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "definition": new_json,
-                            "meta": meta.to_json(),
-                            "rev": int(rev or 0) + 1,
-                        },
-                    )
-                    if due is None:
-                        pipe.zrem(self.due_key, key)
-                    else:
-                        pipe.zadd(self.due_key, {key: due})
-                    pipe.sadd(self.index_key, entry.name)
-                    self._wake(pipe)
-                    pipe.execute()
-                    return (UpsertResult.UPDATED if current else UpsertResult.CREATED), due
-                except redis.WatchError:
-                    continue
+        seen = current if current is not None else self.snapshot(entry.name)
+        while True:
+            at = time.time() if now is None else now
+            stored = seen.stored()
+            if (
+                stored is not None
+                and stored.entry.uid == entry.uid
+                and stored.entry.generation > entry.generation
+            ):
+                return UpsertResult.STALE, seen.due
+            if seen.definition == new_json:
+                return UpsertResult.UNCHANGED, seen.due
+            keep = stored is not None and stored.entry.uid == entry.uid
+            meta = Meta.from_json(seen.meta if keep else None, default_anchor=at)
+            meta, due = self._arm(
+                entry,
+                stored.entry if keep and stored is not None else None,
+                meta,
+                seen.due if keep else None,
+                at,
+            )
+            written = self._upsert(
+                keys=[key, self.due_key, self.index_key, self.wake_key],
+                args=[
+                    seen.definition or "",
+                    seen.meta or "",
+                    seen.rev or "",
+                    "" if seen.due is None else repr(seen.due),
+                    new_json,
+                    meta.to_json(),
+                    int(seen.rev or 0) + 1,
+                    "" if due is None else repr(due),
+                    entry.name,
+                ],
+            )
+            if written:
+                return (UpsertResult.UPDATED if stored else UpsertResult.CREATED), due
+            seen = self.snapshot(entry.name)
 
     @staticmethod
     def _arm(
@@ -408,7 +461,15 @@ class ScheduleStore:
 
     def get(self, name: str) -> StoredEntry | None:
         """Entry ``name`` with its firing state, or None."""
-        return next(iter(self._load([name])), None)
+        return self.snapshot(name).stored()
+
+    def snapshot(self, name: str) -> Snapshot:
+        """Entry ``name``'s hash fields and due score as stored, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.key(name), "definition", "meta", "rev")
+            pipe.zscore(self.due_key, self.key(name))
+            (definition, meta, rev), due = pipe.execute()
+        return Snapshot(definition, meta, rev, due)
 
     def names(self) -> set[str]:
         """Every entry name, suspended and finished ones included."""
@@ -427,12 +488,9 @@ class ScheduleStore:
             replies = pipe.execute()
         for i, _name in enumerate(names):
             (definition, meta, rev), due = replies[2 * i], replies[2 * i + 1]
-            if definition:
-                entry = Entry.from_json(definition)
-                anchor = float(due) if due is not None else time.time()
-                yield StoredEntry(
-                    entry, Meta.from_json(meta, default_anchor=anchor), rev or "0", due
-                )
+            stored = Snapshot(definition, meta, rev, due).stored()
+            if stored is not None:
+                yield stored
 
     # -- beat's side ----------------------------------------------------------------------
 
