@@ -5,7 +5,10 @@ SUCCESS, through a real uvicorn running ``forwarder_api.main:create_app``. Ancho
 ``app.send_task("forwarder.ping").get()`` (the Redis result backend notifies by pub/sub).
 Both use the same Valkey and the same Forwarder worker (prefork, concurrency 2). Each client
 is a thread issuing requests back to back for a fixed time; latency is per request,
-throughput is completed requests per second over all clients.
+throughput is the requests completed within the measured time per second, over all clients.
+Each path's time is taken in slices of about 4 s, the three paths in turn with the order
+rotating every round, so that a change of load on a shared machine lands on the anchor and on
+Forwarder alike.
 
 An extra row per client count, beside what the issue specifies: the same round trip with
 the API's long poll, ``GET /runs/{id}?wait=30`` (answered when the run ends), which is what
@@ -44,6 +47,9 @@ CLIENTS = (1, 8, 32)
 POLL = 0.005
 LONG_POLL = 30
 PATHS = ("raw celery", "api", "api long-poll")
+SLICE = 4.0
+"""Seconds of one path's turn: each path's time is taken in slices of about this length,
+the three paths in turn (see run())."""
 
 
 def _api_available() -> str | None:
@@ -54,10 +60,15 @@ def _api_available() -> str | None:
     return None
 
 
-def _drive(one_request: Any, clients: int, seconds: float) -> tuple[list[float], int, float]:
-    """``clients`` threads calling ``one_request()`` back to back for ``seconds``."""
+def _drive(one_request: Any, clients: int, seconds: float) -> tuple[list[float], int, int]:
+    """``clients`` threads calling ``one_request()`` back to back for ``seconds``.
+
+    Returns every request's latency, the failures, and how many requests completed within
+    the ``seconds`` (throughput counts those over ``seconds``, so the requests still in flight
+    at the end, which take the slowest path longest, do not stretch its time)."""
     latencies: list[float] = []
     failures = [0]
+    in_time = [0]
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
@@ -70,13 +81,14 @@ def _drive(one_request: Any, clients: int, seconds: float) -> tuple[list[float],
                 with lock:
                     failures[0] += 1
                 continue
+            took = time.perf_counter() - began
             with lock:
-                latencies.append(time.perf_counter() - began)
+                latencies.append(took)
+                in_time[0] += time.monotonic() <= stop_at
         return {}
 
-    began = time.monotonic()
     run_concurrently([client for _ in range(clients)])
-    return latencies, failures[0], time.monotonic() - began
+    return latencies, failures[0], in_time[0]
 
 
 def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
@@ -90,6 +102,8 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
     from support.processes import free_port
 
     seconds = 20.0 if full else 6.0
+    rounds = max(1, round(seconds / SLICE))
+    slice_s = seconds / rounds
     logs = work_dir("roundtrip")
     results: list[dict[str, Any]] = []
     with redis_for("roundtrip") as url:
@@ -176,30 +190,56 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             _drive(via_celery, 2, 1.0)
             calls = dict(zip(PATHS, (via_celery, via_api, via_api_long_poll), strict=True))
             for clients in CLIENTS:
-                for path, call in calls.items():
-                    for values in parts.values():
-                        values.clear()
-                    api_cpu = cpu_seconds(api.pid)
-                    latencies, failures, spent = _drive(call, clients, seconds)
-                    api_cpu = cpu_seconds(api.pid) - api_cpu
-                    http_requests = len(parts["post"]) + len(parts["get"])
+                # Rounds: each path in turn for a slice, the order rotating every round, so a
+                # change of machine load lands on all three alike (not on whichever ran last).
+                runs: dict[str, dict[str, Any]] = {
+                    path: {"latencies": [], "failures": 0, "in_time": 0, "seconds": 0.0}
+                    | {"api_cpu": 0.0, "client_cpu": 0.0}
+                    | {part: [] for part in parts}
+                    for path in calls
+                }
+                for round_no in range(rounds):
+                    turn = round_no % len(PATHS)
+                    for path in PATHS[turn:] + PATHS[:turn]:
+                        for values in parts.values():
+                            values.clear()
+                        api_cpu, client_cpu = cpu_seconds(api.pid), time.process_time()
+                        latencies, failures, in_time = _drive(calls[path], clients, slice_s)
+                        run = runs[path]
+                        run["api_cpu"] += cpu_seconds(api.pid) - api_cpu
+                        run["client_cpu"] += time.process_time() - client_cpu
+                        run["latencies"] += latencies
+                        run["failures"] += failures
+                        run["seconds"] += slice_s
+                        run["in_time"] += in_time
+                        for part, values in parts.items():
+                            run[part] += values
+                for path, run in runs.items():
+                    latencies = run["latencies"]
+                    http_requests = len(run["post"]) + len(run["get"])
                     results.append(
                         {
                             "path": path,
                             "clients": clients,
-                            "seconds": spent,
+                            "seconds": run["seconds"],
+                            "rounds": rounds,
                             "requests": len(latencies),
-                            "failures": failures,
-                            "throughput_per_s": len(latencies) / spent,
+                            "failures": run["failures"],
+                            "throughput_per_s": run["in_time"] / run["seconds"],
                             "latency_s": summarize(latencies),
                             "latency_samples": [round(x, 5) for x in latencies],
+                            # The bench's own CPU per round trip: its clients share the 2 cores
+                            # with the API, the worker and Redis.
+                            "client_cpu_ms_per_request": 1000
+                            * run["client_cpu"]
+                            / max(1, len(latencies)),
                             **(
                                 {
-                                    "post_s": summarize(parts["post"]),
-                                    "get_s": summarize(parts["get"]),
-                                    "gets_per_run": summarize(parts["gets_per_run"]),
+                                    "post_s": summarize(run["post"]),
+                                    "get_s": summarize(run["get"]),
+                                    "gets_per_run": summarize(run["gets_per_run"]),
                                     "api_cpu_ms_per_http_request": 1000
-                                    * api_cpu
+                                    * run["api_cpu"]
                                     / max(1, http_requests),
                                 }
                                 if path != "raw celery"
@@ -239,12 +279,20 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
                 f"   {r['path']} x{r['clients']}: POST p50 {r['post_s']['p50'] * 1000:.1f} ms, "
                 f"GET /runs/{{id}} p50 {r['get_s']['p50'] * 1000:.1f} ms, "
                 f"{r['gets_per_run']['mean']:.1f} GETs per run, "
-                f"api CPU {r['api_cpu_ms_per_http_request']:.2f} ms per HTTP request"
+                f"api CPU {r['api_cpu_ms_per_http_request']:.2f} ms per HTTP request, "
+                f"client CPU {r['client_cpu_ms_per_request']:.2f} ms per run"
+            )
+        else:
+            print(
+                f"   raw celery x{r['clients']}: "
+                f"client CPU {r['client_cpu_ms_per_request']:.2f} ms per run"
             )
     data = {
         "measured": True,
         "mode": "full" if full else "quick",
-        "drive": f"client threads back to back for {seconds:.0f} s per configuration; "
+        "drive": f"client threads back to back for {seconds:.0f} s per configuration, in "
+        f"{rounds} slices taking turns with the other paths (rotating order); throughput "
+        "counts the requests completed within the slices; "
         f"api polled every {POLL * 1000:.0f} ms (long-poll rows: ?wait={LONG_POLL}); "
         "one Forwarder worker, prefork, concurrency 2",
         "target": "p50 overhead at most 2 ms over raw Celery; throughput at least 80% of raw",
