@@ -7,6 +7,8 @@ each entry's next due time, so beat finds due work with one ZRANGEBYSCORE. What 
 * Every hash also holds ``rev``, bumped on each definition write. Beat claims a slot with a
   Lua compare-and-set on ``rev`` and the due score, so a concurrent update, suspend or delete
   always wins over a firing in flight, and no slot is claimed twice (the per-slot mark).
+  Writers compare-and-set too (one read, then one script that writes only if the hash and
+  due score are still as read), so an update never overwrites a firing that happened since.
 * A suspended or finished entry leaves the due set (redbeat keeps disabled entries there and
   re-reads them every tick). ``<prefix>:entries`` indexes all entries for listing.
 * Every change pushes to ``<prefix>:wake``; beat blocks on that list instead of sleeping, so a
