@@ -188,6 +188,9 @@ def test_worker_survives_a_restart_while_a_task_is_in_flight(tmp_path: Path, log
             # Same process, reconnected, and running new work.
             client = server.client()
             reply = app.send_task("forwarder.ping")
+            # get() also ends the result's pub/sub subscription while Redis is up; left to
+            # AsyncResult.__del__, the unsubscribe would meet a stopped server later on.
+            assert reply.get(timeout=60)["pong"] is True
             runs = RunLog(client)
             eventually(
                 lambda: (r := runs.get(reply.id)) is not None and r.state == "SUCCESS",
