@@ -156,7 +156,10 @@ def _apply(services: Services, body: Mapping[str, Any], result: Plan) -> None:
             del fields["nextRunTime"]
             result.status.update(fields)
     if applied.ready:
-        result.log.append(applied.message)
+        # A re-apply that found the entry as it was (every object, at each operator start) is
+        # not news: only a created or changed entry is logged, as controllers log changes.
+        if applied.changed:
+            result.log.append(applied.message)
     else:
         result.events.append(Event("Warning", applied.reason, applied.message))
 

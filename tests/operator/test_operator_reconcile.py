@@ -8,7 +8,8 @@
   of the same name keeps its entry;
 * the events the handler decides on the event loop (``needs_redis`` false: our own writes
   coming back) really need no Redis, and every other kind does go to Redis;
-* the operator has kopf build no diff base (``NoDiffBase``), and no handler that would need one.
+* the operator has kopf build no diff base (``NoDiffBase``), and no handler that would need one;
+* a re-apply that finds the entry as it was (each object at an operator start) logs nothing.
 """
 
 from __future__ import annotations
@@ -210,3 +211,20 @@ async def test_operator_has_kopf_build_no_diff_base(redis_url: str) -> None:
     assert registry._watching.get_all_handlers()
     assert not registry._changing.get_all_handlers()
     assert not registry._spawning.get_all_handlers()
+
+
+def test_a_reapply_that_changes_nothing_logs_nothing(redis_url: str) -> None:
+    services = Services.create(OperatorSettings(redis_url=redis_url))
+    try:
+        body = _object()
+        first = plan(services, body, initial=True)
+        assert len(first.log) == 1
+        assert "next run" in first.log[0]
+        # The operator restarts: first sight again, the same spec, the same entry.
+        again = plan(services, body, initial=True)
+        assert again.log == []
+        assert again.events == []
+        changed = _object(generation=3, spec={**HOURLY, "args": [1]})
+        assert len(plan(services, changed, initial=False).log) == 1
+    finally:
+        services.close()

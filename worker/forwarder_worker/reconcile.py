@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from forwarder_worker.model import InvalidSpec, ScheduledTaskSpec, parse_spec
@@ -30,6 +30,7 @@ class ApplyResult:
     next_run: float | None = None
     spec: ScheduledTaskSpec | None = None
     entry: Entry | None = None
+    changed: bool = True  # False: the store already held exactly this entry
 
 
 def validate(
@@ -94,7 +95,7 @@ def apply_schedule(
             spec,
             entry,
         )
-    return describe(spec, entry, due, store)
+    return replace(describe(spec, entry, due, store), changed=result is not UpsertResult.UNCHANGED)
 
 
 def describe(
