@@ -441,10 +441,11 @@ class ScheduleStore:
 
     def set_suspended(self, name: str, suspend: bool) -> tuple[UpsertResult, float | None]:
         """Suspend (leave the due set) or resume (re-arm from now) entry ``name``."""
-        stored = self.get(name)
+        snapshot = self.snapshot(name)
+        stored = snapshot.stored()
         if stored is None:
             raise KeyError(f"schedule entry {name!r} does not exist")
-        return self.upsert(replace(stored.entry, suspend=suspend))
+        return self.upsert(replace(stored.entry, suspend=suspend), current=snapshot)
 
     def suspend(self, name: str) -> None:
         """Take ``name`` out of the due set; its definition stays."""
@@ -467,11 +468,7 @@ class ScheduleStore:
 
     def snapshot(self, name: str) -> Snapshot:
         """Entry ``name``'s hash fields and due score as stored, in one round trip."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.key(name), "definition", "meta", "rev")
-            pipe.zscore(self.due_key, self.key(name))
-            (definition, meta, rev), due = pipe.execute()
-        return Snapshot(definition, meta, rev, due)
+        return self._snapshots([name])[0]
 
     def names(self) -> set[str]:
         """Every entry name, suspended and finished ones included."""
@@ -482,17 +479,24 @@ class ScheduleStore:
         return sorted(self._load(sorted(self.names())), key=lambda s: s.entry.name)
 
     def _load(self, names: Iterable[str]) -> Iterator[StoredEntry]:
+        for snapshot in self._snapshots(names):
+            stored = snapshot.stored()
+            if stored is not None:
+                yield stored
+
+    def _snapshots(self, names: Iterable[str]) -> list[Snapshot]:
+        """The snapshots of ``names``, in order, in one round trip."""
         names = list(names)
         with self.client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hmget(self.key(name), "definition", "meta", "rev")
                 pipe.zscore(self.due_key, self.key(name))
             replies = pipe.execute()
-        for i, _name in enumerate(names):
-            (definition, meta, rev), due = replies[2 * i], replies[2 * i + 1]
-            stored = Snapshot(definition, meta, rev, due).stored()
-            if stored is not None:
-                yield stored
+        snapshots = []
+        for i in range(0, len(replies), 2):
+            (definition, meta, rev), due = replies[i], replies[i + 1]
+            snapshots.append(Snapshot(definition, meta, rev, due))
+        return snapshots
 
     # -- beat's side ----------------------------------------------------------------------
 
