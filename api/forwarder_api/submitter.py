@@ -8,10 +8,12 @@ code (:mod:`forwarder_worker.messages`, held to ``send_task``'s messages by its 
 routed by kombu's own Redis channel code into the Redis commands kombu would run (an
 LPUSH on the queue's list for its priority, a PUBLISH of the grouped task-sent event on the
 event exchange), which are *kept*, not run: kombu 5.7's publish batch hands each message's
-final commands to a collector (``PublishBatch.add``), and :class:`_Capture` is such a
-collector. Then one script (:data:`SUBMIT_SCRIPT`) writes the run record with the run-record
-transition every writer uses and runs those commands after it, so the record exists before
-any worker can see the message (a fast worker's RECEIVED always finds it), atomically.
+final commands to a collector (``PublishBatch.add``), and
+:class:`~forwarder_worker.messages.CommandCapture` (shared with beat's claim) is such a
+collector. Then one script (:data:`SUBMIT_SCRIPT`) writes the run record with the
+run-record transition every writer uses and runs those commands after it, so the record
+exists before any worker can see the message (a fast worker's RECEIVED always finds it),
+atomically.
 
 The script does nothing if the run's record already exists: run ids are fresh uuid4s, so an
 existing record means this very submission already ran (a reply lost to a dropped connection
@@ -39,7 +41,7 @@ import redis.asyncio
 from celery import Celery
 from fastapi.concurrency import run_in_threadpool
 from forwarder_worker.dispatch import publish_batch
-from forwarder_worker.messages import MessageBatch, TaskMessages
+from forwarder_worker.messages import MessageBatch, TaskMessages, can_capture, capturing
 from forwarder_worker.runs import TRANSITION_FUNCTION, RunLog
 from kombu.exceptions import KombuError
 from kombu.messaging import Producer
@@ -81,26 +83,6 @@ return 1
 SCRIPTED_COMMANDS = frozenset({"lpush", "publish"})
 #: Routes (task, queue, priority) a reused message batch keeps before starting afresh.
 MAX_ROUTES = 1000
-
-
-class _Capture:
-    """Stands in for kombu's publish-batch state on one producer: each message is routed by
-    the channel's own code (``basic_publish`` with a publish batch), and the Redis commands
-    it would run are kept in :attr:`commands` instead of being run."""
-
-    aborted = False
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, tuple[Any, ...]]] = []
-
-    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
-        return channel.basic_publish(message, _publish_batch=self, **kwargs)
-
-    def add(self, name: str, *args: Any) -> None:
-        self.commands.append((name, args))
-
-    def flush(self) -> None:
-        """Nothing to flush: the commands are the caller's to run."""
 
 
 def submit_blocking(services: Services, name: str, run: RunRequest) -> str:
@@ -210,10 +192,8 @@ class Submitter:
             return None
         if isinstance(run.expires, datetime) and run.expires.utcoffset():
             return None  # send_task keeps the client's offset in the message; ours is UTC
-        # kombu 5.7's publish batches: the producer's batch state, the channel's collector.
-        local = getattr(producer, "_batch_local", None)
-        if local is None or not hasattr(producer.channel, "create_publish_batch"):
-            return None
+        if not can_capture(producer):
+            return None  # kombu before 5.7: no publish batches to capture
         if self.messages.unusual(producer) is not None:
             return None
         batch = self._batch
@@ -222,9 +202,7 @@ class Submitter:
         run_id = str(uuid.uuid4())
         now = time.time()
         expires = expires_at(run, now)
-        capture = _Capture()
-        local.current = capture
-        try:
+        with capturing(producer) as capture:
             sent = batch.publish(
                 name,
                 args=run.args,
@@ -236,8 +214,6 @@ class Submitter:
                 expires=expires,
             )
             batch.flush_events()
-        finally:
-            del local.current
         prefix = producer.channel.global_keyprefix
         if not sent or not capture.commands:
             return None

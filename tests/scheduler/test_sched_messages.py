@@ -6,7 +6,8 @@ as raw JSON read back from Redis: only delivery tags, timestamps and the clock d
 times computed at publish time (eta, the AMQP expiration) differ by the time between the two
 publishes. Then a real worker runs prebuilt messages (success, retry, failure, revoke by id,
 run records with the schedule headers), and Celery's event state (what Flower shows) sees them
-sent and finished. Anything the fast path does not mirror goes through ``send_task``.
+sent and finished. Anything the fast path does not mirror goes through ``send_task``. The
+same holds for the messages beat captures and puts on the queues from its claim script.
 """
 
 from __future__ import annotations
@@ -99,6 +100,23 @@ def publish(app: Celery, client: redis.Redis, sends: list[Send], *, prebuilt: bo
     return queued(client, PREFIX), events
 
 
+def capture(app: Celery, client: redis.Redis, sends: list[Send]) -> Any:
+    """What beat's claim puts on the queues (the captured LPUSHes, run here as the claim
+    script runs them), and the held events it then flushes."""
+    with raw_events(client, PREFIX) as events:
+        d = dispatcher(app, client, prebuilt=True)
+        with app.producer_or_acquire() as producer:
+            pushes, built = d.capture(producer, sends)
+            lists = [k for k in client.keys(f"{PREFIX}*") if client.type(k) == "list"]
+            assert lists == [], "capturing sent a message"
+            for push in pushes:
+                assert push is not None
+                for key, payload in push:
+                    client.lpush(key, payload)
+            d.publish([], producer=producer, built=built)
+    return queued(client, PREFIX), events
+
+
 def normalized(message: dict[str, Any]) -> dict[str, Any]:
     """A message without its random delivery tag and with publish-time values set aside."""
     out = json.loads(json.dumps(message))
@@ -121,11 +139,15 @@ def close_times(a: dict[str, Any], b: dict[str, Any]) -> None:
         assert abs(int(a["expiration"]) - int(b["expiration"])) < 5000
 
 
+@pytest.mark.parametrize("path", ["published", "captured"])
 def test_prebuilt_messages_equal_what_send_task_publishes(
-    app: Celery, rclient: redis.Redis
+    app: Celery, rclient: redis.Redis, path: str
 ) -> None:
     sends = sends_for(time.time())
-    ours, our_events = publish(app, rclient, sends, prebuilt=True)
+    if path == "published":
+        ours, our_events = publish(app, rclient, sends, prebuilt=True)
+    else:
+        ours, our_events = capture(app, rclient, sends)
     theirs, their_events = publish(app, rclient, sends, prebuilt=False)  # same task ids
 
     assert sorted(ours) == sorted(theirs) == sorted(run_id for _, run_id, *_ in sends)
@@ -288,6 +310,9 @@ def test_a_publish_pipeline_that_redis_refuses_does_not_end_beat(
 ) -> None:
     settings = Settings(redis_url=redis_url, beat_lock_timeout=2)
     beat = ForwarderScheduler(create_app(settings))
+    # Messages through send_task, which beat publishes after its claim (as it does any
+    # message it cannot build ahead); the others go out with the claim itself.
+    beat.dispatcher.prebuilt = False
     store = ScheduleStore(rclient, PREFIX)
     try:
         now = time.time()

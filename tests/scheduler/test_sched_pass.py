@@ -1,6 +1,7 @@
 """The cost and shape of one beat pass: few Redis round trips per firing, claims that write
-their run records atomically (only where the claim wins), a burst's head published in a
-small first batch, and metrics that reach Redis although they ride along with later work.
+their run records and put their messages on the queues atomically (only where the claim
+wins, so a beat dying after its claim loses no slot), a burst's head published in a small
+first batch, and metrics that reach Redis although they ride along with later work.
 
 Beat runs in this process here (``ForwarderScheduler.tick()``, real Redis, real Celery
 publishing), so the test can count the scheduler's own socket writes: one write is one
@@ -9,11 +10,13 @@ round trip, a pipeline included.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import kombu.transport.redis
 import pytest
 import redis
 import redis.connection
@@ -22,6 +25,7 @@ from forwarder_worker.runs import RunLog
 from forwarder_worker.scheduler import FIRST_BATCH, ForwarderScheduler
 from forwarder_worker.settings import Settings
 from forwarder_worker.store import Entry, RunWrite, ScheduleStore
+from support.broker_messages import queued
 
 PREFIX = "forwarder:"
 QUEUE = f"{PREFIX}default"
@@ -94,12 +98,19 @@ def test_a_claim_writes_its_run_record_only_where_it_wins(rclient: redis.Redis) 
         return RunWrite(run_id, "PENDING", fields)
 
     update = (stored, stored.meta, now + 60)
-    won, next_due = store.claim_and_record([update], [write("first")], runs)
+    queue = f"{PREFIX}claimed"
+    won, next_due = store.claim_and_record(
+        [update], [write("first")], runs, [[(queue, "message of first")]]
+    )
     assert won == [True]
     assert next_due == pytest.approx(now + 5)  # ha/two is now the earliest
-    # A second beat that read the same slot (a stale holder) loses, and leaves no record.
-    lost, _ = store.claim_and_record([update], [write("second")], runs)
+    # A second beat that read the same slot (a stale holder) loses, and leaves no record
+    # and no message.
+    lost, _ = store.claim_and_record(
+        [update], [write("second")], runs, [[(queue, "message of second")]]
+    )
     assert lost == [False]
+    assert rclient.lrange(queue, 0, -1) == ["message of first"]
     first_run = runs.get("first")
     assert first_run is not None
     assert first_run.state == "PENDING"
@@ -165,3 +176,37 @@ def test_messages_reach_queues_no_worker_has_declared(
             break
     assert rclient.llen(f"{PREFIX}lonely-a") == 3
     assert rclient.llen(f"{PREFIX}lonely-b") == 3
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: raised where the process dies, nothing after it runs."""
+
+
+def test_a_beat_killed_right_after_its_claim_loses_no_slot(
+    scheduler: ForwarderScheduler, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, runs = ScheduleStore(rclient, PREFIX), RunLog(rclient, PREFIX)
+    due = time.time() - 1
+    policies = {"died/allow": "Allow", "died/forbid": "Forbid", "died/replace": "Replace"}
+    for name, policy in policies.items():
+        store.upsert(Entry(name=name, task="forwarder.ping", schedule={"at": due}, policy=policy))
+
+    # Beat dies at its first publish pipeline after the claim (kombu's flush to Redis), the
+    # window where a slot used to be claimed and recorded but never sent.
+    def die(self: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(kombu.transport.redis.PublishBatch, "flush", die)
+    with contextlib.suppress(Killed):
+        scheduler.tick()
+    monkeypatch.undo()
+
+    # Every slot is claimed (not due again, so no other beat fires it twice) and every run
+    # recorded as queued is on the queue for a worker, with its own id.
+    assert rclient.zcard(store.due_key) == 0
+    messages = queued(rclient, PREFIX)
+    for name in policies:
+        (record,) = runs.recent(schedule=name)
+        assert record.state == "PENDING"
+        assert messages[record.id]["headers"]["forwarder_schedule"] == name
+    assert len(messages) == len(policies)

@@ -1,10 +1,14 @@
-"""concurrencyPolicy Forbid decides from the run records, and a run whose worker died
-mid-task (STARTED past the hard time limit) does not block the schedule forever."""
+"""concurrencyPolicy Forbid decides from the run records, and neither a run whose worker
+died mid-task (STARTED past the hard time limit) nor a trigger whose sender died mid-way
+(a run recorded as queued, never sent) blocks the schedule forever."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Any
 
+import kombu.transport.redis
 import pytest
 import redis
 from forwarder_worker.app import create_app
@@ -54,3 +58,26 @@ def test_a_run_started_past_the_time_limit_no_longer_blocks(
     (outcome,) = dispatcher.fire([Firing(forbid_entry(), time.time())])
     assert outcome.sent
     assert rclient.llen("forwarder:default") == 1  # the message is on the queue
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: raised where the process dies, nothing after it runs."""
+
+
+def test_a_trigger_whose_sender_dies_after_recording_it_is_sent(
+    dispatcher: Dispatcher, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator (or api) dies at its first publish pipeline after recording the run: the
+    # record and the message went to Redis together, so the run is not left queued without a
+    # message (which would make Forbid skip every slot until the record expired).
+    def die(self: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(kombu.transport.redis.PublishBatch, "flush", die)
+    with contextlib.suppress(Killed):
+        dispatcher.fire([Firing(forbid_entry(), time.time(), "trigger")])
+    monkeypatch.undo()
+    (record,) = dispatcher.runs.recent(schedule=NAME)
+    assert record.state == "PENDING"
+    (raw,) = rclient.lrange("forwarder:default", 0, -1)
+    assert record.id in raw

@@ -1,13 +1,15 @@
 """Sending a schedule's firings to the workers, with concurrencyPolicy, deadline and jitter.
 
-Beat fires due slots through :meth:`Dispatcher.fire` in batches; run-now triggers (operator
-annotation, api) use the same path, so every firing is recorded, labelled and policed alike.
+Run-now triggers (operator annotation, api) fire through :meth:`Dispatcher.fire` in
+batches, and beat uses its parts, so every firing is recorded, labelled and policed alike.
 Redis work is pipelined per batch: one round trip for the active-run checks, one for the
 run records, one for the messages (kombu's publish batch) and one for the metrics, whatever
-the batch size. Beat's own path for concurrencyPolicy Allow is cheaper still: its claim script
-writes the run records, it publishes with :meth:`Dispatcher.publish`, and its metrics ride
-along with its next read (see :mod:`forwarder_worker.scheduler`). The messages themselves
-are Celery's, built without ``send_task`` per message (see :mod:`forwarder_worker.messages`).
+the batch size. Beat's own path is cheaper and safer still: it polices its firings with
+:meth:`Dispatcher.police`, builds their messages ahead with :meth:`Dispatcher.capture`, and
+its claim script writes the run records and puts the messages on their queues in one atomic
+step; its metrics ride along with its next read (see :mod:`forwarder_worker.scheduler`). The
+messages themselves are Celery's, built without ``send_task`` per message (see
+:mod:`forwarder_worker.messages`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from forwarder_worker.messages import TaskMessages
+from forwarder_worker.messages import MessageBatch, TaskMessages, can_capture, capturing
 from forwarder_worker.runs import FINAL_STATES, RunLog
 from forwarder_worker.settings import settings_of
 from forwarder_worker.store import Entry
@@ -54,6 +56,10 @@ class Firing:
     entry: Entry
     slot: float
     source: str = "schedule"  # or "trigger"
+
+
+#: A firing to publish: (firing, run id, jitter delay, expiry or None).
+Send = tuple[Firing, str, float, float | None]
 
 
 @dataclass(frozen=True)
@@ -185,47 +191,112 @@ class Dispatcher:
         expires = max(slot + entry.deadline, now) + delay if entry.deadline is not None else None
         return delay, expires
 
+    def declare(self, producer: Any, sends: Sequence[Send]) -> None:
+        """Declare the queues of ``sends`` once for their batch.
+
+        Not once per message as send_task does by default: kombu caches declarations per
+        connection either way, but checking that cache per message (binding and copying the
+        entity) was a quarter of the publish cost. Messages then pass ``declare=[]``."""
+        for name in dict.fromkeys(firing.entry.queue for firing, *_ in sends):
+            producer.maybe_declare(self.app.amqp.queues[name])
+
+    def capture(
+        self, producer: Any, sends: Sequence[Send]
+    ) -> tuple[list[list[tuple[str, str]] | None], MessageBatch | None]:
+        """Build the messages of ``sends`` without sending them: per send, the (list key,
+        payload) LPUSHes that put it on its queue, for the caller to run in its own script
+        (beat's claim), or None where it must be published (:meth:`publish`) instead. Also
+        the message batch holding their task-sent events, to flush once they are sent.
+
+        Runs no Redis command but the queues' declarations. Everything
+        :meth:`TaskMessages.start` or :meth:`MessageBatch.publish` declines is None, as is
+        a message kombu would send with more than an LPUSH (a queue with an expiry)."""
+        out: list[list[tuple[str, str]] | None] = [None] * len(sends)
+        if not sends or not self.prebuilt or not can_capture(producer):
+            return out, None
+        self.declare(producer, sends)
+        built = self.messages.start(producer)
+        if built is None:
+            return out, None
+        built.hold_events = True
+        prefix = producer.channel.global_keyprefix or ""
+        rebuilt: set[str] = set()
+        for k, (firing, run_id, delay, expires) in enumerate(sends):
+            with capturing(producer) as capture:
+                sent = self._build(built, firing, run_id, delay, expires)
+            if sent and capture.commands and all(c == "lpush" for c, _ in capture.commands):
+                # kombu's client adds the global key prefix to the keys it is given.
+                out[k] = [(prefix + str(key), payload) for _, (key, payload) in capture.commands]
+            elif sent:
+                rebuilt.add(run_id)  # publish() builds its message and event again
+        built.drop_events(rebuilt)
+        return out, built
+
+    @staticmethod
+    def _build(
+        built: MessageBatch, firing: Firing, run_id: str, delay: float, expires: float | None
+    ) -> bool:
+        """Publish one firing's message through ``built``; False where it declines."""
+        entry = firing.entry
+        return built.publish(
+            entry.task,
+            args=entry.args,
+            kwargs=entry.kwargs,
+            task_id=run_id,
+            queue=entry.queue,
+            priority=entry.priority,
+            countdown=delay,
+            expires=expires,
+            headers=Dispatcher.headers(firing),
+        )
+
+    @staticmethod
+    def headers(firing: Firing) -> dict[str, str]:
+        """Forwarder's own message headers for ``firing``."""
+        return {
+            HEADER_SCHEDULE: firing.entry.name,
+            HEADER_UID: firing.entry.uid,
+            HEADER_SLOT: repr(firing.slot),
+        }
+
     def publish(
-        self, sends: Sequence[tuple[Firing, str, float, float | None]], *, first_flush: int = 0
+        self,
+        sends: Sequence[Send],
+        *,
+        first_flush: int = 0,
+        producer: Any = None,
+        built: MessageBatch | None = None,
     ) -> list[float]:
         """Publish (firing, run id, delay, expires) messages whose run records are written;
         returns the lateness of each scheduled firing. With ``first_flush``, the first that
         many messages are flushed to Redis before the rest are built, so the head of a large
-        batch lands without waiting for the whole batch to be built.
+        batch lands without waiting for the whole batch to be built. With ``producer`` and
+        ``built`` (from :meth:`capture`), the events ``built`` holds are flushed as well.
 
         Messages are built by :mod:`forwarder_worker.messages` (a fifth of send_task's CPU
         per message, measured); a firing it declines, or every firing when ``prebuilt`` is
         off, goes through ``send_task`` as before."""
+        with contextlib.ExitStack() as stack:
+            if producer is None:
+                producer = stack.enter_context(self.app.producer_or_acquire())
+            return self._publish(producer, built, sends, first_flush)
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
+
+    def _publish(
+        self, producer: Any, built: MessageBatch | None, sends: Sequence[Send], first_flush: int
+    ) -> list[float]:
         lateness: list[float] = []
-        with self.app.producer_or_acquire() as producer, publish_batch(producer) as batch:
-            # Each queue is declared once per batch, not once per message as send_task does
-            # by default: kombu caches declarations per connection either way, but checking
-            # that cache per message (binding and copying the entity) was a quarter of the
-            # publish cost. `declare=[]` below then skips the per-message check.
-            for name in dict.fromkeys(firing.entry.queue for firing, *_ in sends):
-                producer.maybe_declare(self.app.amqp.queues[name])
-            built = self.messages.start(producer) if self.prebuilt else None
+        with publish_batch(producer) as batch:
+            self.declare(producer, sends)
+            if built is None and self.prebuilt:
+                built = self.messages.start(producer)
             for k, (firing, run_id, delay, expires) in enumerate(sends):
-                entry, slot = firing.entry, firing.slot
-                headers = {
-                    HEADER_SCHEDULE: entry.name,
-                    HEADER_UID: entry.uid,
-                    HEADER_SLOT: repr(slot),
-                }
-                if built is None or not built.publish(
-                    entry.task,
-                    args=entry.args,
-                    kwargs=entry.kwargs,
-                    task_id=run_id,
-                    queue=entry.queue,
-                    priority=entry.priority,
-                    countdown=delay,
-                    expires=expires,
-                    headers=headers,
-                ):
+                if built is None or not self._build(built, firing, run_id, delay, expires):
+                    entry = firing.entry
+                    headers = self.headers(firing)
                     self._send_task(producer, entry, run_id, delay, expires, headers)
                 if firing.source == "schedule":
-                    lateness.append(max(0.0, self.clock() - slot))
+                    lateness.append(max(0.0, self.clock() - firing.slot))
                 if k + 1 == first_flush and k + 1 < len(sends) and batch is not None:
                     if built is not None:
                         built.flush_events()
@@ -261,18 +332,9 @@ class Dispatcher:
             **options,
         )
 
-    def fire(
-        self,
-        firings: Sequence[Firing],
-        *,
-        missed: int = 0,
-        metrics_out: list[tuple[str, int | float]] | None = None,
-    ) -> list[Outcome]:
-        """Send ``firings`` (Forbid skips, Replace revokes first) and record every outcome.
-
-        The metrics are written at once, or appended to ``metrics_out`` for the caller to
-        write with its next round trip (beat does)."""
-        now = self.clock()
+    def police(self, firings: Sequence[Firing], now: float) -> tuple[list[Outcome], list[str]]:
+        """Apply concurrencyPolicy to ``firings``: an outcome each (sent, or skipped by
+        Forbid, with a fresh run id either way), and the runs Replace must revoke first."""
         active = self._active(firings, now)
         outcomes: list[Outcome] = []
         to_revoke: list[str] = []
@@ -290,47 +352,74 @@ class Dispatcher:
                 to_revoke.extend(running)
             seen.add(name)
             outcomes.append(Outcome(firing, run_id, True))
-        if to_revoke:
-            # Terminate the runs being replaced; revoked ids also stop queued copies.
-            self.app.control.revoke(to_revoke, terminate=True, signal="SIGTERM")
+        return outcomes, to_revoke
 
-        sent = [o for o in outcomes if o.sent]
-        plans: dict[str, tuple[float, float | None]] = {}
-        with self.client.pipeline(transaction=False) as pipe:
-            for outcome in outcomes:
-                entry, slot = outcome.firing.entry, outcome.firing.slot
-                if not outcome.sent:
-                    self.runs.skipped(
+    def revoke(self, run_ids: Sequence[str]) -> None:
+        """Terminate the runs being replaced; revoked ids also stop queued copies."""
+        if run_ids:
+            self.app.control.revoke(list(run_ids), terminate=True, signal="SIGTERM")
+
+    def fire(self, firings: Sequence[Firing]) -> list[Outcome]:
+        """Send ``firings`` (Forbid skips, Replace revokes first), record every outcome and
+        write the metrics.
+
+        The run records and the messages built ahead (:meth:`capture`) go to Redis in one
+        MULTI/EXEC, so a process that dies or loses Redis on the way leaves both or neither:
+        never a run recorded as queued whose message was never sent, which would hold a
+        Forbid schedule until the record expired. Messages that cannot be built ahead are
+        published right after, as before."""
+        now = self.clock()
+        outcomes, to_revoke = self.police(firings, now)
+        self.revoke(to_revoke)
+        sends: list[Send] = []
+        with self.app.producer_or_acquire() as producer:
+            with self.client.pipeline(transaction=True) as pipe:
+                for outcome in outcomes:
+                    entry, slot = outcome.firing.entry, outcome.firing.slot
+                    if not outcome.sent:
+                        self.runs.skipped(
+                            outcome.run_id,
+                            entry.task,
+                            schedule=entry.name,
+                            slot=slot,
+                            reason=outcome.reason or "skipped",
+                            client=pipe,
+                        )
+                        continue
+                    delay, expires = self.plan(outcome.firing, now)
+                    sends.append((outcome.firing, outcome.run_id, delay, expires))
+                    self.runs.queued(
                         outcome.run_id,
                         entry.task,
+                        source=outcome.firing.source,
                         schedule=entry.name,
                         slot=slot,
-                        reason=outcome.reason or "skipped",
+                        args=entry.args,
+                        kwargs=entry.kwargs,
                         client=pipe,
                     )
-                    continue
-                _, expires = plans[outcome.run_id] = self.plan(outcome.firing, now)
-                self.runs.queued(
-                    outcome.run_id,
-                    entry.task,
-                    source=outcome.firing.source,
-                    schedule=entry.name,
-                    slot=slot,
-                    args=entry.args,
-                    kwargs=entry.kwargs,
-                    client=pipe,
-                )
-                if expires is not None:
-                    self.runs.transition(outcome.run_id, "PENDING", client=pipe, expires=expires)
-            pipe.execute()
-
-        lateness = self.publish([(o.firing, o.run_id, *plans[o.run_id]) for o in sent])
+                    if expires is not None:
+                        self.runs.transition(
+                            outcome.run_id, "PENDING", client=pipe, expires=expires
+                        )
+                captured, built = self.capture(producer, sends)
+                for push in captured:
+                    for key, payload in push or ():
+                        pipe.lpush(key, payload)
+                pipe.execute()
+            landed = self.clock()
+            lateness = [
+                max(0.0, landed - firing.slot)
+                for (firing, *_), push in zip(sends, captured, strict=True)
+                if push is not None and firing.source == "schedule"
+            ]
+            later = [send for send, push in zip(sends, captured, strict=True) if push is None]
+            if later or (built is not None and built.events):
+                lateness += self.publish(later, producer=producer, built=built)
         increments = self.metrics.increments(
-            fired=lateness, skipped=len(outcomes) - len(sent), missed=missed
+            fired=lateness, skipped=len(outcomes) - len(sends), missed=0
         )
-        if metrics_out is not None:
-            metrics_out.extend(increments)
-        elif increments:
+        if increments:
             with self.client.pipeline(transaction=False) as pipe:
                 self.metrics.add(pipe, increments)
                 pipe.execute()

@@ -29,9 +29,10 @@ other than Redis, a queue that is not a direct-exchange queue, or a task whose o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -128,10 +129,53 @@ class TaskMessages:
         return MessageBatch(self, producer)
 
 
+class CommandCapture:
+    """Stands in for kombu's publish-batch state on one producer: each message is routed by
+    the channel's own code (``basic_publish`` with a publish batch, kombu 5.7+), and the
+    Redis commands it would run are kept in :attr:`commands` instead of being run, for a
+    caller that runs them in its own script (beat's claim, the api's submit)."""
+
+    aborted = False
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+        return channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+    def flush(self) -> None:
+        """Nothing to flush: the commands are the caller's to run."""
+
+
+def can_capture(producer: Any) -> bool:
+    """Whether ``producer``'s messages can be captured (kombu 5.7's publish batches)."""
+    return getattr(producer, "_batch_local", None) is not None and hasattr(
+        producer.channel, "create_publish_batch"
+    )
+
+
+@contextlib.contextmanager
+def capturing(producer: Any) -> Iterator[CommandCapture]:
+    """Within, ``producer``'s publishes are captured, not sent (see :class:`CommandCapture`);
+    the caller checks :func:`can_capture` first, and no publish batch may be open on it."""
+    local = producer._batch_local
+    capture = CommandCapture()
+    local.current = capture
+    try:
+        yield capture
+    finally:
+        del local.current
+
+
 class MessageBatch:
     """The messages of one publish batch: routes worked out once, events sent grouped.
 
-    Call :meth:`flush_events` before flushing the producer's batch and once at the end."""
+    Call :meth:`flush_events` before flushing the producer's batch and once at the end.
+    With :attr:`hold_events` set, events are only kept until then (not flushed every
+    :data:`EVENTS_PER_MESSAGE`), so a caller can drop those of messages it did not send."""
 
     def __init__(self, messages: TaskMessages, producer: Any) -> None:
         self.app = app = messages.app
@@ -148,6 +192,7 @@ class MessageBatch:
         # As Celery's EventDispatcher(enabled=False) that send_task publishes events with.
         self.send_events = bool(conf.task_send_sent_event)
         self.events: list[dict[str, Any]] = []
+        self.hold_events = False
         if self.send_events:
             self.event_exchange = messages.event_exchange(producer)
             self.event_headers = {"hostname": self.origin}
@@ -289,23 +334,28 @@ class MessageBatch:
                     routing_key=route.queue,
                 )
             )
-            if len(self.events) >= EVENTS_PER_MESSAGE:
+            if len(self.events) >= EVENTS_PER_MESSAGE and not self.hold_events:
                 self.flush_events()
         return True
 
+    def drop_events(self, task_ids: set[str]) -> None:
+        """Drop the held task-sent events of the tasks in ``task_ids`` (not sent after all)."""
+        if task_ids:
+            self.events = [event for event in self.events if event["uuid"] not in task_ids]
+
     def flush_events(self) -> None:
-        """Publish the task-sent events gathered so far as one ``task.multi`` message, as
-        Celery's ``EventDispatcher.flush`` publishes a worker's grouped task events."""
-        if not self.events:
-            return
+        """Publish the task-sent events gathered so far as ``task.multi`` messages of up to
+        :data:`EVENTS_PER_MESSAGE`, as Celery's ``EventDispatcher.flush`` publishes a
+        worker's grouped task events."""
         events, self.events = self.events, []
-        self.producer.publish(
-            events,
-            routing_key="task.multi",
-            exchange=self.event_exchange.name,
-            retry=False,
-            declare=[],
-            serializer="json",
-            headers=self.event_headers,
-            delivery_mode=1,
-        )
+        for start in range(0, len(events), EVENTS_PER_MESSAGE):
+            self.producer.publish(
+                events[start : start + EVENTS_PER_MESSAGE],
+                routing_key="task.multi",
+                exchange=self.event_exchange.name,
+                retry=False,
+                declare=[],
+                serializer="json",
+                headers=self.event_headers,
+                delivery_mode=1,
+            )

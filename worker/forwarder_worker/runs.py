@@ -368,6 +368,17 @@ class RunLog:
             finished=time.time(),
         )
 
+    def skipped_fields(self, task: str, *, schedule: str, slot: float, reason: str) -> list[str]:
+        """The fields :meth:`skipped` writes, as a flat list (beat's claim script writes them)."""
+        return self.record_fields(
+            task=task,
+            source="schedule",
+            schedule=schedule,
+            slot=slot,
+            reason=reason,
+            finished=time.time(),
+        )
+
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, run_id: str) -> RunRecord | None:

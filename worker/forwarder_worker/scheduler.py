@@ -16,6 +16,10 @@ subclass of it:
 * redbeat's lock times out after 5 times the loop interval (25 min); this lock times out after
   ``beat_lock_timeout`` seconds, a standby sleeps exactly until the holder's lease would end,
   and each slot is claimed by compare-and-set, so two beats never fire the same slot;
+* redbeat saves an entry's last run and sends its message in separate steps; here the claim
+  script writes the run record and puts the message on its queue, so a beat killed (or a
+  Redis lost) at any point neither loses a claimed slot nor leaves a run queued that was
+  never sent;
 * cron entries carry an IANA zone (see :mod:`forwarder_worker.timing`), suspend leaves the due
   set, and missed slots after downtime fire at most once, within the starting deadline
   (the Kubernetes CronJob rule).
@@ -38,7 +42,7 @@ from kombu import exceptions as kombu_errors
 from kombu.exceptions import OperationalError
 
 from forwarder_worker.connection import redis_client
-from forwarder_worker.dispatch import Dispatcher, Firing, Outcome, SchedulerMetrics
+from forwarder_worker.dispatch import Dispatcher, Firing, Outcome, SchedulerMetrics, Send
 from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import settings_of
 from forwarder_worker.store import Meta, RunWrite, ScheduleStore, StoredEntry
@@ -54,9 +58,9 @@ _MAX_MISSED_WALK = 100_000
 FAIR_WINDOW_BATCHES = 10
 # Seconds before beat looks again at an entry whose next firing it could not compute.
 BAD_ENTRY_RETRY = 60.0
-# The first batch of a burst (a pass after a pass that was not full) is this small, and the
-# first this-many messages of any batch are flushed before the rest are built, so the head of
-# a burst is published without waiting for a whole batch to be claimed, recorded and built.
+# The first batch of a burst (a pass after a pass that was not full) is this small, so the
+# head of a burst is published without waiting for a whole batch to be built and claimed.
+# (Messages published after the claim flush this many first, for the same reason.)
 FIRST_BATCH = 50
 # What a publish batch raises when Redis fails while its pipeline is sent (kombu 5.7+; older
 # kombu publishes message by message and raises OperationalError).
@@ -240,7 +244,8 @@ class ForwarderScheduler(Scheduler):
     def _tick(self) -> float:
         """One pass, in three Redis round trips when a few entries are due: one Lua read (the
         due entries, loaded, the earliest due time, and the previous pass's metrics), one Lua
-        claim (claims, run records and the next due time) and one publish pipeline."""
+        claim (claims, run records, messages and the next due time) and one pipeline for the
+        task-sent events."""
         if not self._hold_lock():
             return self._standby_wait()
         now = self.clock()
@@ -272,9 +277,12 @@ class ForwarderScheduler(Scheduler):
     def fire_batch(self, batch: list[StoredEntry], now: float) -> float | None:
         """Claim and fire one batch of due entries; returns the earliest due time after it.
 
-        Entries with concurrencyPolicy Allow (and missed slots) have their run records written
-        by the claim script itself; Forbid and Replace entries are claimed, then policed and
-        sent by the dispatcher, which must look at their active runs first."""
+        Each won slot's run record and Celery message are written by the claim script itself
+        (:meth:`ScheduleStore.claim_and_record`), so a slot this beat claimed is on its queue
+        whenever this beat dies or Redis goes away after the claim. Entries with
+        concurrencyPolicy Forbid or Replace are policed before the claim (their active runs
+        read, the runs to replace revoked). A message that cannot be built ahead
+        (:meth:`Dispatcher.capture` declines it) is published right after the claim."""
         plans, deferred = [], []
         for stored in batch:
             try:
@@ -290,24 +298,29 @@ class ForwarderScheduler(Scheduler):
                 )
                 deferred.append((stored, stored.meta, now + BAD_ENTRY_RETRY))
         updates = [(stored, meta, due) for stored, *_, meta, due in plans]
+        verdicts: dict[str, Outcome] = {}
+        policed = [
+            Firing(stored.entry, slot)
+            for stored, slot, in_time, *_ in plans
+            if in_time and stored.entry.policy != "Allow"
+        ]
+        if policed:
+            checked, to_revoke = self.dispatcher.police(policed, now)
+            # Revoked before the claim: should this beat die in between, the next holder
+            # revokes them again (harmless) and fires the slot, which is still due.
+            self.dispatcher.revoke(to_revoke)
+            verdicts = {outcome.firing.entry.name: outcome for outcome in checked}
         records: list[RunWrite | None] = []
-        # Per plan: the message to publish if the claim wins (None: skipped or policed).
-        sends: list[tuple[Firing, str, float, float | None] | None] = []
+        # Per plan: what becomes of it (sent, skipped by its policy, or skipped as missed)
+        # and, where it is sent, its message's (firing, run id, delay, expiry).
+        outcomes: list[Outcome] = []
+        sends: list[Send | None] = []
         for stored, slot, in_time, _walked, _meta, _due in plans:
-            entry = stored.entry
+            entry, firing = stored.entry, Firing(stored.entry, slot)
+            outcome = verdicts.get(entry.name) or Outcome(firing, str(uuid.uuid4()), True)
             if not in_time:
-                fields = self.runs.record_fields(
-                    task=entry.task,
-                    source="schedule",
-                    schedule=entry.name,
-                    slot=slot,
-                    reason=MISSED_REASON,
-                    finished=time.time(),
-                )
-                records.append(RunWrite(str(uuid.uuid4()), "SKIPPED", fields))
-                sends.append(None)
-            elif entry.policy == "Allow":
-                firing, run_id = Firing(entry, slot), str(uuid.uuid4())
+                outcome = Outcome(firing, outcome.run_id, False, MISSED_REASON)
+            if outcome.sent:
                 delay, expires = self.dispatcher.plan(firing, now)
                 fields = self.runs.queued_fields(
                     entry.task,
@@ -318,33 +331,54 @@ class ForwarderScheduler(Scheduler):
                     kwargs=entry.kwargs,
                     expires=expires,
                 )
-                records.append(RunWrite(run_id, "PENDING", fields))
-                sends.append((firing, run_id, delay, expires))
+                records.append(RunWrite(outcome.run_id, "PENDING", fields))
+                sends.append((firing, outcome.run_id, delay, expires))
             else:
-                records.append(None)  # claimed only: the dispatcher polices it below
+                fields = self.runs.skipped_fields(
+                    entry.task, schedule=entry.name, slot=slot, reason=outcome.reason or "skipped"
+                )
+                records.append(RunWrite(outcome.run_id, "SKIPPED", fields))
                 sends.append(None)
-        claimed, next_due = self.store.claim_and_record(
-            [*updates, *deferred], [*records, *([None] * len(deferred))], self.runs
+            outcomes.append(outcome)
+        with self.app.producer_or_acquire() as producer:
+            to_send = [send for send in sends if send is not None]
+            captured, built = self.dispatcher.capture(producer, to_send)
+            by_send = dict(zip((run_id for _, run_id, *_ in to_send), captured, strict=True))
+            pushes = [None if send is None else by_send[send[1]] for send in sends]
+            claimed, next_due = self.store.claim_and_record(
+                [*updates, *deferred],
+                [*records, *([None] * len(deferred))],
+                self.runs,
+                [*pushes, *([None] * len(deferred))],
+            )
+            landed = self.clock()
+            won: list[Outcome] = []
+            lateness: list[float] = []
+            later: list[Send] = []  # won, to publish now: capture declined their messages
+            lost: set[str] = set()
+            skipped = missed = 0
+            for plan, outcome, send, push, claim_won in zip(
+                plans, outcomes, sends, pushes, claimed, strict=False
+            ):
+                if not claim_won:  # rewritten or claimed by another beat meanwhile
+                    lost.add(outcome.run_id)
+                    continue
+                won.append(outcome)
+                missed += plan[3]  # slots walked past, plus this one if out of time
+                if send is None:
+                    skipped += outcome.reason != MISSED_REASON
+                elif push is not None:
+                    lateness.append(max(0.0, landed - outcome.firing.slot))
+                else:
+                    later.append(send)
+            if built is not None:
+                built.drop_events(lost)
+            if later or (built is not None and built.events):
+                lateness += self.dispatcher.publish(
+                    later, first_flush=FIRST_BATCH, producer=producer, built=built
+                )
+        self._add_metrics(
+            SchedulerMetrics.increments(fired=lateness, skipped=skipped, missed=missed)
         )
-        won_sends, policed, missed = [], [], 0
-        for (stored, slot, in_time, walked, _, _), send, won in zip(
-            plans, sends, claimed, strict=False
-        ):
-            if not won:
-                continue  # rewritten or claimed by another beat meanwhile
-            missed += walked
-            if send is not None:
-                won_sends.append(send)
-            elif in_time:
-                policed.append(Firing(stored.entry, slot))
-        if won_sends:
-            lateness = self.dispatcher.publish(won_sends, first_flush=FIRST_BATCH)
-            self._add_metrics(SchedulerMetrics.increments(fired=lateness, skipped=0, missed=0))
-            Dispatcher.log_outcomes([Outcome(f, run_id, True) for f, run_id, *_ in won_sends])
-        if policed:
-            out: list[tuple[str, int | float]] = []
-            self.dispatcher.fire(policed, metrics_out=out)
-            self._add_metrics(out)
-        if missed:
-            self._add_metrics([("missed", missed)])
+        Dispatcher.log_outcomes(won)
         return next_due

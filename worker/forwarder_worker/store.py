@@ -6,7 +6,8 @@ each entry's next due time, so beat finds due work with one ZRANGEBYSCORE. What 
 
 * Every hash also holds ``rev``, bumped on each definition write. Beat claims a slot with a
   Lua compare-and-set on ``rev`` and the due score, so a concurrent update, suspend or delete
-  always wins over a firing in flight, and no slot is claimed twice (the per-slot mark).
+  always wins over a firing in flight, and no slot is claimed twice (the per-slot mark). The
+  claim writes the slot's run record and puts its message on its queue in the same script.
   Writers compare-and-set too (one read, then one script that writes only if the hash and
   due score are still as read), so an update never overwrites a firing that happened since.
 * A suspended or finished entry leaves the due set (redbeat keeps disabled entries there and
@@ -26,7 +27,7 @@ import enum
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -43,12 +44,15 @@ ENTRY_NAME = re.compile(
 # Claim due slots: advance an entry only if nobody rewrote its definition (rev) and nobody
 # claimed this slot already (its due score is still the one we read). Two beats that both
 # read the same slot (a stale holder and its successor) can therefore never both fire it.
-# The run record of each won slot is written in the same script (so a record
-# exists before the message is published, and only for a slot this beat won), and the
-# earliest due time after the claims returned last, so beat needs no separate read for it.
+# The run record of each won slot is written in the same script, and so is its Celery
+# message (LPUSH on its queue), so a slot this beat won is recorded and on its queue or
+# neither, whenever beat dies or Redis goes away; a record never waits for a message that
+# was never sent. The earliest due time after the claims is returned last, so beat needs
+# no separate read for it.
 # KEYS: due set, global runs zset, runs:changed.  ARGV: run prefix, now, ttl, global cap,
 # per-schedule cap, count, then per entry: hash key, rev, due score read, new meta, new due
-# ('' leaves the due set), run id ('' claims only), run state, field count, field/value pairs.
+# ('' leaves the due set), run id ('' claims only), run state, field count, field/value pairs,
+# push count, (list key, payload) pairs.
 _CLAIM_AND_RECORD = (
     TRANSITION_FUNCTION
     + """
@@ -61,6 +65,8 @@ for n = 1, tonumber(ARGV[6]) do
   local fields = {}
   for j = 0, nf - 1 do fields[ARGV[i + 8 + 2 * j]] = ARGV[i + 9 + 2 * j] end
   i = i + 8 + 2 * nf
+  local pushes, np = i + 1, tonumber(ARGV[i])
+  i = i + 1 + 2 * np
   out[n] = 0
   if redis.call('HGET', key, 'rev') == rev then
     local score = redis.call('ZSCORE', KEYS[1], key)
@@ -75,6 +81,9 @@ for n = 1, tonumber(ARGV[6]) do
       if id ~= '' then
         transition(ARGV[1] .. 'run:' .. id, KEYS[2], KEYS[3], ARGV[1], id, state, now, ttl,
           gcap, scap, fields)
+      end
+      for j = 0, np - 1 do
+        redis.call('LPUSH', ARGV[pushes + 2 * j], ARGV[pushes + 1 + 2 * j])
       end
     end
   end
@@ -589,12 +598,15 @@ class ScheduleStore:
         updates: Iterable[tuple[StoredEntry, Meta, float | None]],
         records: Iterable[RunWrite | None] | None = None,
         runs: Any = None,
+        pushes: Iterable[Sequence[tuple[str, str]] | None] | None = None,
     ) -> tuple[list[bool], float | None]:
         """:meth:`claim`, writing ``records[i]`` (a run record, through ``runs``' transition
-        rules) where claim ``i`` wins, in the same atomic script; also returns the earliest
-        due time after the claims (None: the due set is empty)."""
+        rules) and LPUSHing ``pushes[i]`` (list key, payload pairs: a message on its queue)
+        where claim ``i`` wins, in the same atomic script; also returns the earliest due time
+        after the claims (None: the due set is empty)."""
         updates = list(updates)
         writes = list(records) if records is not None else [None] * len(updates)
+        messages = list(pushes) if pushes is not None else [None] * len(updates)
         args: list[Any] = [
             getattr(runs, "prefix", self.prefix),
             repr(time.time()),
@@ -603,7 +615,7 @@ class ScheduleStore:
             getattr(runs, "schedule_limit", 0),
             len(updates),
         ]
-        for (stored, meta, due), write in zip(updates, writes, strict=True):
+        for (stored, meta, due), write, push in zip(updates, writes, messages, strict=True):
             assert stored.due is not None
             args += [
                 self.key(stored.entry.name),
@@ -616,6 +628,9 @@ class ScheduleStore:
                 args += ["", "", 0]
             else:
                 args += [write.run_id, write.state, len(write.fields) // 2, *write.fields]
+            args.append(len(push) if push else 0)
+            for key, payload in push or ():
+                args += [key, payload]
         reply = self._claim(
             keys=[
                 self.due_key,
