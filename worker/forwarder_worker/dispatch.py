@@ -2,14 +2,14 @@
 
 Run-now triggers (operator annotation, api) fire through :meth:`Dispatcher.fire` in
 batches, and beat uses its parts, so every firing is recorded, labelled and policed alike.
-Redis work is pipelined per batch: one round trip for the active-run checks, one for the
-run records, one for the messages (kombu's publish batch) and one for the metrics, whatever
-the batch size. Beat's own path is cheaper and safer still: it polices its firings with
-:meth:`Dispatcher.police`, builds their messages ahead with :meth:`Dispatcher.capture`, and
-its claim script writes the run records and puts the messages on their queues in one atomic
-step; its metrics ride along with its next read (see :mod:`forwarder_worker.scheduler`). The
-messages themselves are Celery's, built without ``send_task`` per message (see
-:mod:`forwarder_worker.messages`).
+Redis work is pipelined per batch, whatever its size: one round trip for the active-run
+checks, one MULTI/EXEC for the run records and their messages (so a run is never recorded as
+queued without being sent), one for the task-sent events and one for the metrics. Beat's own
+path is cheaper still: it polices its firings with :meth:`Dispatcher.police`, builds their
+messages ahead with :meth:`Dispatcher.capture`, and its claim script writes the run records
+and puts the messages on their queues in one atomic step; its metrics ride along with its
+next read (see :mod:`forwarder_worker.scheduler`). The messages themselves are Celery's,
+built without ``send_task`` per message (see :mod:`forwarder_worker.messages`).
 """
 
 from __future__ import annotations
@@ -276,11 +276,10 @@ class Dispatcher:
         Messages are built by :mod:`forwarder_worker.messages` (a fifth of send_task's CPU
         per message, measured); a firing it declines, or every firing when ``prebuilt`` is
         off, goes through ``send_task`` as before."""
-        with contextlib.ExitStack() as stack:
-            if producer is None:
-                producer = stack.enter_context(self.app.producer_or_acquire())
+        if producer is not None:
             return self._publish(producer, built, sends, first_flush)
-        raise AssertionError("unreachable")  # pragma: no cover (mypy: ExitStack may swallow)
+        with self.app.producer_or_acquire() as acquired:
+            return self._publish(acquired, built, sends, first_flush)
 
     def _publish(
         self, producer: Any, built: MessageBatch | None, sends: Sequence[Send], first_flush: int

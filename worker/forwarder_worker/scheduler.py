@@ -307,7 +307,8 @@ class ForwarderScheduler(Scheduler):
         if policed:
             checked, to_revoke = self.dispatcher.police(policed, now)
             # Revoked before the claim: should this beat die in between, the next holder
-            # revokes them again (harmless) and fires the slot, which is still due.
+            # revokes them again (harmless) and fires the slot, which is still due; a claim
+            # lost to a rewrite of the entry leaves the slot to the next pass the same way.
             self.dispatcher.revoke(to_revoke)
             verdicts = {outcome.firing.entry.name: outcome for outcome in checked}
         records: list[RunWrite | None] = []
