@@ -356,28 +356,24 @@ class RunLog:
         client: Any = None,
     ) -> Any:
         """Record a firing that was not run (concurrencyPolicy Forbid, a missed deadline)."""
-        return self.transition(
-            run_id,
-            "SKIPPED",
-            client=client,
-            task=task,
-            source="schedule",
-            schedule=schedule,
-            slot=slot,
-            reason=reason,
-            finished=time.time(),
-        )
+        fields = self._skipped(task, schedule, slot, reason)
+        return self.transition(run_id, "SKIPPED", client=client, **fields)
 
     def skipped_fields(self, task: str, *, schedule: str, slot: float, reason: str) -> list[str]:
         """The fields :meth:`skipped` writes, as a flat list (beat's claim script writes them)."""
-        return self.record_fields(
-            task=task,
-            source="schedule",
-            schedule=schedule,
-            slot=slot,
-            reason=reason,
-            finished=time.time(),
-        )
+        return self.record_fields(**self._skipped(task, schedule, slot, reason))
+
+    @staticmethod
+    def _skipped(task: str, schedule: str, slot: float, reason: str) -> dict[str, Any]:
+        """The fields of a skipped firing's record."""
+        return {
+            "task": task,
+            "source": "schedule",
+            "schedule": schedule,
+            "slot": slot,
+            "reason": reason,
+            "finished": time.time(),
+        }
 
     # -- reads ----------------------------------------------------------------------------
 
