@@ -10,13 +10,11 @@ round trip, a pipeline included.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import kombu.transport.redis
 import pytest
 import redis
 import redis.connection
@@ -25,7 +23,8 @@ from forwarder_worker.runs import RunLog
 from forwarder_worker.scheduler import FIRST_BATCH, ForwarderScheduler
 from forwarder_worker.settings import Settings
 from forwarder_worker.store import Entry, RunWrite, ScheduleStore
-from support.broker_messages import queued
+from support.broker_messages import queued, raw_events
+from support.crash import killed_at_next_publish
 
 PREFIX = "forwarder:"
 QUEUE = f"{PREFIX}default"
@@ -178,10 +177,6 @@ def test_messages_reach_queues_no_worker_has_declared(
     assert rclient.llen(f"{PREFIX}lonely-b") == 3
 
 
-class Killed(BaseException):
-    """Stands for a SIGKILL: raised where the process dies, nothing after it runs."""
-
-
 def test_a_beat_killed_right_after_its_claim_loses_no_slot(
     scheduler: ForwarderScheduler, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,13 +188,8 @@ def test_a_beat_killed_right_after_its_claim_loses_no_slot(
 
     # Beat dies at its first publish pipeline after the claim (kombu's flush to Redis), the
     # window where a slot used to be claimed and recorded but never sent.
-    def die(self: Any) -> None:
-        raise Killed
-
-    monkeypatch.setattr(kombu.transport.redis.PublishBatch, "flush", die)
-    with contextlib.suppress(Killed):
+    with killed_at_next_publish(monkeypatch):
         scheduler.tick()
-    monkeypatch.undo()
 
     # Every slot is claimed (not due again, so no other beat fires it twice) and every run
     # recorded as queued is on the queue for a worker, with its own id.
@@ -210,3 +200,24 @@ def test_a_beat_killed_right_after_its_claim_loses_no_slot(
         assert record.state == "PENDING"
         assert messages[record.id]["headers"]["forwarder_schedule"] == name
     assert len(messages) == len(policies)
+
+
+def test_a_lost_claim_sends_no_message_and_no_event(
+    scheduler: ForwarderScheduler, rclient: redis.Redis
+) -> None:
+    store, runs = ScheduleStore(rclient, PREFIX), RunLog(rclient, PREFIX)
+    due = time.time() - 1
+    for name in ("lost/kept", "lost/rewritten"):
+        store.upsert(Entry(name=name, task="forwarder.ping", schedule={"at": due}))
+    batch = store.due(time.time(), 10)
+    # Rewritten after beat read it (an update from the operator): its claim must lose, and
+    # the message and task-sent event built for it before the claim must go nowhere.
+    store.upsert(
+        Entry(name="lost/rewritten", task="forwarder.ping", schedule={"at": due}, args=[1])
+    )
+    with raw_events(rclient, PREFIX) as events:
+        scheduler.fire_batch(batch, time.time())
+    messages = queued(rclient, PREFIX)
+    assert [m["headers"]["forwarder_schedule"] for m in messages.values()] == ["lost/kept"]
+    assert [event["uuid"] for _, envelope in events for event in envelope["body"]] == list(messages)
+    assert runs.recent(schedule="lost/rewritten") == []

@@ -4,11 +4,8 @@ died mid-task (STARTED past the hard time limit) nor a trigger whose sender died
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Any
 
-import kombu.transport.redis
 import pytest
 import redis
 from forwarder_worker.app import create_app
@@ -17,6 +14,7 @@ from forwarder_worker.model import parse_spec
 from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import Settings
 from forwarder_worker.store import Entry
+from support.crash import killed_at_next_publish
 
 NAME = "team/nightly"
 
@@ -60,23 +58,14 @@ def test_a_run_started_past_the_time_limit_no_longer_blocks(
     assert rclient.llen("forwarder:default") == 1  # the message is on the queue
 
 
-class Killed(BaseException):
-    """Stands for a SIGKILL: raised where the process dies, nothing after it runs."""
-
-
 def test_a_trigger_whose_sender_dies_after_recording_it_is_sent(
     dispatcher: Dispatcher, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The operator (or api) dies at its first publish pipeline after recording the run: the
     # record and the message went to Redis together, so the run is not left queued without a
     # message (which would make Forbid skip every slot until the record expired).
-    def die(self: Any) -> None:
-        raise Killed
-
-    monkeypatch.setattr(kombu.transport.redis.PublishBatch, "flush", die)
-    with contextlib.suppress(Killed):
+    with killed_at_next_publish(monkeypatch):
         dispatcher.fire([Firing(forbid_entry(), time.time(), "trigger")])
-    monkeypatch.undo()
     (record,) = dispatcher.runs.recent(schedule=NAME)
     assert record.state == "PENDING"
     (raw,) = rclient.lrange("forwarder:default", 0, -1)

@@ -60,6 +60,8 @@ class Firing:
 
 #: A firing to publish: (firing, run id, jitter delay, expiry or None).
 Send = tuple[Firing, str, float, float | None]
+#: A captured message: the (list key, payload) LPUSHes that put it on its queue.
+Push = list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class Dispatcher:
 
     def capture(
         self, producer: Any, sends: Sequence[Send]
-    ) -> tuple[list[list[tuple[str, str]] | None], MessageBatch | None]:
+    ) -> tuple[list[Push | None], MessageBatch | None]:
         """Build the messages of ``sends`` without sending them: per send, the (list key,
         payload) LPUSHes that put it on its queue, for the caller to run in its own script
         (beat's claim), or None where it must be published (:meth:`publish`) instead. Also
@@ -211,7 +213,7 @@ class Dispatcher:
         Runs no Redis command but the queues' declarations. Everything
         :meth:`TaskMessages.start` or :meth:`MessageBatch.publish` declines is None, as is
         a message kombu would send with more than an LPUSH (a queue with an expiry)."""
-        out: list[list[tuple[str, str]] | None] = [None] * len(sends)
+        out: list[Push | None] = [None] * len(sends)
         if not sends or not self.prebuilt or not can_capture(producer):
             return out, None
         self.declare(producer, sends)
@@ -231,6 +233,28 @@ class Dispatcher:
                 rebuilt.add(run_id)  # publish() builds its message and event again
         built.drop_events(rebuilt)
         return out, built
+
+    def complete(
+        self,
+        producer: Any,
+        sent: Sequence[tuple[Send, Push | None]],
+        built: MessageBatch | None,
+        *,
+        first_flush: int = 0,
+    ) -> list[float]:
+        """Once the captured messages of ``sent`` are on their queues (``built`` from
+        :meth:`capture`, holding only the events of ``sent``): publish the messages that were
+        not captured, and the task-sent events. Returns each scheduled firing's lateness."""
+        landed = self.clock()
+        lateness = [
+            max(0.0, landed - firing.slot)
+            for (firing, *_), push in sent
+            if push is not None and firing.source == "schedule"
+        ]
+        later = [send for send, push in sent if push is None]
+        if later or (built is not None and built.events):
+            lateness += self.publish(later, first_flush=first_flush, producer=producer, built=built)
+        return lateness
 
     @staticmethod
     def _build(
@@ -406,15 +430,7 @@ class Dispatcher:
                     for key, payload in push or ():
                         pipe.lpush(key, payload)
                 pipe.execute()
-            landed = self.clock()
-            lateness = [
-                max(0.0, landed - firing.slot)
-                for (firing, *_), push in zip(sends, captured, strict=True)
-                if push is not None and firing.source == "schedule"
-            ]
-            later = [send for send, push in zip(sends, captured, strict=True) if push is None]
-            if later or (built is not None and built.events):
-                lateness += self.publish(later, producer=producer, built=built)
+            lateness = self.complete(producer, list(zip(sends, captured, strict=True)), built)
         increments = self.metrics.increments(
             fired=lateness, skipped=len(outcomes) - len(sends), missed=0
         )

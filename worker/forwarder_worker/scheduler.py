@@ -42,7 +42,14 @@ from kombu import exceptions as kombu_errors
 from kombu.exceptions import OperationalError
 
 from forwarder_worker.connection import redis_client
-from forwarder_worker.dispatch import Dispatcher, Firing, Outcome, SchedulerMetrics, Send
+from forwarder_worker.dispatch import (
+    Dispatcher,
+    Firing,
+    Outcome,
+    Push,
+    SchedulerMetrics,
+    Send,
+)
 from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import settings_of
 from forwarder_worker.store import Meta, RunWrite, ScheduleStore, StoredEntry
@@ -342,20 +349,17 @@ class ForwarderScheduler(Scheduler):
                 sends.append(None)
             outcomes.append(outcome)
         with self.app.producer_or_acquire() as producer:
-            to_send = [send for send in sends if send is not None]
-            captured, built = self.dispatcher.capture(producer, to_send)
-            by_send = dict(zip((run_id for _, run_id, *_ in to_send), captured, strict=True))
-            pushes = [None if send is None else by_send[send[1]] for send in sends]
+            captured, built = self.dispatcher.capture(producer, [s for s in sends if s is not None])
+            in_order = iter(captured)
+            pushes = [None if send is None else next(in_order) for send in sends]
             claimed, next_due = self.store.claim_and_record(
                 [*updates, *deferred],
                 [*records, *([None] * len(deferred))],
                 self.runs,
                 [*pushes, *([None] * len(deferred))],
             )
-            landed = self.clock()
             won: list[Outcome] = []
-            lateness: list[float] = []
-            later: list[Send] = []  # won, to publish now: capture declined their messages
+            sent: list[tuple[Send, Push | None]] = []
             lost: set[str] = set()
             skipped = missed = 0
             for plan, outcome, send, push, claim_won in zip(
@@ -368,16 +372,11 @@ class ForwarderScheduler(Scheduler):
                 missed += plan[3]  # slots walked past, plus this one if out of time
                 if send is None:
                     skipped += outcome.reason != MISSED_REASON
-                elif push is not None:
-                    lateness.append(max(0.0, landed - outcome.firing.slot))
                 else:
-                    later.append(send)
+                    sent.append((send, push))
             if built is not None:
                 built.drop_events(lost)
-            if later or (built is not None and built.events):
-                lateness += self.dispatcher.publish(
-                    later, first_flush=FIRST_BATCH, producer=producer, built=built
-                )
+            lateness = self.dispatcher.complete(producer, sent, built, first_flush=FIRST_BATCH)
         self._add_metrics(
             SchedulerMetrics.increments(fired=lateness, skipped=skipped, missed=missed)
         )
