@@ -4,35 +4,39 @@ Forwarder: ``POST /tasks/forwarder.ping/runs`` then ``GET /runs/{id}`` every 5 m
 SUCCESS, through a real uvicorn running ``forwarder_api.main:create_app``. Anchor: raw Celery
 ``app.send_task("forwarder.ping").get()`` (the Redis result backend notifies by pub/sub).
 Both use the same Valkey and the same Forwarder worker (prefork, concurrency 2). Each client
-is a thread issuing requests back to back for a fixed time; latency is per request,
-throughput is the requests completed within the measured time per second, over all clients.
+is a process of its own (``bench/rt_client.py``, which says why) issuing requests back to back
+for a fixed time; latency is per request, throughput is the requests completed within the
+measured time per second, over all clients.
 Each path's time is taken in slices of about 4 s, the three paths in turn with the order
 rotating every round, so that a change of load on a shared machine lands on the anchor and on
 Forwarder alike.
 
 An extra row per client count, beside what the issue specifies: the same round trip with
 the API's long poll, ``GET /runs/{id}?wait=30`` (answered when the run ends), which is what
-``.get()`` does for raw Celery. The API process's CPU time per HTTP request is recorded too:
-on a shared machine it is steadier than the latencies.
+``.get()`` does for raw Celery. The API process's CPU time per HTTP request, and the
+clients' own CPU per round trip, are recorded too: on a shared machine they are steadier than
+the latencies.
 
 Needs ``forwarder_api`` (the api branch on main); otherwise it is reported as not measured.
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from forwarder_worker.app import create_app
-from forwarder_worker.settings import Settings
 from harness import (
+    BENCH,
     BIN,
     bench_env,
     cpu_seconds,
     eventually,
     redis_for,
-    run_concurrently,
     show,
     start,
     start_worker,
@@ -41,12 +45,12 @@ from harness import (
     work_dir,
     write_result,
 )
+from rt_client import LONG_POLL, POLL
 
 TOKEN = "bench-token-not-a-secret"  # noqa: S105  (a throwaway token for a local uvicorn)
 CLIENTS = (1, 8, 32)
-POLL = 0.005
-LONG_POLL = 30
 PATHS = ("raw celery", "api", "api long-poll")
+PARTS = ("post", "get", "gets_per_run")
 SLICE = 4.0
 """Seconds of one path's turn: each path's time is taken in slices of about this length,
 the three paths in turn (see run())."""
@@ -60,35 +64,71 @@ def _api_available() -> str | None:
     return None
 
 
-def _drive(one_request: Any, clients: int, seconds: float) -> tuple[list[float], int, int]:
-    """``clients`` threads calling ``one_request()`` back to back for ``seconds``.
+class Clients:
+    """Client processes (``bench/rt_client.py``), started once and reused by every slice.
 
-    Returns every request's latency, the failures, and how many requests completed within
-    the ``seconds`` (throughput counts those over ``seconds``, so the requests still in flight
-    at the end, which take the slowest path longest, do not stretch its time)."""
-    latencies: list[float] = []
-    failures = [0]
-    in_time = [0]
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
+    Each is its own interpreter, as each client is its own program in a cluster; the
+    module's docstring says why they are not threads of this process."""
 
-    def client() -> dict[str, Any]:
-        while time.monotonic() < stop_at:
-            began = time.perf_counter()
+    def __init__(self, count: int, redis_url: str, base_url: str, log: Path) -> None:
+        env = bench_env(redis_url, RT_REDIS_URL=redis_url, RT_BASE_URL=base_url, RT_TOKEN=TOKEN)
+        self.log = log
+        self.procs: list[subprocess.Popen[str]] = []
+        with log.open("a") as errors:
+            for _ in range(count):
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(BENCH / "rt_client.py")],
+                        env=env,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=errors,
+                        text=True,
+                    )
+                )
+        try:
+            for proc in self.procs:
+                self._answer(proc)  # {"ready": true} once warmed
+        except BaseException:
+            self.close()
+            raise
+
+    def _answer(self, proc: subprocess.Popen[str]) -> dict[str, Any]:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            tail = self.log.read_text()[-3000:]
+            raise RuntimeError(f"a round-trip client exited ({proc.poll()}):\n{tail}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def drive(self, clients: int, path: str, seconds: float) -> dict[str, Any]:
+        """The first ``clients`` processes run ``path`` together for ``seconds``; their
+        results merged (lists joined, counts and CPU summed)."""
+        start_at = time.time() + 0.2  # all begin at once, after the commands are out
+        command = json.dumps({"path": path, "start_at": start_at, "seconds": seconds})
+        chosen = self.procs[:clients]
+        for proc in chosen:
+            assert proc.stdin is not None
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+        merged: dict[str, Any] = {}
+        for proc in chosen:
+            for key, value in self._answer(proc).items():
+                merged[key] = merged.get(key, 0 if not isinstance(value, list) else []) + value
+        return merged
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                assert proc.stdin is not None
+                proc.stdin.close()  # EOF: the client returns
+        for proc in self.procs:
             try:
-                one_request()
-            except Exception:
-                with lock:
-                    failures[0] += 1
-                continue
-            took = time.perf_counter() - began
-            with lock:
-                latencies.append(took)
-                in_time[0] += time.monotonic() <= stop_at
-        return {}
-
-    run_concurrently([client for _ in range(clients)])
-    return latencies, failures[0], in_time[0]
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
@@ -124,7 +164,6 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             "api",
         )
         base = f"http://127.0.0.1:{port}"
-        app = create_app(Settings(redis_url=url))
         try:
 
             def healthy() -> bool:
@@ -141,112 +180,66 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             )
             if not api.alive():
                 raise RuntimeError(f"api exited:\n{api.output()[-3000:]}")
-            local = threading.local()
-            headers = {"Authorization": f"Bearer {TOKEN}"}
-
-            # Where an API round trip goes: the POST, and each GET of the run.
-            parts: dict[str, list[float]] = {"post": [], "get": [], "gets_per_run": []}
-
-            def submit(timeout: float) -> str:
-                """POST a ping through the API (one client per thread); the run's id."""
-                if not hasattr(local, "http"):
-                    local.http = httpx.Client(base_url=base, headers=headers, timeout=timeout)
-                began = time.perf_counter()
-                reply = local.http.post("/tasks/forwarder.ping/runs", json={})
-                parts["post"].append(time.perf_counter() - began)
-                reply.raise_for_status()
-                return str(reply.json()["id"])
-
-            def poll(run_id: str, params: dict[str, Any], sleep: float, limit: float) -> None:
-                """GET the run until it ends; each GET's time and the GETs per run."""
-                deadline = time.monotonic() + limit
-                gets = 0
-                while time.monotonic() < deadline:
-                    began = time.perf_counter()
-                    state = local.http.get(f"/runs/{run_id}", params=params).json()["state"]
-                    parts["get"].append(time.perf_counter() - began)
-                    gets += 1
-                    if state in ("SUCCESS", "FAILURE", "REVOKED"):
-                        parts["gets_per_run"].append(gets)
-                    if state == "SUCCESS":
-                        return
-                    if state in ("FAILURE", "REVOKED"):
-                        raise RuntimeError(f"run {run_id} ended {state}")
-                    time.sleep(sleep)
-                raise TimeoutError(run_id)
-
-            def via_api() -> None:
-                poll(submit(30), {}, POLL, 30)
-
-            def via_api_long_poll() -> None:
-                poll(submit(60), {"wait": LONG_POLL}, 0.0, 60)
-
-            def via_celery() -> None:
-                app.send_task("forwarder.ping").get(timeout=30)
-
-            # Warm both paths (connections, imports) before measuring.
-            _drive(via_api, 2, 1.0)
-            _drive(via_api_long_poll, 2, 1.0)
-            _drive(via_celery, 2, 1.0)
-            calls = dict(zip(PATHS, (via_celery, via_api, via_api_long_poll), strict=True))
-            for clients in CLIENTS:
-                # Rounds: each path in turn for a slice, the order rotating every round, so a
-                # change of machine load lands on all three alike (not on whichever ran last).
-                runs: dict[str, dict[str, Any]] = {
-                    path: {"latencies": [], "failures": 0, "in_time": 0, "seconds": 0.0}
-                    | {"api_cpu": 0.0, "client_cpu": 0.0}
-                    | {part: [] for part in parts}
-                    for path in calls
-                }
-                for round_no in range(rounds):
-                    turn = round_no % len(PATHS)
-                    for path in PATHS[turn:] + PATHS[:turn]:
-                        for values in parts.values():
-                            values.clear()
-                        api_cpu, client_cpu = cpu_seconds(api.pid), time.process_time()
-                        latencies, failures, in_time = _drive(calls[path], clients, slice_s)
-                        run = runs[path]
-                        run["api_cpu"] += cpu_seconds(api.pid) - api_cpu
-                        run["client_cpu"] += time.process_time() - client_cpu
-                        run["latencies"] += latencies
-                        run["failures"] += failures
-                        run["seconds"] += slice_s
-                        run["in_time"] += in_time
-                        for part, values in parts.items():
-                            run[part] += values
-                for path, run in runs.items():
-                    latencies = run["latencies"]
-                    http_requests = len(run["post"]) + len(run["get"])
-                    results.append(
-                        {
-                            "path": path,
-                            "clients": clients,
-                            "seconds": run["seconds"],
-                            "rounds": rounds,
-                            "requests": len(latencies),
-                            "failures": run["failures"],
-                            "throughput_per_s": run["in_time"] / run["seconds"],
-                            "latency_s": summarize(latencies),
-                            "latency_samples": [round(x, 5) for x in latencies],
-                            # The bench's own CPU per round trip: its clients share the 2 cores
-                            # with the API, the worker and Redis.
-                            "client_cpu_ms_per_request": 1000
-                            * run["client_cpu"]
-                            / max(1, len(latencies)),
-                            **(
-                                {
-                                    "post_s": summarize(run["post"]),
-                                    "get_s": summarize(run["get"]),
-                                    "gets_per_run": summarize(run["gets_per_run"]),
-                                    "api_cpu_ms_per_http_request": 1000
-                                    * run["api_cpu"]
-                                    / max(1, http_requests),
-                                }
-                                if path != "raw celery"
-                                else {}
-                            ),
-                        }
-                    )
+            clients_log = logs / "clients.log"
+            started = time.monotonic()
+            pool = Clients(max(CLIENTS), url, base, clients_log)
+            print(f"   {max(CLIENTS)} client processes up in {time.monotonic() - started:.0f}s")
+            try:
+                for clients in CLIENTS:
+                    # Rounds: each path in turn for a slice, the order rotating every round,
+                    # so a change of machine load lands on all three alike.
+                    runs: dict[str, dict[str, Any]] = {
+                        path: {"latencies": [], "failures": 0, "in_time": 0, "seconds": 0.0}
+                        | {"api_cpu": 0.0, "client_cpu": 0.0}
+                        | {part: [] for part in PARTS}
+                        for path in PATHS
+                    }
+                    for round_no in range(rounds):
+                        turn = round_no % len(PATHS)
+                        for path in PATHS[turn:] + PATHS[:turn]:
+                            api_cpu = cpu_seconds(api.pid)
+                            got = pool.drive(clients, path, slice_s)
+                            run = runs[path]
+                            run["api_cpu"] += cpu_seconds(api.pid) - api_cpu
+                            run["client_cpu"] += got["cpu_s"]
+                            run["seconds"] += slice_s
+                            for key in ("latencies", "failures", "in_time", *PARTS):
+                                run[key] += got[key]
+                    for path, run in runs.items():
+                        latencies = run["latencies"]
+                        http_requests = len(run["post"]) + len(run["get"])
+                        results.append(
+                            {
+                                "path": path,
+                                "clients": clients,
+                                "seconds": run["seconds"],
+                                "rounds": rounds,
+                                "requests": len(latencies),
+                                "failures": run["failures"],
+                                "throughput_per_s": run["in_time"] / run["seconds"],
+                                "latency_s": summarize(latencies),
+                                "latency_samples": [round(x, 5) for x in latencies],
+                                # The bench's own CPU per round trip: its clients share the 2 cores
+                                # with the API, the worker and Redis.
+                                "client_cpu_ms_per_request": 1000
+                                * run["client_cpu"]
+                                / max(1, len(latencies)),
+                                **(
+                                    {
+                                        "post_s": summarize(run["post"]),
+                                        "get_s": summarize(run["get"]),
+                                        "gets_per_run": summarize(run["gets_per_run"]),
+                                        "api_cpu_ms_per_http_request": 1000
+                                        * run["api_cpu"]
+                                        / max(1, http_requests),
+                                    }
+                                    if path != "raw celery"
+                                    else {}
+                                ),
+                            }
+                        )
+            finally:
+                pool.close()
         finally:
             api.stop()
             worker.stop()
