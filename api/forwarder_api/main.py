@@ -22,6 +22,7 @@ from forwarder_api.metrics import MetricsMiddleware
 from forwarder_api.routers import health, logs, metrics, monitor, runs, schedules, tasks, workers
 from forwarder_api.services import Services
 from forwarder_api.settings import ApiSettings, get_api_settings
+from forwarder_api.stopping import on_stop_signal
 
 log = logging.getLogger("forwarder.api")
 
@@ -52,9 +53,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings.schedules_mode,
             settings.flower_url,
         )
+        # A stop signal answers the long polls in flight, which the server waits for.
+        undo = on_stop_signal(services.watch.release)
         try:
             yield
         finally:
+            undo()
             await services.aclose()
 
     app = FastAPI(

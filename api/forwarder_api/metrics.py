@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 from forwarder_worker.dispatch import LATENESS_BUCKETS, SchedulerMetrics
 from forwarder_worker.store import ScheduleStore
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -82,7 +82,9 @@ class StoreCollector(Collector):
 class ApiMetrics:
     """The API's registry and its instruments."""
 
-    def __init__(self, store: ScheduleStore, scheduler: SchedulerMetrics) -> None:
+    def __init__(
+        self, store: ScheduleStore, scheduler: SchedulerMetrics, waiting: Callable[[], float]
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "forwarder_api_requests",
@@ -102,6 +104,11 @@ class ApiMetrics:
             ["task"],
             registry=self.registry,
         )
+        Gauge(
+            "forwarder_api_long_polls_waiting",
+            "Long polls (GET /runs/{id}?wait=) waiting for their run to end",
+            registry=self.registry,
+        ).set_function(waiting)
         self.registry.register(StoreCollector(store, scheduler))
 
 

@@ -17,6 +17,10 @@ without one (an older worker's) makes the waiter read the record. The price is t
 API process hears every run that ends, waited for or not: a dictionary lookup per run (and
 the announcement's bytes), far less than a subscribe/unsubscribe pair per long poll.
 
+When the server is asked to stop, :meth:`RunWatch.release` answers every long poll with its
+run as it is, and answers new ones at once (see :mod:`forwarder_api.stopping`): a long poll
+may end before its run does, and the client asks again, of another replica.
+
 Race-freedom: a waiter starts only once the pattern subscription is confirmed, and registers
 before its first read, so an end announced after that read reaches it. If the pub/sub
 connection drops, announcements made meanwhile are lost: when redis-py has reconnected and
@@ -62,6 +66,7 @@ class RunWatch:
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._starting = asyncio.Lock()
+        self._released = False
 
     async def get(self, run_id: str) -> RunRecord | None:
         """Run ``run_id``, or None if it was never recorded (or has expired)."""
@@ -70,14 +75,14 @@ class RunWatch:
 
     async def wait(self, run_id: str, seconds: float) -> RunRecord | None:
         """Run ``run_id`` as soon as it has ended, or as it is after ``seconds``."""
-        if seconds <= 0:
+        if seconds <= 0 or self._released:
             return await self.get(run_id)
         channel = self.runs.key(run_id)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(seconds):
                 await self._listening()
-                while True:
+                while not self._released:
                     woken: asyncio.Future[RunRecord | None] = loop.create_future()
                     waiters = self._waiters.setdefault(channel, set())
                     waiters.add(woken)
@@ -95,6 +100,13 @@ class RunWatch:
         except TimeoutError:
             pass
         return await self.get(run_id)
+
+    def release(self) -> None:
+        """Answer every waiting long poll now, and every later one at once (the server is
+        stopping, and would otherwise wait for them)."""
+        self._released = True
+        for waiters in self._waiters.values():
+            self._wake(waiters)
 
     @property
     def waiting(self) -> int:

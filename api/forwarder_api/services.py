@@ -73,6 +73,7 @@ class Services:
             schedules = LocalSchedules(
                 settings.schedules_dir, store, runs, dispatcher, catalog.known
             )
+        watch = RunWatch(async_client, runs)
         return cls(
             settings=settings,
             celery=celery,
@@ -80,12 +81,12 @@ class Services:
             redis=client,
             store=store,
             runs=runs,
-            watch=RunWatch(async_client, runs),
+            watch=watch,
             submitter=Submitter(celery, runs, async_client, catalog, queues),
             catalog=catalog,
             schedules=schedules,
             flower=FlowerClient(settings),
-            metrics=ApiMetrics(store, SchedulerMetrics(client, prefix)),
+            metrics=ApiMetrics(store, SchedulerMetrics(client, prefix), lambda: watch.waiting),
             tokens=TokenSet(settings),
         )
 

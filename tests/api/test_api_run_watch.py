@@ -134,6 +134,30 @@ async def test_unknown_and_finished_runs_answer_without_waiting(redis_url: str) 
         await watch.aclose()
 
 
+async def test_release_answers_every_waiter_as_its_run_is_and_later_waits_at_once(
+    redis_url: str,
+) -> None:
+    # The server is stopping (SIGTERM): it waits for requests in flight, so the long polls
+    # must end now, each with its run as it is, and a poll arriving after must not wait.
+    watch, runs = _watch(redis_url)
+    runs.queued("r1", "forwarder.ping", source="api")
+    runs.queued("r2", "forwarder.ping", source="api")
+    runs.transition("r2", "STARTED")
+    try:
+        waiters = [asyncio.create_task(watch.wait(run_id, LONG)) for run_id in ("r1", "r1", "r2")]
+        await _until(lambda: watch.waiting == 3)
+        began = time.monotonic()
+        watch.release()
+        records = await asyncio.wait_for(asyncio.gather(*waiters), LONG)
+        assert [r.state for r in records if r] == ["PENDING", "PENDING", "STARTED"]
+        assert watch.waiting == 0
+        later = await asyncio.wait_for(watch.wait("r1", LONG), LONG)
+        assert later is not None and later.state == "PENDING"
+        assert time.monotonic() - began < LONG / 2
+    finally:
+        await watch.aclose()
+
+
 async def test_a_run_that_ends_while_redis_restarts_is_answered_after_reconnecting(
     tmp_path: Path,
 ) -> None:

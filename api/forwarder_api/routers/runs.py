@@ -95,7 +95,8 @@ async def get_run(
             le=MAX_WAIT_SECONDS,
             description="Long poll: hold the request for up to this many seconds and answer "
             "as soon as the run has ended (SUCCESS, FAILURE, REVOKED or SKIPPED); a run still "
-            "going when the wait runs out is answered as it is. 0 (default): answer at once.",
+            "going when the wait runs out, or when the API is stopping, is answered as it is. "
+            "0 (default): answer at once.",
         ),
     ] = 0,
 ) -> Run:
