@@ -1,21 +1,20 @@
 """Benchmark 4, interactive round trip: the API against raw Celery, with 1, 8 and 32 clients.
 
-Forwarder: ``POST /tasks/forwarder.ping/runs`` then ``GET /runs/{id}`` every 5 ms until
-SUCCESS, through a real uvicorn running ``forwarder_api.main:create_app``. Anchor: raw Celery
-``app.send_task("forwarder.ping").get()`` (the Redis result backend notifies by pub/sub).
-Both use the same Valkey and the same Forwarder worker (prefork, concurrency 2). Each client
-is a process of its own (``bench/rt_client.py``, which says why) issuing requests back to back
-for a fixed time; latency is per request, throughput is the requests completed within the
-measured time per second, over all clients.
-Each path's time is taken in slices of about 4 s, the three paths in turn with the order
-rotating every round, so that a change of load on a shared machine lands on the anchor and on
-Forwarder alike.
+Forwarder: ``POST /tasks/forwarder.ping/runs``, then ``GET /runs/{id}?wait=30`` until SUCCESS
+(the API's long poll, its documented way to wait for a run: answered when the run ends, as
+``.get()`` is), through a real uvicorn running ``forwarder_api.main:create_app``. Anchor: raw
+Celery ``app.send_task("forwarder.ping").get()`` (the Redis result backend notifies by
+pub/sub). Both use the same Valkey and the same Forwarder worker (prefork, concurrency 2).
+A third row per client count is a client that cannot long-poll: it GETs ``/runs/{id}`` every
+5 ms instead.
 
-An extra row per client count, beside what the issue specifies: the same round trip with
-the API's long poll, ``GET /runs/{id}?wait=30`` (answered when the run ends), which is what
-``.get()`` does for raw Celery. The API process's CPU time per HTTP request, and the
-clients' own CPU per round trip, are recorded too: on a shared machine they are steadier than
-the latencies.
+Each client is a process of its own (``bench/rt_client.py``, which says why) issuing round
+trips back to back for a fixed time; latency is per round trip, throughput is the round
+trips completed within the measured time per second, over all clients. Each path's time is
+taken in slices of about 4 s, the three paths in turn with the order rotating every round, so
+that a change of load on a shared machine lands on the anchor and on Forwarder alike. The
+API process's CPU time per HTTP request, and the clients' own CPU per round trip, are
+recorded too: on a shared machine they are steadier than the latencies.
 
 Needs ``forwarder_api`` (the api branch on main); otherwise it is reported as not measured.
 """
