@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,30 @@ def test_scheduled_runs_feed_per_schedule_history_and_counters(
     assert runs.take_changed() == set()
     assert {r.id for r in runs.recent(schedule="team/job", state="FAILURE")} == {ids[1]}
     assert {r.task for r in runs.recent(task="tests.fail")} == {"tests.fail"}
+
+
+def test_history_read_while_runs_are_recorded_lists_each_run_once(runs: RunLog) -> None:
+    # History is read in pages by rank. A run recorded between two page reads pushes older
+    # runs down a rank, so a page can start with runs already read: each must be listed
+    # once (beat's test harness once saw a schedule's first firing twice).
+    wanted = [f"wanted-{n}" for n in range(10)]
+    for n in range(1000):
+        run_id = wanted[n // 100] if n % 100 == 50 else f"noise-{n}"
+        runs.queued(run_id, "tests.wanted" if run_id in wanted else "tests.noise", source="api")
+    stop = threading.Event()
+
+    def record_more() -> None:
+        n = 0
+        while not stop.is_set():
+            runs.queued(f"new-{n}", "tests.noise", source="api")
+            n += 1
+
+    inserter = threading.Thread(target=record_more)
+    inserter.start()
+    try:
+        for _ in range(20):
+            found = [r.id for r in runs.recent(task="tests.wanted", limit=50)]
+            assert sorted(found) == sorted(wanted), found
+    finally:
+        stop.set()
+        inserter.join()

@@ -402,12 +402,17 @@ class RunLog:
         key = f"{self.prefix}runs:s:{schedule}" if schedule else self.global_key
         wanted: list[RunRecord] = []
         skipped, page, cursor = 0, max(limit, 50), 0
+        # Pages are read by rank, and a run recorded between two reads shifts every older
+        # one down a rank: the next page then starts with ids already read. Each is taken once.
+        seen: set[str] = set()
         while len(wanted) < limit:
             ids = self.client.zrevrange(key, cursor, cursor + page - 1)
             if not ids:
                 break
             cursor += len(ids)
-            for record in self._records(ids):
+            fresh = [run_id for run_id in ids if run_id not in seen]
+            seen.update(fresh)
+            for record in self._records(fresh):
                 if (task and record.task != task) or (state and record.state != state):
                     continue
                 if skipped < offset:
