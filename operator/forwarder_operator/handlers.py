@@ -1,10 +1,12 @@
 """kopf handlers for ScheduledTask: every watch event goes to one level-triggered reconcile.
 
-* each event: :func:`forwarder_operator.reconciler.plan` decides from the object as it is
-  (entry applied for this generation? finalizer on? being deleted? a new run-now value?),
-  and the handler turns the plan into kopf's patch (status, finalizer) and Events. The
-  events our own writes cause are in step and cost nothing. An invalid spec gets
-  ``Ready=False`` and one Warning Event per generation, and is not retried.
+* each event: the object is validated into a
+  :class:`~forwarder_operator.resource.ScheduledTask`, then
+  :func:`forwarder_operator.reconciler.plan` decides from it as it is (entry applied for
+  this generation? finalizer on? being deleted? a new run-now value?), and a
+  :class:`~forwarder_operator.writer.KopfWriter` puts the plan into kopf's patch (status,
+  finalizer) and Events. The events our own writes cause are in step and cost nothing. An
+  invalid spec gets ``Ready=False`` and one Warning Event per generation, and is not retried.
 * delete: the finalizer ``forwarder.dev/finalizer`` keeps the resource until its entry and
   run history are gone.
 * Redis down: ``Ready=False`` (RedisUnavailable) once, and the object waits in the retry
@@ -19,18 +21,18 @@ import asyncio
 import functools
 import gc
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import kopf
 import redis
-from forwarder_worker.status import unavailable_status
 
 from forwarder_operator import loops, reconciler
-from forwarder_operator.kube import GROUP, PLURAL, VERSION, finalizers_with
+from forwarder_operator.kube import GROUP, PLURAL, VERSION
+from forwarder_operator.resource import ScheduledTask
 from forwarder_operator.services import Services, services_of
 from forwarder_operator.settings import OperatorSettings
+from forwarder_operator.writer import KopfWriter
 
 HANDLER = "scheduledtask"
 """The event handler's id, as kopf's log lines name it."""
@@ -149,6 +151,7 @@ def redis_probe(memo: kopf.Memo, **_: Any) -> bool:
 @kopf.on.event(GROUP, VERSION, PLURAL, id=HANDLER)
 async def scheduledtask(
     type: str | None,
+    event: kopf.RawEvent,
     body: kopf.Body,
     patch: kopf.Patch,
     memo: Any,
@@ -159,28 +162,26 @@ async def scheduledtask(
 
     Async so that the events needing no Redis (most are our own writes coming back) are
     decided on the event loop; Redis work, which is synchronous, goes to kopf's thread pool.
+    The object is validated from the event's raw body, which is cheaper than reading kopf's
+    ``body`` view (:mod:`forwarder_operator.resource`); ``body`` is what kopf's Events name.
     """
     services = services_of(memo)
     executor = memo.get(EXECUTOR)
-    metadata = body.metadata
-    namespace, name = metadata.namespace, metadata.name
-    if namespace is None or name is None:
-        return  # ScheduledTask is namespaced; a malformed event has nothing to reconcile
+    task = ScheduledTask.model_validate(event["object"])
+    metadata = task.metadata
+    writer = KopfWriter(body, patch, logger)
     loop = asyncio.get_running_loop()
     if type == "DELETED":
         try:
-            removed = await loop.run_in_executor(
-                executor, reconciler.forget_if_owned, services, metadata
-            )
+            plan = await loop.run_in_executor(executor, reconciler.gone, services, metadata)
         except redis.RedisError as exc:
-            delay = services.retries.add(metadata, gone=True)
+            delay = services.retries.add(metadata)
             logger.warning("Redis is unreachable, retrying in %.0fs: %s", delay, exc)
             return
-        if removed:
-            logger.info("schedule entry removed (the object is gone)")
-        services.retries.done(namespace, name)
+        services.retries.done(metadata.namespace, metadata.name)
+        writer.write(plan)
         return
-    if services.retries.pending(namespace, name):
+    if services.retries.pending(metadata.namespace, metadata.name):
         return  # the retry reads the object afresh once Redis answers
     # The first sight since this process started re-applies (as kopf's resume handlers did):
     # Redis may have lost the entry, or the run history changed, meanwhile. kopf lists again
@@ -188,18 +189,15 @@ async def scheduledtask(
     # per-object memo remembers that this object was reconciled.
     initial = type is None and not memo.get(RECONCILED)
     try:
-        if reconciler.needs_redis(body, initial=initial):
+        if reconciler.needs_redis(task, initial=initial):
             plan = await loop.run_in_executor(
-                executor, functools.partial(reconciler.plan, services, body, initial=initial)
+                executor, functools.partial(reconciler.plan, services, task, initial=initial)
             )
         else:
-            plan = reconciler.plan(services, body, initial=initial)
+            plan = reconciler.plan(services, task, initial=initial)
     except redis.RedisError as exc:
         delay = services.retries.add(metadata)
-        if not reconciler.is_unavailable(body.status):
-            patch.status.update(
-                unavailable_status(exc, metadata.get("generation"), body.status, time.time())
-            )
+        writer.write(reconciler.unavailable(task, exc))
         logger.warning("Redis is unreachable, retrying in %.0fs: %s", delay, exc)
         return
     except Exception:
@@ -209,26 +207,4 @@ async def scheduledtask(
         logger.exception("reconcile failed, retrying in %.0fs", delay)
         return
     memo[RECONCILED] = True
-    write(plan, body, patch, logger)
-
-
-def write(plan: reconciler.Plan, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
-    """Put ``plan`` into kopf's patch, post its Events and log it."""
-    if plan.status:
-        patch.status.update(plan.status)
-    # Finalizers go as JSON-patch functions: kopf sends them with a resourceVersion test, so
-    # a concurrent change to the list by another controller is never overwritten.
-    if plan.add_finalizer or plan.remove_finalizer:
-        patch.fns.append(functools.partial(mark_finalizer, present=plan.add_finalizer))
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-        if event.type == "Warning":
-            logger.warning("%s: %s", event.reason, event.message)
-    for line in plan.log:
-        logger.info("%s", line)
-
-
-def mark_finalizer(body: kopf.RawBody, *, present: bool) -> None:
-    """kopf patch function: our finalizer on (``present``) or off, others kept."""
-    metadata = body.setdefault("metadata", {})
-    metadata["finalizers"] = finalizers_with(metadata.get("finalizers") or (), present=present)
+    writer.write(plan)

@@ -2,18 +2,21 @@
 
 kopf delivers events to handlers, but the status loop and the sweep work across all
 resources at once: they list ScheduledTasks and patch status through this client; the
-retries read one object afresh and write its finalizer and Events. It uses
+retries read one object afresh and write its finalizer and Events. Objects read here are
+validated into :class:`~forwarder_operator.resource.ScheduledTask` as they arrive. It uses
 the same credentials kopf's default login uses (in-cluster, else ``KUBECONFIG``).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+
+from forwarder_operator.resource import ObjectMeta, ScheduledTask
 
 GROUP = "forwarder.dev"
 VERSION = "v1alpha1"
@@ -40,10 +43,10 @@ def _api_client() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
-def _items(reply: object) -> list[dict[str, Any]]:
+def _items(reply: object) -> list[ScheduledTask]:
     # Custom objects come back as plain dicts: there is no generated model for them.
     assert isinstance(reply, dict)
-    return list(reply.get("items", []))
+    return [ScheduledTask.model_validate(item) for item in reply.get("items", [])]
 
 
 class KubeClient:
@@ -60,12 +63,12 @@ class KubeClient:
             self._client = _api_client()
         return kubernetes.client.CustomObjectsApi(self._client)
 
-    def list_scheduled_tasks(self) -> list[dict[str, Any]]:
+    def list_scheduled_tasks(self) -> list[ScheduledTask]:
         """Every ScheduledTask in the watched namespaces (all namespaces when none are set)."""
         if not self.namespaces:
             reply = self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
             return _items(reply)
-        items: list[dict[str, Any]] = []
+        items: list[ScheduledTask] = []
         for namespace in self.namespaces:
             reply = self.api.list_namespaced_custom_object(  # a dict: no model for CRs
                 GROUP, VERSION, namespace, PLURAL
@@ -73,7 +76,7 @@ class KubeClient:
             items.extend(_items(reply))
         return items
 
-    def get_scheduled_task(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_scheduled_task(self, namespace: str, name: str) -> ScheduledTask | None:
         """One ScheduledTask, or None if it does not exist."""
         try:
             reply = self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -81,30 +84,24 @@ class KubeClient:
             if exc.status == 404:
                 return None
             raise
-        assert isinstance(reply, dict)
-        return reply
+        return ScheduledTask.model_validate(reply)
 
-    def set_finalizer(self, body: Mapping[str, Any], *, present: bool) -> None:
-        """Add or remove our finalizer, only if the object is still the version ``body``
+    def set_finalizer(self, meta: ObjectMeta, *, present: bool) -> None:
+        """Add or remove our finalizer, only if the object is still the version ``meta``
         shows (a JSON-patch test): others' finalizers are never overwritten. A conflict
         raises ApiException (422); the caller reads the object again."""
-        metadata = body["metadata"]
-        finalizers = finalizers_with(metadata.get("finalizers") or (), present=present)
-        ops = [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": metadata["resourceVersion"],
-            },
+        finalizers = finalizers_with(meta.finalizers, present=present)
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resource_version},
             {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
         ]
         try:
             self.api.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
-                metadata["namespace"],
+                meta.namespace,
                 PLURAL,
-                metadata["name"],
+                meta.name,
                 ops,
                 _content_type="application/json-patch+json",
             )
@@ -112,19 +109,18 @@ class KubeClient:
             if exc.status != 404:  # gone: nothing left to hold
                 raise
 
-    def post_event(self, body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-        """Post a core/v1 Event about ``body`` (what kopf posts from handlers)."""
-        metadata = body["metadata"]
+    def post_event(self, meta: ObjectMeta, type: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about the object ``meta`` names (what kopf posts from handlers)."""
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "metadata": {"generateName": f"{metadata['name']}."},
+            "metadata": {"generateName": f"{meta.name}."},
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
-                "kind": body.get("kind", "ScheduledTask"),
-                "name": metadata["name"],
-                "namespace": metadata["namespace"],
-                "uid": metadata.get("uid"),
-                "resourceVersion": metadata.get("resourceVersion"),
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ScheduledTask",
+                "name": meta.name,
+                "namespace": meta.namespace,
+                "uid": meta.uid,
+                "resourceVersion": meta.resource_version,
             },
             "type": type,
             "reason": reason,
@@ -137,7 +133,7 @@ class KubeClient:
         }
         # A dict body: the client serialises it as is (its model class adds nothing here).
         kubernetes.client.CoreV1Api(self.api.api_client).create_namespaced_event(
-            metadata["namespace"],
+            meta.namespace,
             event,  # type: ignore[arg-type]
         )
 

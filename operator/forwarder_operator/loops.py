@@ -17,6 +17,10 @@ Objects whose reconcile failed on Redis wait in the retry queue
 (:mod:`forwarder_operator.retries`); each pass tries the due ones again, reading each object
 afresh (one Redis ping first, so an outage costs no Kubernetes requests).
 
+The status pass, the sweep and the retries write to resources through
+:class:`~forwarder_operator.writer.ApiWriter`: a retried object gets the same status,
+finalizer, Events and log lines as its handler would have written.
+
 Redis or API errors never end the loop: it logs, backs off (1 s doubling to 60 s), and
 carries on, so the operator recovers by itself when Redis comes back.
 """
@@ -36,17 +40,18 @@ from urllib3.exceptions import HTTPError
 
 from forwarder_operator import reconciler
 from forwarder_operator.kube import FINALIZER
-from forwarder_operator.retries import Retry
+from forwarder_operator.resource import ObjectMeta
+from forwarder_operator.retries import Retry, backoff
 from forwarder_operator.services import Services
+from forwarder_operator.writer import ApiWriter, Plan
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 60.0
 # Errors that mean "try again later", not "this code is wrong".
 TRANSIENT = (redis.RedisError, ApiException, HTTPError, OSError)
 
 
-class StatusWriter:
+class StatusPass:
     """Copies changed run records into status; remembers what it wrote to skip no-ops."""
 
     def __init__(self, services: Services) -> None:
@@ -74,7 +79,8 @@ class StatusWriter:
                 continue
             status = runs_status(services.runs.summary(name, stored.entry.history), stored)
             if self.written.get(name) != status:
-                if not services.kube.patch_status(namespace, resource, status):
+                target = ObjectMeta(namespace=namespace, name=resource)
+                if not ApiWriter(services.kube, target).write(Plan(status=status)):
                     self.written.pop(name, None)
                     self.pending.discard(name)
                     continue
@@ -103,34 +109,34 @@ def sweep(services: Services) -> tuple[list[str], list[str]]:
         if config.watches(stored.entry.namespace)
     }
     live = {
-        f"{r['metadata']['namespace']}/{r['metadata']['name']}": r
-        for r in services.kube.list_scheduled_tasks()
-        if config.watches(r["metadata"]["namespace"])
+        task.metadata.entry_name: task
+        for task in services.kube.list_scheduled_tasks()
+        if config.watches(task.metadata.namespace)
     }
     removed = sorted(entries.keys() - live.keys())
     for name in removed:
         services.forget(name)
         log.info("removed orphan schedule entry %s (its ScheduledTask is gone)", name)
     repaired = []
-    for name, resource in sorted(live.items()):
-        metadata = resource["metadata"]
-        uid, generation = metadata.get("uid", ""), int(metadata.get("generation") or 0)
+    for name, task in sorted(live.items()):
+        metadata = task.metadata
+        uid, generation = metadata.uid, metadata.generation or 0
         entry = entries.get(name)
         if entry is not None and entry.uid == uid and entry.generation >= generation:
             continue  # in step (or its newest spec is invalid and the last valid one stays)
-        if FINALIZER not in (metadata.get("finalizers") or ()):
+        if FINALIZER not in metadata.finalizers:
             continue  # not reconciled yet: its watch event will make the entry
-        if metadata.get("deletionTimestamp"):
+        if metadata.deletion_timestamp:
             continue
-        if services.retries.pending(metadata["namespace"], metadata["name"]):
+        if services.retries.pending(metadata.namespace, metadata.name):
             continue  # waits for Redis in the retry queue
         if entry is None and services.store.get(name) is not None:
             continue  # its handler created the entry since the entries were read
         result = apply_schedule(
             services.store,
-            metadata["namespace"],
-            metadata["name"],
-            resource.get("spec") or {},
+            metadata.namespace,
+            metadata.name,
+            task.spec,
             uid=uid,
             generation=generation,
             known_tasks=services.known_tasks,
@@ -138,11 +144,10 @@ def sweep(services: Services) -> tuple[list[str], list[str]]:
         if result.entry is None or result.reason == "Stale":
             continue  # an invalid spec (its handler reported it), or a handler got there first
         repaired.append(name)
-        log.info("repaired schedule entry %s (%s)", name, "lost" if entry is None else "stale")
-        services.kube.patch_status(
-            metadata["namespace"],
-            metadata["name"],
-            applied_status(result, generation, resource.get("status") or {}, time.time()),
+        status = applied_status(result, generation, task.previous_status(), time.time())
+        why = "lost" if entry is None else "stale"
+        ApiWriter(services.kube, metadata).write(
+            Plan(status=status, log=[f"repaired schedule entry ({why})"])
         )
     return removed, repaired
 
@@ -150,27 +155,18 @@ def sweep(services: Services) -> tuple[list[str], list[str]]:
 def retry_one(services: Services, retry: Retry) -> None:
     """Reconcile one queued object afresh (blocking I/O: run it in a thread); raises on
     Redis or Kubernetes errors, and the caller queues it again."""
-    namespace, name = retry.namespace, retry.name
-    body = services.kube.get_scheduled_task(namespace, name)
-    if body is None:
-        metadata = {"namespace": namespace, "name": name, "uid": retry.uid}
-        if reconciler.forget_if_owned(services, metadata):
-            log.info("[%s/%s] schedule entry removed (the object is gone)", namespace, name)
+    namespace, name = retry.metadata.namespace, retry.metadata.name
+    task = services.kube.get_scheduled_task(namespace, name)
+    if task is None:
+        plan = reconciler.gone(services, retry.metadata)
         services.retries.done(namespace, name)
+        ApiWriter(services.kube, retry.metadata).write(plan)
         return
-    plan = reconciler.plan(services, body, initial=True)
+    plan = reconciler.plan(services, task, initial=True)
     # Done before the writes below: watch events from now on are handled again, so a spec
     # change that lands meanwhile is not lost (reconciling is idempotent).
     services.retries.done(namespace, name)
-    kube = services.kube
-    if plan.status and not kube.patch_status(namespace, name, plan.status):
-        return  # deleted meanwhile: its DELETED event takes care of the entry
-    if plan.add_finalizer or plan.remove_finalizer:
-        kube.set_finalizer(body, present=plan.add_finalizer)
-    for event in plan.events:
-        kube.post_event(body, event.type, event.reason, event.message)
-    for line in plan.log:
-        log.info("[%s/%s] %s", namespace, name, line)
+    ApiWriter(services.kube, task.metadata).write(plan)
 
 
 async def retry_due(services: Services) -> int:
@@ -192,9 +188,8 @@ async def retry_due(services: Services) -> int:
             # One object's failure never stops the others; a bug shows its traceback.
             delay = services.retries.postpone(retry)
             log.warning(
-                "[%s/%s] retrying in %.0fs: %s",
-                retry.namespace,
-                retry.name,
+                "[%s] retrying in %.0fs: %s",
+                retry.metadata.entry_name,
                 delay,
                 exc,
                 exc_info=not isinstance(exc, TRANSIENT),
@@ -208,7 +203,7 @@ async def run_forever(services: Services) -> None:
     """Status passes every ``operator_status_interval``, sweeps every ``operator_sweep_interval``
     (the first one at once), until cancelled."""
     config = services.config
-    writer = StatusWriter(services)
+    status_pass = StatusPass(services)
     next_sweep = 0.0
     failures = 0
     while True:
@@ -217,11 +212,11 @@ async def run_forever(services: Services) -> None:
                 await asyncio.to_thread(sweep, services)
                 next_sweep = time.monotonic() + config.operator_sweep_interval
             await retry_due(services)
-            await asyncio.to_thread(writer.pass_once)
+            await asyncio.to_thread(status_pass.pass_once)
         except Exception as exc:
             # The loop must outlive any one failure; a bug is logged with its traceback.
             failures += 1
-            delay = min(2 ** (failures - 1), MAX_BACKOFF)
+            delay = backoff(failures - 1)
             log.warning(
                 "status loop: %s; retrying in %.0fs",
                 exc,

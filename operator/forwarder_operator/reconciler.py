@@ -6,8 +6,9 @@ PATCHes and three to four watch events per new resource (its finalizer, its
 last-handled-configuration annotation, then the status) and about 10 ms of operator CPU; at
 10,000 resources that was 134 s to Ready (bench/REPORT.md, operator scale). Deciding from the
 object itself, as controller-runtime reconcilers do, takes one status PATCH and one
-finalizer PATCH, and the watch events our own writes cause are recognised as in step and cost
-a dictionary lookup. kopf still does the watching, peering, Event posting and patching.
+finalizer PATCH, and the watch events our own writes cause are recognised as in step from a
+few fields of the validated object (:class:`~forwarder_operator.resource.ScheduledTask`).
+kopf still does the watching, peering, Event posting and patching.
 
 The rules (:func:`plan`):
 
@@ -16,135 +17,130 @@ The rules (:func:`plan`):
   sight of the object after a start (Redis may have lost the entry, or ``runHistoryLimit``
   the run history, meanwhile); then one run per new value of the run-now annotation.
 * being deleted, with our finalizer: the entry and its history go, then the finalizer.
-* gone (a DELETED event): the entry goes if it is still this object's (the finalizer was
-  forced off, or the object was deleted before its finalizer landed).
+* gone (:func:`gone`: a DELETED event, or a retry that finds no object): the entry goes if
+  it is still this object's (the finalizer was forced off, or the object was deleted before
+  its finalizer landed).
 
-Redis errors propagate: the caller marks the object unavailable and leaves it to the
+What to write comes back as a :class:`~forwarder_operator.writer.Plan`, which a
+:class:`~forwarder_operator.writer.Writer` writes, whichever path decided it. Redis errors
+propagate: the caller writes :func:`unavailable` and leaves the object to the
 :class:`~forwarder_operator.retries.RetryQueue`, which the operator's loop drains with backoff.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from forwarder_worker.reconcile import apply_schedule
 from forwarder_worker.runs import ScheduleRuns
-from forwarder_worker.status import READY, REDIS_UNAVAILABLE, applied_status, runs_status
+from forwarder_worker.status import (
+    READY,
+    REDIS_UNAVAILABLE,
+    applied_status,
+    runs_status,
+    unavailable_status,
+)
 
 from forwarder_operator.kube import FINALIZER, RUN_NOW
+from forwarder_operator.resource import ObjectMeta, ScheduledTask
 from forwarder_operator.services import Services
+from forwarder_operator.writer import Event, Plan
 
 NO_RUNS = ScheduleRuns(None, [], 0, 0, 0, 0, None, None)
 """The run history of a schedule that has not run."""
 
 
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post about the object."""
-
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Plan:
-    """What to write for one object; empty when it is in step."""
-
-    status: dict[str, Any] = field(default_factory=dict)
-    add_finalizer: bool = False
-    remove_finalizer: bool = False
-    events: list[Event] = field(default_factory=list)
-    log: list[str] = field(default_factory=list)
-
-
-def entry_name(metadata: Mapping[str, Any]) -> str:
-    """The schedule entry of a ScheduledTask: ``<namespace>/<name>``."""
-    return f"{metadata['namespace']}/{metadata['name']}"
-
-
-def is_unavailable(status: Mapping[str, Any]) -> bool:
+def is_unavailable(task: ScheduledTask) -> bool:
     """Whether status already says Redis is unreachable (so it need not be written again)."""
-    return any(
-        c.get("type") == READY and c.get("reason") == REDIS_UNAVAILABLE
-        for c in status.get("conditions") or ()
+    return task.status is not None and any(
+        c.type == READY and c.reason == REDIS_UNAVAILABLE for c in task.status.conditions
     )
 
 
-def needs_redis(body: Mapping[str, Any], *, initial: bool) -> bool:
-    """Whether :func:`plan` has Redis work to do for ``body``. Most watch events are our own
+def needs_redis(task: ScheduledTask, *, initial: bool) -> bool:
+    """Whether :func:`plan` has Redis work to do for ``task``. Most watch events are our own
     writes coming back, which need none: the handler decides those without a thread."""
-    metadata = body["metadata"]
-    if metadata.get("deletionTimestamp"):
-        return _must_forget(metadata)
-    return _must_apply(body, initial=initial) or bool(_run_now_value(metadata))
+    if task.metadata.deletion_timestamp:
+        return _must_forget(task.metadata)
+    return _must_apply(task, initial=initial) or bool(_run_now_value(task.metadata))
 
 
-def plan(services: Services, body: Mapping[str, Any], *, initial: bool) -> Plan:
-    """Decide (and do, in Redis) what reconciling ``body`` takes; raises RedisError.
+def plan(services: Services, task: ScheduledTask, *, initial: bool) -> Plan:
+    """Decide (and do, in Redis) what reconciling ``task`` takes; raises RedisError.
 
     ``initial`` is the operator's first sight of the object since it started.
     """
-    metadata = body["metadata"]
-    name = entry_name(metadata)
+    metadata = task.metadata
+    name = metadata.entry_name
     result = Plan()
-    if metadata.get("deletionTimestamp"):
+    if metadata.deletion_timestamp:
         if _must_forget(metadata):
             services.forget(name)
             result.remove_finalizer = True
             result.log.append("schedule entry removed")
         return result
-    if FINALIZER not in (metadata.get("finalizers") or ()):
+    if FINALIZER not in metadata.finalizers:
         result.add_finalizer = True
-    if _must_apply(body, initial=initial):
-        _apply(services, body, result)
+    if _must_apply(task, initial=initial):
+        _apply(services, task, result)
     run_now = _run_now_value(metadata)
     if run_now:
         _run_now(services, name, run_now, result)
     return result
 
 
-def _must_forget(metadata: Mapping[str, Any]) -> bool:
+def unavailable(task: ScheduledTask, error: Exception) -> Plan:
+    """What to write when Redis failed the reconcile: ``Ready=False`` (RedisUnavailable),
+    unless status says so already."""
+    if is_unavailable(task):
+        return Plan()
+    status = unavailable_status(
+        error, task.metadata.generation, task.previous_status(), time.time()
+    )
+    return Plan(status=status)
+
+
+def gone(services: Services, metadata: ObjectMeta) -> Plan:
+    """After the object is gone (a DELETED event, or a retry that finds no object): its entry
+    goes unless a newer object of the same name owns it now; raises RedisError."""
+    result = Plan()
+    if forget_if_owned(services, metadata):
+        result.log.append("schedule entry removed (the object is gone)")
+    return result
+
+
+def _must_forget(metadata: ObjectMeta) -> bool:
     """Being deleted with our finalizer still on: the entry has to go first."""
-    return FINALIZER in (metadata.get("finalizers") or ())
+    return FINALIZER in metadata.finalizers
 
 
-def _must_apply(body: Mapping[str, Any], *, initial: bool) -> bool:
+def _must_apply(task: ScheduledTask, *, initial: bool) -> bool:
     """The spec has to be applied: first sight, a generation not yet observed, or a status
     that still says Redis was unreachable."""
-    status = body.get("status") or {}
-    return (
-        initial
-        or status.get("observedGeneration") != body["metadata"].get("generation")
-        or is_unavailable(status)
-    )
+    observed = None if task.status is None else task.status.observed_generation
+    return initial or observed != task.metadata.generation or is_unavailable(task)
 
 
-def _run_now_value(metadata: Mapping[str, Any]) -> str | None:
+def _run_now_value(metadata: ObjectMeta) -> str | None:
     """The run-now annotation's value, if any (whether it is new is Redis's to say)."""
-    value = (metadata.get("annotations") or {}).get(RUN_NOW)
-    return str(value) if value else None
+    return metadata.annotations.get(RUN_NOW) or None
 
 
-def _apply(services: Services, body: Mapping[str, Any], result: Plan) -> None:
-    metadata = body["metadata"]
-    generation = metadata.get("generation")
+def _apply(services: Services, task: ScheduledTask, result: Plan) -> None:
+    metadata = task.metadata
+    generation = metadata.generation
     applied = apply_schedule(
         services.store,
-        metadata["namespace"],
-        metadata["name"],
-        dict(body.get("spec") or {}),
-        uid=metadata.get("uid", ""),
-        generation=int(generation or 0),
+        metadata.namespace,
+        metadata.name,
+        task.spec,
+        uid=metadata.uid,
+        generation=generation or 0,
         known_tasks=services.known_tasks,
     )
-    before = body.get("status") or {}
-    result.status.update(applied_status(applied, generation, before, time.time()))
+    result.status.update(applied_status(applied, generation, task.previous_status(), time.time()))
     if applied.entry is not None and applied.reason != "Stale":
-        if before:
+        if task.status is not None:
             # The run history too: runHistoryLimit may have changed, and after a restart the
             # status loop reports only what changes from then on.
             history = services.runs.summary(applied.entry.name, applied.entry.history)
@@ -178,12 +174,12 @@ def _run_now(services: Services, name: str, value: str, result: Plan) -> None:
         result.events.append(Event("Warning", "RunNowSkipped", outcome.reason or "skipped"))
 
 
-def forget_if_owned(services: Services, metadata: Mapping[str, Any]) -> bool:
-    """After the object is gone: remove its entry unless a newer object of the same name
-    owns it now. Returns whether anything was removed."""
-    name = entry_name(metadata)
+def forget_if_owned(services: Services, metadata: ObjectMeta) -> bool:
+    """Remove the entry of an object that is gone, unless a newer object of the same name owns
+    it now. Returns whether anything was removed."""
+    name = metadata.entry_name
     stored = services.store.get(name)
-    if stored is not None and stored.entry.uid not in ("", metadata.get("uid")):
+    if stored is not None and stored.entry.uid not in ("", metadata.uid):
         return False
     services.forget(name)
     return stored is not None

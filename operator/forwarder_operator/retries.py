@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from forwarder_operator.resource import ObjectMeta
 
 MAX_BACKOFF = 60.0
-"""Longest wait between retries while Redis is down."""
+"""Longest wait between tries while Redis (or the API server) fails the operator."""
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before try ``attempt + 1``: 1 s after the first failure, doubling to
+    :data:`MAX_BACKOFF`."""
+    return float(min(2**attempt, MAX_BACKOFF))
 
 
 @dataclass
 class Retry:
-    """One object waiting for Redis: where it is, and when to try again."""
+    """One object waiting for Redis: which one, and when to try again."""
 
-    namespace: str
-    name: str
-    uid: str
-    gone: bool
+    metadata: ObjectMeta
+    """As last seen; the retry reads the object afresh and uses only its name and uid."""
     attempt: int
     at: float
 
@@ -42,16 +46,14 @@ class RetryQueue:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, str], Retry] = {}
 
-    def add(self, metadata: Mapping[str, Any], *, gone: bool = False) -> float:
+    def add(self, metadata: ObjectMeta) -> float:
         """Queue the object (again); returns the delay before its next attempt."""
-        key = (metadata["namespace"], metadata["name"])
+        key = (metadata.namespace, metadata.name)
         with self._lock:
             before = self._items.get(key)
             attempt = 0 if before is None else before.attempt + 1
-            delay = float(min(2**attempt, MAX_BACKOFF))
-            self._items[key] = Retry(
-                key[0], key[1], metadata.get("uid", ""), gone, attempt, time.monotonic() + delay
-            )
+            delay = backoff(attempt)
+            self._items[key] = Retry(metadata, attempt, time.monotonic() + delay)
         return delay
 
     def pending(self, namespace: str, name: str) -> bool:
@@ -67,14 +69,9 @@ class RetryQueue:
 
     def postpone(self, retry: Retry) -> float:
         """Try ``retry`` again later, after a longer wait; returns the wait."""
-        metadata = {"namespace": retry.namespace, "name": retry.name, "uid": retry.uid}
-        return self.add(metadata, gone=retry.gone)
+        return self.add(retry.metadata)
 
     def done(self, namespace: str, name: str) -> None:
         """The object is in step (or gone): stop retrying it."""
         with self._lock:
             self._items.pop((namespace, name), None)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)

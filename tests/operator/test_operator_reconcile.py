@@ -25,6 +25,7 @@ import redis
 from forwarder_operator.handlers import NoDiffBase, configure, shutdown
 from forwarder_operator.kube import FINALIZER
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
+from forwarder_operator.resource import ObjectMeta, ScheduledTask
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
 from forwarder_worker.reconcile import apply_schedule
@@ -118,19 +119,19 @@ def test_gone_object_leaves_a_newer_owners_entry(redis_url: str) -> None:
     services = Services.create(OperatorSettings(redis_url=redis_url))
     try:
         apply_schedule(services.store, "default", "twin", HOURLY, uid="new-uid", generation=1)
-        old = {"namespace": "default", "name": "twin", "uid": "old-uid"}
+        old = ObjectMeta(namespace="default", name="twin", uid="old-uid")
         assert not forget_if_owned(services, old)
         stored = services.store.get("default/twin")
         assert stored is not None and stored.entry.uid == "new-uid"
 
-        current = {**old, "uid": "new-uid"}
+        current = old.model_copy(update={"uid": "new-uid"})
         assert forget_if_owned(services, current)
         assert services.store.get("default/twin") is None
     finally:
         services.close()
 
 
-def _object(**changes: Any) -> dict[str, Any]:
+def _body(**changes: Any) -> dict[str, Any]:
     """A ScheduledTask as the watch shows it once reconciled: generation 2 observed, our
     finalizer on; ``changes`` are merged into metadata (and ``status``/``spec`` replaced)."""
     body: dict[str, Any] = {
@@ -150,6 +151,11 @@ def _object(**changes: Any) -> dict[str, Any]:
         else:
             body["metadata"][key] = value
     return body
+
+
+def _object(**changes: Any) -> ScheduledTask:
+    """:func:`_body`, validated as the handler validates each event's object."""
+    return ScheduledTask.model_validate(_body(**changes))
 
 
 def test_in_step_events_are_decided_without_redis() -> None:
@@ -200,7 +206,7 @@ async def test_operator_has_kopf_build_no_diff_base(redis_url: str) -> None:
     try:
         storage = settings.persistence.diffbase_storage
         assert isinstance(storage, NoDiffBase)
-        body = kopf.Body(_object(annotations={"team": "ml"}))
+        body = kopf.Body(_body(annotations={"team": "ml"}))
         assert storage.build(body=body) == {}
         assert storage.fetch(body=body) is None
     finally:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from forwarder_operator.loops import StatusWriter
+from forwarder_operator.loops import StatusPass
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
 from forwarder_worker.model import parse_spec
@@ -32,15 +32,15 @@ def test_status_loop_patches_only_changed_resources(
         for name in ("a", "b", "c"):
             created = kube.create(name, {**HOURLY, "runHistoryLimit": 2})
             apply_schedule(services.store, "default", name, created["spec"], uid="u", generation=1)
-        writer = StatusWriter(services)
-        writer.pass_once()  # whatever the setup changed
-        assert writer.pass_once() == 0
+        status_pass = StatusPass(services)
+        status_pass.pass_once()  # whatever the setup changed
+        assert status_pass.pass_once() == 0
 
         for i in range(3):
             run_id = f"run-{i}"
             services.runs.queued(run_id, "forwarder.ping", source="schedule", schedule="default/b")
             services.runs.transition(run_id, "SUCCESS", result='"pong"', finished=1.0e9 + i)
-        assert writer.pass_once() == 1
+        assert status_pass.pass_once() == 1
         status = kube.status("b")
         assert status["lastRun"]["state"] == "SUCCESS"
         assert status["totalRunCount"] == 3
@@ -50,8 +50,8 @@ def test_status_loop_patches_only_changed_resources(
 
         # A change that leaves status as it was is not written again.
         services.runs.transition("run-2", "SUCCESS")
-        assert writer.pass_once() == 0
-        assert writer.pass_once() == 0
+        assert status_pass.pass_once() == 0
+        assert status_pass.pass_once() == 0
     finally:
         services.close()
 
