@@ -162,11 +162,12 @@ async def scheduledtask(
 
     Async so that the events needing no Redis (most are our own writes coming back) are
     decided on the event loop; Redis work, which is synchronous, goes to kopf's thread pool.
-    The object is validated from the event's raw body, which is cheaper than reading kopf's
-    ``body`` view (:mod:`forwarder_operator.resource`); ``body`` is what kopf's Events name.
+    The object is validated once, from the event's raw object (validating kopf's ``body``
+    view costs more: :mod:`forwarder_operator.resource`); ``body`` is what kopf's Events name.
     """
     services = services_of(memo)
     executor = memo.get(EXECUTOR)
+    # Fails only on an object the API server would not serve (kopf logs the error).
     task = ScheduledTask.model_validate(event["object"])
     metadata = task.metadata
     writer = KopfWriter(body, patch, logger)

@@ -137,10 +137,11 @@ class KubeClient:
             event,  # type: ignore[arg-type]
         )
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        """Merge ``status`` into the resource's status; False if the resource is gone."""
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> ObjectMeta | None:
+        """Merge ``status`` into the resource's status; returns the metadata of the version
+        this write made, or None if the resource is gone."""
         try:
-            self.api.patch_namespaced_custom_object_status(
+            reply = self.api.patch_namespaced_custom_object_status(
                 GROUP,
                 VERSION,
                 namespace,
@@ -151,9 +152,10 @@ class KubeClient:
             )
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return True
+        assert isinstance(reply, dict)
+        return ObjectMeta.model_validate(reply["metadata"])
 
     def close(self) -> None:
         """Close the HTTP pool."""

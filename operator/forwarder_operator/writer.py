@@ -120,7 +120,13 @@ class ApiWriter(Writer):
         self.logger = _ObjectLog(log, {"object": meta.entry_name})
 
     def patch_status(self, status: dict[str, Any]) -> bool:
-        return self.kube.patch_status(self.meta.namespace, self.meta.name, status)
+        written = self.kube.patch_status(self.meta.namespace, self.meta.name, status)
+        if written is None:
+            return False
+        # The status write made a new version: the finalizer's JSON-patch tests that one, as
+        # kopf's does after its status PATCH (the version read before would always conflict).
+        self.meta = written
+        return True
 
     def set_finalizer(self, *, present: bool) -> None:
         self.kube.set_finalizer(self.meta, present=present)

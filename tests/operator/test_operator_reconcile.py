@@ -4,6 +4,8 @@
   per generation, however many runs;
 * a delete while Redis refuses the operator keeps the finalizer and the entry, and finishes
   by itself once Redis answers (the retry queue);
+* an object reconciled by the retry queue gets the status, finalizer, Events and warnings its
+  handler writes for the same object, once each;
 * a DELETED object takes its entry along only if the entry is still its own: a newer object
   of the same name keeps its entry;
 * the events the handler decides on the event loop (``needs_redis`` false: our own writes
@@ -23,7 +25,7 @@ import kopf
 import pytest
 import redis
 from forwarder_operator.handlers import NoDiffBase, configure, shutdown
-from forwarder_operator.kube import FINALIZER
+from forwarder_operator.kube import FINALIZER, RUN_NOW
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.resource import ObjectMeta, ScheduledTask
 from forwarder_operator.services import Services
@@ -113,6 +115,69 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
         if admin is not None:
             admin.close()
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_retried_object_gets_what_its_handler_writes(
+    kube: Any, env_for: Any, in_process_operator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An invalid spec with a run-now value: a Ready=False status, the finalizer, and two
+    # Warning Events (the spec, and a run-now with no entry to run), in one plan.
+    broken = {**HOURLY, "schedule": {"cron": "61 * * * *"}}
+    port = free_port()
+    caplog.set_level(logging.INFO)
+
+    def warned(name: str, since: int) -> list[str]:
+        """The warnings logged about ``name``: kopf's logger names it in the record, the
+        background loop's writer in the line."""
+        prefix = f"[default/{name}] "
+        lines = [
+            r.getMessage().removeprefix(prefix)
+            for r in caplog.records[since:]
+            if r.levelno == logging.WARNING
+            and (getattr(r, "k8s_ref", {}).get("name") == name or r.getMessage().startswith(prefix))
+        ]
+        return sorted(line.replace(name, "<name>") for line in lines)
+
+    def written(name: str, since: int) -> dict[str, Any]:
+        obj = kube.get(name)
+        assert obj is not None
+        ready = kube.ready(name)
+        return {
+            "ready": {k: ready[k] for k in ("status", "reason", "message", "observedGeneration")},
+            "observedGeneration": obj["status"]["observedGeneration"],
+            "finalizers": obj["metadata"]["finalizers"],
+            "events": sorted(
+                (e["type"], e["reason"], e["message"].replace(name, "<name>"))
+                for e in kube.events(name)
+            ),
+            "warnings logged": warned(name, since),
+        }
+
+    with in_process_operator(env_for(f"redis://127.0.0.1:{port}/0")):
+        kube.create("retried", broken, annotations={RUN_NOW: "1"})
+        eventually(lambda: kube.ready("retried").get("reason") == "RedisUnavailable", 20)
+        server = ValkeyServer(host="127.0.0.1", port=port)
+        server.start()
+        try:
+            recovered = len(caplog.records)
+            eventually(lambda: kube.ready("retried").get("reason") == "InvalidSpec", 30)
+            kube.create("handled", broken, annotations={RUN_NOW: "1"})
+            eventually(lambda: len(kube.events("handled")) == 2, 20, message="handler's Events")
+            time.sleep(4)  # a second try of the retry (1 s, then 2 s later) would be in by now
+            retried, handled = written("retried", recovered), written("handled", recovered)
+        finally:
+            server.stop()
+    assert [e[:2] for e in handled["events"]] == [
+        ("Warning", "InvalidSpec"),
+        ("Warning", "RunNowFailed"),
+    ]
+    assert handled["warnings logged"] == sorted(f"{r}: {m}" for _, r, m in handled["events"])
+    assert handled["finalizers"] == [FINALIZER]
+    assert retried == handled
+    # Once Redis answered, the retry wrote its whole plan at its first try.
+    retries = [r.getMessage() for r in caplog.records[recovered:] if "retrying" in r.getMessage()]
+    assert retries == []
 
 
 def test_gone_object_leaves_a_newer_owners_entry(redis_url: str) -> None:
