@@ -117,7 +117,7 @@ class ApiWriter(Writer):
     def __init__(self, kube: KubeClient, meta: ObjectMeta) -> None:
         self.kube = kube
         self.meta = meta
-        self.logger = _ObjectLog(log, {"object": meta.entry_name})
+        self.logger = _ObjectLog(log, meta.entry_name)
 
     def patch_status(self, status: dict[str, Any]) -> bool:
         written = self.kube.patch_status(self.meta.namespace, self.meta.name, status)
@@ -138,9 +138,12 @@ class ApiWriter(Writer):
 class _ObjectLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes each line with ``[<namespace>/<name>]``, as kopf prefixes its handlers'."""
 
+    def __init__(self, logger: logging.Logger, entry_name: str) -> None:
+        super().__init__(logger)
+        self.prefix = f"[{entry_name}] "
+
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        assert self.extra is not None
-        return f"[{self.extra['object']}] {msg}", kwargs
+        return f"{self.prefix}{msg}", kwargs
 
 
 def mark_finalizer(body: kopf.RawBody, *, present: bool) -> None:
