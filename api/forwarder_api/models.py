@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from forwarder_worker.reconcile import API_VERSION, KIND
-from forwarder_worker.runs import STATES
+from forwarder_worker.runs.records import STATES
+from forwarder_worker.schedules.reconcile import API_VERSION, KIND
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from forwarder_api.schedules import NAME_PATTERN, NAMESPACE_PATTERN

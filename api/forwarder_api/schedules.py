@@ -16,8 +16,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from forwarder_worker.model import InvalidSpec, ScheduledTaskSpec
-from forwarder_worker.reconcile import API_VERSION, KIND, validate
+from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec
+from forwarder_worker.schedules.reconcile import API_VERSION, KIND, validate
 
 from forwarder_api.errors import Invalid
 

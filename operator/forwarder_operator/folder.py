@@ -25,11 +25,11 @@ from typing import Any
 import redis
 import watchfiles
 import yaml
+from forwarder_worker._redis.clients import redis_client
 from forwarder_worker.app import create_app, registered_task_names
-from forwarder_worker.connection import redis_client
-from forwarder_worker.reconcile import API_VERSION, KIND, apply_schedule
+from forwarder_worker.schedules.reconcile import API_VERSION, KIND, apply_schedule
+from forwarder_worker.schedules.store import ScheduleStore
 from forwarder_worker.settings import get_settings
-from forwarder_worker.store import ScheduleStore
 
 log = logging.getLogger("forwarder.folder")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import kopf
 import redis
-from forwarder_worker.status import unavailable_status
+from forwarder_worker.schedules.status import unavailable_status
 
 from forwarder_operator import loops, reconciler
 from forwarder_operator.kube import GROUP, PLURAL, VERSION, finalizers_with

@@ -29,8 +29,8 @@ import time
 from typing import Any
 
 import redis
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.status import applied_status, runs_status
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.status import applied_status, runs_status
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 

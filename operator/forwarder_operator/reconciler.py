@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.runs import ScheduleRuns
-from forwarder_worker.status import READY, REDIS_UNAVAILABLE, applied_status, runs_status
+from forwarder_worker.runs.records import ScheduleRuns
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.status import READY, REDIS_UNAVAILABLE, applied_status, runs_status
 
 from forwarder_operator.kube import FINALIZER, RUN_NOW
 from forwarder_operator.services import Services

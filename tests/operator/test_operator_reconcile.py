@@ -27,8 +27,8 @@ from forwarder_operator.kube import FINALIZER
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.store import ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import celery_beat, celery_worker, eventually, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user

@@ -33,9 +33,14 @@ from typing import Any
 
 import redis
 
-from forwarder_worker.model import ScheduledTaskSpec
-from forwarder_worker.runs import TRANSITION_FUNCTION
-from forwarder_worker.timing import CronTimetable, IntervalTimetable, OneOffTimetable, Timetable
+from forwarder_worker.runs.records import TRANSITION_FUNCTION
+from forwarder_worker.schedules.model import ScheduledTaskSpec
+from forwarder_worker.schedules.timing import (
+    CronTimetable,
+    IntervalTimetable,
+    OneOffTimetable,
+    Timetable,
+)
 
 ENTRY_NAME = re.compile(
     r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
