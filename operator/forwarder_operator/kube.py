@@ -13,15 +13,9 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import kubernetes
+from forwarder_worker.names import API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION
 from kubernetes.client.exceptions import ApiException
 
-GROUP = "forwarder.dev"
-VERSION = "v1alpha1"
-PLURAL = "scheduledtasks"
-FINALIZER = "forwarder.dev/finalizer"
-"""Held on every ScheduledTask until its entry is removed."""
-RUN_NOW = "forwarder.dev/run-now"
-"""The annotation whose every new value runs the task once."""
 COMPONENT = "forwarder-operator"
 """The Events' reporting component."""
 
@@ -119,8 +113,8 @@ class KubeClient:
         event = {
             "metadata": {"generateName": f"{metadata['name']}."},
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
-                "kind": body.get("kind", "ScheduledTask"),
+                "apiVersion": body.get("apiVersion", API_VERSION),
+                "kind": body.get("kind", KIND),
                 "name": metadata["name"],
                 "namespace": metadata["namespace"],
                 "uid": metadata.get("uid"),

@@ -29,19 +29,18 @@ import time
 from typing import Any
 
 import redis
+from forwarder_worker.names import FINALIZER, MAX_BACKOFF
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.status import applied_status, runs_status
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from forwarder_operator import reconciler
-from forwarder_operator.kube import FINALIZER
 from forwarder_operator.retries import Retry
 from forwarder_operator.services import Services
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 60.0
 # Errors that mean "try again later", not "this code is wrong".
 TRANSIENT = (redis.RedisError, ApiException, HTTPError, OSError)
 

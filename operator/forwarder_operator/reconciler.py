@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
 from forwarder_worker.runs.records import ScheduleRuns
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.status import READY, REDIS_UNAVAILABLE, applied_status, runs_status
 
-from forwarder_operator.kube import FINALIZER, RUN_NOW
 from forwarder_operator.services import Services
 
 NO_RUNS = ScheduleRuns(None, [], 0, 0, 0, 0, None, None)
@@ -125,7 +125,7 @@ def _must_apply(body: Mapping[str, Any], *, initial: bool) -> bool:
 
 def _run_now_value(metadata: Mapping[str, Any]) -> str | None:
     """The run-now annotation's value, if any (whether it is new is Redis's to say)."""
-    value = (metadata.get("annotations") or {}).get(RUN_NOW)
+    value = (metadata.get("annotations") or {}).get(RUN_NOW_ANNOTATION)
     return str(value) if value else None
 
 

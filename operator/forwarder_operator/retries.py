@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-MAX_BACKOFF = 60.0
-"""Longest wait between retries while Redis is down."""
+from forwarder_worker.names import MAX_BACKOFF
 
 
 @dataclass

@@ -23,10 +23,10 @@ import kopf
 import pytest
 import redis
 from forwarder_operator.handlers import NoDiffBase, configure, shutdown
-from forwarder_operator.kube import FINALIZER
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
+from forwarder_worker.names import FINALIZER
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.store import ScheduleStore
 from support.kube_emulator import free_port

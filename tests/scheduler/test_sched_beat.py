@@ -15,7 +15,7 @@ from datetime import datetime
 
 from forwarder_worker.app import create_app
 from forwarder_worker.beat.scheduler import ForwarderScheduler
-from forwarder_worker.dispatch.dispatcher import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
 from forwarder_worker.schedules.store import UpsertResult
 from forwarder_worker.settings import Settings
 from support.processes import eventually

@@ -29,6 +29,7 @@ from celery import Celery
 
 from forwarder_worker.dispatch.messages import MessageBatch, TaskMessages, can_capture, capturing
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
 from forwarder_worker.runs.records import FINAL_STATES, RunLog
 from forwarder_worker.schedules.store import Entry
 from forwarder_worker.settings import settings_of
@@ -41,10 +42,6 @@ PUBLISH_PIPELINE = 1000
 
 # Seconds past the hard time limit after which a STARTED run counts as dead (see _active).
 STALE_RUN_GRACE = 30
-
-HEADER_SCHEDULE = "forwarder_schedule"
-HEADER_UID = "forwarder_uid"
-HEADER_SLOT = "forwarder_slot"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery, signals
 
 from forwarder_worker._redis.clients import redis_client
-from forwarder_worker.dispatch.dispatcher import HEADER_SCHEDULE, HEADER_SLOT
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT
 from forwarder_worker.recording.result_backend import recorded_with_result
 from forwarder_worker.runs.records import RunLog, bounded
 from forwarder_worker.settings import settings_of

@@ -16,9 +16,6 @@ from typing import Any
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
 from forwarder_worker.schedules.store import Entry, ScheduleStore, UpsertResult
 
-API_VERSION = "forwarder.dev/v1alpha1"
-KIND = "ScheduledTask"
-
 
 @dataclass(frozen=True)
 class ApplyResult:
