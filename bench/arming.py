@@ -25,7 +25,7 @@ from typing import Any
 import operator_scale
 import redis
 from entries import anchor_app, arm_ours, arm_redbeat, index_of
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.schedules.store import ScheduleStore
 from harness import (
     QueueProbe,
     Stack,

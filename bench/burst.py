@@ -128,7 +128,7 @@ def profile_in_process(stack: Stack, n: int) -> dict[str, Any]:
         _load(stack, url, n, now - 1)
         settings = Settings(redis_url=url)
         if stack.kind == "forwarder":
-            from forwarder_worker.scheduler import ForwarderScheduler
+            from forwarder_worker.beat.scheduler import ForwarderScheduler
 
             app = create_app(settings)
             scheduler: Any = ForwarderScheduler(app)
@@ -169,19 +169,19 @@ def profile_in_process(stack: Stack, n: int) -> dict[str, Any]:
         key = None
         if name == "send_task" and filename.endswith("celery/app/base.py"):
             key = "celery send_task (message build + publish)"
-        elif name == "publish" and filename.endswith("forwarder_worker/messages.py"):
+        elif name == "publish" and filename.endswith("forwarder_worker/dispatch/messages.py"):
             key = "prebuilt messages (message build + publish)"
         elif name == "_put" and "kombu/transport/redis" in filename:
             key = "kombu redis _put (LPUSH round trip)"
         elif name == "execute" and filename.endswith("redis/client.py"):
             key = "redis pipeline execute (all pipelined round trips)"
-        elif name == "claim" and filename.endswith("store.py"):
+        elif name == "claim" and filename.endswith("schedules/store.py"):
             key = "store.claim (Lua CAS pipeline)"
-        elif name == "due" and filename.endswith("store.py"):
+        elif name == "due" and filename.endswith("schedules/store.py"):
             key = "store.due (zrange + load pipeline)"
-        elif name == "fire" and filename.endswith("dispatch.py"):
+        elif name == "fire" and filename.endswith("dispatch/dispatcher.py"):
             key = "Dispatcher.fire (records + send + metrics)"
-        elif name == "queued" and filename.endswith("runs.py"):
+        elif name == "queued" and filename.endswith("runs/records.py"):
             key = "RunLog.queued (building run-record calls)"
         elif name == "from_key" and "redbeat" in filename:
             key = "redbeat Entry.from_key (one round trip per entry)"
@@ -266,10 +266,10 @@ def publish_cost(n: int) -> dict[str, Any]:
 def _dispatcher_cost(n: int, prebuilt: bool) -> dict[str, Any]:
     """``Dispatcher.publish`` as beat calls it (pipelined, queue declared once, task-sent
     events on), with send_task per message or with prebuilt messages
-    (forwarder_worker.messages)."""
-    from forwarder_worker.dispatch import Dispatcher, Firing
-    from forwarder_worker.runs import RunLog
-    from forwarder_worker.store import Entry
+    (forwarder_worker.dispatch.messages)."""
+    from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
+    from forwarder_worker.runs.records import RunLog
+    from forwarder_worker.schedules.store import Entry
 
     with redis_for("publish") as url:
         app = create_app(Settings(redis_url=url))

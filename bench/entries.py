@@ -18,8 +18,8 @@ import redis
 from anchor_app import create_anchor_app
 from celery import Celery
 from celery.schedules import schedule
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import Entry, ScheduleStore
 from harness import ANCHOR_PREFIX, PREFIX
 from redbeat.schedulers import RedBeatSchedulerEntry
 

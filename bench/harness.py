@@ -192,7 +192,7 @@ class Stack:
     def beat_args(self) -> list[str]:
         app = "forwarder_worker.app" if self.kind == "forwarder" else "anchor_app"
         scheduler = (
-            "forwarder_worker.scheduler:ForwarderScheduler"
+            "forwarder_worker.beat.scheduler:ForwarderScheduler"
             if self.kind == "forwarder"
             else "redbeat.RedBeatScheduler"
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 from entries import anchor_app, entry_name, load_ours, load_redbeat
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.records import RunLog
 from harness import ANCHOR_PREFIX, PREFIX, redis_for, show, table, write_result
 
 EVERY = 30

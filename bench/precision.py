@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from burst import _load_rate
 from entries import anchor_app, index_of, load_ours, load_redbeat
-from forwarder_worker.dispatch import SchedulerMetrics
+from forwarder_worker.dispatch.metrics import SchedulerMetrics
 from harness import (
     PREFIX,
     QueueProbe,

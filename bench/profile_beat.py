@@ -27,7 +27,7 @@ import redis
 import redis.connection
 from entries import load_ours
 from forwarder_worker.app import create_app
-from forwarder_worker.scheduler import ForwarderScheduler
+from forwarder_worker.beat.scheduler import ForwarderScheduler
 from forwarder_worker.settings import Settings
 from harness import QueueProbe, redis_for, summarize
 

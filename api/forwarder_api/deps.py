@@ -14,8 +14,8 @@ import redis
 from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import ScheduleStore
 
 from forwarder_api.auth import bearer, check_token
 from forwarder_api.catalog import TaskCatalog

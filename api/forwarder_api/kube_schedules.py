@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
+from forwarder_worker.names import GROUP, PLURAL, RUN_NOW_ANNOTATION, VERSION
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from forwarder_api.errors import BadGateway, Conflict, Invalid, NotFound, Unavailable
 from forwarder_api.schedules import (
-    RUN_NOW_ANNOTATION,
     KnownTasks,
     ScheduleView,
     Triggered,
@@ -34,8 +34,6 @@ from forwarder_api.schedules import (
     validate_spec,
 )
 from forwarder_api.settings import ApiSettings
-
-GROUP, VERSION, PLURAL = "forwarder.dev", "v1alpha1", "scheduledtasks"
 
 
 def _message(exc: ApiException) -> str:

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from forwarder_worker.dispatch import Dispatcher, Firing
-from forwarder_worker.model import InvalidSpec
-from forwarder_worker.reconcile import API_VERSION, KIND, describe, validate
-from forwarder_worker.runs import RunLog
-from forwarder_worker.status import ready_condition, runs_status
-from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
+from forwarder_worker.names import API_VERSION, KIND, LOCAL_UID_PREFIX
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.model import InvalidSpec
+from forwarder_worker.schedules.reconcile import describe, validate
+from forwarder_worker.schedules.status import ready_condition, runs_status
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 
 from forwarder_api.errors import Conflict, NotFound, Unavailable
 from forwarder_api.schedules import (
@@ -185,7 +186,7 @@ class LocalSchedules:
             name=found.name,
             spec=spec if isinstance(spec, dict) else {},
             status=self._status(found),
-            uid=f"local:{found.namespace}/{found.name}",
+            uid=f"{LOCAL_UID_PREFIX}{found.namespace}/{found.name}",
             labels=dict(meta.get("labels") or {}),
             annotations=dict(meta.get("annotations") or {}),
             file=found.path.name,

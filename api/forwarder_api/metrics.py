@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from forwarder_worker.dispatch import LATENESS_BUCKETS, SchedulerMetrics
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.dispatch.metrics import LATENESS_BUCKETS, SchedulerMetrics
+from forwarder_worker.schedules.store import ScheduleStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector

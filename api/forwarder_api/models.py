@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from forwarder_worker.reconcile import API_VERSION, KIND
-from forwarder_worker.runs import STATES
+from forwarder_worker.names import API_VERSION, KIND, NAME_PATTERN, NAMESPACE_PATTERN
+from forwarder_worker.runs.records import STATES
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-
-from forwarder_api.schedules import NAME_PATTERN, NAMESPACE_PATTERN
 
 RunState = Literal[STATES]  # type: ignore[valid-type]
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"

@@ -4,14 +4,14 @@
 threadpool hop. With ``wait`` it holds the request until the run reaches a final state or the
 wait runs out, like Celery's ``AsyncResult.get(timeout=...)`` without the exception. No sleep
 loop: the run record's script publishes the final state on the run's channel (its hash key,
-see :mod:`forwarder_worker.runs`).
+see :mod:`forwarder_worker.runs.records`).
 
 One subscription per process serves every waiter: a single pub/sub connection holds a
 pattern subscription to every run's channel (``<prefix>run:*``), made once, and a reader task
 hands each announcement to the futures waiting for that run. A long poll then costs no
 SUBSCRIBE, confirmation or UNSUBSCRIBE of its own: it registers a future, reads the record
 (the run may have ended before anyone waited: answered at once), and waits. The announcement
-carries the final record (see :mod:`forwarder_worker.runs`), which the waiter answers with
+carries the final record (see :mod:`forwarder_worker.runs.records`), which the waiter answers with
 (parsed once per announced run, and only for runs someone waits for); an announcement
 without one (an older worker's) makes the waiter read the record. The price is that every
 API process hears every run that ends, waited for or not: a dictionary lookup per run (and
@@ -38,7 +38,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from forwarder_worker.runs import RunLog, RunRecord, announced_record
+from forwarder_worker.runs.records import RunLog, RunRecord, announced_record
 
 log = logging.getLogger("forwarder.api")
 

@@ -11,21 +11,15 @@ gets 422 with the same message the operator would put in its Ready condition.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from forwarder_worker.model import InvalidSpec, ScheduledTaskSpec
-from forwarder_worker.reconcile import API_VERSION, KIND, validate
+from forwarder_worker.names import API_VERSION, KIND, NAME, NAMESPACE
+from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec
+from forwarder_worker.schedules.reconcile import validate
 
 from forwarder_api.errors import Invalid
-
-RUN_NOW_ANNOTATION = "forwarder.dev/run-now"
-NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
-_NAMESPACE = re.compile(NAMESPACE_PATTERN)
-_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -90,14 +84,14 @@ class ScheduleBackend(Protocol):
 
 def check_namespace(namespace: str) -> None:
     """422 unless the namespace is a DNS label."""
-    if not _NAMESPACE.match(namespace):
+    if not NAMESPACE.match(namespace):
         raise Invalid(f"metadata.namespace: {namespace!r} is not a DNS-1123 label")
 
 
 def check_identity(namespace: str, name: str) -> None:
     """422 unless the namespace is a DNS label and the name a DNS subdomain."""
     check_namespace(namespace)
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise Invalid(f"metadata.name: {name!r} is not a DNS-1123 subdomain name")
 
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from forwarder_worker.connection import async_redis_client, redis_client
-from forwarder_worker.dispatch import Dispatcher, SchedulerMetrics
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker._redis.clients import async_redis_client, redis_client
+from forwarder_worker.dispatch.dispatcher import Dispatcher
+from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import ScheduleStore
 
 from forwarder_api.auth import TokenSet
 from forwarder_api.catalog import TaskCatalog

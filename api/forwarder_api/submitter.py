@@ -2,14 +2,14 @@
 written by one Redis script, in one round trip, with no threadpool hop.
 
 The reference path (:func:`submit_blocking`) takes a threadpool hop and two round trips: the
-run record (:meth:`~forwarder_worker.runs.RunLog.queued`), then ``send_task``'s message and
+run record (:meth:`~forwarder_worker.runs.records.RunLog.queued`), then ``send_task``'s message and
 task-sent event through kombu. Here the message is built without ``send_task`` by the beat's
-code (:mod:`forwarder_worker.messages`, held to ``send_task``'s messages by its tests), and
+code (:mod:`forwarder_worker.dispatch.messages`, held to ``send_task``'s messages by its tests), and
 routed by kombu's own Redis channel code into the Redis commands kombu would run (an
 LPUSH on the queue's list for its priority, a PUBLISH of the grouped task-sent event on the
 event exchange), which are *kept*, not run: kombu 5.7's publish batch hands each message's
 final commands to a collector (``PublishBatch.add``), and
-:class:`~forwarder_worker.messages.CommandCapture` (shared with beat's claim) is such a
+:class:`~forwarder_worker.dispatch.messages.CommandCapture` (shared with beat's claim) is such a
 collector. Then one script (:data:`SUBMIT_SCRIPT`) writes the run record with the
 run-record transition every writer uses and runs those commands after it, so the record
 exists before any worker can see the message (a fast worker's RECEIVED always finds it),
@@ -24,9 +24,9 @@ catalog cannot vouch for without blocking (first use, or a task only the workers
 a queue this process has not declared yet (the blocking path declares it), an ``eta`` or an
 ``expires`` date with a UTC offset other than 0 (send_task writes it as given), a
 producer not opened yet (opened in the threadpool once), whatever
-:class:`~forwarder_worker.messages.TaskMessages` declines (another Celery, task routes, publish
-signal receivers, task options it does not mirror...), and any Redis command other than those
-two (a queue with an expiry, for one).
+:class:`~forwarder_worker.dispatch.messages.TaskMessages` declines (another Celery, task
+routes, publish signal receivers, task options it does not mirror...), and any Redis command
+other than those two (a queue with an expiry, for one).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio
 from celery import Celery
 from fastapi.concurrency import run_in_threadpool
-from forwarder_worker.dispatch import publish_batch
-from forwarder_worker.messages import MessageBatch, TaskMessages, can_capture, capturing
-from forwarder_worker.runs import TRANSITION_FUNCTION, RunLog
+from forwarder_worker.dispatch.dispatcher import publish_batch
+from forwarder_worker.dispatch.messages import MessageBatch, TaskMessages, can_capture, capturing
+from forwarder_worker.runs.records import TRANSITION_FUNCTION, RunLog
 from kombu.exceptions import KombuError
 from kombu.messaging import Producer
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import threading
 from collections.abc import Collection, Iterable
@@ -25,19 +24,17 @@ from typing import Any
 import redis
 import watchfiles
 import yaml
+from forwarder_worker._redis.clients import redis_client
 from forwarder_worker.app import create_app, registered_task_names
-from forwarder_worker.connection import redis_client
-from forwarder_worker.reconcile import API_VERSION, KIND, apply_schedule
+from forwarder_worker.names import API_VERSION, KIND, LOCAL_UID_PREFIX, NAME, NAMESPACE
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.store import ScheduleStore
 from forwarder_worker.settings import get_settings
-from forwarder_worker.store import ScheduleStore
 
 log = logging.getLogger("forwarder.folder")
 
-UID_PREFIX = "local:"
 MAX_FILE_BYTES = 1024 * 1024
 RESYNC_SECONDS = 10.0
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class FileError(ValueError):
@@ -83,9 +80,9 @@ def read_file(path: Path) -> list[Declared]:
         if not isinstance(meta, dict):
             raise FileError(f"{where} has no metadata")
         name, namespace = meta.get("name"), meta.get("namespace", "default")
-        if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        if not isinstance(name, str) or not NAME.match(name):
             raise FileError(f"{where}: metadata.name {name!r} is not a DNS-1123 name")
-        if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+        if not isinstance(namespace, str) or not NAMESPACE.match(namespace):
             raise FileError(f"{where}: metadata.namespace {namespace!r} is not a DNS-1123 label")
         declared.append(Declared(namespace, name, doc.get("spec"), path))
     return declared
@@ -149,7 +146,7 @@ class FolderSource:
                 item.namespace,
                 item.name,
                 item.spec,
-                uid=f"{UID_PREFIX}{item.entry_name}",
+                uid=f"{LOCAL_UID_PREFIX}{item.entry_name}",
                 known_tasks=self.known_tasks,
             )
             outcome[item.entry_name] = result.reason
@@ -170,7 +167,7 @@ class FolderSource:
 
     def _owned_entries(self) -> set[str]:
         stored = (self.store.get(name) for name in self.store.names())
-        return {s.entry.name for s in stored if s and s.entry.uid.startswith(UID_PREFIX)}
+        return {s.entry.name for s in stored if s and s.entry.uid.startswith(LOCAL_UID_PREFIX)}
 
     def run(self, stop: threading.Event) -> None:
         """Sync now, then on every change in the folder and every RESYNC_SECONDS."""

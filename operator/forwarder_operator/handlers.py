@@ -26,9 +26,9 @@ from typing import Any
 
 import kopf
 import redis
+from forwarder_worker.names import GROUP, PLURAL, VERSION
 
 from forwarder_operator import loops, reconciler
-from forwarder_operator.kube import GROUP, PLURAL, VERSION
 from forwarder_operator.resource import ScheduledTask
 from forwarder_operator.services import Services, services_of
 from forwarder_operator.settings import OperatorSettings
@@ -97,7 +97,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo["config"] = config
     # settings.persistence.finalizer stays kopf's default, which no ScheduledTask carries:
     # kopf removes its own finalizer from objects when no kopf handler needs one, and ours
-    # (forwarder.dev/finalizer, kube.FINALIZER) is the reconcile's to add and remove.
+    # (forwarder.dev/finalizer, names.FINALIZER) is the reconcile's to add and remove.
     objects_log = logging.getLogger("kopf.objects")
     if not any(isinstance(f, QuietSuccess) for f in objects_log.filters):
         objects_log.addFilter(QuietSuccess())

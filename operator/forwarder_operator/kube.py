@@ -14,17 +14,11 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 import kubernetes
+from forwarder_worker.names import API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION
 from kubernetes.client.exceptions import ApiException
 
 from forwarder_operator.resource import ObjectMeta, ScheduledTask
 
-GROUP = "forwarder.dev"
-VERSION = "v1alpha1"
-PLURAL = "scheduledtasks"
-FINALIZER = "forwarder.dev/finalizer"
-"""Held on every ScheduledTask until its entry is removed."""
-RUN_NOW = "forwarder.dev/run-now"
-"""The annotation whose every new value runs the task once."""
 COMPONENT = "forwarder-operator"
 """The Events' reporting component."""
 
@@ -115,8 +109,8 @@ class KubeClient:
         event = {
             "metadata": {"generateName": f"{meta.name}."},
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ScheduledTask",
+                "apiVersion": API_VERSION,
+                "kind": KIND,
                 "name": meta.name,
                 "namespace": meta.namespace,
                 "uid": meta.uid,

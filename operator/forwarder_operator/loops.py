@@ -33,13 +33,13 @@ import time
 from typing import Any
 
 import redis
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.status import applied_status, runs_status
+from forwarder_worker.names import FINALIZER
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.status import applied_status, runs_status
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from forwarder_operator import reconciler
-from forwarder_operator.kube import FINALIZER
 from forwarder_operator.resource import ObjectMeta
 from forwarder_operator.retries import Retry, backoff
 from forwarder_operator.services import Services

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import time
 
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.runs import ScheduleRuns
-from forwarder_worker.status import (
+from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
+from forwarder_worker.runs.records import ScheduleRuns
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.status import (
     READY,
     REDIS_UNAVAILABLE,
     applied_status,
@@ -41,7 +42,6 @@ from forwarder_worker.status import (
     unavailable_status,
 )
 
-from forwarder_operator.kube import FINALIZER, RUN_NOW
 from forwarder_operator.resource import ObjectMeta, ScheduledTask
 from forwarder_operator.services import Services
 from forwarder_operator.writer import Event, Plan
@@ -123,7 +123,7 @@ def _must_apply(task: ScheduledTask, *, initial: bool) -> bool:
 
 def _run_now_value(metadata: ObjectMeta) -> str | None:
     """The run-now annotation's value, if any (whether it is new is Redis's to say)."""
-    return metadata.annotations.get(RUN_NOW) or None
+    return metadata.annotations.get(RUN_NOW_ANNOTATION) or None
 
 
 def _apply(services: Services, task: ScheduledTask, result: Plan) -> None:

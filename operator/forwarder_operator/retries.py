@@ -12,15 +12,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from forwarder_operator.resource import ObjectMeta
+from forwarder_worker.names import MAX_BACKOFF
 
-MAX_BACKOFF = 60.0
-"""Longest wait between tries while Redis (or the API server) fails the operator."""
+from forwarder_operator.resource import ObjectMeta
 
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before try ``attempt + 1``: 1 s after the first failure, doubling to
-    :data:`MAX_BACKOFF`."""
+    :data:`~forwarder_worker.names.MAX_BACKOFF`."""
     return float(min(2**attempt, MAX_BACKOFF))
 
 

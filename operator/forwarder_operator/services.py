@@ -14,11 +14,11 @@ from typing import Any
 import kopf
 import redis
 from celery import Celery
+from forwarder_worker._redis.clients import redis_client
 from forwarder_worker.app import create_app, registered_task_names
-from forwarder_worker.connection import redis_client
-from forwarder_worker.dispatch import Dispatcher, Firing, Outcome
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import ScheduleStore
 
 from forwarder_operator.kube import KubeClient
 from forwarder_operator.retries import RetryQueue

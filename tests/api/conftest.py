@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from forwarder_worker.cli import component_command
+from forwarder_worker.local.cli import component_command
 from support.processes import (
     BIN,
     Proc,

@@ -15,9 +15,9 @@ import redis
 from fastapi.testclient import TestClient
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
-from forwarder_worker.dispatch import SchedulerMetrics
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 
 TOKEN = "in-process-token"
 OPEN = {"/healthz", "/readyz", "/metrics"}

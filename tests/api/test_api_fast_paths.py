@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from forwarder_api.fast_paths import _wait
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.records import RunLog
 
 TOKEN = "fast-path-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,9 +12,9 @@ import httpx
 import yaml
 from forwarder_api.flower import RELEVANT_KEYS, format_tasks
 from forwarder_worker.app import create_app, registered_task_names
-from forwarder_worker.history import HistorySettings, collect
-from forwarder_worker.reconcile import validate
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.history import HistorySettings, collect
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.reconcile import validate
 from forwarder_worker.settings import Settings
 from support.processes import eventually
 from support.redis_server import client_for

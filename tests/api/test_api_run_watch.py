@@ -10,8 +10,8 @@ from pathlib import Path
 
 import redis
 from forwarder_api.run_watch import RunWatch, glob_escape
-from forwarder_worker.connection import async_redis_client
-from forwarder_worker.runs import RunLog
+from forwarder_worker._redis.clients import async_redis_client
+from forwarder_worker.runs.records import RunLog
 from forwarder_worker.settings import Settings
 from support.processes import eventually
 from support.valkey_process import valkey

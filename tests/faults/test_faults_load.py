@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from forwarder_worker.model import parse_spec
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from support.api_process import TOKEN, api_env, start_api
 from support.processes import (
     celery_beat,

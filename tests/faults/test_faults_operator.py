@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.schedules.store import ScheduleStore
 from support.kube_emulator import served_emulator
 from support.operator_process import API, PROBE, start_operator, wait_until_watching
 from support.processes import (

@@ -19,10 +19,10 @@ import pytest
 import redis
 from forwarder_operator.folder import RESYNC_SECONDS
 from forwarder_worker.app import create_app
-from forwarder_worker.model import parse_spec
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import Entry, ScheduleStore
 from support.processes import (
     BIN,
     celery_beat,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import ScheduleStore
 from support.api_process import api_env, client, start_api
 from support.kube_emulator import served_emulator
 from support.operator_process import API, start_operator, wait_until_watching

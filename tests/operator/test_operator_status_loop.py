@@ -11,9 +11,9 @@ import pytest
 from forwarder_operator.loops import StatusPass
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
-from forwarder_worker.model import parse_spec
-from forwarder_worker.reconcile import apply_schedule
-from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.reconcile import apply_schedule
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from kubernetes.config import kube_config
 from support.kube_emulator import ServedCluster, free_port
 from support.processes import eventually, running

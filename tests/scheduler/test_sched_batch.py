@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import time
 
-from forwarder_worker.store import Entry, fair_share
+from forwarder_worker.schedules.store import Entry, fair_share
 from support.processes import eventually
 from support.scheduler_harness import PREFIX, Harness
 

@@ -14,10 +14,10 @@ from dataclasses import replace
 from datetime import datetime
 
 from forwarder_worker.app import create_app
-from forwarder_worker.dispatch import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
-from forwarder_worker.scheduler import ForwarderScheduler
+from forwarder_worker.beat.scheduler import ForwarderScheduler
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
+from forwarder_worker.schedules.store import UpsertResult
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import UpsertResult
 from support.processes import eventually
 from support.scheduler_harness import PREFIX, Harness
 

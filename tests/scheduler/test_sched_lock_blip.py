@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from forwarder_worker.model import parse_spec
-from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import celery_beat, eventually, forwarder_env, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user

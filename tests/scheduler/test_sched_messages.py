@@ -1,4 +1,4 @@
-"""Beat's prebuilt task messages (forwarder_worker.messages) are Celery's own.
+"""Beat's prebuilt task messages (forwarder_worker.dispatch.messages) are Celery's own.
 
 For the same firings, the messages and task-sent events our fast path publishes are compared
 field by field with what ``send_task`` publishes (the Dispatcher with ``prebuilt=False``),
@@ -25,12 +25,12 @@ import pytest
 import redis
 from celery import Celery, signals
 from forwarder_worker.app import create_app
-from forwarder_worker.dispatch import Dispatcher, Firing
-from forwarder_worker.messages import TaskMessages
-from forwarder_worker.runs import RunLog, RunRecord
-from forwarder_worker.scheduler import ForwarderScheduler
+from forwarder_worker.beat.scheduler import ForwarderScheduler
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
+from forwarder_worker.dispatch.messages import TaskMessages
+from forwarder_worker.runs.records import RunLog, RunRecord
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import Entry, ScheduleStore
 from support.broker_messages import queued, raw_events
 from support.processes import eventually
 from support.scheduler_harness import PREFIX, TASK_MODULES, Harness

@@ -19,10 +19,10 @@ import pytest
 import redis
 import redis.connection
 from forwarder_worker.app import create_app
-from forwarder_worker.runs import RunLog
-from forwarder_worker.scheduler import FIRST_BATCH, ForwarderScheduler
+from forwarder_worker.beat.scheduler import FIRST_BATCH, ForwarderScheduler
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import Entry, RunWrite, ScheduleStore
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import Entry, RunWrite, ScheduleStore
 from support.broker_messages import queued, raw_events
 from support.crash import killed_at_next_publish
 

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from forwarder_worker.store import Entry, ScheduleStore
-from forwarder_worker.timing import CronTimetable, utc_iso
+from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.timing import CronTimetable, utc_iso
 
 HELSINKI, NEW_YORK = "Europe/Helsinki", "America/New_York"
 # Transition days of 2026: Helsinki springs forward 03:00->04:00 and falls back 04:00->03:00;

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from forwarder_worker.app import create_app
-from forwarder_worker.runs import RunRecord
-from forwarder_worker.scheduler import ForwarderScheduler
+from forwarder_worker.beat.scheduler import ForwarderScheduler
+from forwarder_worker.runs.records import RunRecord
+from forwarder_worker.schedules.store import Entry
+from forwarder_worker.schedules.timing import utc_iso
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import Entry
-from forwarder_worker.timing import utc_iso
 from support.processes import Proc, eventually
 from support.scheduler_harness import Harness
 

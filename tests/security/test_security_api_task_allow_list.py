@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.records import RunLog
 from support.api_process import api_env, client, start_api
 from support.processes import celery_worker, eventually, forwarder_env, free_port, running
 

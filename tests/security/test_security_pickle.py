@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 from forwarder_worker.app import create_app
-from forwarder_worker.runs import RunLog
+from forwarder_worker.runs.records import RunLog
 from forwarder_worker.settings import Settings
 from kombu import Connection
 from kombu.serialization import loads

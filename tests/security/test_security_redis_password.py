@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import ScheduleStore
 from support.kube_emulator import served_emulator
 from support.operator_process import API, ready_condition, wait_until_watching
 from support.processes import BIN, eventually, forwarder_env, free_port, running, start

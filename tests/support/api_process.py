@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from forwarder_worker.cli import component_command
+from forwarder_worker.local.cli import component_command
 
 from support.processes import BIN, Proc, eventually, start
 

@@ -125,7 +125,7 @@ def celery_beat(env: dict[str, str], log: Path, name: str = "beat") -> Proc:
             "beat",
             "--loglevel=INFO",
             "-S",
-            "forwarder_worker.scheduler:ForwarderScheduler",
+            "forwarder_worker.beat.scheduler:ForwarderScheduler",
         ],
         env,
         log,

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from forwarder_worker.dispatch import SchedulerMetrics
-from forwarder_worker.runs import RunLog, RunRecord
-from forwarder_worker.store import Entry, ScheduleStore
+from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.runs.records import RunLog, RunRecord
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 
 from support.processes import Proc, celery_beat, celery_worker, eventually, forwarder_env
 

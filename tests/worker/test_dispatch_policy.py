@@ -9,11 +9,11 @@ import time
 import pytest
 import redis
 from forwarder_worker.app import create_app
-from forwarder_worker.dispatch import Dispatcher, Firing
-from forwarder_worker.model import parse_spec
-from forwarder_worker.runs import RunLog
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.store import Entry
 from forwarder_worker.settings import Settings
-from forwarder_worker.store import Entry
 from support.crash import killed_at_next_publish
 
 NAME = "team/nightly"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from forwarder_worker.http_forward import AllowRule, TargetNotAllowed, check_target, forward_request
+from forwarder_worker.tasks.http import AllowRule, TargetNotAllowed, check_target, forward_request
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from forwarder_worker.runs import RunLog
-from forwarder_worker.store import ScheduleStore
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import ScheduleStore
 from support.processes import (
     BIN,
     Proc,

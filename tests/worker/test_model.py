@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from forwarder_worker.model import InvalidSpec, parse_duration, parse_spec
+from forwarder_worker.schedules.model import InvalidSpec, parse_duration, parse_spec
 
 NOW = time.time()
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import redis
-from forwarder_worker.runs import RunLog, RunRecord, announced_record
+from forwarder_worker.runs.records import RunLog, RunRecord, announced_record
 from support.broker_messages import subscribed
 
 PREFIX = "forwarder:"

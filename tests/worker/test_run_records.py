@@ -11,7 +11,7 @@ import pytest
 import redis
 from celery import Celery
 from forwarder_worker.app import create_app
-from forwarder_worker.runs import RunLog, RunRecord
+from forwarder_worker.runs.records import RunLog, RunRecord
 from forwarder_worker.settings import Settings
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 import redis
-from forwarder_worker.model import parse_spec
-from forwarder_worker.store import Entry, ScheduleStore, UpsertResult
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.store import Entry, ScheduleStore, UpsertResult
 
 
 def make_entry(

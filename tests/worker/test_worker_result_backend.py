@@ -15,8 +15,8 @@ import redis
 from celery import Celery
 from celery.app.task import Context
 from forwarder_worker.app import create_app
-from forwarder_worker.result_backend import RecordingRedisBackend, recorded_with_result
-from forwarder_worker.runs import RunLog
+from forwarder_worker.recording.result_backend import RecordingRedisBackend, recorded_with_result
+from forwarder_worker.runs.records import RunLog
 from forwarder_worker.settings import Settings
 from support.broker_messages import subscribed
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from celery import Celery
 
-from forwarder_worker import (
-    broker_fixes,
-    signals,  # noqa: F401  (connects the run-record receivers)
-)
-from forwarder_worker.connection import ssl_options
+from forwarder_worker import broker_fixes
+from forwarder_worker._redis.clients import ssl_options
+from forwarder_worker.recording import signals  # noqa: F401  (connects the run-record receivers)
 from forwarder_worker.settings import Settings, get_settings
 
-BUILTIN_TASK_MODULES = ("forwarder_worker.tasks", "forwarder_worker.history")
+BUILTIN_TASK_MODULES = (
+    "forwarder_worker.tasks.ping",
+    "forwarder_worker.tasks.http",
+    "forwarder_worker.tasks.history",
+)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -24,8 +26,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     broker_fixes.install()
     url = settings.effective_redis_url
     # Celery's "<backend class>+<url>" form: its Redis backend, recording SUCCESS with the
-    # result (see forwarder_worker.result_backend).
-    backend = "forwarder_worker.result_backend:RecordingRedisBackend"
+    # result (see forwarder_worker.recording.result_backend).
+    backend = "forwarder_worker.recording.result_backend:RecordingRedisBackend"
     app = Celery("forwarder", broker=url, backend=f"{backend}+{url}", set_as_current=False)
     app.forwarder_settings = settings
     tls = ssl_options(settings)
@@ -58,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_backend_transport_options={"global_keyprefix": settings.key_prefix},
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        beat_scheduler="forwarder_worker.scheduler:ForwarderScheduler",
+        beat_scheduler="forwarder_worker.beat.scheduler:ForwarderScheduler",
         beat_max_loop_interval=settings.beat_max_loop_interval,
         include=[*BUILTIN_TASK_MODULES, *settings.task_modules],
     )

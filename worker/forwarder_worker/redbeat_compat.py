@@ -1,6 +1,6 @@
 """Stock celery-redbeat on Forwarder's Redis, as the baseline that benchmarks compare against.
 
-Forwarder's scheduler fixes redbeat's weak points (see :mod:`forwarder_worker.scheduler`); to
+Forwarder's scheduler fixes redbeat's weak points (see :mod:`forwarder_worker.beat.scheduler`); to
 show it, the benchmarks run the original ``redbeat.RedBeatScheduler`` against the same Redis,
 broker and workers. This module configures that, under its own key prefix so the two never
 read each other's entries or lock:

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from celery import Celery
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from forwarder_worker.runs import RunRecord
-from forwarder_worker.timing import utc_iso
+from forwarder_worker.runs.records import RunRecord
+from forwarder_worker.schedules.timing import utc_iso
 
 from forwarder_api.deps import Authorized, CeleryDep, RunLogDep, SettingsDep, services_of
 from forwarder_api.errors import Conflict, NotFound

@@ -13,11 +13,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
-from forwarder_worker.model import InvalidSpec, ScheduledTaskSpec, parse_spec
-from forwarder_worker.store import Entry, ScheduleStore, UpsertResult
-
-API_VERSION = "forwarder.dev/v1alpha1"
-KIND = "ScheduledTask"
+from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
+from forwarder_worker.schedules.store import Entry, ScheduleStore, UpsertResult
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from forwarder_worker.reconcile import ApplyResult
-from forwarder_worker.runs import RunRecord, ScheduleRuns
-from forwarder_worker.store import StoredEntry
-from forwarder_worker.timing import utc_iso
+from forwarder_worker.runs.records import RunRecord, ScheduleRuns
+from forwarder_worker.schedules.reconcile import ApplyResult
+from forwarder_worker.schedules.store import StoredEntry
+from forwarder_worker.schedules.timing import utc_iso
 
 READY = "Ready"
 REDIS_UNAVAILABLE = "RedisUnavailable"

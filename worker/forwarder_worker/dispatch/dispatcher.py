@@ -8,8 +8,8 @@ queued without being sent), one for the task-sent events and one for the metrics
 path is cheaper still: it polices its firings with :meth:`Dispatcher.police`, builds their
 messages ahead with :meth:`Dispatcher.capture`, and its claim script writes the run records
 and puts the messages on their queues in one atomic step; its metrics ride along with its
-next read (see :mod:`forwarder_worker.scheduler`). The messages themselves are Celery's,
-built without ``send_task`` per message (see :mod:`forwarder_worker.messages`).
+next read (see :mod:`forwarder_worker.beat.scheduler`). The messages themselves are Celery's,
+built without ``send_task`` per message (see :mod:`forwarder_worker.dispatch.messages`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from typing import Any
 import redis
 from celery import Celery
 
-from forwarder_worker.messages import MessageBatch, TaskMessages, can_capture, capturing
-from forwarder_worker.runs import FINAL_STATES, RunLog
+from forwarder_worker.dispatch.messages import MessageBatch, TaskMessages, can_capture, capturing
+from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
+from forwarder_worker.runs.records import FINAL_STATES, RunLog
+from forwarder_worker.schedules.store import Entry
 from forwarder_worker.settings import settings_of
-from forwarder_worker.store import Entry
 
 log = logging.getLogger(__name__)
-
-# Lateness buckets (seconds) of the dispatch-lateness histogram, Prometheus-style.
-LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # Redis commands buffered before kombu flushes a publish pipeline (about 1 per firing with
 # prebuilt messages, whose task-sent events go 100 to a command; 2 through send_task).
@@ -43,10 +42,6 @@ PUBLISH_PIPELINE = 1000
 
 # Seconds past the hard time limit after which a STARTED run counts as dead (see _active).
 STALE_RUN_GRACE = 30
-
-HEADER_SCHEDULE = "forwarder_schedule"
-HEADER_UID = "forwarder_uid"
-HEADER_SLOT = "forwarder_slot"
 
 
 @dataclass(frozen=True)
@@ -74,55 +69,6 @@ class Outcome:
     reason: str | None = None
 
 
-class SchedulerMetrics:
-    """Fire, skip and lateness counters, kept in one Redis hash so any process can read them."""
-
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
-        self.key = f"{prefix}:metrics"
-
-    @staticmethod
-    def increments(
-        *, fired: Sequence[float], skipped: int, missed: int
-    ) -> list[tuple[str, int | float]]:
-        """A batch's figures as (counter, increment) pairs; ``fired`` holds each sent
-        firing's lateness in seconds."""
-        out: list[tuple[str, int | float]] = []
-        if fired:
-            out += [
-                ("fired", len(fired)),
-                ("lateness_sum", sum(fired)),
-                ("lateness_count", len(fired)),
-            ]
-            counts: dict[str, int] = {}
-            for lateness in fired:
-                bucket = next((b for b in LATENESS_BUCKETS if lateness <= b), None)
-                name = f"le_{bucket}" if bucket is not None else "le_inf"
-                counts[name] = counts.get(name, 0) + 1
-            out += counts.items()
-        if skipped:
-            out.append(("skipped", skipped))
-        if missed:
-            out.append(("missed", missed))
-        return out
-
-    def record(self, pipe: Any, *, fired: Sequence[float], skipped: int, missed: int) -> None:
-        """Add a batch's figures; ``fired`` holds each sent firing's lateness in seconds."""
-        self.add(pipe, self.increments(fired=fired, skipped=skipped, missed=missed))
-
-    def add(self, pipe: Any, increments: Sequence[tuple[str, int | float]]) -> None:
-        """Add (counter, increment) pairs through ``pipe`` (or a client)."""
-        for name, value in increments:
-            if isinstance(value, float):
-                pipe.hincrbyfloat(self.key, name, value)
-            else:
-                pipe.hincrby(self.key, name, value)
-
-    def read(self) -> dict[str, float]:
-        """Every counter; lateness buckets as ``le_<seconds>`` (not cumulative)."""
-        return {k: float(v) for k, v in self.client.hgetall(self.key).items()}
-
-
 def publish_batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
     """Pipeline the batch's messages (and their task-sent events) into one Redis round trip
     where kombu can (``Producer.batch``, kombu 5.7+); older kombu publishes one by one."""
@@ -144,7 +90,8 @@ class Dispatcher:
         prebuilt: bool = True,
     ) -> None:
         self.app = app
-        # Build messages without send_task (forwarder_worker.messages); False: send_task only.
+        # Build messages without send_task (forwarder_worker.dispatch.messages); False:
+        # send_task only.
         self.prebuilt = prebuilt
         self.messages = TaskMessages(app)
         self.client = client
@@ -297,7 +244,7 @@ class Dispatcher:
         batch lands without waiting for the whole batch to be built. With ``producer`` and
         ``built`` (from :meth:`capture`), the events ``built`` holds are flushed as well.
 
-        Messages are built by :mod:`forwarder_worker.messages` (a fifth of send_task's CPU
+        Messages are built by :mod:`forwarder_worker.dispatch.messages` (a fifth of send_task's CPU
         per message, measured); a firing it declines, or every firing when ``prebuilt`` is
         off, goes through ``send_task`` as before."""
         if producer is not None:

@@ -3,7 +3,8 @@
 Connected when the Forwarder app is created, they run in the worker (received, revoked,
 unknown) and in its pool processes (started, retried, succeeded, failed). A receiver that
 fails is logged by Celery and never fails the task. A success is usually recorded already,
-with the result (:mod:`forwarder_worker.result_backend`); its receiver then writes nothing.
+with the result (:mod:`forwarder_worker.recording.result_backend`); its receiver then writes
+nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 
 from celery import Celery, signals
 
-from forwarder_worker.connection import redis_client
-from forwarder_worker.dispatch import HEADER_SCHEDULE, HEADER_SLOT
-from forwarder_worker.result_backend import recorded_with_result
-from forwarder_worker.runs import RunLog, bounded
+from forwarder_worker._redis.clients import redis_client
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT
+from forwarder_worker.recording.result_backend import recorded_with_result
+from forwarder_worker.runs.records import RunLog, bounded
 from forwarder_worker.settings import settings_of
 
 _LOGS: dict[tuple[int, int], RunLog] = {}

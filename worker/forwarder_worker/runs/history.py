@@ -1,7 +1,8 @@
-"""``forwarder.collect_task_history``: export finished tasks to JSON Lines files, once each.
+"""Exporting finished tasks and runs to JSON Lines files, once each.
 
 This is the tutorial's "collect task logs into permanent storage". Flower keeps its task
-history in memory and run records expire with results, so a schedule runs this task (see
+history in memory and run records expire with results, so a schedule runs
+``forwarder.collect_task_history`` (:mod:`forwarder_worker.tasks.history`; see
 ``manifests/samples/collect-history.yaml``) to append every finished Flower task and run
 record to day files on a volume:
 
@@ -29,13 +30,12 @@ from typing import Any
 
 import httpx
 import redis
-from celery import Task, shared_task, states
+from celery import states
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from forwarder_worker.connection import redis_client
-from forwarder_worker.runs import FINAL_STATES, RunLog, RunRecord
-from forwarder_worker.settings import FlowerSettings, settings_of
+from forwarder_worker.runs.records import FINAL_STATES, RunLog, RunRecord
+from forwarder_worker.settings import FlowerSettings
 
 log = logging.getLogger("forwarder.history")
 
@@ -213,30 +213,3 @@ def subfolder(base: Path, name: str | None) -> Path:
     if relative.is_absolute() or ".." in relative.parts:
         raise ValueError(f"directory {name!r} must be a relative folder inside {base}")
     return base / relative
-
-
-@shared_task(name="forwarder.collect_task_history", bind=True)
-def collect_task_history(
-    self: Task,
-    directory: str | None = None,
-    retention_days: int | None = None,
-    flower: bool = True,
-) -> dict[str, Any]:
-    """Export finished Flower tasks and run records as JSON Lines, each once (see module).
-    ``directory`` is a folder inside ``FORWARDER_HISTORY_DIR``."""
-    settings = HistorySettings()
-    target = subfolder(settings.history_dir, directory)
-    core = settings_of(self.app)
-    client = redis_client(core)
-    try:
-        runs = RunLog(client, core.key_prefix)
-        return collect(
-            client,
-            runs,
-            settings,
-            directory=target,
-            retention_days=retention_days,
-            flower=flower,
-        )
-    finally:
-        client.close()

@@ -3,7 +3,7 @@ same round trip as its result.
 
 Celery stores a task's result (SET and PUBLISH of ``celery-task-meta-<id>``) before it sends
 ``task_success``, and our receiver then wrote the run record's final transition in a round
-trip of its own (:mod:`forwarder_worker.signals`): a client waiting on the run record (the
+trip of its own (:mod:`forwarder_worker.recording.signals`): a client waiting on the run record (the
 api's long poll) heard the end one round trip after a client waiting on Celery's result.
 Here the transition runs in the result's own transaction (MULTI: SET, PUBLISH, the
 transition script), and the ``task_success`` receiver skips a run recorded so.
@@ -25,7 +25,7 @@ from typing import Any
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from forwarder_worker.runs import TRANSITION_SCRIPT, RunLog, bounded
+from forwarder_worker.runs.records import TRANSITION_SCRIPT, RunLog, bounded
 
 _local = threading.local()
 # Runs whose SUCCESS this process recorded with their result; the task_success receiver
@@ -74,7 +74,7 @@ class RecordingRedisBackend(RedisBackend):
         if pending is None:
             super()._set(key, value, expires)
             return
-        from forwarder_worker.signals import run_log  # signals imports this module
+        from forwarder_worker.recording.signals import run_log  # signals imports this module
 
         task_id, name, result = pending
         log: RunLog = run_log(self.app)

