@@ -4,22 +4,24 @@ get and list), and passed on instead of the raw mapping.
 
 The model is narrow: it keeps the metadata, status and spec fields the operator uses and
 ignores the rest (managedFields, labels, the run history in status). Its types are those the
-CRD's schema and the API server guarantee, so validation fails only on an object the API
-server would not serve. The spec stays raw here: :func:`forwarder_worker.model.parse_spec`
+CRD's schema and the API server guarantee, so validation fails only on an object the API server
+would not serve. The spec stays raw here: :func:`forwarder_worker.schedules.model.parse_spec`
 validates it, because an invalid spec must become ``Ready=False`` with a reason and an Event,
 never an exception.
 
 Why ``model_validate`` on every watch event, and not ``model_construct``: the handler runs for
-every watch event (three per new resource, one per status write after each run; 10,000
-resources in the operator-scale bench). On a reconciled object as the API server sends it
-(managedFields of three managers, kubectl's last-applied annotation, ten recent runs),
-validating the raw dict takes 2.6-2.7 µs, and the handler's decisions on the model 1.4 µs
-more: 4.0-4.2 µs in all, where the same decisions by dict access on kopf's ``Body`` took
-4.1-4.2 µs (reading through kopf's mapping views is the slow part). Building the same model
-with ``model_construct`` from dict lookups took 9-10 µs: pydantic-core's validation is compiled,
-the lookups are Python. Validating kopf's ``Body`` rather than the raw dict under it took
-4.8 µs, so the handler validates the event's raw object. All of it is about 0.1% of the
-4.4 ms of operator CPU a resource costs at 10,000 (bench/REPORT.md, operator scale).
+every watch event (three per new resource, then one per status write; 10,000 resources in the
+operator-scale bench). Measured with timeit, interleaved rounds, best of 40, on a reconciled
+object as an API server sends it (managedFields of three managers, kubectl's last-applied
+annotation, ten recent runs in status): validating the raw dict takes 2.6-2.9 µs, and the
+handler's decisions on an in-step event (``needs_redis`` and ``plan``) 4.9-5.3 µs with the
+validation, where the same decisions by dict access on kopf's ``Body`` took 4.5-4.7 µs.
+Building the same model with ``model_construct`` from dict lookups took 9.0 µs (pydantic-core's
+validation is compiled; the lookups are Python), and validating kopf's ``Body`` instead of the
+raw dict under it 4.8-5.1 µs, so the handler validates the event's raw object. The half
+microsecond more per event is about 0.03% of the 4.4 ms of operator CPU a resource costs at
+10,000 (bench/REPORT.md, operator scale); a new object, with no status yet, is decided faster
+than before (1.9 against 2.1-2.3 µs).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class ScheduledTask(_Read):
         return value or None
 
     def previous_status(self) -> dict[str, Any]:
-        """The status as :mod:`forwarder_worker.status` reads it before a write (the Ready
+        """The status as :mod:`forwarder_worker.schedules.status` reads it before a write (the Ready
         condition's ``lastTransitionTime`` moves only when its status flips)."""
         if self.status is None:
             return {}
