@@ -63,7 +63,8 @@ class Writer(ABC):
     logger: kopf.Logger
 
     def write(self, plan: Plan) -> bool:
-        """Write ``plan``; False if the object is gone (then nothing after the status is)."""
+        """Write ``plan``; False if the status write found the object gone, and then nothing
+        else is written."""
         if plan.status and not self.patch_status(plan.status):
             return False
         if plan.add_finalizer or plan.remove_finalizer:
