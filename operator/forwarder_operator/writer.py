@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from forwarder_worker.names import FINALIZER
+from kubernetes.client.exceptions import ApiException
 
 from forwarder_operator.kube import KubeClient, finalizers_with
 from forwarder_operator.resource import ObjectMeta
@@ -130,7 +132,19 @@ class ApiWriter(Writer):
         return True
 
     def set_finalizer(self, *, present: bool) -> None:
-        self.kube.set_finalizer(self.meta, present=present)
+        try:
+            self.kube.set_finalizer(self.meta, present=present)
+        except ApiException as exc:
+            if exc.status != 422:
+                raise
+            # The object changed since it was read: a retry's writes bring watch events, and
+            # the handler (no longer held off) may add or remove the finalizer meanwhile. Read
+            # it again, and patch only if the finalizer is still not as planned.
+            fresh = self.kube.get_scheduled_task(self.meta.namespace, self.meta.name)
+            if fresh is None or (FINALIZER in fresh.metadata.finalizers) == present:
+                return
+            self.meta = fresh.metadata
+            self.kube.set_finalizer(self.meta, present=present)
 
     def post_event(self, event: Event) -> None:
         self.kube.post_event(self.meta, event.type, event.reason, event.message)

