@@ -25,7 +25,7 @@ from typing import Any
 import operator_scale
 import redis
 from entries import anchor_app, arm_ours, arm_redbeat, index_of
-from forwarder_worker.schedules.store import ScheduleStore
+from forwarder_worker import Core, Settings
 from harness import (
     QueueProbe,
     Stack,
@@ -56,7 +56,7 @@ def scenario(stack: Stack, trials: int, gap: tuple[float, float], wait: float) -
         beat = start_beat(stack, url, logs / f"beat-{tag}.log")
         try:
             if stack.kind == "forwarder":
-                store = ScheduleStore(client, "forwarder:")
+                store = Core.from_settings(Settings(redis_url=url)).store
 
                 def write(i: int) -> None:
                     arm_ours(store, i, EVERY)

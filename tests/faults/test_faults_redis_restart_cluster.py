@@ -10,8 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import ScheduleStore
+from forwarder_worker import Core, Settings
 from support.api_process import api_env, client, start_api
 from support.kube_emulator import served_emulator
 from support.operator_process import API, start_operator, wait_until_watching
@@ -65,8 +64,8 @@ def test_redis_restart_cluster_mode_operator_restores_entries(tmp_path: Path, lo
         worker = celery_worker(environment, logs / "worker.log")
         beat = celery_beat(environment, logs / "beat.log")
         operator = start_operator(environment, logs / "operator.log")
-        client_ = server.client()
-        store, runs = ScheduleStore(client_), RunLog(client_)
+        core = Core.from_settings(Settings(redis_url=server.url))
+        store, runs = core.store, core.runs
         with (
             running(worker, beat, operator),
             httpx.Client(base_url=cluster.url, timeout=30) as kube,
@@ -108,4 +107,4 @@ def test_redis_restart_cluster_mode_operator_restores_entries(tmp_path: Path, lo
                 assert all(p.alive() for p in (worker, beat, operator, api_proc))
                 with client(api_port) as api:
                     assert api.get("/runs").status_code == 200
-        client_.close()
+        core.close()

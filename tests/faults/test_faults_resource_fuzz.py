@@ -22,10 +22,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import InvalidSpec
 from forwarder_worker.schedules.reconcile import validate
-from forwarder_worker.schedules.store import ScheduleStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.kube_emulator import served_emulator
@@ -96,7 +95,7 @@ def _handler_lines(text: str) -> int:
 @pytest.mark.cluster
 @pytest.mark.timeout(300)
 def test_random_specs_through_the_operator(
-    tmp_path: Path, redis_url: str, rclient: redis.Redis, logs: Path
+    tmp_path: Path, redis_url: str, rclient: redis.Redis, core: Core, logs: Path
 ) -> None:
     created: dict[str, Any] = {}
     with served_emulator(tmp_path / "kube") as cluster:
@@ -109,7 +108,7 @@ def test_random_specs_through_the_operator(
         worker = celery_worker(env, logs / "worker.log")
         beat = celery_beat(env, logs / "beat.log")
         operator = start_operator(env, logs / "operator.log")
-        store, runs = ScheduleStore(rclient), RunLog(rclient)
+        store, runs = core.store, core.runs
         with (
             running(worker, beat, operator),
             httpx.Client(base_url=cluster.url, timeout=30) as kube,

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from forwarder_worker.app import create_app, registered_task_names
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import InvalidSpec
 from forwarder_worker.schedules.reconcile import validate
 from forwarder_worker.settings import Settings
@@ -22,7 +22,7 @@ from support.kube_emulator import CRD_PATH
 
 SAMPLES = sorted((CRD_PATH.parents[1] / "samples").glob("*.yaml"))
 # The built-in tasks, as the operator sees them (samples use nothing else).
-KNOWN_TASKS = registered_task_names(create_app(Settings()))
+KNOWN_TASKS = Core.from_settings(Settings()).registered_task_names()
 
 
 def crd() -> dict[str, Any]:

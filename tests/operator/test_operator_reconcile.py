@@ -26,9 +26,9 @@ from forwarder_operator.handlers import NoDiffBase, configure, shutdown
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
+from forwarder_worker import Core, Settings
 from forwarder_worker.names import FINALIZER
 from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.store import ScheduleStore
 from support.kube_emulator import free_port
 from support.processes import celery_beat, celery_worker, eventually, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
@@ -104,10 +104,11 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
 
             allow_default_user(admin)
             eventually(lambda: kube.get("leaving") is None, 30, message="object released")
-            store = ScheduleStore(admin)
-            assert store.get("default/leaving") is None
-            assert "default/leaving" not in store.names()
-            assert not admin.zrange(store.due_key, 0, -1)
+            core = Core.from_settings(Settings(redis_url=f"redis://127.0.0.1:{port}/0"))
+            assert core.store.get("default/leaving") is None
+            assert "default/leaving" not in core.store.names()
+            assert not admin.zrange("forwarder::schedule", 0, -1)
+            core.close()
     finally:
         if admin is not None:
             admin.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.store import Entry, ScheduleStore
 from support.kube_emulator import free_port
@@ -32,9 +33,14 @@ def orphan(store: ScheduleStore, name: str) -> None:
 
 
 def test_restart_flush_and_orphans(
-    kube: Any, operator_env: dict[str, str], spawn_operator: Any, rclient: Any, logs: Path
+    kube: Any,
+    operator_env: dict[str, str],
+    spawn_operator: Any,
+    rclient: Any,
+    core: Core,
+    logs: Path,
 ) -> None:
-    store = ScheduleStore(rclient, "forwarder:")
+    store = core.store
     for name in ("a", "b", "c"):
         kube.create(name, HOURLY)
     kube.create("x", HOURLY, namespace="other")

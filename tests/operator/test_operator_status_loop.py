@@ -11,9 +11,10 @@ import pytest
 from forwarder_operator.loops import StatusWriter
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.store import Entry
 from kubernetes.config import kube_config
 from support.kube_emulator import ServedCluster, free_port
 from support.processes import eventually, running
@@ -57,9 +58,9 @@ def test_status_loop_patches_only_changed_resources(
 
 
 def test_watches_only_configured_namespaces_and_serves_liveness(
-    kube: Any, operator_env: dict[str, str], spawn_operator: Any, rclient: Any, logs: Path
+    kube: Any, operator_env: dict[str, str], spawn_operator: Any, core: Core, logs: Path
 ) -> None:
-    store = ScheduleStore(rclient, "forwarder:")
+    store = core.store
     # Another install's entry in a namespace this operator does not watch: never swept.
     store.upsert(Entry.from_spec("team-b/foreign", parse_spec(HOURLY), uid="x", generation=1))
     port = free_port()

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import ScheduleStore
+from forwarder_worker import Core, Settings
 from support.kube_emulator import served_emulator
 from support.operator_process import API, ready_condition, wait_until_watching
 from support.processes import BIN, eventually, forwarder_env, free_port, running, start
@@ -86,9 +85,9 @@ def test_every_component_connects_with_the_password(
         logs / "api.log",
         "api",
     )
-    client = server.client()
+    core = Core.from_settings(Settings(redis_url=server.url, redis_password=PASSWORD))
     with running(worker, beat, source, flower, api):
-        runs = RunLog(client)
+        runs = core.runs
         eventually(lambda: runs.summary("default/guarded").succeeded >= 2, 90, message="runs")
         status = subprocess.run(
             _forwarder("status"), env=env, capture_output=True, text=True, timeout=60
@@ -122,7 +121,7 @@ def test_every_component_connects_with_the_password(
             timeout=10,
         )
         assert reply.status_code == 200 and reply.json()["items"], reply.text
-    client.close()
+    core.close()
 
 
 @pytest.mark.slow
@@ -130,8 +129,8 @@ def test_every_component_connects_with_the_password(
 def test_operator_connects_with_the_password(
     server: ValkeyProcess, tmp_path: Path, logs: Path
 ) -> None:
-    client = server.client()
-    store = ScheduleStore(client)
+    core = Core.from_settings(Settings(redis_url=server.url, redis_password=PASSWORD))
+    store = core.store
     with served_emulator(tmp_path / "kube") as cluster:
         env = forwarder_env(
             server.url, FORWARDER_REDIS_PASSWORD=PASSWORD, KUBECONFIG=str(cluster.kubeconfig)
@@ -154,7 +153,7 @@ def test_operator_connects_with_the_password(
             )
             assert operator.alive()
             assert "Authentication required" not in operator.output()
-    client.close()
+    core.close()
 
 
 def _one_line_failure(args: list[str], env: dict[str, str], *, says: str) -> None:
