@@ -15,8 +15,9 @@ import os
 from pathlib import Path
 
 import pytest
-from forwarder_operator.folder import MAX_FILE_BYTES, FolderSource
+from forwarder_operator.folder import FolderSource
 from forwarder_worker import Core
+from forwarder_worker.schedules.files import MAX_FILE_BYTES
 from support.processes import BIN, eventually, forwarder_env, running, start
 
 GOOD = """\
