@@ -342,7 +342,7 @@ settings (URL, password, TLS), so it fails exactly when the component cannot rea
 {{- define "forwarder.redisPingProbe" -}}
 - python
 - -c
-- "from forwarder_worker._redis.clients import redis_client; from forwarder_worker.settings import get_settings; redis_client(get_settings()).ping()"
+- "from forwarder_worker import Core, get_settings; Core.from_settings(get_settings()).client.ping()"
 {{- end }}
 
 {{/*
