@@ -80,7 +80,7 @@ def one(kind: str, n: int) -> dict[str, Any]:
                 kwargs={"url": "http://exporter.mlops:9100/metrics", "method": "GET"},
             )
             run_bytes = int(
-                client.memory_usage(runs.key("0f8e7a2c-5b1d-4c39-9a57-3f1e2d4c5b6a"), samples=0)
+                client.memory_usage(f"{PREFIX}run:0f8e7a2c-5b1d-4c39-9a57-3f1e2d4c5b6a", samples=0)
             )
         client.close()
     return {

@@ -229,18 +229,18 @@ async def test_a_waiter_answers_with_the_announced_record_without_reading_it(
         waiter = asyncio.create_task(watch.wait("ann1", LONG))
         await _until(lambda: watch.waiting == 1)
         announced = {"id": "ann1", "task": "forwarder.ping", "state": "SUCCESS", "result": "1"}
-        rclient.publish(runs.key("ann1"), json.dumps(announced))
+        rclient.publish("forwarder:run:ann1", json.dumps(announced))
         record = await asyncio.wait_for(waiter, LONG)
         assert record is not None and (record.state, record.result) == ("SUCCESS", "1")
         # An older writer's bare state: the waiter reads the record, and keeps waiting while
         # the run has not ended.
         waiter = asyncio.create_task(watch.wait("ann2", LONG))
         await _until(lambda: watch.waiting == 1)
-        rclient.publish(runs.key("ann2"), "SUCCESS")
+        rclient.publish("forwarder:run:ann2", "SUCCESS")
         await asyncio.sleep(0.3)
         assert not waiter.done()
-        rclient.hset(runs.key("ann2"), "state", "FAILURE")
-        rclient.publish(runs.key("ann2"), "FAILURE")
+        rclient.hset("forwarder:run:ann2", "state", "FAILURE")
+        rclient.publish("forwarder:run:ann2", "FAILURE")
         record = await asyncio.wait_for(waiter, LONG)
         assert record is not None and record.state == "FAILURE" and record.result is None
     finally:

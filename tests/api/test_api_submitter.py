@@ -112,11 +112,11 @@ async def test_the_script_sends_what_send_task_sends(
     assert mine_run.state == their_run.state == "PENDING"
     for field in ("task", "source", "args", "kwargs"):
         assert getattr(mine_run, field) == getattr(their_run, field), field
-    expiry = rclient.hget(runs.key(ours_id), "expires")
+    expiry = rclient.hget(f"forwarder:run:{ours_id}", "expires")
     if run.expires is None:
         assert expiry is None
     else:
-        close(float(expiry or 0), float(rclient.hget(runs.key(their_id), "expires") or 0))
+        close(float(expiry or 0), float(rclient.hget(f"forwarder:run:{their_id}", "expires") or 0))
 
 
 async def test_record_and_message_land_together_and_a_retry_sends_nothing_twice(

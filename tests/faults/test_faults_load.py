@@ -119,7 +119,7 @@ def test_concurrent_clients_while_schedules_fire(
             def unfinished() -> list[str]:
                 with rclient.pipeline(transaction=False) as pipe:
                     for run_id in accepted:
-                        pipe.hget(runs.key(run_id), "state")
+                        pipe.hget(f"forwarder:run:{run_id}", "state")
                     states = pipe.execute()
                 return [i for i, s in zip(accepted, states, strict=True) if s != "SUCCESS"]
 

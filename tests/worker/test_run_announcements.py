@@ -33,7 +33,7 @@ def test_the_final_transition_announces_the_whole_final_record(
         runs.transition("a1", "SUCCESS", result=json.dumps({"pong": 'é"\n'}), finished=1.5)
         (payload,) = _announcements(pubsub)
         # The payload is the hash, field for field, as a reader would find it.
-        assert json.loads(payload) == rclient.hgetall(runs.key("a1"))
+        assert json.loads(payload) == rclient.hgetall("forwarder:run:a1")
         record = announced_record(payload)
         assert record == runs.get("a1")
         assert record is not None and record.state == "SUCCESS" and record.worker == "w@h"

@@ -293,6 +293,21 @@ def _optional(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
+def _transition_params(
+    keys: Keys, limits: RunLimits, write: RunWrite, now: float
+) -> tuple[list[str], list[Any]]:
+    """The run transition's KEYS and its seven leading ARGV (the fields follow them)."""
+    return [keys.run(write.run_id), keys.runs, keys.changed], [
+        keys.prefix,
+        write.run_id,
+        write.state,
+        repr(now),
+        limits.ttl,
+        limits.global_limit,
+        limits.schedule_limit,
+    ]
+
+
 class Scripts:
     """The scripts on one (synchronous) client, with the keys and run limits they write."""
 
@@ -306,18 +321,9 @@ class Scripts:
         self._read_due = client.register_script(READ_DUE)
 
     def _transition_call(self, write: RunWrite, now: float) -> tuple[list[str], list[Any]]:
-        keys = self.keys
-        limits = self.limits
-        return [keys.run(write.run_id), keys.runs, keys.changed], [
-            keys.prefix,
-            write.run_id,
-            write.state,
-            repr(now),
-            limits.ttl,
-            limits.global_limit,
-            limits.schedule_limit,
-            *write.fields,
-        ]
+        keys, args = _transition_params(self.keys, self.limits, write, now)
+        args += write.fields
+        return keys, args
 
     def transition(self, write: RunWrite, now: float, client: Any = None) -> Any:
         """Record ``write`` at ``now``; returns the state recorded. Pass a pipeline as
@@ -433,19 +439,9 @@ class AsyncScripts:
         """Record ``write`` (a new run) and run its message's ``commands`` ((command, key,
         payload), command in :data:`SUBMIT_COMMANDS`) in one atomic step; False if the run
         was recorded already, and nothing was done."""
-        keys, limits = self.keys, self.limits
-        script_keys = [keys.run(write.run_id), keys.runs, keys.changed]
-        args: list[Any] = [
-            keys.prefix,
-            write.run_id,
-            write.state,
-            repr(now),
-            limits.ttl,
-            limits.global_limit,
-            limits.schedule_limit,
-            len(write.fields) // 2,
-            *write.fields,
-        ]
+        script_keys, args = _transition_params(self.keys, self.limits, write, now)
+        args.append(len(write.fields) // 2)
+        args += write.fields
         for command, key, payload in commands:
             script_keys.append(key)
             args += [command, payload]

@@ -164,15 +164,6 @@ class RunLog:
         self._with_result: set[str] = set()
         self._with_result_lock = threading.Lock()
 
-    def key(self, run_id: str) -> str:
-        """The hash key of run ``run_id``; also the pub/sub channel announcing its end."""
-        return self.keys.run(run_id)
-
-    @property
-    def channels(self) -> str:
-        """A pattern matching every run's channel (a pattern subscription hears them all)."""
-        return self.keys.run_channels
-
     # -- writes ---------------------------------------------------------------------------
 
     def transition(
