@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator test-faults
+.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator test-faults controlplane test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,20 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP)
+pytest: $(STAMP) controlplane
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck imports pytest
+
+# The test control plane (kube-apiserver and etcd), built with Go from the pinned module in
+# tests/controlplane/ into ~/.cache/forwarder/controlplane/ (FORWARDER_CONTROLPLANE_CACHE), once
+# per pin change; a no-op when the cache has them. See docs/testing.md.
+controlplane: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.controlplane build
+
+# The tests that run against the real control plane only.
+test-cluster: $(STAMP) controlplane
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
