@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 MODULE = Path(__file__).resolve().parents[1] / "controlplane"
@@ -314,6 +315,16 @@ class ControlPlane:
         except urllib.error.HTTPError as exc:
             if exc.code != 409:
                 raise
+
+    def http(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client of the API server, as admin unless ``token`` is given: what a
+        client library sends, for tests that drive resources directly. Close it after."""
+        return httpx.Client(
+            base_url=self.url,
+            verify=self._context(),
+            headers={"Authorization": f"Bearer {token or self.admin_token}"},
+            timeout=30,
+        )
 
     def kubectl(
         self,
