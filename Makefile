@@ -82,5 +82,5 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) controlplane
 	$(BIN)/python bench/run.py $(if $(FULL),--full) $(BENCH_ARGS)
