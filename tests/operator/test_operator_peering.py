@@ -5,19 +5,21 @@ ServiceAccount, and only the higher one handles ScheduledTasks (``forwarder oper
 Both peering modes are shown with manifests/rbac's peering role and manifests/crds' peering
 CRDs: a ClusterKopfPeering when the operator watches every namespace (the default
 deployment), a KopfPeering in the namespace when it watches one. kopf does not create the
-peering object (without one, a peer's keep-alive finds nothing and every replica handles
-everything), so the test creates it as whoever installs Forwarder would.
+peering object, so the test creates it as whoever installs Forwarder would; without it kopf
+would keep every replica paused for good, without a word above debug level, so ``forwarder
+operator`` refuses to start with one line that says what to create.
 """
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.operator_process import running_operator
-from support.processes import eventually
+from support.operator_process import COMMANDS, assert_never_refused, running_operator
+from support.processes import REPO, eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -67,3 +69,27 @@ def test_only_the_highest_priority_replica_handles(
         assert priorities() == []
     finally:
         kube.http.delete(f"{path}/{peering}")
+
+
+@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
+def test_a_missing_peering_object_stops_the_operator_with_one_line(
+    scope: str, crds: Any, namespace: str, env_for: Any, redis_url: str
+) -> None:
+    env = env_for(redis_url, namespaces=() if scope == "cluster-wide" else (namespace,))
+    done = subprocess.run(
+        [*COMMANDS["cli"], "--peering=nobody-made-this", "--priority=10"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    kind = "ClusterKopfPeering" if scope == "cluster-wide" else "KopfPeering"
+    assert f"{kind} 'nobody-made-this' does not exist" in lines[0]
+    if scope == "namespaced":
+        assert f"in namespace {namespace}" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert_never_refused(done.stdout + done.stderr, "forwarder operator")
