@@ -40,6 +40,15 @@ def test_scheduled_task_lifecycle(
             lambda: kube.ready("pinger").get("status") == "True" and kube.ready("pinger"), 20
         )
         assert ready["reason"] == "Scheduled"
+        # Every field of the condition survived the CRD's schema (it prunes what it lacks).
+        assert set(ready) == {
+            "type",
+            "status",
+            "reason",
+            "message",
+            "lastTransitionTime",
+            "observedGeneration",
+        }
         status = kube.status("pinger")
         assert status["observedGeneration"] == 1
         assert status["schedule"] == "every 1s"

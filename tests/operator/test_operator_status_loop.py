@@ -40,28 +40,59 @@ def test_status_loop_patches_only_changed_resources(
     )
     services = Services.create(config)
     try:
-        for name in ("a", "b", "c"):
-            created = kube.create(name, {**HOURLY, "runHistoryLimit": 2})
+        for name, limit in (("a", 2), ("b", 2), ("c", 2), ("d", 10)):
+            created = kube.create(name, {**HOURLY, "runHistoryLimit": limit})
             apply_schedule(services.store, namespace, name, created["spec"], uid="u", generation=1)
         writer = StatusWriter(services)
         writer.pass_once()  # whatever the setup changed
         assert writer.pass_once() == 0
 
-        for i in range(3):
-            run_id = f"run-{i}"
-            schedule = f"{namespace}/b"
-            services.runs.queued(run_id, "forwarder.ping", source="schedule", schedule=schedule)
-            services.runs.transition(run_id, "SUCCESS", result='"pong"', finished=1.0e9 + i)
-        assert writer.pass_once() == 1
+        # On b and d, one run of every shape status shows: succeeded (result, times), failed
+        # (error), skipped (reason), and one from a trigger.
+        runs, base = services.runs, 1.0e9
+        for name in ("b", "d"):
+            schedule = f"{namespace}/{name}"
+            ran, failed, skipped, triggered = (f"{name}-{i}" for i in range(4))
+            runs.queued(ran, "forwarder.ping", source="schedule", schedule=schedule, slot=base)
+            runs.transition(ran, "STARTED", started=base + 0.5)
+            runs.transition(ran, "SUCCESS", result='"pong"', finished=base + 1)
+            runs.queued(failed, "forwarder.ping", source="schedule", schedule=schedule, slot=base)
+            runs.transition(failed, "FAILURE", error_type="ValueError", error="x", finished=base)
+            runs.skipped(skipped, "forwarder.ping", schedule=schedule, slot=base, reason="Forbid")
+            runs.queued(triggered, "forwarder.ping", source="trigger", schedule=schedule)
+            runs.transition(triggered, "SUCCESS", result='"pong"', finished=base + 5)
+        assert writer.pass_once() == 2
         status = kube.status("b")
         assert status["lastRun"]["state"] == "SUCCESS"
-        assert status["totalRunCount"] == 3
+        assert status["lastRun"]["source"] == "trigger"
+        assert status["totalRunCount"] == 3  # a skipped firing is not a run
         assert len(status["recentRuns"]) == 2  # runHistoryLimit
         assert status["lastSuccessfulTime"].endswith("Z")
         assert "lastRun" not in kube.status("a") and "lastRun" not in kube.status("c")
 
+        # The API server kept every field the operator wrote: the CRD's status schema would
+        # prune one it does not declare, without an error.
+        for name in ("b", "d"):
+            written = writer.written[f"{namespace}/{name}"]
+            stored = kube.status(name)
+            assert {k: v for k, v in written.items() if v is not None} == {
+                k: stored[k] for k in written if k in stored
+            }, name
+        fields = {field for run in kube.status("d")["recentRuns"] for field in run}
+        assert fields == {
+            "taskId",
+            "state",
+            "source",
+            "scheduledAt",
+            "startedAt",
+            "finishedAt",
+            "result",
+            "error",
+            "reason",
+        }
+
         # A change that leaves status as it was is not written again.
-        services.runs.transition("run-2", "SUCCESS")
+        runs.transition("b-3", "SUCCESS")
         assert writer.pass_once() == 0
         assert writer.pass_once() == 0
     finally:
