@@ -2,7 +2,7 @@
 it, with the operator as a subprocess (``python -m forwarder_operator``, what ``forwarder
 operator`` runs) under its own ServiceAccount, and a real worker and beat: apply, wait for
 Ready, the printer columns, short names and category, patch (suspend), annotate (run-now),
-an invalid spec's Warning Event in ``kubectl get events`` and ``kubectl describe``, and a
+replace and server-side apply (the finalizer survives both), an invalid spec's Warning Event in ``kubectl get events`` and ``kubectl describe``, and a
 delete that waits for the finalizer. Every kubectl call is bounded by ``timeout``."""
 
 from __future__ import annotations
@@ -146,6 +146,42 @@ def test_kubectl_end_to_end(
         assert status["totalRunCount"] == total + 1
         assert "nextRunTime" not in status
         assert document["metadata"]["finalizers"] == ["forwarder.dev/finalizer"]
+
+        # replace (a PUT of the whole object, which drops the finalizer it does not list):
+        # the new spec is applied and the finalizer put back
+        replaced = HEARTBEAT.replace("every: 1s", "every: 2s")
+        cluster.kubectl("replace", "-f", "-", stdin=replaced)
+        cluster.kubectl(
+            "wait",
+            "--for=jsonpath={.status.schedule}=every 2s",
+            "st/heartbeat",
+            "--timeout=30s",
+            timeout=40,
+        )
+        assert jsonpath(cluster, "heartbeat", "{.status.conditions[0].reason}") == "Scheduled"
+        assert entry_of(f"{namespace}/heartbeat")["schedule"] == {"every": 2}
+        eventually(
+            lambda: (
+                jsonpath(cluster, "heartbeat", "{.metadata.finalizers}")
+                == '["forwarder.dev/finalizer"]'
+            ),
+            20,
+            message="the finalizer back",
+        )
+        # server-side apply, taking the fields kubectl's client-side apply owned
+        applied = HEARTBEAT.replace("every: 1s", "every: 3s")
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=applied)
+        eventually(lambda: entry_of(f"{namespace}/heartbeat")["schedule"] == {"every": 3}, 20)
+        cluster.kubectl(
+            "wait",
+            "--for=jsonpath={.status.schedule}=every 3s",
+            "st/heartbeat",
+            "--timeout=30s",
+            timeout=40,
+        )
+        assert jsonpath(cluster, "heartbeat", "{.metadata.finalizers}") == (
+            '["forwarder.dev/finalizer"]'
+        )
 
         # an invalid spec: Ready=False and a Warning event kubectl can list
         cluster.kubectl("apply", "-f", "-", stdin=BROKEN)
