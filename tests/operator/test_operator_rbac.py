@@ -18,7 +18,12 @@ from typing import Any
 
 import pytest
 from support.controlplane import ControlPlane
-from support.operator_process import operator_env, operator_in_thread, running_operator
+from support.operator_process import (
+    operator_env,
+    operator_in_thread,
+    refusals,
+    running_operator,
+)
 from support.processes import eventually
 
 pytestmark = pytest.mark.cluster
@@ -78,11 +83,14 @@ def no_events_env(crds: ControlPlane, namespace: str, redis_url: str) -> Iterato
     crds.kubectl("delete", "-f", "-", stdin=manifest)
 
 
-def handle_one(kube: Any, operator: AbstractContextManager[Any]) -> None:
-    """Run ``operator`` until it has reported an invalid spec: it works, refused or not."""
-    with operator:
+def report_broken(kube: Any, operator: AbstractContextManager[Any]) -> None:
+    """Run ``operator`` until it has reported an invalid spec and tried to post its Event:
+    it works, refused or not."""
+    with operator as running:
         kube.create("broken", BROKEN)
         eventually(lambda: kube.ready("broken").get("reason") == "InvalidSpec", 30)
+        # kopf posts Events from a queue of its own, after the handler: wait for its try.
+        eventually(lambda: refusals(running.output()), 30, message="the Event's post")
         assert not kube.warnings("broken")
 
 
@@ -90,7 +98,7 @@ def test_a_refused_subprocess_operator_fails_its_test(
     kube: Any, no_events_env: dict[str, str], logs: Path
 ) -> None:
     with pytest.raises(AssertionError, match="refused by the API server") as failed:
-        handle_one(kube, running_operator(no_events_env, logs / "operator.log"))
+        report_broken(kube, running_operator(no_events_env, logs / "operator.log"))
     assert 'cannot create resource "events"' in str(failed.value)
 
 
@@ -98,5 +106,5 @@ def test_a_refused_in_thread_operator_fails_its_test(
     kube: Any, no_events_env: dict[str, str]
 ) -> None:
     with pytest.raises(AssertionError, match="refused by the API server") as failed:
-        handle_one(kube, operator_in_thread(no_events_env))
+        report_broken(kube, operator_in_thread(no_events_env))
     assert 'cannot create resource "events"' in str(failed.value)

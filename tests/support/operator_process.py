@@ -118,14 +118,26 @@ class _Records(logging.Handler):
         self.lines.append(self.format(record))
 
 
+class OperatorThread:
+    """The operator running in a thread of the test process, and what it has logged."""
+
+    def __init__(self, thread: threading.Thread, records: _Records) -> None:
+        self.thread = thread
+        self._records = records
+
+    def output(self) -> str:
+        """Its log so far (INFO and above), as :meth:`Proc.output` gives a subprocess's."""
+        return "\n".join(self._records.lines)
+
+
 @contextmanager
-def operator_in_thread(env: dict[str, str]) -> Iterator[threading.Thread]:
+def operator_in_thread(env: dict[str, str]) -> Iterator[OperatorThread]:
     """The real kopf operator, in-process: ``kopf.operator()`` on its own loop in a thread,
     configured from ``env`` as ``forwarder operator`` would be (namespaces, standalone).
 
     Handlers come from the default registry (importing forwarder_operator registers them),
     exactly as ``kopf run -m forwarder_operator`` would load them. What it logs at INFO and
-    above is read for refusals once it stops.
+    above (:meth:`OperatorThread.output`) is read for refusals once it stops.
     """
     from forwarder_operator.settings import OperatorSettings
     from kubernetes.config import kube_config
@@ -168,7 +180,7 @@ def operator_in_thread(env: dict[str, str]) -> Iterator[threading.Thread]:
     thread.start()
     try:
         assert ready.wait(30), f"the operator did not start: {errors}"
-        yield thread
+        yield OperatorThread(thread, records)
     except BaseException:
         sys.stderr.write("----- operator log -----\n" + "\n".join(records.lines[-80:]) + "\n")
         raise
