@@ -207,6 +207,28 @@ def test_no_rbac_rule_has_a_wildcard_or_touches_secrets(rendered: Rendered) -> N
             assert "secrets" not in rule.get("resources", []), role["metadata"]["name"]
 
 
+def test_object_names_stay_distinct_and_short_in_a_long_namespace(
+    chart: helm.Chart, scenario: str
+) -> None:
+    # Cluster-scoped names carry the release namespace; in the longest namespace Kubernetes
+    # allows they must still fit in 63 characters and stay distinct: two ClusterRoles of one
+    # name are one object in the cluster, holding the rules of whichever was applied last.
+    namespace = "n" * 63
+    rendered = render(chart, load_values(scenario), name="my-forwarder", namespace=namespace)
+    names = [
+        (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        for obj in rendered.objects
+    ]
+    assert len(names) == len(set(names)), sorted(names)
+    assert all(len(name) <= 63 for _, _, name in names), [n for n in names if len(n[2]) > 63]
+    # Short enough names stay as they were, so upgrades keep their objects.
+    short = render(chart, load_values(scenario), name="forwarder", namespace="ops")
+    cluster_roles = set(short.names("ClusterRole"))
+    assert "forwarder-operator-ops-crds" in cluster_roles
+    if not load_values(scenario).get("watchNamespaces"):
+        assert {"forwarder-operator-ops", "forwarder-api-ops"} <= cluster_roles
+
+
 def test_rbac_is_scoped_to_the_watched_namespaces(chart: helm.Chart) -> None:
     values = load_values("peering")
     scoped = render(chart, values)
