@@ -20,8 +20,9 @@ from support.chart import CHART, NAMESPACE, Rendered, load_values, render
 
 KUBE_VERSIONS = ("1.29", "1.37")
 # Kinds no Kubernetes release defines. KEDA ships no offline schema, so its objects are checked
-# for shape in test_keda_scales_workers_on_each_queue instead.
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
+# for shape in test_keda_scales_workers_on_each_queue instead; kopf's peering objects are
+# admitted by the real apiserver with the chart's CRDs (test_chart_cluster.py).
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "KopfPeering", "ClusterKopfPeering"}
 FORWARDER_COMPONENTS = {"operator", "beat", "worker", "api", "flower"}
 TOKEN_MOUNTERS = {"operator", "api"}
 
@@ -272,6 +273,25 @@ def test_peering_permissions_only_when_peering_is_enabled(chart: helm.Chart) -> 
         arg.startswith("--peering")
         for arg in default["template"]["spec"]["containers"][0]["command"]
     )
+
+
+def test_peering_object_is_made_where_the_operator_looks_for_it(chart: helm.Chart) -> None:
+    # kopf given a peering name stays paused until that peering object exists, and never
+    # creates it: the chart does, cluster-wide or in each watched namespace.
+    def peerings(rendered: Rendered) -> list[tuple[str, str | None, str]]:
+        kinds = ("ClusterKopfPeering", "KopfPeering")
+        objects = [obj for kind in kinds for obj in rendered.of_kind(kind)]
+        return [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+
+    assert peerings(render(chart)) == []
+    assert peerings(render(chart, load_values("peering") | {"operator": {}})) == []
+    enabled = render(chart, {"operator": {"peering": {"enabled": True}}})
+    assert peerings(enabled) == [("ClusterKopfPeering", None, "forwarder")]
+    scoped = load_values("peering")
+    assert peerings(render(chart, scoped)) == [
+        ("KopfPeering", namespace, scoped["operator"]["peering"]["name"])
+        for namespace in scoped["watchNamespaces"]
+    ]
 
 
 @pytest.mark.parametrize(

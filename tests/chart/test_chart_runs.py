@@ -396,9 +396,10 @@ def _scheduled_task(name: str, spec: dict[str, Any]) -> str:
     return json.dumps(document)
 
 
-@pytest.mark.parametrize("scope", ["all-namespaces", "watchNamespaces"])
+@pytest.mark.parametrize("peering", [False, True], ids=["standalone", "peering"])
+@pytest.mark.parametrize("watch", [False, True], ids=["all-namespaces", "watchNamespaces"])
 def test_rendered_operator_runs_the_lifecycle_as_the_charts_service_account(
-    crds: ControlPlane, namespace: str, workdir: Path, scope: str
+    crds: ControlPlane, namespace: str, workdir: Path, watch: bool, peering: bool
 ) -> None:
     # Helm installs the chart into the control plane; the operator, worker and beat run as the
     # live Deployments say, their env built from the live ConfigMap and Secrets. The operator's
@@ -407,7 +408,9 @@ def test_rendered_operator_runs_the_lifecycle_as_the_charts_service_account(
     plane = crds
     tasks = f"{namespace}-tasks"  # where the ScheduledTasks live
     plane.create_namespace(tasks)
-    values = {"watchNamespaces": [tasks]} if scope == "watchNamespaces" else {}
+    values: dict[str, Any] = {"watchNamespaces": [tasks]} if watch else {}
+    if peering:  # a name of this test's own: ClusterKopfPeerings are shared by the session
+        values["operator"] = {"peering": {"enabled": True, "name": f"peers-{namespace}"}}
     with (
         installed(plane, namespace, "forwarder", values) as release,
         serving(release.rendered_live(), namespace) as (cluster, ports),
@@ -443,6 +446,11 @@ def test_rendered_operator_runs_the_lifecycle_as_the_charts_service_account(
             assert obj["status"]["nextRunTime"].endswith("Z")
             assert obj["metadata"]["finalizers"] == ["forwarder.dev/finalizer"]
             assert store.get(f"{tasks}/ping") is not None
+            if peering:  # the operator announces itself in the chart's peering object
+                kind = "kopfpeering" if watch else "clusterkopfpeering"
+                scope = ["-n", tasks] if watch else []
+                reply = plane.kubectl("get", kind, f"peers-{namespace}", *scope, "-o", "json")
+                assert len(json.loads(reply.stdout).get("status") or {}) == 1, reply.stdout
             eventually(
                 lambda: runs.recent(schedule=f"{tasks}/ping", state="SUCCESS"),
                 timeout=60,
