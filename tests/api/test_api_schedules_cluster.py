@@ -24,6 +24,7 @@ import yaml
 from fastapi.testclient import TestClient
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
+from pydantic import SecretStr
 from support.chart_release import Ref, Release, refusals
 from support.controlplane import ControlPlane
 from support.processes import celery_worker, eventually, forwarder_env, running, start
@@ -42,7 +43,7 @@ def cluster_settings(redis_url: str, kubeconfig: Path, **extra: Any) -> ApiSetti
     """The api's settings in cluster mode, with the given kubeconfig."""
     return ApiSettings(
         redis_url=redis_url,
-        api_tokens=[TOKEN],
+        api_tokens=[SecretStr(TOKEN)],
         task_modules=["support.sample_tasks"],
         schedules_mode="kubernetes",
         kubeconfig=kubeconfig,

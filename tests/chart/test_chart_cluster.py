@@ -195,14 +195,23 @@ def test_install_manifest_is_admitted_by_a_server_side_dry_run(control_plane: Co
     deployments = {Ref.of(obj) for obj in objects if obj["kind"] == "Deployment"}
     assert len(missing(control_plane, deployments)) == len(deployments)
     # The Secrets the header made are what the Deployments refer to.
-    refs = {
-        ref["secretKeyRef"]["name"]
+    secret_names = {
+        source["secretKeyRef"]["name"]
         for obj in objects
         if obj["kind"] in {"Deployment", "StatefulSet"}
         for entry in container(obj).get("env", [])
-        if "secretKeyRef" in (ref := entry.get("valueFrom") or {})
+        if "secretKeyRef" in (source := entry.get("valueFrom") or {})
     }
-    made = live_objects(control_plane, {Ref("Secret", "", "forwarder", name) for name in refs})
-    assert {ref.name for ref in made} == refs
+    wanted = {Ref("Secret", "", "forwarder", name) for name in secret_names}
+    made = live_objects(control_plane, wanted)
+    assert (
+        {ref.name for ref in made}
+        == secret_names
+        == {
+            "forwarder-redis",
+            "forwarder-api",
+            "forwarder-flower",
+        }
+    )
     for secret in made.values():
         assert all(base64.b64decode(value) for value in secret["data"].values())

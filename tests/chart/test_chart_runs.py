@@ -195,7 +195,7 @@ def workdir(tmp_path: Path) -> Path:
 @contextmanager
 def serving(
     rendered: Rendered, namespace: str = NAMESPACE
-) -> Iterator[tuple[Cluster, dict[str, int]]]:
+) -> Iterator[tuple[Cluster, dict[int, int]]]:
     """``rendered``'s pods' view of the cluster, with an embedded Redis (holding the password
     of the rendered or live ``forwarder-redis`` Secret) behind the forwarder-redis Service."""
     password = base64.b64decode(rendered.get("Secret", "forwarder-redis")["data"]["password"])
@@ -218,7 +218,7 @@ def serving(
 
 
 @pytest.fixture
-def stack() -> Iterator[tuple[Cluster, dict[str, int]]]:
+def stack() -> Iterator[tuple[Cluster, dict[int, int]]]:
     """The default render, with an embedded Redis behind the forwarder-redis Service."""
     with helm.Chart.load(Path(__file__).resolve().parents[2] / "charts" / "forwarder") as chart:
         rendered = render(chart, load_values("default"))
@@ -237,7 +237,7 @@ def settings_for(cluster: Cluster, workdir: Path) -> Settings:
 
 
 def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     cluster, ports = stack
     settings = settings_for(cluster, workdir)
@@ -352,7 +352,7 @@ def _pings(client: redis.Redis) -> bool:
 
 
 def test_worker_probe_fails_when_its_worker_is_gone(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     # No worker runs: the liveness probe must not pass on another node's answer or on none.
     cluster, _ = stack
@@ -360,7 +360,7 @@ def test_worker_probe_fails_when_its_worker_is_gone(
 
 
 def test_keda_lists_are_where_the_broker_queues_tasks(
-    chart: helm.Chart, stack: tuple[Cluster, dict[str, int]], workdir: Path
+    chart: helm.Chart, stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     cluster, _ = stack
     keda = render(chart, load_values("keda"))
@@ -532,7 +532,7 @@ def test_rendered_operator_runs_the_lifecycle_as_the_charts_service_account(
     importlib.util.find_spec("forwarder_api.main") is None, reason="forwarder_api not installed"
 )
 def test_rendered_api_is_ready_and_passes_the_helm_test(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     cluster, ports = stack
     api = start(cluster, "forwarder-api", workdir, ports)
@@ -568,7 +568,7 @@ def _json(url: str, **kwargs: Any) -> Any:
 
 
 def test_rendered_components_stop_with_one_line_when_redis_refuses_the_password(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     # A Secret out of step with Redis (rotated on one side only): each container must end at
     # once with one line naming the setting, so the pod's log says why it crash-loops.
