@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -424,7 +424,7 @@ def test_rendered_operator_runs_the_lifecycle_as_the_charts_service_account(
         client = redis_client(settings)
         store = ScheduleStore(client, settings.key_prefix)
         runs = RunLog(client, settings.key_prefix)
-        with running(operator, worker, beat):
+        with running(operator, worker, beat), closing(client):
             probe = cluster.container("forwarder-operator")["livenessProbe"]["httpGet"]
             assert probe["port"] == "health"
             liveness = f"http://127.0.0.1:{ports[8080]}{probe['path']}"
@@ -525,7 +525,6 @@ def test_rendered_operator_runs_the_lifecycle_as_the_charts_service_account(
 
             assert operator.alive(), operator.output()[-3000:]
             assert refusals(operator.output()) == []
-        client.close()
 
 
 @pytest.mark.skipif(

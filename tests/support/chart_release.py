@@ -146,9 +146,8 @@ def installed(
     """``helm install`` the chart as release ``name`` in ``namespace`` (which must exist);
     ``helm uninstall`` it afterwards unless the test did."""
     with helm.Config(kubeconfig_path=str(plane.admin_kubeconfig), namespace=namespace) as config:
-        summary = config.install(str(CHART), name, values or {}, timeout=HELM_TIMEOUT)
-        release = Release(plane, config, name, namespace, summary)
-        try:
-            yield release
+        try:  # a failed install leaves a release and some objects behind too
+            summary = config.install(str(CHART), name, values or {}, timeout=HELM_TIMEOUT)
+            yield Release(plane, config, name, namespace, summary)
         finally:
             config.uninstall(name, ignore_not_found=True, timeout=HELM_TIMEOUT)
