@@ -42,7 +42,7 @@ def offline_refs(values: dict[str, Any], name: str, namespace: str) -> set[Ref]:
             continue
         for obj in manifest_objects(text):
             if "helm.sh/hook" not in (obj["metadata"].get("annotations") or {}):
-                refs.add(Ref.of(obj, namespace))
+                refs.add(Ref.of(obj))
     return refs
 
 

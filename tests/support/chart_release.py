@@ -49,11 +49,12 @@ class Ref(NamedTuple):
     name: str
 
     @classmethod
-    def of(cls, obj: dict[str, Any], default_namespace: str | None = None) -> Ref:
+    def of(cls, obj: dict[str, Any]) -> Ref:
+        """The object's Ref (the chart names the namespace of every namespaced object)."""
         api_version = str(obj["apiVersion"])
         group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
         meta = obj["metadata"]
-        return cls(obj["kind"], group, meta.get("namespace", default_namespace), meta["name"])
+        return cls(obj["kind"], group, meta.get("namespace"), meta["name"])
 
     @property
     def resource(self) -> str:
@@ -88,7 +89,7 @@ def live_objects(plane: ControlPlane, refs: Iterable[Ref]) -> dict[Ref, dict[str
         document = json.loads(reply.stdout)
         items = document["items"] if document.get("kind") == "List" else [document]
         for item in items:
-            found[Ref.of(item, namespace)] = item
+            found[Ref.of(item)] = item
     return found
 
 
@@ -121,7 +122,7 @@ class Release:
         return manifest_objects(str(self.summary["manifest"]))
 
     def refs(self) -> list[Ref]:
-        return [Ref.of(obj, self.namespace) for obj in self.objects()]
+        return [Ref.of(obj) for obj in self.objects()]
 
     def live(self) -> dict[Ref, dict[str, Any]]:
         """The current revision's objects that exist in the apiserver."""
