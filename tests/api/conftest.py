@@ -193,12 +193,16 @@ def chart_release(crds: ControlPlane, namespace: str) -> Iterator[Release]:
 
 
 @pytest.fixture
-def watched(crds: ControlPlane, namespace: str) -> list[str]:
-    """Two namespaces for ``watchNamespaces`` (and a third, ``<namespace>-c``, outside it)."""
+def watched(crds: ControlPlane, namespace: str) -> Iterator[list[str]]:
+    """Two namespaces for ``watchNamespaces`` (and a third, ``<namespace>-c``, outside it).
+    Their ScheduledTasks are deleted after the test: the control plane is the session's, and
+    a cluster-wide operator of a later test would take them on."""
     names = [f"{namespace}-a", f"{namespace}-b", f"{namespace}-c"]
     for name in names:
         crds.create_namespace(name)
-    return names[:2]
+    yield names[:2]
+    for name in names:
+        crds.kubectl("delete", "scheduledtasks", "--all", "-n", name, "--wait=false")
 
 
 @pytest.fixture

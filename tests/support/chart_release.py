@@ -28,9 +28,9 @@ from support.controlplane import ControlPlane
 
 # What an install or upgrade may take: Helm only creates objects, it waits for nothing.
 HELM_TIMEOUT = 120
-# An apiserver refusal in a log: kopf's APIForbiddenError, kubernetes' Forbidden, a 403 (but
-# not a log line's milliseconds, ",403").
-_REFUSAL = re.compile(r"Forbidden|(?<![,.:\d])403(?!\d)")
+# An apiserver refusal in a log: kopf's APIForbiddenError, kubernetes' Forbidden, a status
+# 403; not a log line's milliseconds (",403") nor a name that holds 403 ("a-403-b").
+_REFUSAL = re.compile(r"Forbidden|(?<![\w,.:-])403(?![\w-])")
 
 
 def refusals(log: str) -> list[str]:
