@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator test-faults controlplane test-cluster
+.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator test-faults controlplane test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,12 +62,8 @@ image:
 
 # The operator's suite only: the real kopf operator, as its own ServiceAccount, against the real
 # control plane (make controlplane), with the real kubectl.
-test-operator: $(STAMP)
+test-operator: $(STAMP) controlplane
 	$(BIN)/pytest tests/operator $(PYTEST_ARGS)
-
-# The Kubernetes API emulator the tests use, as a server (kubeconfig: see its --help).
-kube-emulator: $(STAMP)
-	PYTHONPATH=tests $(BIN)/python -m support.kube_emulator --port $(or $(PORT),18080)
 
 # The reliability and security suites only: real processes killed, restarted and attacked
 # (docs/reliability.md lists what each test proves). Also part of `make test`.

@@ -2,9 +2,9 @@
 
 The API never touches schedule entries in Redis here. It writes resources; the operator
 reconciles them into entries and status, and acts on the run-now annotation, so the
-operator stays the only writer. Specs are validated before they are sent, because the
-emulator and older clusters do not run the CRD's CEL rules, and a 422 from the API is
-clearer than a Ready=False found later.
+operator stays the only writer. Specs are validated before they are sent, because no CRD
+schema can tell an unknown task, a past ``at`` or an unknown zone, older clusters do not run
+its CEL rules, and a 422 from the API is clearer than a Ready=False found later.
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ from fastapi.testclient import TestClient
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
 from pydantic import SecretStr
-from support.chart_release import Ref, Release, refusals
+from support.chart_release import Ref, Release
 from support.controlplane import ControlPlane
+from support.operator_process import refusals
 from support.processes import celery_worker, eventually, forwarder_env, running, start
 
 pytestmark = pytest.mark.cluster

@@ -42,8 +42,9 @@ from forwarder_worker.runs import RunLog
 from forwarder_worker.settings import Settings
 from forwarder_worker.store import ScheduleStore
 from support.chart import NAMESPACE, Rendered, load_values, render
-from support.chart_release import installed, refusals
+from support.chart_release import installed
 from support.controlplane import ControlPlane
+from support.operator_process import refusals
 from support.processes import Proc, eventually, running
 from support.redis_server import embedded_redis
 

@@ -13,7 +13,6 @@ so a test compares what Helm rendered with what the apiserver admitted and kept.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,15 +27,6 @@ from support.controlplane import ControlPlane
 
 # What an install or upgrade may take: Helm only creates objects, it waits for nothing.
 HELM_TIMEOUT = 120
-# An apiserver refusal in a log: kopf's APIForbiddenError, kubernetes' Forbidden, a status
-# 403; not a log line's milliseconds (",403") nor a name that holds 403 ("a-403-b").
-_REFUSAL = re.compile(r"Forbidden|(?<![\w,.:-])403(?![\w-])")
-
-
-def refusals(log: str) -> list[str]:
-    """The lines of a process's log that report the apiserver refusing it something: a
-    process running as one of the chart's ServiceAccounts must show none."""
-    return [line for line in log.splitlines() if _REFUSAL.search(line)]
 
 
 class Ref(NamedTuple):
