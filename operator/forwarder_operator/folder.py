@@ -3,11 +3,11 @@
 ``forwarder up`` runs this instead of the kopf operator when there is no cluster. Every
 ``*.yaml``/``*.yml`` file may hold one or more ScheduledTask documents (the same ones
 ``kubectl apply -f`` takes). Adding or changing a file applies its schedules through
-:func:`forwarder_worker.reconcile.apply_schedule`, the operator's own path; deleting a file
-removes them. A file that cannot be read or is invalid is reported with its path and reason
-and skipped, and the schedules it declared before stay as they were (nothing is lost to a
-half-saved edit). A full pass also runs periodically, which re-creates entries lost from
-Redis (a flush or restart). Files are read as the api reads them
+:func:`forwarder_worker.schedules.reconcile.apply_schedule`, the operator's own path;
+deleting a file removes them. A file that cannot be read or is invalid is reported with its
+path and reason and skipped, and the schedules it declared before stay as they were (nothing
+is lost to a half-saved edit). A full pass also runs periodically, which re-creates entries
+lost from Redis (a flush or restart). Files are read as the api reads them
 (:mod:`forwarder_worker.schedules.files`, with its size and UTF-8 limits).
 """
 
