@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator kube-emulator test-faults
+.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator test-faults controlplane test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,20 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP)
+pytest: $(STAMP) controlplane
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck imports pytest
+
+# The test control plane (kube-apiserver and etcd), built with Go from the pinned module in
+# tests/controlplane/ into ~/.cache/forwarder/controlplane/ (FORWARDER_CONTROLPLANE_CACHE), once
+# per pin change; a no-op when the cache has them. See docs/testing.md.
+controlplane: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m support.controlplane build
+
+# The tests that run against the real control plane only.
+test-cluster: $(STAMP) controlplane
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
@@ -50,13 +60,10 @@ IMAGE ?= forwarder:dev
 image:
 	docker build -t $(IMAGE) .
 
-# The operator's suite only: the real kopf operator against the kube emulator, real kubectl.
-test-operator: $(STAMP)
+# The operator's suite only: the real kopf operator, as its own ServiceAccount, against the real
+# control plane (make controlplane), with the real kubectl.
+test-operator: $(STAMP) controlplane
 	$(BIN)/pytest tests/operator $(PYTEST_ARGS)
-
-# The Kubernetes API emulator the tests use, as a server (kubeconfig: see its --help).
-kube-emulator: $(STAMP)
-	PYTHONPATH=tests $(BIN)/python -m support.kube_emulator --port $(or $(PORT),18080)
 
 # The reliability and security suites only: real processes killed, restarted and attacked
 # (docs/reliability.md lists what each test proves). Also part of `make test`.
@@ -72,5 +79,5 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) controlplane
 	$(BIN)/python bench/run.py $(if $(FULL),--full) $(BENCH_ARGS)

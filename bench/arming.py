@@ -10,8 +10,9 @@ Forwarder and redbeat with a 1 s loop write 200 trials at gaps of 0.05-0.35 s. r
 default 300 s loop cannot arm faster than its loop, so its trials are spread over one whole
 loop (about 295 s) and run in the background while the other benchmarks run (``SlowArming``).
 
-The "from resource create on the emulator with the operator running" variant needs the
-operator; it is measured only when ``forwarder_operator`` and the kube emulator are present.
+The "from resource create on the apiserver with the operator running" variant runs on the
+tests' real kube-apiserver and etcd (``bench/operator_scale.py``); it is measured only when
+``forwarder_operator`` is present and the control plane can be built (``make controlplane``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import operator_scale
 import redis
 from entries import anchor_app, arm_ours, arm_redbeat, index_of
-from forwarder_worker.schedules.store import ScheduleStore
+from forwarder_worker import Core, Settings
 from harness import (
     QueueProbe,
     Stack,
@@ -56,7 +57,7 @@ def scenario(stack: Stack, trials: int, gap: tuple[float, float], wait: float) -
         beat = start_beat(stack, url, logs / f"beat-{tag}.log")
         try:
             if stack.kind == "forwarder":
-                store = ScheduleStore(client, "forwarder:")
+                store = Core.from_settings(Settings(redis_url=url)).store
 
                 def write(i: int) -> None:
                     arm_ours(store, i, EVERY)

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 from entries import anchor_app, load_ours, load_redbeat
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.settings import Settings
 from harness import (
     DONE_KEY,
@@ -52,11 +52,7 @@ REPEATS = 3
 
 def _load(stack: Stack, redis_url: str, n: int, due: float) -> None:
     if stack.kind == "forwarder":
-        client = redis.Redis.from_url(redis_url, decode_responses=True)
-        try:
-            load_ours(client, range(n), EVERY, lambda i: due)
-        finally:
-            client.close()
+        load_ours(redis_url, range(n), EVERY, lambda i: due)
     else:
         load_redbeat(anchor_app(redis_url), range(n), EVERY, lambda i: due)
 
@@ -130,7 +126,7 @@ def profile_in_process(stack: Stack, n: int) -> dict[str, Any]:
         if stack.kind == "forwarder":
             from forwarder_worker.beat.scheduler import ForwarderScheduler
 
-            app = create_app(settings)
+            app = Core.from_settings(settings).app
             scheduler: Any = ForwarderScheduler(app)
         else:
             from redbeat.schedulers import RedBeatScheduler, acquire_distributed_beat_lock
@@ -230,7 +226,7 @@ def publish_cost(n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     for variant, (subscribe, pipelined, sent_event) in variants.items():
         with redis_for("publish") as url:
-            app = create_app(Settings(redis_url=url))
+            app = Core.from_settings(Settings(redis_url=url)).app
             app.conf.task_send_sent_event = sent_event
             if not subscribe:
                 app.backend.on_task_call = lambda producer, task_id: None
@@ -267,17 +263,15 @@ def _dispatcher_cost(n: int, prebuilt: bool) -> dict[str, Any]:
     """``Dispatcher.publish`` as beat calls it (pipelined, queue declared once, task-sent
     events on), with send_task per message or with prebuilt messages
     (forwarder_worker.dispatch.messages)."""
-    from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
-    from forwarder_worker.runs.records import RunLog
+    from forwarder_worker.dispatch.dispatcher import Firing
     from forwarder_worker.schedules.store import Entry
 
     with redis_for("publish") as url:
-        app = create_app(Settings(redis_url=url))
+        core = Core.from_settings(Settings(redis_url=url))
+        app = core.app
         app.backend.on_task_call = lambda producer, task_id: None
-        client = redis.Redis.from_url(url, decode_responses=True)
-        dispatcher = Dispatcher(
-            app, client, RunLog(client, "forwarder:"), "forwarder:", prebuilt=prebuilt
-        )
+        dispatcher = core.dispatcher
+        dispatcher.prebuilt = prebuilt
         now = time.time()
 
         def sends(count: int) -> list[tuple[Firing, str, float, float | None]]:
@@ -298,7 +292,7 @@ def _dispatcher_cost(n: int, prebuilt: bool) -> dict[str, Any]:
         began, cpu0 = time.perf_counter(), time.process_time()
         dispatcher.publish(batch, first_flush=50)
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu0
-        client.close()
+        core.close()
     return {
         "wall_ms_per_message": wall / n * 1000,
         "cpu_ms_per_message": cpu / n * 1000,

@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from anchor_app import create_anchor_app
 from celery import Celery
 from celery.schedules import schedule
+from forwarder_worker import Core, Settings
 from forwarder_worker.schedules.store import Entry, ScheduleStore
-from forwarder_worker.settings import Settings
 from harness import ANCHOR_PREFIX, PREFIX
 from redbeat.schedulers import RedBeatSchedulerEntry
+from redbeat_compat import create_redbeat_app
 
 NOOP = "bench.noop"
 HTTP_KWARGS = {"url": "http://exporter.mlops:9100/metrics", "method": "GET"}
@@ -49,21 +49,24 @@ def ours_entry(i: int, every: int, realistic: bool = False) -> Entry:
 
 
 def load_ours(
-    client: redis.Redis,
+    redis_url: str,
     indexes: range,
     every: int,
     due: Callable[[int], float] | None = None,
     realistic: bool = False,
 ) -> None:
     """Upsert one entry per index, first due at ``due(i)`` (now when None)."""
-    store = ScheduleStore(client, PREFIX)
-    for i in indexes:
-        store.upsert(ours_entry(i, every, realistic), now=None if due is None else due(i))
+    core = Core.from_settings(Settings(redis_url=redis_url, key_prefix=PREFIX))
+    try:
+        for i in indexes:
+            core.store.upsert(ours_entry(i, every, realistic), now=None if due is None else due(i))
+    finally:
+        core.close()
 
 
 def anchor_app(redis_url: str) -> Celery:
     """A redbeat-configured app on ``redis_url`` for writing entries from the harness."""
-    return create_anchor_app(Settings(redis_url=redis_url))
+    return create_redbeat_app(Settings(redis_url=redis_url))
 
 
 def redbeat_entry(app: Celery, i: int, every: int, realistic: bool = False) -> Any:

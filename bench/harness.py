@@ -190,7 +190,7 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def beat_args(self) -> list[str]:
-        app = "forwarder_worker.app" if self.kind == "forwarder" else "anchor_app"
+        app = "forwarder_worker.app" if self.kind == "forwarder" else "redbeat_compat"
         scheduler = (
             "forwarder_worker.beat.scheduler:ForwarderScheduler"
             if self.kind == "forwarder"

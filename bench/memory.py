@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 from entries import anchor_app, entry_name, load_ours, load_redbeat
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core, Settings
 from harness import ANCHOR_PREFIX, PREFIX, redis_for, show, table, write_result
 
 EVERY = 30
@@ -40,9 +40,9 @@ def one(kind: str, n: int) -> dict[str, Any]:
         # The growth over the second half is the marginal cost of an entry, free of one-off
         # costs (connections, the Lua script cache, the first keys of each kind).
         if kind == "forwarder":
-            load_ours(client, range(half), EVERY, lambda i: now + 3600, realistic=True)
+            load_ours(url, range(half), EVERY, lambda i: now + 3600, realistic=True)
             before = int(client.info("memory")["used_memory"])
-            load_ours(client, range(half, n), EVERY, lambda i: now + 3600, realistic=True)
+            load_ours(url, range(half, n), EVERY, lambda i: now + 3600, realistic=True)
             keys = [f"{PREFIX}{entry_name(i)}" for i in range(n)]
             index_keys = [f"{PREFIX}:schedule", f"{PREFIX}:entries"]
         else:
@@ -70,7 +70,7 @@ def one(kind: str, n: int) -> dict[str, Any]:
         fired = _measure(client, keys, index_keys, n)
         run_bytes = None
         if kind == "forwarder":
-            runs = RunLog(client, PREFIX)
+            runs = Core.from_settings(Settings(redis_url=url, key_prefix=PREFIX)).runs
             runs.queued(
                 "0f8e7a2c-5b1d-4c39-9a57-3f1e2d4c5b6a",
                 "forwarder.http",
@@ -80,7 +80,7 @@ def one(kind: str, n: int) -> dict[str, Any]:
                 kwargs={"url": "http://exporter.mlops:9100/metrics", "method": "GET"},
             )
             run_bytes = int(
-                client.memory_usage(runs.key("0f8e7a2c-5b1d-4c39-9a57-3f1e2d4c5b6a"), samples=0)
+                client.memory_usage(f"{PREFIX}run:0f8e7a2c-5b1d-4c39-9a57-3f1e2d4c5b6a", samples=0)
             )
         client.close()
     return {

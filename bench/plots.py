@@ -223,7 +223,7 @@ def operator_scale() -> None:
         ts = [c[0] for c in curve]
         ax.plot(ts, [c[1] for c in curve], label=f"N={r['n']}: entries stored")
         ax.plot(ts, [c[2] for c in curve], linestyle="--", label=f"N={r['n']}: status Ready")
-    ax.set_title("Operator start -> entries stored and resources Ready (kube emulator)")
+    ax.set_title("Operator start -> entries stored and resources Ready (kube-apiserver and etcd)")
     ax.set_xlabel("seconds after operator start")
     ax.set_ylabel("resources")
     ax.grid(alpha=0.3)

@@ -23,10 +23,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import redis
 from burst import _load_rate
 from entries import anchor_app, index_of, load_ours, load_redbeat
-from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker import Core, Settings
 from harness import (
     PREFIX,
     QueueProbe,
@@ -63,9 +62,7 @@ def scenario(stack: Stack, n: int, minutes: int) -> dict[str, Any]:
             return t0 + i * EVERY / n
 
         if stack.kind == "forwarder":
-            client = redis.Redis.from_url(url, decode_responses=True)
-            load_ours(client, range(n), EVERY, due)
-            client.close()
+            load_ours(url, range(n), EVERY, due)
         else:
             load_redbeat(anchor_app(url), range(n), EVERY, due)
         with QueueProbe(url) as probe:
@@ -80,8 +77,8 @@ def scenario(stack: Stack, n: int, minutes: int) -> dict[str, Any]:
                 time.sleep(2.0)  # firings due just before the end still land
                 metrics = None
                 if stack.kind == "forwarder":
-                    reader = redis.Redis.from_url(url, decode_responses=True)
-                    metrics = SchedulerMetrics(reader, PREFIX).read()
+                    reader = Core.from_settings(Settings(redis_url=url, key_prefix=PREFIX))
+                    metrics = reader.metrics.read()
                     reader.close()
             finally:
                 beat.stop()

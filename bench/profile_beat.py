@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import redis
 import redis.connection
 from entries import load_ours
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.beat.scheduler import ForwarderScheduler
 from forwarder_worker.settings import Settings
 from harness import QueueProbe, redis_for, summarize
@@ -65,11 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     _count_round_trips()
     with redis_for("profile-beat") as url:
-        client = redis.Redis.from_url(url, decode_responses=True)
         t0 = time.time() + 3 + args.n * 0.002
         every = max(1, round(args.spread))
-        load_ours(client, range(args.n), every, lambda i: t0 + i * args.spread / args.n)
-        app = create_app(Settings(redis_url=url))
+        load_ours(url, range(args.n), every, lambda i: t0 + i * args.spread / args.n)
+        app = Core.from_settings(Settings(redis_url=url)).app
         scheduler = ForwarderScheduler(app)
         scheduler.dispatcher.prebuilt = not args.send_task
         passes = 0
@@ -92,7 +91,6 @@ def main() -> None:
             time.sleep(0.5)
             landed = probe.landed[landed0:]
         scheduler.close()
-        client.close()
     fired = len(landed)
     lateness = [
         m.at - float(m.headers.get("forwarder_slot", "nan"))

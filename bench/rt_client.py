@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.settings import Settings
 
 POLL = 0.005
@@ -37,7 +37,7 @@ class Client:
     """The three ways of running ``forwarder.ping`` and waiting for its result."""
 
     def __init__(self, redis_url: str, base_url: str, token: str) -> None:
-        self.celery = create_app(Settings(redis_url=redis_url))
+        self.celery = Core.from_settings(Settings(redis_url=redis_url)).app
         self.http = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
         )

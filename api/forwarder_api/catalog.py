@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from celery import Celery
-from forwarder_worker.app import BUILTIN_TASK_MODULES
+from forwarder_worker.core import BUILTIN_TASK_MODULES
 
 from forwarder_api.errors import NotFound
 from forwarder_api.settings import ApiSettings

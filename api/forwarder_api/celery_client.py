@@ -1,4 +1,4 @@
-"""The API's Celery app: the core app, with a result backend that never subscribes on send.
+"""The API's Celery app: the core's app, with a result backend that never subscribes on send.
 
 Celery's Redis result backend subscribes to a task's result channel whenever the task is
 sent, so that a later ``AsyncResult.get()`` hears the result by pub/sub; the subscription is
@@ -24,8 +24,7 @@ from typing import Any
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
-from forwarder_worker.app import create_app
-from forwarder_worker.settings import Settings
+from forwarder_worker import Settings
 from kombu.transport import redis as kombu_redis
 
 
@@ -63,17 +62,17 @@ class ReusedClientTransport(kombu_redis.Transport):
     Channel = ReusedClientChannel
 
 
-def create_submit_app(settings: Settings) -> Celery:
-    """The core Celery app configured from ``settings``, with :class:`SubmitOnlyRedisBackend`
-    and, on a ``redis://`` or ``rediss://`` broker, :class:`ReusedClientTransport`."""
-    app = create_app(settings)
+def submit_conf(settings: Settings) -> dict[str, Any]:
+    """The api's settings of the core's Celery app (``Core.from_settings(conf=...)``):
+    :class:`SubmitOnlyRedisBackend` and, on a ``redis://`` or ``rediss://`` broker,
+    :class:`ReusedClientTransport`."""
     backend = f"{SubmitOnlyRedisBackend.__module__}:{SubmitOnlyRedisBackend.__qualname__}"
     # Celery's "<backend class>+<url>" form: this class, on the configured Redis.
-    app.conf.result_backend = f"{backend}+{settings.effective_redis_url}"
+    conf: dict[str, Any] = {"result_backend": f"{backend}+{settings.effective_redis_url}"}
     if settings.effective_redis_url.startswith(("redis://", "rediss://")):
         transport = ReusedClientTransport
-        app.conf.broker_transport = f"{transport.__module__}:{transport.__qualname__}"
-    return app
+        conf["broker_transport"] = f"{transport.__module__}:{transport.__qualname__}"
+    return conf
 
 
 class QueueDeclarations:

@@ -33,6 +33,12 @@ class NotFound(ApiError):
     status = 404
 
 
+class Forbidden(ApiError):
+    """The API may not act there: a namespace it does not serve, or one its RBAC refuses."""
+
+    status = 403
+
+
 class Conflict(ApiError):
     """The request clashes with the current state (exists already, already finished...)."""
 

@@ -152,7 +152,7 @@ class FastPaths:
         scope["route"] = SUBMIT_RUN
         services = self.services
         try:
-            run_id = await services.submitter.submit(services, name, run)
+            run_id = await services.submitter.submit(name, run)
         except Exception as exc:  # noqa: BLE001  (answered as the app's handlers answer it)
             await error_for(exc)(scope, receive, send)
             return

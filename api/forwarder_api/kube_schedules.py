@@ -2,9 +2,9 @@
 
 The API never touches schedule entries in Redis here. It writes resources; the operator
 reconciles them into entries and status, and acts on the run-now annotation, so the
-operator stays the only writer. Specs are validated before they are sent, because the
-emulator and older clusters do not run the CRD's CEL rules, and a 422 from the API is
-clearer than a Ready=False found later.
+operator stays the only writer. Specs are validated before they are sent, because no CRD
+schema can tell an unknown task, a past ``at`` or an unknown zone, older clusters do not run
+its CEL rules, and a 422 from the API is clearer than a Ready=False found later.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from forwarder_api.errors import BadGateway, Conflict, Invalid, NotFound, Unavailable
+from forwarder_api.errors import (
+    BadGateway,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unavailable,
+)
 from forwarder_api.schedules import (
     KnownTasks,
     ScheduleView,
@@ -91,8 +98,12 @@ class KubeSchedules:
                 raise Conflict(message) from None
             if exc.status in (400, 422):
                 raise Invalid(message) from None
-            if exc.status in (401, 403):
-                raise BadGateway(f"{message} (check the api's RBAC)") from None
+            if exc.status == 403:
+                # Not granted to the api's ServiceAccount (a namespace outside its Roles): the
+                # request cannot be served here, and the apiserver's reason says why.
+                raise Forbidden(f"{message} (refused by the api's RBAC)") from None
+            if exc.status == 401:
+                raise BadGateway(f"{message} (the api's Kubernetes credentials)") from None
             raise BadGateway(f"{message} (Kubernetes API answered {exc.status})") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Unavailable(f"{what}: the Kubernetes API is unreachable: {exc}") from None
@@ -112,15 +123,15 @@ class KubeSchedules:
         )
 
     def _check(self, namespace: str, name: str | None = None) -> None:
-        """422 for a malformed namespace or name, 404 for a namespace this api does not serve
-        (its RBAC would refuse it anyway, with a less helpful 502)."""
+        """422 for a malformed namespace or name, 403 for a namespace this api does not serve
+        (its RBAC would refuse it too, with a message that names no setting)."""
         if name is None:
             check_namespace(namespace)
         else:
             check_identity(namespace, name)
         served = self.settings.api_namespaces
         if served and namespace not in served:
-            raise NotFound(
+            raise Forbidden(
                 f"namespace {namespace!r} is not served here "
                 f"(FORWARDER_API_NAMESPACES: {', '.join(served)})"
             )

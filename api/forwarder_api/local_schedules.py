@@ -22,8 +22,14 @@ from typing import Any
 
 import yaml
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
-from forwarder_worker.names import API_VERSION, KIND, LOCAL_UID_PREFIX
+from forwarder_worker.names import LOCAL_UID_PREFIX
 from forwarder_worker.runs.records import RunLog
+from forwarder_worker.schedules.files import (
+    FileError,
+    is_scheduled_task,
+    read_documents,
+    schedule_files,
+)
 from forwarder_worker.schedules.model import InvalidSpec
 from forwarder_worker.schedules.reconcile import describe, validate
 from forwarder_worker.schedules.status import ready_condition, runs_status
@@ -59,16 +65,6 @@ def file_name(namespace: str, name: str) -> str:
     """Where a new schedule is written: ``<name>.yaml`` in ``default``, else
     ``<namespace>.<name>.yaml`` (a namespace holds no dot, so the split is unambiguous)."""
     return f"{name}.yaml" if namespace == "default" else f"{namespace}.{name}.yaml"
-
-
-def _is_scheduled_task(doc: Any) -> bool:
-    return (
-        isinstance(doc, dict)
-        and doc.get("apiVersion") == API_VERSION
-        and doc.get("kind") == KIND
-        and isinstance(doc.get("metadata"), dict)
-        and isinstance(doc["metadata"].get("name"), str)
-    )
 
 
 class LocalSchedules:
@@ -107,19 +103,14 @@ class LocalSchedules:
         found: dict[tuple[str, str], _Found] = {}
         if not self.folder.is_dir():
             return found
-        paths = sorted(
-            p
-            for p in self.folder.iterdir()
-            if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
-        )
-        for path in paths:
+        for path in schedule_files(self.folder):
             try:
-                documents = [d for d in yaml.safe_load_all(path.read_text("utf-8"))]
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                documents = read_documents(path)
+            except (OSError, FileError) as exc:
                 log.info("schedules: skipping unreadable %s: %s", path.name, exc)
                 continue
             for index, doc in enumerate(documents):
-                if not _is_scheduled_task(doc):
+                if not is_scheduled_task(doc):
                     continue
                 namespace = str(doc["metadata"].get("namespace") or "default")
                 key = (namespace, doc["metadata"]["name"])

@@ -33,12 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from typing import Any
 
 import redis
 import redis.asyncio
-from forwarder_worker.runs.records import RunLog, RunRecord, announced_record
+from forwarder_worker.runs.records import AsyncRunLog, RunRecord, announced_record
 
 log = logging.getLogger("forwarder.api")
 
@@ -46,18 +45,13 @@ log = logging.getLogger("forwarder.api")
 READ_INTERVAL = 1.0
 
 
-def glob_escape(text: str) -> str:
-    """``text`` matched literally in a Redis glob pattern (a key prefix may hold ``*`` etc.)."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
 class RunWatch:
     """Run records read on the event loop, and waits for runs to end."""
 
-    def __init__(self, client: redis.asyncio.Redis, runs: RunLog) -> None:
-        self.client = client
+    def __init__(self, runs: AsyncRunLog) -> None:
+        self.client = runs.client
         self.runs = runs
-        self.pattern = glob_escape(runs.key("")) + "*"
+        self.pattern = runs.channels
         # Futures of the waiters, by run channel; a future is resolved when its run may have
         # ended (announced, or announcements may have been lost), with the announced final
         # record if there was one (else None: read it), and then replaced.
@@ -70,8 +64,7 @@ class RunWatch:
 
     async def get(self, run_id: str) -> RunRecord | None:
         """Run ``run_id``, or None if it was never recorded (or has expired)."""
-        data = await self.client.hgetall(self.runs.key(run_id))
-        return RunRecord.from_hash(data) if data else None
+        return await self.runs.get(run_id)
 
     async def wait(self, run_id: str, seconds: float) -> RunRecord | None:
         """Run ``run_id`` as soon as it has ended, or as it is after ``seconds``."""
@@ -114,7 +107,8 @@ class RunWatch:
         return sum(len(w) for w in self._waiters.values())
 
     async def aclose(self) -> None:
-        """Stop listening and close the connections (the app's shutdown)."""
+        """Stop listening and close the subscription (the app's shutdown; the client is the
+        Core's, which closes it)."""
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -123,7 +117,6 @@ class RunWatch:
         if self._pubsub is not None:
             await self._pubsub.aclose()
             self._pubsub = None
-        await self.client.aclose()
 
     # -- the shared subscription ----------------------------------------------------------
 

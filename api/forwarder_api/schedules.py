@@ -4,8 +4,8 @@ Two backends implement :class:`ScheduleBackend`: ScheduledTask resources through
 Kubernetes API (:mod:`forwarder_api.kube_schedules`) and the YAML files of local mode
 (:mod:`forwarder_api.local_schedules`). Neither writes schedule entries to Redis: the
 operator or the folder source does, so there is one writer per source. Both validate a spec
-with the core's :func:`forwarder_worker.reconcile.validate` before writing, so a bad spec
-gets 422 with the same message the operator would put in its Ready condition.
+with the core's :func:`forwarder_worker.schedules.reconcile.validate` before writing, so a bad
+spec gets 422 with the same message the operator would put in its Ready condition.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class ApiSettings(Settings, FlowerSettings):
     """Namespaces whose ScheduledTasks ``/schedules`` serves in cluster mode
     (``FORWARDER_API_NAMESPACES=a,b``); empty serves all. The chart sets it from
     ``watchNamespaces``, where the api's RBAC is Roles in those namespaces only: listing all
-    schedules then lists each of them, and other namespaces answer 404."""
+    schedules then lists each of them, and other namespaces answer 403."""
 
     logs_dir: Path | None = None
     """Folder of component logs (``<component>.log``) in local mode; unset in a cluster, where

@@ -3,11 +3,12 @@
 ``forwarder up`` runs this instead of the kopf operator when there is no cluster. Every
 ``*.yaml``/``*.yml`` file may hold one or more ScheduledTask documents (the same ones
 ``kubectl apply -f`` takes). Adding or changing a file applies its schedules through
-:func:`forwarder_worker.reconcile.apply_schedule`, the operator's own path; deleting a file
-removes them. A file that cannot be read or is invalid is reported with its path and reason
-and skipped, and the schedules it declared before stay as they were (nothing is lost to a
-half-saved edit). A full pass also runs periodically, which re-creates entries lost from
-Redis (a flush or restart).
+:func:`forwarder_worker.schedules.reconcile.apply_schedule`, the operator's own path;
+deleting a file removes them. A file that cannot be read or is invalid is reported with its
+path and reason and skipped, and the schedules it declared before stay as they were (nothing
+is lost to a half-saved edit). A full pass also runs periodically, which re-creates entries
+lost from Redis (a flush or restart). Files are read as the api reads them
+(:mod:`forwarder_worker.schedules.files`, with its size and UTF-8 limits).
 """
 
 from __future__ import annotations
@@ -19,73 +20,18 @@ import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 import watchfiles
-import yaml
-from forwarder_worker._redis.clients import redis_client
-from forwarder_worker.app import create_app, registered_task_names
-from forwarder_worker.names import API_VERSION, KIND, LOCAL_UID_PREFIX, NAME, NAMESPACE
+from forwarder_worker import Core, get_settings
+from forwarder_worker.names import LOCAL_UID_PREFIX
+from forwarder_worker.schedules.files import Declared, FileError, declared, schedule_files
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.store import ScheduleStore
-from forwarder_worker.settings import get_settings
 
 log = logging.getLogger("forwarder.folder")
 
-MAX_FILE_BYTES = 1024 * 1024
 RESYNC_SECONDS = 10.0
-
-
-class FileError(ValueError):
-    """A schedule file that cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class Declared:
-    """One ScheduledTask document found in a file."""
-
-    namespace: str
-    name: str
-    spec: Any
-    path: Path
-
-    @property
-    def entry_name(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-def read_file(path: Path) -> list[Declared]:
-    """The ScheduledTask documents in ``path``, or FileError naming the problem."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise FileError(f"{size} bytes is more than the {MAX_FILE_BYTES}-byte limit")
-    try:
-        text = path.read_bytes().decode("utf-8")
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except UnicodeDecodeError:
-        raise FileError("is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise FileError(f"is not valid YAML: {' '.join(str(exc).split())}") from None
-    declared = []
-    for index, doc in enumerate(documents):
-        where = f"document {index + 1}" if len(documents) > 1 else "document"
-        if not isinstance(doc, dict):
-            raise FileError(f"{where} is a {type(doc).__name__}, not a ScheduledTask mapping")
-        if doc.get("apiVersion") != API_VERSION or doc.get("kind") != KIND:
-            raise FileError(
-                f"{where} is {doc.get('apiVersion')}/{doc.get('kind')}, not {API_VERSION}/{KIND}"
-            )
-        meta = doc.get("metadata")
-        if not isinstance(meta, dict):
-            raise FileError(f"{where} has no metadata")
-        name, namespace = meta.get("name"), meta.get("namespace", "default")
-        if not isinstance(name, str) or not NAME.match(name):
-            raise FileError(f"{where}: metadata.name {name!r} is not a DNS-1123 name")
-        if not isinstance(namespace, str) or not NAMESPACE.match(namespace):
-            raise FileError(f"{where}: metadata.namespace {namespace!r} is not a DNS-1123 label")
-        declared.append(Declared(namespace, name, doc.get("spec"), path))
-    return declared
 
 
 @dataclass
@@ -100,14 +46,6 @@ class FolderSource:
     # The last message reported per file or entry, so a steady state logs nothing.
     _reported: dict[str, str] = field(default_factory=dict)
 
-    def files(self) -> list[Path]:
-        """The schedule files, in a stable order."""
-        return sorted(
-            p
-            for p in self.folder.iterdir()
-            if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
-        )
-
     def _report(
         self, key: str, message: str, level: int = logging.INFO, *, state: str = ""
     ) -> None:
@@ -119,13 +57,13 @@ class FolderSource:
 
     def sync(self) -> dict[str, str]:
         """One full pass; returns each applied entry's reason (Scheduled, InvalidSpec, ...)."""
-        present = self.files() if self.folder.is_dir() else []
+        present = schedule_files(self.folder) if self.folder.is_dir() else []
         for gone in set(self._by_file) - set(present):
             del self._by_file[gone]
             self._reported.pop(str(gone), None)
         for path in present:
             try:
-                self._by_file[path] = read_file(path)
+                self._by_file[path] = declared(path)
                 self._reported.pop(str(path), None)
             except (FileError, OSError) as exc:
                 self._report(str(path), f"{path.name}: skipped: {exc}", logging.ERROR)
@@ -201,12 +139,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, required=True, help="folder of ScheduledTask YAML")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    settings = get_settings()
-    source = FolderSource(
-        args.dir,
-        ScheduleStore(redis_client(settings), settings.key_prefix),
-        known_tasks=registered_task_names(create_app(settings)),
-    )
+    core = Core.from_settings(get_settings())
+    source = FolderSource(args.dir, core.store, known_tasks=core.registered_task_names())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

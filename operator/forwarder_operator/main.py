@@ -2,19 +2,32 @@
 
 ``kopf run -m forwarder_operator --all-namespaces`` works too; this entry point adds the
 namespaces, peering and liveness from ``FORWARDER_OPERATOR_*`` settings so a deployment
-configures every component the same way.
+configures every component the same way, and checks that the peering object it is told to
+use exists.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import sys
 from collections.abc import Sequence
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 import forwarder_operator.handlers  # noqa: F401  (registers the handlers)
+from forwarder_operator.kube import KubeClient
 from forwarder_operator.settings import OperatorSettings
+
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+NAMESPACE_PATTERN = re.compile(r"[*?\[!]")
+"""kopf's namespace globs and exclusions: no single peering object to look for."""
+
+
+class PeeringMissing(RuntimeError):
+    """The peering object ``--peering`` names does not exist."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,6 +57,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_peering(config: OperatorSettings) -> None:
+    """Raise PeeringMissing if the peering object the operator is told to use is absent.
+
+    kopf never creates it, and an operator whose peering object does not exist pauses for
+    good: it handles nothing and logs nothing above debug level. That is a ClusterKopfPeering
+    when watching every namespace, else a KopfPeering in each watched namespace. Any answer
+    but 404 passes: an API server not reachable yet is kopf's to wait for and report.
+    """
+    name = config.operator_peering
+    if name is None:
+        return
+    kube = KubeClient()
+    try:
+        if not config.operator_namespaces:
+            try:
+                kube.api.get_cluster_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise PeeringMissing(f"ClusterKopfPeering {name!r} does not exist") from None
+            return
+        for namespace in config.operator_namespaces:
+            if NAMESPACE_PATTERN.search(namespace):
+                continue
+            try:
+                kube.api.get_namespaced_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise PeeringMissing(
+                        f"KopfPeering {name!r} does not exist in namespace {namespace}"
+                    ) from None
+    finally:
+        kube.close()
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the operator until SIGINT/SIGTERM; returns the exit status."""
     args = parse_args(argv)
@@ -58,6 +109,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.priority is not None:
         overrides["operator_priority"] = args.priority
     config = config.model_copy(update=overrides)
+    try:
+        check_peering(config)
+    except PeeringMissing as exc:
+        print(
+            f"forwarder operator: --peering: {exc}, and kopf would wait for it, handling "
+            "nothing; create it (apiVersion kopf.dev/v1, no spec; the CRDs are in "
+            "manifests/crds) or run without peering",
+            file=sys.stderr,
+        )
+        return 2
     kopf.configure(verbose=args.verbose or args.debug, quiet=args.quiet, log_prefix=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     kopf.run(

@@ -1,7 +1,9 @@
-"""The operator's dependencies, built once from settings and shared through kopf's ``memo``.
+"""The operator's dependencies, shared through kopf's ``memo``: the process's
+:class:`~forwarder_worker.core.Core` (store, run log, dispatcher, Redis client and Celery app,
+built once from settings) and the operator's own Kubernetes client and retry queue.
 
-Handlers and the background loops get the same store, run log, dispatcher and Kubernetes
-client from here, so they never build their own connections.
+Handlers and the background loops all take them from here, so they never build their own
+connections.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from typing import Any
 import kopf
 import redis
 from celery import Celery
-from forwarder_worker._redis.clients import redis_client
-from forwarder_worker.app import create_app, registered_task_names
+from forwarder_worker import Core
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.store import ScheduleStore
@@ -30,11 +31,7 @@ class Services:
     """Everything a handler or loop talks to."""
 
     config: OperatorSettings
-    client: redis.Redis
-    store: ScheduleStore
-    runs: RunLog
-    app: Celery
-    dispatcher: Dispatcher
+    core: Core
     kube: KubeClient
     known_tasks: Collection[str] | None
     retries: RetryQueue
@@ -42,31 +39,38 @@ class Services:
     @classmethod
     def create(cls, config: OperatorSettings) -> Services:
         """Build the services; nothing connects yet, so a down Redis does not stop startup."""
-        client = redis_client(config)
-        runs = RunLog(
-            client,
-            config.key_prefix,
-            ttl=config.result_expires,
-            global_limit=config.global_history_limit,
-            schedule_limit=config.run_history_limit,
-            result_limit=config.result_max_chars,
-        )
-        app = create_app(config)
+        core = Core.from_settings(config)
         return cls(
             config=config,
-            client=client,
-            store=ScheduleStore(client, config.key_prefix),
-            runs=runs,
-            app=app,
-            dispatcher=Dispatcher(app, client, runs, config.key_prefix),
+            core=core,
             kube=KubeClient(config.operator_namespaces),
-            known_tasks=registered_task_names(app) if config.operator_check_tasks else None,
+            known_tasks=core.registered_task_names() if config.operator_check_tasks else None,
             retries=RetryQueue(),
         )
 
+    @property
+    def client(self) -> redis.Redis:
+        return self.core.client
+
+    @property
+    def store(self) -> ScheduleStore:
+        return self.core.store
+
+    @property
+    def runs(self) -> RunLog:
+        return self.core.runs
+
+    @property
+    def app(self) -> Celery:
+        return self.core.app
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.core.dispatcher
+
     def close(self) -> None:
         """Release connections at operator shutdown."""
-        self.client.close()
+        self.core.close()
         self.kube.close()
 
     def run_now(self, entry_name: str, value: str) -> Outcome | None:
@@ -76,28 +80,21 @@ class Services:
         a value that failed (no entry: raises LookupError) is not tried again either: each
         new value is one attempt, as ``kubectl annotate`` users expect.
         """
-        previous = self.client.hget(self.run_now_key, entry_name)
-        if previous == value:
+        if self.store.last_run_now(entry_name) == value:
             return None
         stored = self.store.get(entry_name)
         if stored is None:
-            self.client.hset(self.run_now_key, entry_name, value)
+            self.store.note_run_now(entry_name, value)
             raise LookupError(f"schedule {entry_name} has no entry (is its spec valid?)")
         (outcome,) = self.dispatcher.fire([Firing(stored.entry, time.time(), "trigger")])
         # Marked once sent: a publish that fails is tried again, never silently dropped.
-        self.client.hset(self.run_now_key, entry_name, value)
+        self.store.note_run_now(entry_name, value)
         return outcome
 
-    @property
-    def run_now_key(self) -> str:
-        """Hash of the last run-now value handled per schedule."""
-        return f"{self.config.key_prefix}:run-now"
-
     def forget(self, entry_name: str) -> None:
-        """Remove a deleted schedule's entry, run history and run-now marker."""
+        """Remove a deleted schedule's entry (with its run-now marker) and run history."""
         self.store.delete(entry_name)
         self.runs.forget_schedule(entry_name)
-        self.client.hdel(self.run_now_key, entry_name)
 
 
 def services_of(memo: Any) -> Services:

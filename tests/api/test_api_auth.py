@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
+from forwarder_worker import Core
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.store import Entry
 
 TOKEN = "in-process-token"
 OPEN = {"/healthz", "/readyz", "/metrics"}
@@ -163,8 +162,8 @@ def test_oversized_body_is_413_before_auth_and_parsing(app_for: Any) -> None:
     assert ok.status_code == 202
 
 
-def test_traceback_is_shown_only_when_configured(app_for: Any, rclient: redis.Redis) -> None:
-    RunLog(rclient).transition(
+def test_traceback_is_shown_only_when_configured(app_for: Any, core: Core) -> None:
+    core.runs.transition(
         "failed-1",
         "FAILURE",
         task="tests.fail",
@@ -210,16 +209,17 @@ def sample(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-def test_metrics(app_for: Any, rclient: redis.Redis) -> None:
-    store = ScheduleStore(rclient)
+def test_metrics(app_for: Any, core: Core) -> None:
+    store = core.store
     every = Entry(name="default/a", task="forwarder.ping", schedule={"every": 60})
     store.upsert(every)
     store.upsert(
         Entry(name="default/b", task="forwarder.ping", schedule={"every": 60}, suspend=True)
     )
-    scheduler = SchedulerMetrics(rclient, "forwarder:")
-    with rclient.pipeline() as pipe:
-        scheduler.record(pipe, fired=[0.001, 0.2, 100.0], skipped=2, missed=1)
+    # What beat adds after a batch: one firing per lateness, two skipped, one missed.
+    figures = SchedulerMetrics.increments(fired=[0.001, 0.2, 100.0], skipped=2, missed=1)
+    with core.client.pipeline() as pipe:
+        core.metrics.add(pipe, figures)
         pipe.execute()
 
     client = app_for()

@@ -11,9 +11,9 @@ from forwarder_api.celery_client import (
     QueueDeclarations,
     ReusedClientChannel,
     SubmitOnlyRedisBackend,
-    create_submit_app,
+    submit_conf,
 )
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.settings import Settings
 from support.processes import eventually
 
@@ -24,7 +24,8 @@ def _result_channels(rclient: redis.Redis) -> list[str]:
 
 def test_sending_leaves_no_result_subscription(redis_url: str, rclient: redis.Redis) -> None:
     settings = Settings(redis_url=redis_url)
-    stock, ours = create_app(settings), create_submit_app(settings)
+    stock = Core.from_settings(settings).app
+    ours = Core.from_settings(settings, conf=submit_conf(settings)).app
     try:
         assert isinstance(ours.backend, SubmitOnlyRedisBackend)
         # The stock app subscribes while its AsyncResult lives; that is what the API avoids.
@@ -48,7 +49,8 @@ def test_sending_leaves_no_result_subscription(redis_url: str, rclient: redis.Re
 def test_publishes_reuse_one_client_per_channel_and_all_land(
     redis_url: str, rclient: redis.Redis
 ) -> None:
-    app = create_submit_app(Settings(redis_url=redis_url))
+    settings = Settings(redis_url=redis_url)
+    app = Core.from_settings(settings, conf=submit_conf(settings)).app
     try:
         with app.producer_or_acquire() as producer:
             assert isinstance(producer.channel, ReusedClientChannel)
@@ -69,7 +71,8 @@ def test_publishes_reuse_one_client_per_channel_and_all_land(
 
 
 def test_each_queue_is_declared_once_per_process(redis_url: str, rclient: redis.Redis) -> None:
-    app = create_submit_app(Settings(redis_url=redis_url))
+    settings = Settings(redis_url=redis_url)
+    app = Core.from_settings(settings, conf=submit_conf(settings)).app
     queues = QueueDeclarations(app)
     try:
         with app.producer_or_acquire() as producer:

@@ -34,8 +34,11 @@ def client(redis_url: str) -> Iterator[TestClient]:
         yield test_client
 
 
-def _runs(rclient: redis.Redis, **options: Any) -> RunLog:
-    return RunLog(rclient, "forwarder:", **options)
+def _runs(client: TestClient) -> RunLog:
+    """The app's own run log (its results are kept to 64 characters)."""
+    app: Any = client.app
+    runs: RunLog = app.state.services.runs
+    return runs
 
 
 def _same(client: TestClient, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -51,7 +54,7 @@ def _same(client: TestClient, path: str, params: dict[str, Any] | None = None) -
 def test_answers_match_the_route_for_every_kind_of_run(
     client: TestClient, rclient: redis.Redis
 ) -> None:
-    runs = _runs(rclient)
+    runs = _runs(client)
     runs.queued("pending", "forwarder.ping", source="api", args=[1, "a"], kwargs={"k": None})
     runs.queued("ok", "forwarder.ping", source="api")
     runs.transition("ok", "SUCCESS", result=json.dumps({"pong": True}), finished=1.5e9)
@@ -72,7 +75,7 @@ def test_answers_match_the_route_for_every_kind_of_run(
 def test_requests_it_does_not_handle_get_the_routes_answers(
     client: TestClient, rclient: redis.Redis
 ) -> None:
-    _runs(rclient).queued("known", "forwarder.ping", source="api")
+    _runs(client).queued("known", "forwarder.ping", source="api")
     assert client.get("/runs/known").status_code == 401
     assert client.get("/runs/known", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/runs/known", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
@@ -87,7 +90,7 @@ def test_requests_it_does_not_handle_get_the_routes_answers(
 def test_a_truncated_result_is_fetched_whole_from_the_backend(
     client: TestClient, rclient: redis.Redis
 ) -> None:
-    runs = _runs(rclient, result_limit=64)
+    runs = _runs(client)
     big = {"data": "y" * 500}
     runs.queued("big", "forwarder.ping", source="api")
     runs.transition("big", "SUCCESS", result=json.dumps(big))
@@ -101,7 +104,7 @@ def test_a_truncated_result_is_fetched_whole_from_the_backend(
 
 
 def test_fast_answers_are_counted_under_the_route(client: TestClient, rclient: redis.Redis) -> None:
-    _runs(rclient).queued("counted", "forwarder.ping", source="api")
+    _runs(client).queued("counted", "forwarder.ping", source="api")
     for _ in range(3):
         assert client.get("/runs/counted", headers=AUTH).status_code == 200
     text = client.get("/metrics").text

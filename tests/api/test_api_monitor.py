@@ -11,13 +11,11 @@ from typing import Any
 import httpx
 import yaml
 from forwarder_api.flower import RELEVANT_KEYS, format_tasks
-from forwarder_worker.app import create_app, registered_task_names
+from forwarder_worker import Core
 from forwarder_worker.runs.history import HistorySettings, collect
-from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.reconcile import validate
 from forwarder_worker.settings import Settings
 from support.processes import eventually
-from support.redis_server import client_for
 
 Wait = Callable[..., dict[str, Any]]
 
@@ -130,20 +128,21 @@ def test_history_export_is_idempotent(stack: Any, api: httpx.Client, wait_run: W
 
     # More passes (in-process, same Redis and Flower) add only what finished since, and
     # never a task twice.
-    rclient = client_for(stack.redis_url)
+    core = Core.from_settings(Settings(redis_url=stack.redis_url))
     settings = HistorySettings(
         flower_url=stack.flower_url,
         flower_user=stack.flower_auth[0],
         flower_password=stack.flower_auth[1],
     )
-    collect(rclient, RunLog(rclient), settings, directory=target)
+    collect(core.runs, settings, directory=target)
     settled = _exported(target)
     assert len(settled) == len(set(settled))
     assert ("run", first) in settled  # the first export's own run had finished by now
-    collect(rclient, RunLog(rclient), settings, directory=target)
+    collect(core.runs, settings, directory=target)
     final = _exported(target)
     assert len(final) == len(set(final))
     assert set(settled) <= set(final)
+    core.close()
 
 
 def _exported(folder: Path) -> list[tuple[str, str]]:
@@ -164,20 +163,21 @@ def test_history_stays_inside_its_folder(api: httpx.Client, wait_run: Wait) -> N
 
 
 def test_history_retention_removes_old_day_files(stack: Any, tmp_path: Path) -> None:
-    rclient = client_for(stack.redis_url)
+    core = Core.from_settings(Settings(redis_url=stack.redis_url))
     (tmp_path / "runs-2001-01-01.jsonl").write_text("{}\n")
     (tmp_path / "notes.jsonl").write_text("{}\n")
     settings = HistorySettings(flower_url="http://127.0.0.1:9")  # Flower away: runs still go
-    report = collect(rclient, RunLog(rclient), settings, directory=tmp_path, retention_days=2)
+    report = collect(core.runs, settings, directory=tmp_path, retention_days=2)
     assert report["removed_files"] == ["runs-2001-01-01.jsonl"]
     assert report["flower_error"] and report["flower_tasks"] == 0
     assert (tmp_path / "notes.jsonl").exists()
+    core.close()
 
 
 def test_collect_history_sample_runs_every_five_minutes() -> None:
     sample = Path(__file__).resolve().parents[2] / "manifests/samples/collect-history.yaml"
     document = yaml.safe_load(sample.read_text())
-    known = registered_task_names(create_app(Settings()))
+    known = Core.from_settings(Settings()).registered_task_names()
     spec = validate(document["spec"], known)
     assert spec.task == "forwarder.collect_task_history"
     assert spec.schedule.every == 300

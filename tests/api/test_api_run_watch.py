@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import redis
-from forwarder_api.run_watch import RunWatch, glob_escape
-from forwarder_worker._redis.clients import async_redis_client
+from forwarder_api.run_watch import RunWatch
+from forwarder_worker import Core, Settings
+from forwarder_worker._redis.keys import glob_escape
 from forwarder_worker.runs.records import RunLog
-from forwarder_worker.settings import Settings
 from support.processes import eventually
 from support.valkey_process import valkey
 
@@ -20,9 +20,16 @@ LONG = 30.0
 
 
 def _watch(redis_url: str) -> tuple[RunWatch, RunLog]:
-    settings = Settings(redis_url=redis_url)
-    runs = RunLog(redis.Redis.from_url(redis_url, decode_responses=True), settings.key_prefix)
-    return RunWatch(async_redis_client(settings), runs), runs
+    """A watch as the api builds it: on a Core's asyncio client and run log."""
+    core = Core.from_settings(Settings(redis_url=redis_url))
+    return RunWatch(core.async_runs), core.runs
+
+
+async def _close(watch: RunWatch, runs: RunLog) -> None:
+    """The api's shutdown: the watch's subscription, then the clients."""
+    await watch.aclose()
+    await watch.client.aclose()
+    runs.client.close()
 
 
 def _pattern_subscribers(rclient: redis.Redis) -> int:
@@ -65,7 +72,7 @@ async def test_a_final_transition_wakes_every_waiter_of_the_run(
         assert _pattern_subscribers(rclient) == 1
         assert rclient.pubsub_channels() == []
     finally:
-        await watch.aclose()
+        await _close(watch, runs)
 
 
 async def test_a_run_that_ends_while_waiters_arrive_is_not_missed(redis_url: str) -> None:
@@ -83,7 +90,7 @@ async def test_a_run_that_ends_while_waiters_arrive_is_not_missed(redis_url: str
             assert {r.state for r in records if r} == {"FAILURE"}
         assert watch.waiting == 0
     finally:
-        await watch.aclose()
+        await _close(watch, runs)
 
 
 async def test_many_concurrent_long_polls_share_one_subscription(
@@ -117,7 +124,7 @@ async def test_many_concurrent_long_polls_share_one_subscription(
         assert watch.waiting == 0
         assert _pattern_subscribers(rclient) == 1
     finally:
-        await watch.aclose()
+        await _close(watch, runs)
 
 
 async def test_unknown_and_finished_runs_answer_without_waiting(redis_url: str) -> None:
@@ -131,7 +138,7 @@ async def test_unknown_and_finished_runs_answer_without_waiting(redis_url: str) 
         assert done is not None and done.state == "SUCCESS"
         assert time.monotonic() - began < LONG - 5
     finally:
-        await watch.aclose()
+        await _close(watch, runs)
 
 
 async def test_release_answers_every_waiter_as_its_run_is_and_later_waits_at_once(
@@ -155,7 +162,7 @@ async def test_release_answers_every_waiter_as_its_run_is_and_later_waits_at_onc
         assert later is not None and later.state == "PENDING"
         assert time.monotonic() - began < LONG / 2
     finally:
-        await watch.aclose()
+        await _close(watch, runs)
 
 
 async def test_a_run_that_ends_while_redis_restarts_is_answered_after_reconnecting(
@@ -198,13 +205,16 @@ async def test_a_run_that_ends_while_redis_restarts_is_answered_after_reconnecti
             assert record is not None and record.state == "FAILURE"
             assert time.monotonic() - began < wait - 20
         finally:
-            await watch.aclose()
-            runs.client.close()
+            await _close(watch, runs)
 
 
 def test_the_pattern_matches_the_prefix_literally() -> None:
     assert glob_escape("forwarder:") == "forwarder:"
     assert glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
+    # What the watch subscribes to: every run's channel under the prefix, and nothing else.
+    core = Core.from_settings(Settings(key_prefix="a*b:"))
+    assert RunWatch(core.async_runs).pattern == "a\\*b:run:*"
+    core.close()
 
 
 async def test_a_waiter_answers_with_the_announced_record_without_reading_it(
@@ -219,19 +229,19 @@ async def test_a_waiter_answers_with_the_announced_record_without_reading_it(
         waiter = asyncio.create_task(watch.wait("ann1", LONG))
         await _until(lambda: watch.waiting == 1)
         announced = {"id": "ann1", "task": "forwarder.ping", "state": "SUCCESS", "result": "1"}
-        rclient.publish(runs.key("ann1"), json.dumps(announced))
+        rclient.publish("forwarder:run:ann1", json.dumps(announced))
         record = await asyncio.wait_for(waiter, LONG)
         assert record is not None and (record.state, record.result) == ("SUCCESS", "1")
         # An older writer's bare state: the waiter reads the record, and keeps waiting while
         # the run has not ended.
         waiter = asyncio.create_task(watch.wait("ann2", LONG))
         await _until(lambda: watch.waiting == 1)
-        rclient.publish(runs.key("ann2"), "SUCCESS")
+        rclient.publish("forwarder:run:ann2", "SUCCESS")
         await asyncio.sleep(0.3)
         assert not waiter.done()
-        rclient.hset(runs.key("ann2"), "state", "FAILURE")
-        rclient.publish(runs.key("ann2"), "FAILURE")
+        rclient.hset("forwarder:run:ann2", "state", "FAILURE")
+        rclient.publish("forwarder:run:ann2", "FAILURE")
         record = await asyncio.wait_for(waiter, LONG)
         assert record is not None and record.state == "FAILURE" and record.result is None
     finally:
-        await watch.aclose()
+        await _close(watch, runs)

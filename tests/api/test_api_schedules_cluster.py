@@ -1,6 +1,14 @@
-"""Schedules through the Kubernetes API: the API writes ScheduledTask resources to the
-emulated cluster, the real kopf operator (a subprocess) turns them into entries and status,
-and a real worker runs what run-now fires. The API never writes schedule entries itself."""
+"""Schedules through the Kubernetes API, on the real control plane: the api writes ScheduledTask
+resources as the chart's api ServiceAccount, the real kopf operator (a subprocess, as the
+chart's operator ServiceAccount) turns them into entries and status, and a real worker runs
+what run-now fires. The API never writes schedule entries itself, and neither process holds
+admin credentials: the chart's RBAC is all they have (tests/api/conftest.py installs it).
+
+Where the api may not act, the client gets a 403 that says why: a namespace outside
+``FORWARDER_API_NAMESPACES`` (which the chart sets from ``watchNamespaces``), or a request its
+RBAC refuses. With ``watchNamespaces``, ``GET /schedules`` lists those namespaces one by one;
+a cluster-wide list is what the Roles refuse.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
+import yaml
 from fastapi.testclient import TestClient
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
-from support.kube_emulator import ServedCluster, served_emulator, write_kubeconfig
+from pydantic import SecretStr
+from support.chart_release import Ref, Release
+from support.controlplane import ControlPlane
+from support.operator_process import refusals
 from support.processes import celery_worker, eventually, forwarder_env, running, start
 
 pytestmark = pytest.mark.cluster
@@ -26,43 +37,58 @@ FAST = {
     "FORWARDER_OPERATOR_STATUS_INTERVAL": "0.3",
     "FORWARDER_OPERATOR_SWEEP_INTERVAL": "2",
 }
+SPEC = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ServedCluster]:
-    with served_emulator(tmp_path / "kube") as served:
-        yield served
-
-
-def cluster_settings(redis_url: str, cluster: ServedCluster, **extra: Any) -> ApiSettings:
-    """The api's settings in cluster mode against the emulator."""
+def cluster_settings(redis_url: str, kubeconfig: Path, **extra: Any) -> ApiSettings:
+    """The api's settings in cluster mode, with the given kubeconfig."""
     return ApiSettings(
         redis_url=redis_url,
-        api_tokens=[TOKEN],
+        api_tokens=[SecretStr(TOKEN)],
         task_modules=["support.sample_tasks"],
         schedules_mode="kubernetes",
-        kubeconfig=cluster.kubeconfig,
+        kubeconfig=kubeconfig,
         **extra,
     )
 
 
+def api_client(settings: ApiSettings) -> TestClient:
+    return TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"})
+
+
 @pytest.fixture
-def api(redis_url: str, cluster: ServedCluster) -> Iterator[TestClient]:
-    settings = cluster_settings(redis_url, cluster)
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+def api(redis_url: str, chart_release: Release) -> Iterator[TestClient]:
+    """The api as the chart's api ServiceAccount (cluster-wide ClusterRole)."""
+    settings = cluster_settings(redis_url, chart_release.kubeconfig("api"))
+    with api_client(settings) as client:
         yield client
 
 
-def ready_reason(api: TestClient, name: str, namespace: str = "default") -> str | None:
+def ready_reason(api: TestClient, namespace: str, name: str) -> str | None:
     status = api.get(f"/schedules/{namespace}/{name}").json().get("status") or {}
     conditions = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
     return conditions[0]["reason"] if conditions else None
 
 
+def names_in(plane: ControlPlane, namespace: str) -> list[str]:
+    """The ScheduledTasks of ``namespace``, as the admin sees them with kubectl."""
+    listed = json.loads(plane.kubectl("get", "st", "-n", namespace, "-o", "json").stdout)
+    return [item["metadata"]["name"] for item in listed["items"]]
+
+
 def test_crud_and_trigger_through_the_operator(
-    redis_url: str, rclient: redis.Redis, cluster: ServedCluster, api: TestClient, logs: Path
+    redis_url: str,
+    rclient: redis.Redis,
+    crds: ControlPlane,
+    namespace: str,
+    chart_release: Release,
+    api: TestClient,
+    logs: Path,
 ) -> None:
-    env = forwarder_env(redis_url, KUBECONFIG=str(cluster.kubeconfig), **FAST)
+    mlops = f"{namespace}-mlops"
+    crds.create_namespace(mlops)
+    kubeconfig = chart_release.kubeconfig("operator")
+    env = forwarder_env(redis_url, KUBECONFIG=str(kubeconfig), **FAST)
     operator = start([sys.executable, "-m", "forwarder_operator"], env, logs / "op.log", "operator")
     worker = celery_worker(env, logs / "worker.log")
     with running(operator, worker):
@@ -73,34 +99,39 @@ def test_crud_and_trigger_through_the_operator(
         }
         created = api.post(
             "/schedules",
-            json={"metadata": {"name": "report", "namespace": "mlops"}, "spec": spec},
+            json={"metadata": {"name": "report", "namespace": mlops}, "spec": spec},
         )
         assert created.status_code == 201, created.text
         assert created.json()["metadata"]["uid"]
         # It is a real resource: kubectl sees it.
-        listed = json.loads(cluster.kubectl("get", "st", "-n", "mlops", "-o", "json").stdout)
-        assert [i["metadata"]["name"] for i in listed["items"]] == ["report"]
+        assert names_in(crds, mlops) == ["report"]
 
-        eventually(
-            lambda: ready_reason(api, "report", "mlops") == "Scheduled", 60, 0.2, "Scheduled"
-        )
-        assert rclient.zscore("forwarder::schedule", "forwarder:mlops/report") is not None
-        body = api.get("/schedules/mlops/report").json()
-        assert body["spec"] == spec and body["status"]["nextRunTime"].endswith("T04:00:00Z")
-        items = api.get("/schedules").json()["items"]
-        assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items] == [
-            ("mlops", "report")
-        ]
-        assert api.get("/schedules", params={"namespace": "other"}).json()["items"] == []
+        eventually(lambda: ready_reason(api, mlops, "report") == "Scheduled", 60, 0.2, "Scheduled")
+        assert rclient.zscore("forwarder::schedule", f"forwarder:{mlops}/report") is not None
+        body = api.get(f"/schedules/{mlops}/report").json()
+        # The apiserver filled in the CRD's defaults.
+        assert body["spec"] == {**body["spec"], **spec}
+        assert body["spec"]["concurrencyPolicy"] == "Allow"
+        assert body["status"]["nextRunTime"].endswith("T04:00:00Z")
+        # Every namespace's (other tests' too, in this shared control plane), sorted.
+        items = [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in api.get(
+            "/schedules"
+        ).json()["items"]]  # fmt: skip
+        assert (mlops, "report") in items and items == sorted(items)
+        listed = api.get("/schedules", params={"namespace": mlops}).json()["items"]
+        assert [i["metadata"]["name"] for i in listed] == ["report"]
+        assert api.get("/schedules", params={"namespace": f"{namespace}-other"}).json() == {
+            "items": []
+        }
 
         duplicate = api.post(
             "/schedules",
-            json={"metadata": {"name": "report", "namespace": "mlops"}, "spec": spec},
+            json={"metadata": {"name": "report", "namespace": mlops}, "spec": spec},
         )
         assert duplicate.status_code == 409
 
         bad = api.patch(
-            "/schedules/mlops/report", json={"spec": {"schedule": {"cron": "61 * * * *"}}}
+            f"/schedules/{mlops}/report", json={"spec": {"schedule": {"cron": "61 * * * *"}}}
         )
         assert bad.status_code == 422
         assert (
@@ -108,118 +139,185 @@ def test_crud_and_trigger_through_the_operator(
             == "spec.schedule.cron: '61 * * * *' is not a valid cron expression"
         )
 
-        patched = api.patch("/schedules/mlops/report", json={"spec": {"suspend": True}})
+        patched = api.patch(f"/schedules/{mlops}/report", json={"spec": {"suspend": True}})
         assert patched.status_code == 200, patched.text
         assert patched.json()["spec"]["suspend"] is True
-        eventually(
-            lambda: ready_reason(api, "report", "mlops") == "Suspended", 60, 0.2, "Suspended"
-        )
-        assert rclient.zscore("forwarder::schedule", "forwarder:mlops/report") is None
+        eventually(lambda: ready_reason(api, mlops, "report") == "Suspended", 60, 0.2, "Suspended")
+        assert rclient.zscore("forwarder::schedule", f"forwarder:{mlops}/report") is None
 
-        triggered = api.post("/schedules/mlops/report/trigger")
+        triggered = api.post(f"/schedules/{mlops}/report/trigger")
         assert triggered.status_code == 202, triggered.text
         value = triggered.json()["runNow"]
         assert value and triggered.json()["id"] is None
-        annotations = api.get("/schedules/mlops/report").json()["metadata"]["annotations"]
+        annotations = api.get(f"/schedules/{mlops}/report").json()["metadata"]["annotations"]
         assert annotations["forwarder.dev/run-now"] == value
 
         def triggered_run() -> list[dict[str, Any]]:
             runs: list[dict[str, Any]] = api.get(
-                "/runs", params={"schedule": "mlops/report", "state": "SUCCESS"}
+                "/runs", params={"schedule": f"{mlops}/report", "state": "SUCCESS"}
             ).json()["items"]
             return runs
 
         (run,) = eventually(triggered_run, 60, 0.2, "the run-now run")
         assert run["source"] == "trigger" and run["result"]["kwargs"] == {"via": "api"}
 
-        assert api.delete("/schedules/mlops/report").status_code == 204
-        eventually(lambda: api.get("/schedules/mlops/report").status_code == 404, 60, 0.2, "gone")
-        eventually(lambda: not rclient.exists("forwarder:mlops/report"), 60, 0.2, "entry removed")
-        assert api.delete("/schedules/mlops/report").status_code == 404
+        assert api.delete(f"/schedules/{mlops}/report").status_code == 204
+        eventually(
+            lambda: api.get(f"/schedules/{mlops}/report").status_code == 404, 60, 0.2, "gone"
+        )
+        eventually(lambda: not rclient.exists(f"forwarder:{mlops}/report"), 60, 0.2, "removed")
+        assert api.delete(f"/schedules/{mlops}/report").status_code == 404
+        assert refusals(operator.output()) == []
 
 
-def test_invalid_specs_never_reach_the_cluster(cluster: ServedCluster, api: TestClient) -> None:
+def test_invalid_specs_never_reach_the_cluster(
+    crds: ControlPlane, namespace: str, api: TestClient
+) -> None:
     response = api.post(
         "/schedules",
-        json={"metadata": {"name": "bad"}, "spec": {"task": "no.such", "schedule": {"every": 5}}},
+        json={
+            "metadata": {"name": "bad", "namespace": namespace},
+            "spec": {"task": "no.such", "schedule": {"every": 5}},
+        },
     )
     assert response.status_code == 422
     assert response.json()["detail"].startswith("spec.task: 'no.such' is not a registered task")
-    listed = json.loads(cluster.kubectl("get", "st", "-A", "-o", "json").stdout)
-    assert listed["items"] == []
-    assert api.get("/schedules/default/bad").status_code == 404
-    assert api.post("/schedules/default/bad/trigger").status_code == 404
+    assert names_in(crds, namespace) == []
+    assert api.get(f"/schedules/{namespace}/bad").status_code == 404
+    assert api.post(f"/schedules/{namespace}/bad/trigger").status_code == 404
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig for ``server`` with a token nothing checks."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "unused"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def test_unreachable_cluster_is_503(redis_url: str, tmp_path: Path) -> None:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")
-    settings = ApiSettings(
-        redis_url=redis_url,
-        api_tokens=[TOKEN],
-        schedules_mode="kubernetes",
-        kubeconfig=kubeconfig,
-        kube_timeout=2,
-    )
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with api_client(cluster_settings(redis_url, kubeconfig, kube_timeout=2)) as client:
         response = client.get("/schedules")
         assert response.status_code == 503
         assert "the Kubernetes API is unreachable" in response.json()["detail"]
-    missing = ApiSettings(
-        redis_url=redis_url,
-        api_tokens=[TOKEN],
-        schedules_mode="kubernetes",
-        kubeconfig=tmp_path / "nope",
-    )
-    with TestClient(create_app(missing), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with api_client(cluster_settings(redis_url, tmp_path / "nope")) as client:
         response = client.get("/schedules/default/x")
         assert response.status_code == 503
         assert response.json()["detail"].startswith("no Kubernetes configuration found")
 
 
-def test_served_namespaces_only(redis_url: str, cluster: ServedCluster) -> None:
-    """With FORWARDER_API_NAMESPACES (the chart's watchNamespaces, where the api has Roles
-    in those namespaces only), /schedules lists each of them and answers 404 elsewhere."""
-    settings = cluster_settings(redis_url, cluster, api_namespaces=["team-a", "team-b"])
-    spec = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(create_app(settings), headers=headers) as api:
-        for namespace in ("team-a", "team-b"):
+def served_namespaces(release: Release) -> list[str]:
+    """What the chart sets FORWARDER_API_NAMESPACES to in the live api Deployment."""
+    ref = Ref("Deployment", "apps", release.namespace, release.account("api"))
+    (container,) = release.live()[ref]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return str(env["FORWARDER_API_NAMESPACES"]).split(",")
+
+
+def test_served_namespaces_only(
+    redis_url: str, crds: ControlPlane, watched: list[str], scoped_release: Release
+) -> None:
+    """With the chart's ``watchNamespaces``, the api (its settings as the chart sets them, its
+    Roles in those namespaces only) lists, writes and triggers there, and answers 403 with the
+    reason anywhere else."""
+    served = served_namespaces(scoped_release)
+    assert served == watched
+    outside = watched[0].removesuffix("-a") + "-c"
+    settings = cluster_settings(redis_url, scoped_release.kubeconfig("api"), api_namespaces=served)
+    with api_client(settings) as api:
+        for each in watched:
             created = api.post(
-                "/schedules",
-                json={"metadata": {"name": "job", "namespace": namespace}, "spec": spec},
+                "/schedules", json={"metadata": {"name": "job", "namespace": each}, "spec": SPEC}
             )
             assert created.status_code == 201, created.text
-        # team-c's resource exists in the cluster, but this api does not serve team-c.
+        # A resource exists outside, but this api does not serve that namespace.
         document = {"apiVersion": "forwarder.dev/v1alpha1", "kind": "ScheduledTask"}
-        with httpx.Client(base_url=cluster.url) as kube:
-            reply = kube.post(
-                "/apis/forwarder.dev/v1alpha1/namespaces/team-c/scheduledtasks",
-                json={**document, "metadata": {"name": "job"}, "spec": spec},
+        with crds.http() as admin:
+            reply = admin.post(
+                f"/apis/forwarder.dev/v1alpha1/namespaces/{outside}/scheduledtasks",
+                json={**document, "metadata": {"name": "job"}, "spec": SPEC},
             )
             assert reply.status_code == 201, reply.text
 
         listed = api.get("/schedules")
         assert listed.status_code == 200, listed.text
-        assert [
-            (i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed.json()["items"]
-        ] == [
-            ("team-a", "job"),
-            ("team-b", "job"),
-        ]
-        assert len(api.get("/schedules", params={"namespace": "team-b"}).json()["items"]) == 1
+        assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed.json()[
+            "items"
+        ]] == [(each, "job") for each in watched]  # fmt: skip
+        assert len(api.get("/schedules", params={"namespace": watched[1]}).json()["items"]) == 1
+        # The Roles allow every verb the api uses.
+        patched = api.patch(f"/schedules/{watched[0]}/job", json={"spec": {"suspend": True}})
+        assert patched.status_code == 200, patched.text
+        assert api.post(f"/schedules/{watched[0]}/job/trigger").status_code == 202
+        assert api.delete(f"/schedules/{watched[0]}/job").status_code == 204
+
         for method, path, body in (
-            ("GET", "/schedules?namespace=team-c", None),
-            ("GET", "/schedules/team-c/job", None),
-            ("DELETE", "/schedules/team-c/job", None),
-            ("POST", "/schedules/team-c/job/trigger", None),
+            ("GET", f"/schedules?namespace={outside}", None),
+            ("GET", f"/schedules/{outside}/job", None),
+            ("PATCH", f"/schedules/{outside}/job", {"spec": {"suspend": True}}),
+            ("DELETE", f"/schedules/{outside}/job", None),
+            ("POST", f"/schedules/{outside}/job/trigger", None),
             (
                 "POST",
                 "/schedules",
-                {"metadata": {"name": "new", "namespace": "team-c"}, "spec": spec},
+                {"metadata": {"name": "new", "namespace": outside}, "spec": SPEC},
             ),
         ):
             reply = api.request(method, path, json=body)
-            assert reply.status_code == 404, (method, path, reply.text)
-            assert "team-c" in reply.json()["detail"] and "not served" in reply.json()["detail"]
-        names = json.loads(cluster.kubectl("get", "st", "-n", "team-c", "-o", "json").stdout)
-        assert [i["metadata"]["name"] for i in names["items"]] == ["job"]
+            assert reply.status_code == 403, (method, path, reply.text)
+            detail = reply.json()["detail"]
+            assert f"namespace {outside!r} is not served here" in detail, detail
+            assert "FORWARDER_API_NAMESPACES" in detail
+        assert names_in(crds, outside) == ["job"]
+        untouched = json.loads(crds.kubectl("get", "st", "job", "-n", outside, "-o", "json").stdout)
+        assert untouched["spec"]["suspend"] is False
+
+
+def test_what_the_rbac_refuses_is_a_403_with_the_apiservers_reason(
+    redis_url: str, crds: ControlPlane, watched: list[str], scoped_release: Release
+) -> None:
+    """The api's Roles are in the watched namespaces only. Without FORWARDER_API_NAMESPACES
+    (an api set up by hand), what they do not allow comes back from the apiserver as 403, and
+    the api answers 403 with that reason, never a 5xx: a cluster-wide list, another
+    namespace's resources."""
+    outside = watched[0].removesuffix("-a") + "-c"
+    account = f"system:serviceaccount:{scoped_release.namespace}:{scoped_release.account('api')}"
+    with api_client(cluster_settings(redis_url, scoped_release.kubeconfig("api"))) as api:
+        created = api.post(
+            "/schedules", json={"metadata": {"name": "job", "namespace": watched[0]}, "spec": SPEC}
+        )
+        assert created.status_code == 201, created.text
+        assert api.get(f"/schedules/{watched[0]}/job").status_code == 200
+
+        listed = api.get("/schedules")
+        assert listed.status_code == 403, listed.text
+        detail = listed.json()["detail"]
+        assert detail.startswith("listing ScheduledTasks: ")
+        assert f'User "{account}" cannot list resource "scheduledtasks"' in detail
+        assert "at the cluster scope" in detail and "refused by the api's RBAC" in detail
+
+        for method, path, body, verb in (
+            ("GET", f"/schedules?namespace={outside}", None, "list"),
+            ("GET", f"/schedules/{outside}/job", None, "get"),
+            ("DELETE", f"/schedules/{outside}/job", None, "delete"),
+            ("POST", f"/schedules/{outside}/job/trigger", None, "patch"),
+            (
+                "POST",
+                "/schedules",
+                {"metadata": {"name": "job", "namespace": outside}, "spec": SPEC},
+                "create",
+            ),
+        ):
+            reply = api.request(method, path, json=body)
+            assert reply.status_code == 403, (method, path, reply.text)
+            detail = reply.json()["detail"]
+            assert f'cannot {verb} resource "scheduledtasks"' in detail, detail
+            assert f'in the namespace "{outside}"' in detail, detail
+        assert names_in(crds, outside) == []

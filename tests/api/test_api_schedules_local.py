@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis
 import yaml
+from forwarder_worker.schedules.files import MAX_FILE_BYTES
 from forwarder_worker.schedules.model import InvalidSpec
 from forwarder_worker.schedules.reconcile import validate
 from support.processes import eventually
@@ -193,3 +194,22 @@ def test_beat_fires_a_schedule_created_through_the_api(api: httpx.Client, wait_r
     runs = eventually(fired, 30, 0.2, "a firing of default/fast")
     assert runs[0]["source"] == "schedule" and runs[0]["scheduled_at"]
     assert api.delete("/schedules/default/fast").status_code == 204
+
+
+def test_files_the_folder_source_refuses_are_not_served(stack: Any, api: httpx.Client) -> None:
+    # One reader of the folder for both: a file over the size limit, or not UTF-8, is
+    # neither applied by the folder source nor listed (nor editable) here.
+    document = "apiVersion: forwarder.dev/v1alpha1\nkind: ScheduledTask\nmetadata:\n  name: {}\n"
+    spec = "spec:\n  task: forwarder.ping\n  schedule:\n    every: 1h\n"
+    huge = document.format("huge") + spec + "#" * (MAX_FILE_BYTES + 1) + "\n"
+    (stack.schedules_dir / "huge.yaml").write_text(huge)
+    latin = (document.format("latin") + spec + "# caf\xe9\n").encode("latin-1")
+    (stack.schedules_dir / "latin.yaml").write_bytes(latin)
+    try:
+        names = {s["metadata"]["name"] for s in api.get("/schedules").json()["items"]}
+        assert not names & {"huge", "latin"}
+        assert api.get("/schedules/default/huge").status_code == 404
+        assert api.get("/schedules/default/latin").status_code == 404
+    finally:
+        (stack.schedules_dir / "huge.yaml").unlink()
+        (stack.schedules_dir / "latin.yaml").unlink()

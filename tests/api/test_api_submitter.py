@@ -1,7 +1,7 @@
 """The api's submit on the event loop (forwarder_api.submitter) sends what ``send_task`` sends.
 
 For the same run, the message and task-sent event written by the submit script are compared
-with those of the reference path (:func:`submit_blocking`: the run record, then
+with those of the reference path (``Submitter.submit_blocking``: the run record, then
 ``send_task``), as raw JSON read back from a real Redis: only delivery tags, timestamps and
 the clock differ, and times computed at send time (eta, expiry) by the time in between. The
 record and the message land together, a retried script sends nothing twice, and everything
@@ -23,8 +23,6 @@ from celery import signals
 from forwarder_api.models import RunRequest
 from forwarder_api.services import Services
 from forwarder_api.settings import ApiSettings
-from forwarder_api.submitter import submit_blocking
-from forwarder_worker.runs.records import RunLog
 from support.broker_messages import queued, raw_events
 
 PREFIX = "forwarder:"
@@ -63,7 +61,7 @@ async def _warm(services: Services, queue: str = "default") -> None:
     """The first submission takes the reference path (it imports the task modules and
     declares the queue); the next opens the submitter's producer and takes the script."""
     for _ in range(2):
-        await services.submitter.submit(services, "forwarder.ping", RunRequest(queue=queue))
+        await services.submitter.submit("forwarder.ping", RunRequest(queue=queue))
 
 
 CASES = [
@@ -81,10 +79,10 @@ async def test_the_script_sends_what_send_task_sends(
     await _warm(services, run.queue or "default")
     queued(rclient, PREFIX)
     with raw_events(rclient, PREFIX) as ours_events:
-        ours_id = await services.submitter.submit(services, "forwarder.ping", run)
+        ours_id = await services.submitter.submit("forwarder.ping", run)
     ours = queued(rclient, PREFIX)
     with raw_events(rclient, PREFIX) as their_events:
-        their_id = submit_blocking(services, "forwarder.ping", run)
+        their_id = services.submitter.submit_blocking("forwarder.ping", run)
     theirs = queued(rclient, PREFIX)
     assert list(ours) == [ours_id] and list(theirs) == [their_id]
 
@@ -108,17 +106,17 @@ async def test_the_script_sends_what_send_task_sends(
     close(grouped["expires"], single["expires"])
 
     # Both recorded the same run.
-    runs = RunLog(rclient, PREFIX)
+    runs = services.runs
     mine_run, their_run = runs.get(ours_id), runs.get(their_id)
     assert mine_run is not None and their_run is not None
     assert mine_run.state == their_run.state == "PENDING"
     for field in ("task", "source", "args", "kwargs"):
         assert getattr(mine_run, field) == getattr(their_run, field), field
-    expiry = rclient.hget(runs.key(ours_id), "expires")
+    expiry = rclient.hget(f"forwarder:run:{ours_id}", "expires")
     if run.expires is None:
         assert expiry is None
     else:
-        close(float(expiry or 0), float(rclient.hget(runs.key(their_id), "expires") or 0))
+        close(float(expiry or 0), float(rclient.hget(f"forwarder:run:{their_id}", "expires") or 0))
 
 
 async def test_record_and_message_land_together_and_a_retry_sends_nothing_twice(
@@ -129,21 +127,20 @@ async def test_record_and_message_land_together_and_a_retry_sends_nothing_twice(
     submitter = services.submitter
     prepared = submitter.prepare("forwarder.ping", RunRequest(args=[2]))
     assert prepared is not None
-    keys, args = prepared
-    run_id = str(args[1])
+    run_id = prepared.write.run_id
     # Nothing reaches Redis until the script runs.
     assert not rclient.exists(f"{PREFIX}run:{run_id}") and not queued(rclient, PREFIX)
     # Redis runs a script whole: a worker that sees the message finds the record.
-    assert await submitter._script(keys=keys, args=args) == 1
-    record = RunLog(rclient, PREFIX).get(run_id)
+    assert await submitter.async_runs.submit(*prepared)
+    record = services.runs.get(run_id)
     assert record is not None and record.state == "PENDING" and record.args == "[2]"
     assert list(queued(rclient, PREFIX)) == [run_id]
     # The same script again (a reply lost, the command retried): nothing is sent twice,
     # nor is a later state overwritten.
-    RunLog(rclient, PREFIX).transition(run_id, "STARTED")
-    assert await submitter._script(keys=keys, args=args) == 0
+    services.runs.transition(run_id, "STARTED")
+    assert not await submitter.async_runs.submit(*prepared)
     assert not queued(rclient, PREFIX)
-    after = RunLog(rclient, PREFIX).get(run_id)
+    after = services.runs.get(run_id)
     assert after is not None and after.state == "STARTED"
 
 
@@ -155,9 +152,9 @@ async def test_what_the_script_does_not_handle_goes_through_send_task(
     async def path_of(run: RunRequest) -> str:
         """Which path sent ``run``: its task-sent event's kind; and it was recorded."""
         with raw_events(rclient, PREFIX) as events:
-            run_id = await submitter.submit(services, "forwarder.ping", run)
+            run_id = await submitter.submit("forwarder.ping", run)
         assert list(queued(rclient, PREFIX)) == [run_id]
-        assert RunLog(rclient, PREFIX).get(run_id) is not None
+        assert services.runs.get(run_id) is not None
         (channel, _), *_ = events
         return {"task.sent": "send_task", "task.multi": "script"}[channel]
 
@@ -195,14 +192,16 @@ async def test_concurrent_submissions_from_threads_and_the_loop_all_land(
     ids: list[str] = []
     threads = [
         threading.Thread(
-            target=lambda: ids.append(submit_blocking(services, "forwarder.ping", RunRequest()))
+            target=lambda: ids.append(
+                services.submitter.submit_blocking("forwarder.ping", RunRequest())
+            )
         )
         for _ in range(5)
     ]
     for thread in threads:
         thread.start()
     for _ in range(20):
-        ids.append(await services.submitter.submit(services, "forwarder.ping", RunRequest()))
+        ids.append(await services.submitter.submit("forwarder.ping", RunRequest()))
     for thread in threads:
         thread.join()
     assert sorted(queued(rclient, PREFIX)) == sorted(ids)

@@ -20,8 +20,9 @@ from support.chart import CHART, NAMESPACE, Rendered, load_values, render
 
 KUBE_VERSIONS = ("1.29", "1.37")
 # Kinds no Kubernetes release defines. KEDA ships no offline schema, so its objects are checked
-# for shape in test_keda_scales_workers_on_each_queue instead.
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
+# for shape in test_keda_scales_workers_on_each_queue instead; kopf's peering objects are
+# admitted by the real apiserver with the chart's CRDs (test_chart_cluster.py).
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "KopfPeering", "ClusterKopfPeering"}
 FORWARDER_COMPONENTS = {"operator", "beat", "worker", "api", "flower"}
 TOKEN_MOUNTERS = {"operator", "api"}
 
@@ -207,6 +208,28 @@ def test_no_rbac_rule_has_a_wildcard_or_touches_secrets(rendered: Rendered) -> N
             assert "secrets" not in rule.get("resources", []), role["metadata"]["name"]
 
 
+def test_object_names_stay_distinct_and_short_in_a_long_namespace(
+    chart: helm.Chart, scenario: str
+) -> None:
+    # Cluster-scoped names carry the release namespace; in the longest namespace Kubernetes
+    # allows they must still fit in 63 characters and stay distinct: two ClusterRoles of one
+    # name are one object in the cluster, holding the rules of whichever was applied last.
+    namespace = "n" * 63
+    rendered = render(chart, load_values(scenario), name="my-forwarder", namespace=namespace)
+    names = [
+        (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        for obj in rendered.objects
+    ]
+    assert len(names) == len(set(names)), sorted(names)
+    assert all(len(name) <= 63 for _, _, name in names), [n for n in names if len(n[2]) > 63]
+    # Short enough names stay as they were, so upgrades keep their objects.
+    short = render(chart, load_values(scenario), name="forwarder", namespace="ops")
+    cluster_roles = set(short.names("ClusterRole"))
+    assert "forwarder-operator-ops-crds" in cluster_roles
+    if not load_values(scenario).get("watchNamespaces"):
+        assert {"forwarder-operator-ops", "forwarder-api-ops"} <= cluster_roles
+
+
 def test_rbac_is_scoped_to_the_watched_namespaces(chart: helm.Chart) -> None:
     values = load_values("peering")
     scoped = render(chart, values)
@@ -250,6 +273,25 @@ def test_peering_permissions_only_when_peering_is_enabled(chart: helm.Chart) -> 
         arg.startswith("--peering")
         for arg in default["template"]["spec"]["containers"][0]["command"]
     )
+
+
+def test_peering_object_is_made_where_the_operator_looks_for_it(chart: helm.Chart) -> None:
+    # kopf given a peering name stays paused until that peering object exists, and never
+    # creates it: the chart does, cluster-wide or in each watched namespace.
+    def peerings(rendered: Rendered) -> list[tuple[str, str | None, str]]:
+        kinds = ("ClusterKopfPeering", "KopfPeering")
+        objects = [obj for kind in kinds for obj in rendered.of_kind(kind)]
+        return [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+
+    assert peerings(render(chart)) == []
+    assert peerings(render(chart, load_values("peering") | {"operator": {}})) == []
+    enabled = render(chart, {"operator": {"peering": {"enabled": True}}})
+    assert peerings(enabled) == [("ClusterKopfPeering", None, "forwarder")]
+    scoped = load_values("peering")
+    assert peerings(render(chart, scoped)) == [
+        ("KopfPeering", namespace, scoped["operator"]["peering"]["name"])
+        for namespace in scoped["watchNamespaces"]
+    ]
 
 
 @pytest.mark.parametrize(

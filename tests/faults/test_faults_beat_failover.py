@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from forwarder_worker import Core
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.model import parse_spec
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.store import Entry
 from support.processes import celery_beat, celery_worker, eventually, forwarder_env, running
 
 LOCK_TIMEOUT = 3.0
@@ -32,7 +33,7 @@ def _slots(runs: RunLog, name: str) -> list[float]:
 
 @pytest.mark.slow
 def test_standby_takes_over_without_double_or_lost_slots(
-    redis_url: str, rclient: redis.Redis, logs: Path
+    redis_url: str, rclient: redis.Redis, core: Core, logs: Path
 ) -> None:
     env = forwarder_env(
         redis_url,
@@ -41,7 +42,7 @@ def test_standby_takes_over_without_double_or_lost_slots(
     )
     worker = celery_worker(env, logs / "worker.log", concurrency=2)
     beats = [celery_beat(env, logs / f"beat-{i}.log", name=f"beat-{i}") for i in range(2)]
-    store, runs = ScheduleStore(rclient), RunLog(rclient)
+    store, runs = core.store, core.runs
     with running(worker, *beats):
         eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
         holder = eventually(
@@ -85,7 +86,7 @@ def test_standby_takes_over_without_double_or_lost_slots(
         for name in NAMES:
             store.delete(name)
         standby.stop()
-        eventually(lambda: all(not runs.active(n) for n in NAMES), 60, message="every run finished")
+        eventually(lambda: not any(runs.active(NAMES).values()), 60, message="every run finished")
 
     for name in NAMES:
         records = runs.recent(schedule=name, limit=1000)

@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 import pytest
-import redis
-from forwarder_operator.folder import MAX_FILE_BYTES, FolderSource
-from forwarder_worker.schedules.store import ScheduleStore
+from forwarder_operator.folder import FolderSource
+from forwarder_worker import Core
+from forwarder_worker.schedules.files import MAX_FILE_BYTES
 from support.processes import BIN, eventually, forwarder_env, running, start
 
 GOOD = """\
@@ -71,11 +71,11 @@ def _write_folder(folder: Path) -> None:
 
 
 def test_sync_reports_each_bad_file_and_applies_the_good_ones(
-    tmp_path: Path, rclient: redis.Redis, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, core: Core, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = tmp_path / "schedules"
     _write_folder(folder)
-    store = ScheduleStore(rclient)
+    store = core.store
     source = FolderSource(folder, store, known_tasks={"forwarder.ping"})
     with caplog.at_level(logging.INFO, logger="forwarder.folder"):
         outcome = source.sync()
@@ -108,7 +108,7 @@ def test_sync_reports_each_bad_file_and_applies_the_good_ones(
 
 @pytest.mark.slow
 def test_folder_process_survives_bad_files(
-    tmp_path: Path, redis_url: str, rclient: redis.Redis, logs: Path
+    tmp_path: Path, redis_url: str, core: Core, logs: Path
 ) -> None:
     folder = tmp_path / "schedules"
     folder.mkdir()
@@ -120,7 +120,7 @@ def test_folder_process_survives_bad_files(
         logs / "folder.log",
         "folder",
     )
-    store = ScheduleStore(rclient)
+    store = core.store
     with running(source):
         eventually(lambda: "default/good" in store.names(), 60, message="good applied")
         # Bad files arrive one by one while the source is watching.

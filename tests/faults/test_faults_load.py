@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.store import Entry
 from support.api_process import TOKEN, api_env, start_api
 from support.processes import (
     celery_beat,
@@ -70,14 +70,14 @@ def _client_loop(
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_concurrent_clients_while_schedules_fire(
-    redis_url: str, rclient: redis.Redis, logs: Path
+    redis_url: str, rclient: redis.Redis, core: Core, logs: Path
 ) -> None:
     api_port = free_port()
     env = api_env(forwarder_env(redis_url), flower_port=free_port(), logs=logs)
     worker = celery_worker(env, logs / "worker.log", concurrency=2)
     bulk = celery_worker(env, logs / "bulk.log", concurrency=2, queues=BULK, name="bulk")
     beat = celery_beat(env, logs / "beat.log")
-    store, runs = ScheduleStore(rclient), RunLog(rclient)
+    store, runs = core.store, core.runs
     with running(worker, bulk, beat):
         for proc in (worker, bulk):
             eventually(lambda proc=proc: " ready." in proc.output(), 90, message="workers")
@@ -119,7 +119,7 @@ def test_concurrent_clients_while_schedules_fire(
             def unfinished() -> list[str]:
                 with rclient.pipeline(transaction=False) as pipe:
                     for run_id in accepted:
-                        pipe.hget(runs.key(run_id), "state")
+                        pipe.hget(f"forwarder:run:{run_id}", "state")
                     states = pipe.execute()
                 return [i for i, s in zip(accepted, states, strict=True) if s != "SUCCESS"]
 

@@ -1,6 +1,7 @@
 """Operator killed (SIGKILL) in the middle of a burst of creates, updates and deletes, on the
-Kubernetes emulator, and started again: afterwards the entries in Redis are exactly the live
-resources, each at its latest generation and spec. No orphan and no gap.
+real API server with the operator as its own ServiceAccount, and started again: afterwards
+the entries in Redis are exactly the live resources, each at its latest generation and spec.
+No orphan and no gap, and the API server refused neither operator anything.
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
+from forwarder_worker import Core
 from forwarder_worker.schedules.store import ScheduleStore
-from support.kube_emulator import served_emulator
-from support.operator_process import API, PROBE, start_operator, wait_until_watching
-from support.processes import (
-    eventually,
-    forwarder_env,
-    running,
-)
+from support.operator_process import operator_env, running_operator
+from support.processes import eventually
+from support.scheduled_tasks import ScheduledTasks
 
 SWEEP = 2.0
 OPERATIONS = 200
@@ -30,23 +27,12 @@ FAST = {
 }
 
 
-def _body(name: str, version: int, every: str = "1h") -> dict[str, Any]:
-    return {
-        "apiVersion": "forwarder.dev/v1alpha1",
-        "kind": "ScheduledTask",
-        "metadata": {"name": name},
-        "spec": {
-            "task": "forwarder.ping",
-            "kwargs": {"version": version},
-            "schedule": {"every": every},
-        },
-    }
+def _spec(version: int, every: str = "1h") -> dict[str, Any]:
+    return {"task": "forwarder.ping", "kwargs": {"version": version}, "schedule": {"every": every}}
 
 
-def _live(kube: httpx.Client) -> dict[str, dict[str, Any]]:
-    items = kube.get(API).json()["items"]
-    names = {f"default/{i['metadata']['name']}": i for i in items}
-    return {n: i for n, i in names.items() if not n.startswith(f"default/{PROBE}")}
+def _live(kube: ScheduledTasks) -> dict[str, dict[str, Any]]:
+    return {f"{kube.namespace}/{i['metadata']['name']}": i for i in kube.items()}
 
 
 def _plan(rng: random.Random) -> list[tuple[str, str]]:
@@ -64,41 +50,30 @@ def _plan(rng: random.Random) -> list[tuple[str, str]]:
     return ops
 
 
-def _apply(kube: httpx.Client, op: str, name: str, versions: dict[str, int]) -> None:
+def _apply(kube: ScheduledTasks, op: str, name: str, versions: dict[str, int]) -> None:
     if op == "create":
         versions[name] = 1
-        reply = kube.post(API, json=_body(name, 1))
-        assert reply.status_code in (200, 201), reply.text
+        kube.create(name, _spec(1))
     elif op == "update":
         if name not in versions:
             return  # deleted already, or not created yet: nothing to update
         versions[name] += 1
-        reply = kube.patch(
-            f"{API}/{name}",
-            json={"spec": {"kwargs": {"version": versions[name]}}},
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        assert reply.status_code == 200, reply.text
+        kube.patch(name, {"spec": {"kwargs": {"version": versions[name]}}})
     else:
         versions.pop(name, None)
-        reply = kube.delete(f"{API}/{name}")
-        assert reply.status_code in (200, 202), reply.text
+        kube.delete(name)
 
 
-def _mismatch(kube: httpx.Client, store: ScheduleStore, versions: dict[str, int]) -> list[str]:
+def _mismatch(kube: ScheduledTasks, store: ScheduleStore, versions: dict[str, int]) -> list[str]:
     """How the entries differ from the live resources (empty: converged)."""
     live = _live(kube)
     problems = [
         f"{n}: being deleted" for n, i in live.items() if i["metadata"].get("deletionTimestamp")
     ]
-    expected = {f"default/{n}" for n in versions}
+    expected = {f"{kube.namespace}/{n}" for n in versions}
     problems += [f"{n}: resource should not exist" for n in set(live) - expected]
     problems += [f"{n}: resource missing" for n in expected - set(live)]
-    entries = {
-        s.entry.name: s.entry
-        for s in store.entries()
-        if not s.entry.name.startswith(f"default/{PROBE}")
-    }
+    entries = {s.entry.name: s.entry for s in store.entries()}
     problems += [f"{n}: orphan entry" for n in set(entries) - set(live)]
     problems += [f"{n}: no entry" for n in set(live) - set(entries)]
     for name in set(live) & set(entries):
@@ -116,37 +91,43 @@ def _mismatch(kube: httpx.Client, store: ScheduleStore, versions: dict[str, int]
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
 def test_operator_killed_mid_burst_converges_exactly(
-    tmp_path: Path, redis_url: str, rclient: redis.Redis, logs: Path
+    scheduled_tasks: ScheduledTasks,
+    operator_kubeconfig: Path,
+    redis_url: str,
+    rclient: redis.Redis,
+    core: Core,
+    logs: Path,
 ) -> None:
-    store = ScheduleStore(rclient)
-    with served_emulator(tmp_path / "kube") as cluster:
-        env = forwarder_env(redis_url, KUBECONFIG=str(cluster.kubeconfig), **FAST)
-        first = start_operator(env, logs / "operator-1.log", "operator-1")
-        with running(first), httpx.Client(base_url=cluster.url, timeout=30) as kube:
-            ops, versions = _plan(random.Random(8)), {}
-            wait_until_watching(kube, "a")
-            half, three_quarters = OPERATIONS // 2, OPERATIONS * 3 // 4
-            for op, name in ops[:half]:
-                _apply(kube, op, name, versions)
-            # Killed mid-burst: a quarter of the changes land while no operator runs, the rest
-            # once the new one watches.
-            first.signal(9)
-            first.popen.wait(10)
-            for op, name in ops[half:three_quarters]:
-                _apply(kube, op, name, versions)
-            second = start_operator(env, logs / "operator-2.log", "operator-2")
-            with running(second):
-                wait_until_watching(kube, "b")
-                for op, name in ops[three_quarters:]:
-                    _apply(kube, op, name, versions)
-                try:
-                    eventually(lambda: not _mismatch(kube, store, versions), 120, 0.5)
-                except AssertionError:
-                    raise AssertionError(_mismatch(kube, store, versions)) from None
-                # And it stays converged: no late orphan removal or stale rewrite.
-                time.sleep(SWEEP * 2)
-                assert _mismatch(kube, store, versions) == []
-                assert second.alive()
+    kube, namespace = scheduled_tasks, scheduled_tasks.namespace
+    store = core.store
+    env = operator_env(redis_url, operator_kubeconfig, [namespace], **FAST)
+    ops, versions = _plan(random.Random(8)), {}
+    quarter, half, three_quarters = OPERATIONS // 4, OPERATIONS // 2, OPERATIONS * 3 // 4
+    with running_operator(env, logs / "operator-1.log", name="operator-1") as first:
+        for op, name in ops[:quarter]:
+            _apply(kube, op, name, versions)
+        # Killed while it works: once it has made entries, before it has them all.
+        eventually(lambda: store.names(), 60, 0.05, message="the first operator working")
+        for op, name in ops[quarter:half]:
+            _apply(kube, op, name, versions)
+        first.signal(9)
+        first.popen.wait(10)
+    # A quarter of the changes land while no operator runs, the rest once the new one works.
+    for op, name in ops[half:three_quarters]:
+        _apply(kube, op, name, versions)
+    late = {f"{namespace}/{name}" for op, name in ops[half:three_quarters] if op == "create"}
+    with running_operator(env, logs / "operator-2.log", name="operator-2") as second:
+        eventually(lambda: late & store.names(), 60, 0.1, message="the second operator working")
+        for op, name in ops[three_quarters:]:
+            _apply(kube, op, name, versions)
+        try:
+            eventually(lambda: not _mismatch(kube, store, versions), 120, 0.5)
+        except AssertionError:
+            raise AssertionError(_mismatch(kube, store, versions)) from None
+        # And it stays converged: no late orphan removal or stale rewrite.
+        time.sleep(SWEEP * 2)
+        assert _mismatch(kube, store, versions) == []
+        assert second.alive()
     assert len(versions) == OPERATIONS * 3 // 5 - (
         OPERATIONS - OPERATIONS * 3 // 5 - OPERATIONS // 4
     )

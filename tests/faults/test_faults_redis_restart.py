@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 from forwarder_operator.folder import RESYNC_SECONDS
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.store import Entry, ScheduleStore
@@ -46,9 +46,9 @@ spec:
 """
 
 
-def _succeeded(client: redis.Redis, name: str) -> int:
+def _succeeded(runs: RunLog, name: str) -> int:
     try:
-        return RunLog(client).summary(name).succeeded
+        return runs.summary(name).succeeded
     except redis.ConnectionError:
         return 0
 
@@ -69,16 +69,16 @@ def test_restart_without_persistence_everything_reconnects(tmp_path: Path, logs:
             logs / "folder.log",
             "folder",
         )
-        client = server.client()
+        core = Core.from_settings(Settings(redis_url=server.url))
         with running(worker, beat, source):
             eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
-            eventually(lambda: _succeeded(client, "default/steady") >= 2, 60, message="runs")
+            eventually(lambda: _succeeded(core.runs, "default/steady") >= 2, 60, message="runs")
             pids = [p.pid for p in (worker, beat, source)]
 
             server.restart(downtime=2.0)
             restarted_at = time.monotonic()
             # The folder source re-creates the entry on its next resync pass.
-            store = ScheduleStore(client)
+            store = core.store
             eventually(
                 lambda: "default/steady" in store.names(),
                 RESYNC_SECONDS + 20,
@@ -88,14 +88,14 @@ def test_restart_without_persistence_everything_reconnects(tmp_path: Path, logs:
             assert time.monotonic() - restarted_at <= RESYNC_SECONDS + 20
             # Beat and worker pick it up without being restarted.
             eventually(
-                lambda: _succeeded(client, "default/steady") >= 2,
+                lambda: _succeeded(core.runs, "default/steady") >= 2,
                 60,
                 message="runs after the restart",
             )
             assert [p.pid for p in (worker, beat, source)] == pids
             assert all(p.alive() for p in (worker, beat, source))
             assert "Redis unavailable" in beat.output()
-        client.close()
+        core.close()
 
 
 @pytest.mark.slow
@@ -106,7 +106,8 @@ def test_restart_with_aof_loses_no_entry_and_no_run_record(tmp_path: Path, logs:
         worker = celery_worker(env, logs / "worker.log")
         beat = celery_beat(env, logs / "beat.log")
         client = server.client()
-        store, runs = ScheduleStore(client), RunLog(client)
+        core = Core.from_settings(Settings(redis_url=server.url))
+        store, runs = core.store, core.runs
         with running(worker, beat):
             eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
             # A few entries firing every second, and many that wait (or are suspended).
@@ -176,7 +177,7 @@ def test_worker_survives_a_restart_while_a_task_is_in_flight(tmp_path: Path, log
         client = server.client()
         with running(worker):
             eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
-            app = create_app(Settings(redis_url=server.url))
+            app = Core.from_settings(Settings(redis_url=server.url)).app
             app.send_task("tests.sleep", kwargs={"seconds": 4.0})
             eventually(lambda: "tests.sleep" in worker.output(), 30, message="task started")
             server.restart(downtime=1.0)
@@ -191,7 +192,7 @@ def test_worker_survives_a_restart_while_a_task_is_in_flight(tmp_path: Path, log
             # get() also ends the result's pub/sub subscription while Redis is up; left to
             # AsyncResult.__del__, the unsubscribe would meet a stopped server later on.
             assert reply.get(timeout=60)["pong"] is True
-            runs = RunLog(client)
+            runs = Core.from_settings(Settings(redis_url=server.url)).runs
             eventually(
                 lambda: (r := runs.get(reply.id)) is not None and r.state == "SUCCESS",
                 60,

@@ -1,6 +1,10 @@
-"""Redis restarted without persistence under the cluster-mode stack (operator on the emulator,
-worker, beat, api): every process reconnects by itself, ``/readyz`` goes 503 and back to 200,
-the operator restores every entry within its sweep interval, and runs succeed again.
+"""Redis restarted without persistence under the cluster-mode stack (the operator on the real
+API server as its own ServiceAccount, worker, beat, api): every process reconnects by itself,
+``/readyz`` goes 503 and back to 200, the operator restores every entry within its sweep
+interval, and runs succeed again.
+
+The api runs in cluster mode (``FORWARDER_SCHEDULES_MODE=kubernetes``) but makes no
+Kubernetes call here, so it gets no kubeconfig: its ServiceAccount is tests/api's.
 """
 
 from __future__ import annotations
@@ -10,19 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import ScheduleStore
+from forwarder_worker import Core, Settings
 from support.api_process import api_env, client, start_api
-from support.kube_emulator import served_emulator
-from support.operator_process import API, start_operator, wait_until_watching
-from support.processes import (
-    celery_beat,
-    celery_worker,
-    eventually,
-    forwarder_env,
-    free_port,
-    running,
-)
+from support.operator_process import operator_env, running_operator
+from support.processes import celery_beat, celery_worker, eventually, free_port, running
+from support.scheduled_tasks import ScheduledTasks
 from support.valkey_process import valkey
 
 SWEEP = 2.0
@@ -30,15 +26,6 @@ FAST = {
     "FORWARDER_OPERATOR_STATUS_INTERVAL": "0.5",
     "FORWARDER_OPERATOR_SWEEP_INTERVAL": str(SWEEP),
 }
-
-
-def _body(name: str) -> dict[str, object]:
-    return {
-        "apiVersion": "forwarder.dev/v1alpha1",
-        "kind": "ScheduledTask",
-        "metadata": {"name": name},
-        "spec": {"task": "forwarder.ping", "schedule": {"every": "1s"}},
-    }
 
 
 def _ready_status(port: int) -> int | None:
@@ -51,34 +38,37 @@ def _ready_status(port: int) -> int | None:
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
-def test_redis_restart_cluster_mode_operator_restores_entries(tmp_path: Path, logs: Path) -> None:
+def test_redis_restart_cluster_mode_operator_restores_entries(
+    scheduled_tasks: ScheduledTasks,
+    operator_kubeconfig: Path,
+    tmp_path: Path,
+    logs: Path,
+) -> None:
+    kube, namespace = scheduled_tasks, scheduled_tasks.namespace
     names = [f"tick-{i}" for i in range(5)]
-    with valkey(tmp_path / "redis") as server, served_emulator(tmp_path / "kube") as cluster:
-        env = forwarder_env(server.url, KUBECONFIG=str(cluster.kubeconfig), **FAST)
+    with valkey(tmp_path / "redis") as server:
+        env = operator_env(server.url, operator_kubeconfig, [namespace], **FAST)
         api_port = free_port()
         environment = api_env(
-            env,
+            {k: v for k, v in env.items() if k != "KUBECONFIG"},
             flower_port=free_port(),
             logs=logs,
             FORWARDER_SCHEDULES_MODE="kubernetes",
         )
         worker = celery_worker(environment, logs / "worker.log")
         beat = celery_beat(environment, logs / "beat.log")
-        operator = start_operator(environment, logs / "operator.log")
-        client_ = server.client()
-        store, runs = ScheduleStore(client_), RunLog(client_)
+        core = Core.from_settings(Settings(redis_url=server.url))
+        store, runs = core.store, core.runs
         with (
-            running(worker, beat, operator),
-            httpx.Client(base_url=cluster.url, timeout=30) as kube,
+            running(worker, beat),
+            running_operator(env, logs / "operator.log") as operator,
         ):
             api_proc = start_api(environment, logs / "api.log", api_port)
             with running(api_proc):
-                wait_until_watching(kube)
                 for name in names:
-                    reply = kube.post(API, json=_body(name))
-                    assert reply.status_code in (200, 201), reply.text
+                    kube.create(name, {"task": "forwarder.ping", "schedule": {"every": "1s"}})
                 eventually(
-                    lambda: all(runs.summary(f"default/{n}").succeeded >= 1 for n in names),
+                    lambda: all(runs.summary(f"{namespace}/{n}").succeeded >= 1 for n in names),
                     90,
                     message="runs before the restart",
                 )
@@ -92,7 +82,7 @@ def test_redis_restart_cluster_mode_operator_restores_entries(tmp_path: Path, lo
                 restarted = time.monotonic()
                 eventually(lambda: _ready_status(api_port) == 200, 30, 0.1, message="200")
                 eventually(
-                    lambda: {f"default/{n}" for n in names} <= store.names(),
+                    lambda: {f"{namespace}/{n}" for n in names} <= store.names(),
                     SWEEP + 30,
                     0.1,
                     message="entries restored by the sweep",
@@ -100,7 +90,7 @@ def test_redis_restart_cluster_mode_operator_restores_entries(tmp_path: Path, lo
                 # One sweep interval after the operator notices Redis back; allow slack.
                 assert time.monotonic() - restarted <= SWEEP + 30
                 eventually(
-                    lambda: all(runs.summary(f"default/{n}").succeeded >= 2 for n in names),
+                    lambda: all(runs.summary(f"{namespace}/{n}").succeeded >= 2 for n in names),
                     90,
                     message="runs after the restart",
                 )
@@ -108,4 +98,4 @@ def test_redis_restart_cluster_mode_operator_restores_entries(tmp_path: Path, lo
                 assert all(p.alive() for p in (worker, beat, operator, api_proc))
                 with client(api_port) as api:
                     assert api.get("/runs").status_code == 200
-        client_.close()
+        core.close()

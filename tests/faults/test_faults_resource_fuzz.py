@@ -1,14 +1,18 @@
-"""Resource fuzz: random ScheduledTask specs, valid and not, through the real operator.
+"""Resource fuzz: random ScheduledTask specs, valid and not, through the real API server and
+the real operator.
 
 Hypothesis generates specs field by field: good values, wrong types, out-of-range numbers,
-bad durations and cron lines, unknown zones and tasks, extra and missing fields. Each becomes
-a resource on the Kubernetes emulator, handled by the operator process (with a worker and a
-beat running). Afterwards:
+bad durations and cron lines, unknown zones and tasks, extra and missing fields. Each is
+POSTed to the API server, which refuses what the CRD's schema and CEL rule can tell is wrong
+(422 with a message) and stores the rest with its defaults filled in and unknown fields
+pruned; the operator process (as its own ServiceAccount, with a worker and a beat running)
+handles what was stored. Afterwards:
 
 * the operator is alive, logged no traceback and retries nothing (its log stops growing
-  handler lines once everything is handled);
-* every resource is ``Ready=True``, or ``Ready=False`` with a reason (InvalidSpec,
-  UnknownTask) and a Warning Event, matching what the core's own validation says of the spec;
+  handler lines once everything is handled), and was refused nothing by the API server;
+* every stored resource is ``Ready=True``, or ``Ready=False`` with a reason (InvalidSpec,
+  UnknownTask) and a Warning Event, matching what the core's own validation says of the
+  spec as stored;
 * every valid, unsuspended ``every`` schedule has fired (a run record exists), and only the
   valid ones have an entry.
 """
@@ -19,21 +23,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import InvalidSpec
 from forwarder_worker.schedules.reconcile import validate
-from forwarder_worker.schedules.store import ScheduleStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.kube_emulator import served_emulator
-from support.operator_process import API, ready_condition, start_operator, wait_until_watching
-from support.processes import celery_beat, celery_worker, eventually, forwarder_env, running
+from support.operator_process import operator_env, running_operator
+from support.processes import celery_beat, celery_worker, eventually, running
+from support.scheduled_tasks import ScheduledTasks
 
 KNOWN_TASKS = {"forwarder.ping", "forwarder.http", "tests.sleep", "tests.fail", "tests.flaky"}
-EXAMPLES = 30
+EXAMPLES = 40
 
 junk = st.one_of(
     st.none(), st.booleans(), st.integers(-10, 10**6), st.text(max_size=8), st.lists(st.none())
@@ -50,7 +52,7 @@ schedules = st.one_of(
     st.just({"every": "1s", "cron": "* * * * *"}),
     junk,
 )
-specs = st.fixed_dictionaries(
+anything = st.fixed_dictionaries(
     {
         "task": st.one_of(st.sampled_from([*sorted(KNOWN_TASKS), "nobody.task", ""]), junk),
         "schedule": schedules,
@@ -69,6 +71,36 @@ specs = st.fixed_dictionaries(
         "unexpected": junk,
     },
 )
+# Specs of the right shape and ranges, which the API server admits, and among them the
+# mistakes only the operator can tell: a cron that is out of range or never fires, a zero
+# interval, an instant in the past, an unknown zone or task.
+admissible = st.fixed_dictionaries(
+    {
+        "task": st.sampled_from([*sorted(KNOWN_TASKS), "nobody.task"]),
+        "schedule": st.one_of(
+            st.fixed_dictionaries({"every": st.sampled_from(["1s", "2s", 2, "1m", "0s", "0"])}),
+            st.fixed_dictionaries(
+                {"cron": st.sampled_from(["* * * * *", "@hourly", "61 * * * *", "0 0 31 2 *"])}
+            ),
+            st.fixed_dictionaries(
+                {"at": st.sampled_from(["2999-01-01T00:00:00Z", "2001-01-01T00:00:00Z"])}
+            ),
+        ),
+    },
+    optional={
+        "args": st.lists(st.integers(), max_size=2),
+        "kwargs": st.just({}),
+        "timeZone": st.sampled_from(["UTC", "Europe/Helsinki", "Mars/Olympus"]),
+        "suspend": st.booleans(),
+        "startingDeadlineSeconds": st.integers(1, 100),
+        "concurrencyPolicy": st.sampled_from(["Allow", "Forbid", "Replace"]),
+        "jitterSeconds": st.integers(0, 3),
+        "priority": st.integers(0, 9),
+        "runHistoryLimit": st.integers(1, 100),
+    },
+)
+# Three in four admissible: almost every spec of `anything` has some field the schema refuses.
+specs = st.integers(0, 3).flatmap(lambda pick: anything if pick == 0 else admissible)
 
 
 def _verdict(spec: Any) -> bool:
@@ -79,104 +111,95 @@ def _verdict(spec: Any) -> bool:
     return True
 
 
-def _warnings(kube: httpx.Client, name: str) -> list[dict[str, Any]]:
-    reply = kube.get(
-        "/api/v1/namespaces/default/events",
-        params={"fieldSelector": f"involvedObject.name={name}"},
-    )
-    return [e for e in reply.json()["items"] if e.get("type") == "Warning"]
-
-
-def _handler_lines(text: str) -> int:
+def _handler_lines(text: str, namespace: str) -> int:
     """The operator's lines about the fuzzed resources (applies, warnings, retries)."""
-    return sum(1 for line in text.splitlines() if "[default/fuzz-" in line or "retry" in line)
+    return sum(1 for line in text.splitlines() if f"[{namespace}/fuzz-" in line or "retry" in line)
 
 
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.timeout(300)
 def test_random_specs_through_the_operator(
-    tmp_path: Path, redis_url: str, rclient: redis.Redis, logs: Path
+    scheduled_tasks: ScheduledTasks,
+    operator_kubeconfig: Path,
+    redis_url: str,
+    rclient: redis.Redis,
+    core: Core,
+    logs: Path,
 ) -> None:
-    created: dict[str, Any] = {}
-    with served_emulator(tmp_path / "kube") as cluster:
-        env = forwarder_env(
-            redis_url,
-            KUBECONFIG=str(cluster.kubeconfig),
-            FORWARDER_OPERATOR_STATUS_INTERVAL="0.5",
-            FORWARDER_OPERATOR_SWEEP_INTERVAL="5",
+    kube, namespace = scheduled_tasks, scheduled_tasks.namespace
+    created: dict[str, Any] = {}  # name: the spec as the API server stored it
+    refused: dict[str, tuple[Any, str]] = {}  # name: the spec sent, the server's message
+    env = operator_env(
+        redis_url,
+        operator_kubeconfig,
+        [namespace],
+        FORWARDER_OPERATOR_STATUS_INTERVAL="0.5",
+        FORWARDER_OPERATOR_SWEEP_INTERVAL="5",
+    )
+    worker = celery_worker(env, logs / "worker.log")
+    beat = celery_beat(env, logs / "beat.log")
+    store, runs = core.store, core.runs
+    with running(worker, beat), running_operator(env, logs / "operator.log") as operator:
+
+        @given(spec=specs)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
         )
-        worker = celery_worker(env, logs / "worker.log")
-        beat = celery_beat(env, logs / "beat.log")
-        operator = start_operator(env, logs / "operator.log")
-        store, runs = ScheduleStore(rclient), RunLog(rclient)
-        with (
-            running(worker, beat, operator),
-            httpx.Client(base_url=cluster.url, timeout=30) as kube,
-        ):
-            wait_until_watching(kube)
+        def create(spec: dict[str, Any]) -> None:
+            name = f"fuzz-{len(created) + len(refused):03d}"
+            reply = kube.post(name, spec)
+            if reply.status_code == 201:
+                created[name] = reply.json()["spec"]
+            else:
+                # What the schema can tell is wrong is refused as invalid, never a 500.
+                assert reply.status_code == 422, (spec, reply.text)
+                refused[name] = (spec, reply.json()["message"])
 
-            @given(spec=specs)
-            @settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                derandomize=True,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-            )
-            def create(spec: dict[str, Any]) -> None:
-                name = f"fuzz-{len(created):03d}"
-                body = {
-                    "apiVersion": "forwarder.dev/v1alpha1",
-                    "kind": "ScheduledTask",
-                    "metadata": {"name": name},
-                    "spec": spec,
-                }
-                reply = kube.post(API, json=body)
-                assert reply.status_code in (200, 201), reply.text
-                created[name] = spec
+        create()
+        assert len(created) + len(refused) >= EXAMPLES // 2
+        verdicts = {name: _verdict(spec) for name, spec in created.items()}
+        # Both kinds reach the operator: the schema does not catch everything.
+        assert any(verdicts.values()) and not all(verdicts.values()), (verdicts, refused)
 
-            create()
-            assert len(created) >= EXAMPLES // 2
-            verdicts = {name: _verdict(spec) for name, spec in created.items()}
-            assert any(verdicts.values()) and not all(verdicts.values()), verdicts
+        # Every resource gets a Ready condition that agrees with the core's validation.
+        try:
+            eventually(lambda: all(kube.ready(n) for n in created), 120, 0.5)
+        except AssertionError:
+            missing = {n: created[n] for n in created if not kube.ready(n)}
+            raise AssertionError(f"no Ready condition on {missing}") from None
+        for name, valid in verdicts.items():
+            ready = kube.ready(name)
+            if valid:
+                assert ready["status"] == "True", (name, created[name], ready)
+                assert store.get(f"{namespace}/{name}") is not None, name
+            else:
+                assert ready["status"] == "False", (name, created[name], ready)
+                assert ready["reason"] in ("InvalidSpec", "UnknownTask"), ready
+                assert ready.get("message"), ready
+                assert store.get(f"{namespace}/{name}") is None, (name, created[name])
+                assert kube.warnings(name), f"no Warning Event for {name}"
 
-            # Every resource gets a Ready condition that agrees with the core's validation.
-            try:
-                eventually(lambda: all(ready_condition(kube, n) for n in created), 120, 0.5)
-            except AssertionError:
-                missing = {n: created[n] for n in created if not ready_condition(kube, n)}
-                raise AssertionError(f"no Ready condition on {missing}") from None
-            for name, valid in verdicts.items():
-                ready = ready_condition(kube, name)
-                if valid:
-                    assert ready["status"] == "True", (name, created[name], ready)
-                    assert store.get(f"default/{name}") is not None, name
-                else:
-                    assert ready["status"] == "False", (name, created[name], ready)
-                    assert ready["reason"] in ("InvalidSpec", "UnknownTask"), ready
-                    assert ready.get("message"), ready
-                    assert store.get(f"default/{name}") is None, (name, created[name])
-                    assert _warnings(kube, name), f"no Warning Event for {name}"
+        # The valid, unsuspended every-schedules fire.
+        firing = [
+            name
+            for name, spec in created.items()
+            if verdicts[name] and "every" in spec["schedule"] and spec.get("suspend") is not True
+        ]
+        eventually(
+            lambda: all(runs.recent(schedule=f"{namespace}/{n}", limit=1) for n in firing),
+            60,
+            0.5,
+            message=f"firings of {firing}",
+        )
 
-            # The valid, unsuspended every-schedules fire.
-            firing = [
-                name
-                for name, spec in created.items()
-                if verdicts[name]
-                and "every" in spec["schedule"]
-                and spec.get("suspend") is not True
-            ]
-            eventually(
-                lambda: all(runs.recent(schedule=f"default/{n}", limit=1) for n in firing),
-                60,
-                0.5,
-                message=f"firings of {firing}",
-            )
-
-            # No crash, no traceback, no retry loop: handler lines stop growing.
-            before = _handler_lines(operator.output())
-            time.sleep(3)
-            assert _handler_lines(operator.output()) == before
-            assert operator.alive()
-            assert "Traceback" not in operator.output()
+        # No crash, no traceback, no retry loop: handler lines stop growing.
+        before = _handler_lines(operator.output(), namespace)
+        time.sleep(3)
+        assert _handler_lines(operator.output(), namespace) == before
+        assert operator.alive()
+        assert "Traceback" not in operator.output()

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.runs.records import RunLog, RunRecord
 from forwarder_worker.schedules.model import parse_spec
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.store import Entry
 from forwarder_worker.settings import Settings
 from support.processes import (
     alive_pids,
@@ -56,12 +56,12 @@ def _assert_no_overlap(records: list[RunRecord]) -> None:
 
 @pytest.mark.slow
 def test_pool_child_killed_mid_task_is_redelivered_and_forbid_never_overlaps(
-    redis_url: str, rclient: redis.Redis, logs: Path
+    redis_url: str, core: Core, logs: Path
 ) -> None:
     env = forwarder_env(redis_url, FORWARDER_RUN_HISTORY_LIMIT="1000")
     worker = celery_worker(env, logs / "worker.log", concurrency=1)
     beat = celery_beat(env, logs / "beat.log")
-    store, runs = ScheduleStore(rclient), RunLog(rclient)
+    store, runs = core.store, core.runs
     with running(worker, beat):
         eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
         eventually(lambda: "acquired the lock" in beat.output(), 90, message="beat ready")
@@ -99,7 +99,7 @@ def test_pool_child_killed_mid_task_is_redelivered_and_forbid_never_overlaps(
         # Keep firing a few more seconds, then compare every Forbid run's span.
         time.sleep(4)
         store.delete(FORBID)
-        eventually(lambda: not runs.active(FORBID), 30, message="Forbid runs drained")
+        eventually(lambda: not runs.active([FORBID])[FORBID], 30, message="Forbid runs drained")
     records = runs.recent(schedule=FORBID, limit=1000)
     assert sum(r.state == "SKIPPED" for r in records) >= 2, "Forbid never had to skip"
     _assert_no_overlap([r for r in records if r.state == "SUCCESS"])
@@ -112,8 +112,8 @@ def test_whole_worker_killed_mid_task_is_redelivered_after_visibility_timeout(
 ) -> None:
     time_limit = 2
     env = forwarder_env(redis_url, FORWARDER_TASK_TIME_LIMIT=str(time_limit))
-    runs = RunLog(rclient)
-    app = create_app(Settings(redis_url=redis_url, task_time_limit=time_limit))
+    core = Core.from_settings(Settings(redis_url=redis_url, task_time_limit=time_limit))
+    runs, app = core.runs, core.app
     visibility = app.conf.broker_transport_options["visibility_timeout"]
     assert visibility == 2 * time_limit + 60
     first = celery_worker(env, logs / "worker-1.log", concurrency=1, name="first")

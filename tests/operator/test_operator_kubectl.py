@@ -1,6 +1,9 @@
-"""kubectl end to end: the real kubectl against the emulator as a server, the operator as a
-subprocess (``python -m forwarder_operator``, what ``forwarder operator`` runs), and a real
-worker and beat. Every kubectl call is bounded by ``timeout``."""
+"""kubectl end to end: the real kubectl against the real API server, as a user would drive
+it, with the operator as a subprocess (``python -m forwarder_operator``, what ``forwarder
+operator`` runs) under its own ServiceAccount, and a real worker and beat: apply, wait for
+Ready, the printer columns, short names and category, patch (suspend), annotate (run-now),
+replace and server-side apply (the finalizer survives both), an invalid spec's Warning Event in ``kubectl get events`` and ``kubectl describe``, and a
+delete that waits for the finalizer. Every kubectl call is bounded by ``timeout``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from support.kube_emulator import CRD_PATH, ServedCluster
+from support.controlplane import ControlPlane
+from support.operator_process import running_operator
 from support.processes import celery_beat, celery_worker, eventually, running
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -39,30 +43,40 @@ spec:
 """
 
 
-def jsonpath(cluster: ServedCluster, name: str, path: str) -> str:
+class Kubectl:
+    """The real kubectl in the test's namespace, as the admin user."""
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane = plane
+        self.namespace = namespace
+
+    def kubectl(self, *args: str, **options: Any) -> Any:
+        return self.plane.kubectl(f"--namespace={self.namespace}", *args, **options)
+
+
+def jsonpath(cluster: Kubectl, name: str, path: str) -> str:
     return cluster.kubectl("get", "st", name, "-o", f"jsonpath={path}").stdout
 
 
 def test_kubectl_end_to_end(
-    cluster: ServedCluster,
+    crds: ControlPlane,
+    kube: Any,
+    namespace: str,
     operator_env: dict[str, str],
-    spawn_operator: Any,
     entry_of: Any,
     logs: Path,
 ) -> None:
-    applied = cluster.kubectl("apply", "--validate=false", "-f", str(CRD_PATH))
-    assert "scheduledtasks.forwarder.dev" in applied.stdout
-
+    cluster = Kubectl(crds, namespace)
     worker = celery_worker(operator_env, logs / "worker.log")
     beat = celery_beat(operator_env, logs / "beat.log")
-    operator = spawn_operator(operator_env, logs / "operator.log")
-    with running(worker, beat, operator):
-        created = cluster.kubectl("apply", "--validate=false", "-f", "-", stdin=HEARTBEAT)
+    with running(worker, beat), running_operator(operator_env, logs / "operator.log"):
+        # kubectl validates against the OpenAPI the API server publishes from the CRD.
+        created = cluster.kubectl("apply", "-f", "-", stdin=HEARTBEAT)
         assert "scheduledtask.forwarder.dev/heartbeat created" in created.stdout
         cluster.kubectl(
             "wait", "--for=condition=Ready", "st/heartbeat", "--timeout=60s", timeout=70
         )
-        assert entry_of("default/heartbeat")["kwargs"] == {"note": "from kubectl"}
+        assert entry_of(f"{namespace}/heartbeat")["kwargs"] == {"note": "from kubectl"}
 
         # printer columns, with the short names and the category
         eventually(
@@ -84,8 +98,8 @@ def test_kubectl_end_to_end(
             "AGE",
         ]
         row = table[1]
-        # An unset field prints empty (SUSPEND here: only a real apiserver applies defaults).
-        for value in ("heartbeat", "forwarder.ping", "every 1s", "SUCCESS"):
+        # SUSPEND is the CRD's default, which the API server filled in.
+        for value in ("heartbeat", "forwarder.ping", "every 1s", "false", "SUCCESS"):
             assert value in row, row
         assert row.index("SUCCESS") == table[0].index("LAST ")
         assert cluster.kubectl("get", "stask").stdout.splitlines()[0] == table[0]
@@ -133,8 +147,44 @@ def test_kubectl_end_to_end(
         assert "nextRunTime" not in status
         assert document["metadata"]["finalizers"] == ["forwarder.dev/finalizer"]
 
+        # replace (a PUT of the whole object, which drops the finalizer it does not list):
+        # the new spec is applied and the finalizer put back
+        replaced = HEARTBEAT.replace("every: 1s", "every: 2s")
+        cluster.kubectl("replace", "-f", "-", stdin=replaced)
+        cluster.kubectl(
+            "wait",
+            "--for=jsonpath={.status.schedule}=every 2s",
+            "st/heartbeat",
+            "--timeout=30s",
+            timeout=40,
+        )
+        assert jsonpath(cluster, "heartbeat", "{.status.conditions[0].reason}") == "Scheduled"
+        assert entry_of(f"{namespace}/heartbeat")["schedule"] == {"every": 2}
+        eventually(
+            lambda: (
+                jsonpath(cluster, "heartbeat", "{.metadata.finalizers}")
+                == '["forwarder.dev/finalizer"]'
+            ),
+            20,
+            message="the finalizer back",
+        )
+        # server-side apply, taking the fields kubectl's client-side apply owned
+        applied = HEARTBEAT.replace("every: 1s", "every: 3s")
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=applied)
+        eventually(lambda: entry_of(f"{namespace}/heartbeat")["schedule"] == {"every": 3}, 20)
+        cluster.kubectl(
+            "wait",
+            "--for=jsonpath={.status.schedule}=every 3s",
+            "st/heartbeat",
+            "--timeout=30s",
+            timeout=40,
+        )
+        assert jsonpath(cluster, "heartbeat", "{.metadata.finalizers}") == (
+            '["forwarder.dev/finalizer"]'
+        )
+
         # an invalid spec: Ready=False and a Warning event kubectl can list
-        cluster.kubectl("apply", "--validate=false", "-f", "-", stdin=BROKEN)
+        cluster.kubectl("apply", "-f", "-", stdin=BROKEN)
         cluster.kubectl(
             "wait",
             "--for=jsonpath={.status.conditions[0].reason}=InvalidSpec",
@@ -162,6 +212,6 @@ def test_kubectl_end_to_end(
             "delete", "st", "heartbeat", "broken", "--timeout=60s", timeout=70
         )
         assert 'scheduledtask.forwarder.dev "heartbeat" deleted' in deleted.stdout
-        assert entry_of("default/heartbeat") is None
+        assert entry_of(f"{namespace}/heartbeat") is None
         left = cluster.kubectl("get", "st")
         assert "No resources found" in left.stderr

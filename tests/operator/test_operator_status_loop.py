@@ -1,5 +1,6 @@
-"""The cluster-wide status loop and the operator's settings: only changed resources are
-patched; only the configured namespaces are watched (and swept); liveness answers."""
+"""The cluster-wide status loop and the operator's settings, on the real API server with the
+operator's own ServiceAccount: only changed resources are patched (through the status
+subresource); only the configured namespaces are watched (and swept); liveness answers."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 from forwarder_operator.loops import StatusPass
 from forwarder_operator.services import Services
 from forwarder_operator.settings import OperatorSettings
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.store import Entry
 from kubernetes.config import kube_config
-from support.kube_emulator import ServedCluster, free_port
-from support.processes import eventually, running
+from support.controlplane import ControlPlane
+from support.operator_process import running_operator
+from support.processes import eventually, free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -24,59 +27,108 @@ HOURLY = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
 
 
 def test_status_loop_patches_only_changed_resources(
-    cluster: ServedCluster, kube: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    kube: Any,
+    namespace: str,
+    operator_kubeconfig: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
-    services = Services.create(OperatorSettings(redis_url=redis_url, run_history_limit=100))
+    # The loop's Kubernetes client finds the operator's kubeconfig as a process started
+    # with KUBECONFIG would.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    config = OperatorSettings(
+        redis_url=redis_url, run_history_limit=100, operator_namespaces=[namespace]
+    )
+    services = Services.create(config)
     try:
-        for name in ("a", "b", "c"):
-            created = kube.create(name, {**HOURLY, "runHistoryLimit": 2})
-            apply_schedule(services.store, "default", name, created["spec"], uid="u", generation=1)
-        status_pass = StatusPass(services)
-        status_pass.pass_once()  # whatever the setup changed
-        assert status_pass.pass_once() == 0
+        for name, limit in (("a", 2), ("b", 2), ("c", 2), ("d", 10)):
+            created = kube.create(name, {**HOURLY, "runHistoryLimit": limit})
+            apply_schedule(services.store, namespace, name, created["spec"], uid="u", generation=1)
+        writer = StatusPass(services)
+        writer.pass_once()  # whatever the setup changed
+        assert writer.pass_once() == 0
 
-        for i in range(3):
-            run_id = f"run-{i}"
-            services.runs.queued(run_id, "forwarder.ping", source="schedule", schedule="default/b")
-            services.runs.transition(run_id, "SUCCESS", result='"pong"', finished=1.0e9 + i)
-        assert status_pass.pass_once() == 1
+        # On b and d, one run of every shape status shows: succeeded (result, times), failed
+        # (error), skipped (reason), and one from a trigger.
+        runs, base = services.runs, 1.0e9
+        for name in ("b", "d"):
+            schedule = f"{namespace}/{name}"
+            ran, failed, skipped, triggered = (f"{name}-{i}" for i in range(4))
+            runs.queued(ran, "forwarder.ping", source="schedule", schedule=schedule, slot=base)
+            runs.transition(ran, "STARTED", started=base + 0.5)
+            runs.transition(ran, "SUCCESS", result='"pong"', finished=base + 1)
+            runs.queued(failed, "forwarder.ping", source="schedule", schedule=schedule, slot=base)
+            runs.transition(failed, "FAILURE", error_type="ValueError", error="x", finished=base)
+            runs.skipped(skipped, "forwarder.ping", schedule=schedule, slot=base, reason="Forbid")
+            runs.queued(triggered, "forwarder.ping", source="trigger", schedule=schedule)
+            runs.transition(triggered, "SUCCESS", result='"pong"', finished=base + 5)
+        assert writer.pass_once() == 2
         status = kube.status("b")
         assert status["lastRun"]["state"] == "SUCCESS"
-        assert status["totalRunCount"] == 3
+        assert status["lastRun"]["source"] == "trigger"
+        assert status["totalRunCount"] == 3  # a skipped firing is not a run
         assert len(status["recentRuns"]) == 2  # runHistoryLimit
         assert status["lastSuccessfulTime"].endswith("Z")
         assert "lastRun" not in kube.status("a") and "lastRun" not in kube.status("c")
 
+        # The API server kept every field the operator wrote: the CRD's status schema would
+        # prune one it does not declare, without an error.
+        for name in ("b", "d"):
+            written = writer.written[f"{namespace}/{name}"]
+            stored = kube.status(name)
+            assert {k: v for k, v in written.items() if v is not None} == {
+                k: stored[k] for k in written if k in stored
+            }, name
+        fields = {field for run in kube.status("d")["recentRuns"] for field in run}
+        assert fields == {
+            "taskId",
+            "state",
+            "source",
+            "scheduledAt",
+            "startedAt",
+            "finishedAt",
+            "result",
+            "error",
+            "reason",
+        }
+
         # A change that leaves status as it was is not written again.
-        services.runs.transition("run-2", "SUCCESS")
-        assert status_pass.pass_once() == 0
-        assert status_pass.pass_once() == 0
+        runs.transition("b-3", "SUCCESS")
+        assert writer.pass_once() == 0
+        assert writer.pass_once() == 0
     finally:
         services.close()
 
 
 def test_watches_only_configured_namespaces_and_serves_liveness(
-    kube: Any, operator_env: dict[str, str], spawn_operator: Any, rclient: Any, logs: Path
+    crds: ControlPlane,
+    kube: Any,
+    namespace: str,
+    operator_env: dict[str, str],
+    core: Core,
+    logs: Path,
 ) -> None:
-    store = ScheduleStore(rclient, "forwarder:")
+    mine, theirs = namespace, f"{namespace}-b"
+    crds.create_namespace(theirs)
+    store = core.store
     # Another install's entry in a namespace this operator does not watch: never swept.
-    store.upsert(Entry.from_spec("team-b/foreign", parse_spec(HOURLY), uid="x", generation=1))
+    foreign = f"{theirs}/foreign"
+    store.upsert(Entry.from_spec(foreign, parse_spec(HOURLY), uid="x", generation=1))
     port = free_port()
-    # The namespaces from settings, the liveness endpoint from `forwarder operator`'s flags.
-    env = {**operator_env, "FORWARDER_OPERATOR_NAMESPACES": "team-a"}
+    # The namespaces from settings (operator_env: this test's), the liveness endpoint from
+    # `forwarder operator`'s flags.
+    assert operator_env["FORWARDER_OPERATOR_NAMESPACES"] == mine
     liveness = f"--liveness=http://127.0.0.1:{port}/healthz"
-    for namespace in ("team-a", "team-b"):
-        kube.create_namespace(namespace)  # kopf resolves its namespaces from these
-    kube.create("mine", HOURLY, namespace="team-a")
-    kube.create("theirs", HOURLY, namespace="team-b")
-    with running(spawn_operator(env, logs / "operator.log", liveness, via="cli")):
-        eventually(lambda: kube.ready("mine", "team-a").get("status") == "True", 30)
+    kube.create("mine", HOURLY)
+    kube.create("theirs", HOURLY, namespace=theirs)
+    with running_operator(operator_env, logs / "operator.log", liveness, via="cli"):
+        eventually(lambda: kube.ready("mine").get("status") == "True", 30)
         health = eventually(
             lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json(), 20
         )
         assert health == {"redis": True}
-        kube.create("later", HOURLY, namespace="team-a")
-        eventually(lambda: kube.ready("later", "team-a").get("status") == "True", 30)
-        assert kube.ready("theirs", "team-b") == {}
-        assert store.names() == {"team-a/mine", "team-a/later", "team-b/foreign"}
+        kube.create("later", HOURLY)
+        eventually(lambda: kube.ready("later").get("status") == "True", 30)
+        assert kube.ready("theirs", theirs) == {}
+        assert kube.get("theirs", theirs)["metadata"].get("finalizers") is None
+        assert store.names() == {f"{mine}/mine", f"{mine}/later", foreign}

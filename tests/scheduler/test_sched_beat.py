@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.beat.scheduler import ForwarderScheduler
 from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
 from forwarder_worker.schedules.store import UpsertResult
@@ -59,12 +59,12 @@ def test_new_and_changed_entries_arm_at_once_without_polling(harness: Harness) -
 def test_suspend_leaves_due_set_and_resume_fires_no_burst(harness: Harness) -> None:
     beat = harness.beat(beat_lock_timeout=30)
     harness.wait_ready(beat)
-    harness.add("pause/tick", {"every": 1})
+    entry = harness.add("pause/tick", {"every": 1}, generation=1)
     eventually(lambda: len(harness.fired("pause/tick")) >= 2, 20, message="two firings")
 
-    harness.store.suspend("pause/tick")
-    key = harness.store.key("pause/tick")
-    assert harness.client.zscore(harness.store.due_key, key) is None
+    # Suspended and resumed as the operator does: a new generation of the spec each time.
+    harness.store.upsert(replace(entry, suspend=True, generation=2))
+    assert harness.client.zscore("forwarder::schedule", "forwarder:pause/tick") is None
     stored = harness.store.get("pause/tick")
     assert stored is not None
     assert stored.entry.suspend
@@ -79,7 +79,7 @@ def test_suspend_leaves_due_set_and_resume_fires_no_burst(harness: Harness) -> N
     assert "cmdstat_hmget" not in harness.client.info("commandstats")
 
     resumed_at = time.time()
-    due = harness.store.resume("pause/tick")
+    _, due = harness.store.upsert(replace(entry, generation=3))
     assert due is not None
     assert due > resumed_at  # re-armed from now, on the entry's own rhythm
     eventually(lambda: len(harness.fired("pause/tick")) >= count + 2, 20, message="resumed")
@@ -105,7 +105,7 @@ def test_one_off_fires_once_then_completes(harness: Harness) -> None:
     )
     assert stored.due is None
     assert stored.meta.count == 1
-    assert harness.client.zscore(harness.store.due_key, harness.store.key("once/at")) is None
+    assert harness.client.zscore("forwarder::schedule", "forwarder:once/at") is None
     # Re-applying the same resource does not re-arm it; a new generation does not either.
     assert harness.store.upsert(entry)[1] is None
     result, due = harness.store.upsert(replace(entry, generation=1, kwargs={"changed": True}))
@@ -211,7 +211,7 @@ def test_an_unreadable_entry_neither_stops_beat_nor_is_retried_every_tick(
 ) -> None:
     # Written behind the model's back, as a newer version might during a rolling upgrade:
     # an unknown field and a cron this version cannot parse.
-    bad = harness.store.key("skew/bad")
+    bad = "forwarder:skew/bad"
     definition = {
         "name": "skew/bad",
         "task": "forwarder.ping",
@@ -219,11 +219,11 @@ def test_an_unreadable_entry_neither_stops_beat_nor_is_retried_every_tick(
         "calendar": "new-in-v2",
     }
     harness.client.hset(bad, mapping={"definition": json.dumps(definition), "rev": 1})
-    harness.client.zadd(harness.store.due_key, {bad: time.time() - 1})
-    harness.client.sadd(harness.store.index_key, "skew/bad")
+    harness.client.zadd("forwarder::schedule", {bad: time.time() - 1})
+    harness.client.sadd("forwarder::entries", "skew/bad")
     harness.add("skew/good", {"every": 3600})
 
-    app = create_app(Settings(redis_url=harness.url, beat_max_loop_interval=0.1))
+    app = Core.from_settings(Settings(redis_url=harness.url, beat_max_loop_interval=0.1)).app
     scheduler = ForwarderScheduler(app)
     try:
         scheduler.tick()
@@ -233,4 +233,4 @@ def test_an_unreadable_entry_neither_stops_beat_nor_is_retried_every_tick(
     assert len(harness.fired("skew/good")) == 1
     assert harness.records("skew/bad") == []
     # Looked at again in a minute, not on every tick.
-    assert harness.client.zscore(harness.store.due_key, bad) > time.time() + 50
+    assert harness.client.zscore("forwarder::schedule", bad) > time.time() + 50

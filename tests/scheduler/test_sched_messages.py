@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery, signals
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.beat.scheduler import ForwarderScheduler
+from forwarder_worker.core import require_core
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
 from forwarder_worker.dispatch.messages import TaskMessages
-from forwarder_worker.runs.records import RunLog, RunRecord
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.runs.records import RunRecord
+from forwarder_worker.schedules.store import Entry
 from forwarder_worker.settings import Settings
 from support.broker_messages import queued, raw_events
 from support.processes import eventually
@@ -40,16 +41,20 @@ Send = tuple[Firing, str, float, float | None]
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = create_app(Settings(redis_url=redis_url, task_modules=TASK_MODULES.split(",")))
+    core = Core.from_settings(Settings(redis_url=redis_url, task_modules=TASK_MODULES.split(",")))
+    app = core.app
     # As in beat and the worker: task modules imported, tasks bound (with their time limits).
     app.loader.import_default_modules()
     app.finalize(auto=True)
     yield app
-    app.close()
+    core.close()
 
 
-def dispatcher(app: Celery, client: redis.Redis, *, prebuilt: bool) -> Dispatcher:
-    return Dispatcher(app, client, RunLog(client, PREFIX), PREFIX, prebuilt=prebuilt)
+def dispatcher(app: Celery, *, prebuilt: bool) -> Dispatcher:
+    """The app's dispatcher, publishing prebuilt messages or through ``send_task``."""
+    built = require_core(app).dispatcher
+    built.prebuilt = prebuilt
+    return built
 
 
 def entries() -> list[Entry]:
@@ -96,7 +101,7 @@ def sends_for(now: float) -> list[Send]:
 
 def publish(app: Celery, client: redis.Redis, sends: list[Send], *, prebuilt: bool) -> Any:
     with raw_events(client, PREFIX) as events:
-        dispatcher(app, client, prebuilt=prebuilt).publish(sends, first_flush=2)
+        dispatcher(app, prebuilt=prebuilt).publish(sends, first_flush=2)
     return queued(client, PREFIX), events
 
 
@@ -104,7 +109,7 @@ def capture(app: Celery, client: redis.Redis, sends: list[Send]) -> Any:
     """What beat's claim puts on the queues (the captured LPUSHes, run here as the claim
     script runs them), and the held events it then flushes."""
     with raw_events(client, PREFIX) as events:
-        d = dispatcher(app, client, prebuilt=True)
+        d = dispatcher(app, prebuilt=True)
         with app.producer_or_acquire() as producer:
             pushes, built = d.capture(producer, sends)
             lists = [k for k in client.keys(f"{PREFIX}*") if client.type(k) == "list"]
@@ -248,9 +253,11 @@ def task_states(app: Celery) -> Iterator[Any]:
 
 
 def test_a_worker_runs_prebuilt_messages_and_flower_sees_them(shared: Harness) -> None:
-    app = create_app(Settings(redis_url=shared.url, task_modules=TASK_MODULES.split(",")))
+    app = Core.from_settings(
+        Settings(redis_url=shared.url, task_modules=TASK_MODULES.split(","))
+    ).app
     app.loader.import_default_modules()
-    fire = dispatcher(app, shared.client, prebuilt=True)
+    fire = dispatcher(app, prebuilt=True)
     with app.producer_or_acquire() as producer:
         assert TaskMessages(app).unusual(producer) is None  # these go the fast way
 
@@ -309,11 +316,11 @@ def test_a_publish_pipeline_that_redis_refuses_does_not_end_beat(
     redis_url: str, rclient: redis.Redis
 ) -> None:
     settings = Settings(redis_url=redis_url, beat_lock_timeout=2)
-    beat = ForwarderScheduler(create_app(settings))
+    beat = ForwarderScheduler(Core.from_settings(settings).app)
     # Messages through send_task, which beat publishes after its claim (as it does any
     # message it cannot build ahead); the others go out with the claim itself.
     beat.dispatcher.prebuilt = False
-    store = ScheduleStore(rclient, PREFIX)
+    store = beat.store
     try:
         now = time.time()
         for i in range(3):

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import redis
 import redis.connection
-from forwarder_worker.app import create_app
-from forwarder_worker.beat.scheduler import FIRST_BATCH, ForwarderScheduler
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import Entry, RunWrite, ScheduleStore
+from forwarder_worker import Core
+from forwarder_worker._redis.scripts import Claim
+from forwarder_worker.beat.scheduler import FIRST_BATCH, ForwarderScheduler, claim_of
+from forwarder_worker.schedules.store import Entry
 from forwarder_worker.settings import Settings
 from support.broker_messages import queued, raw_events
 from support.crash import killed_at_next_publish
@@ -33,9 +33,11 @@ QUEUE = f"{PREFIX}default"
 @pytest.fixture
 def scheduler(redis_url: str) -> Iterator[ForwarderScheduler]:
     settings = Settings(redis_url=redis_url, beat_lock_timeout=120, beat_batch_size=500)
-    beat = ForwarderScheduler(create_app(settings))
+    core = Core.from_settings(settings)
+    beat = ForwarderScheduler(core.app)
     yield beat
     beat.close()
+    core.close()
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_a_pass_firing_spread_entries_takes_three_round_trips(
     scheduler: ForwarderScheduler, rclient: redis.Redis, round_trips: list[int]
 ) -> None:
-    store = ScheduleStore(rclient, PREFIX)
+    store = scheduler.store
     n, gap = 20, 0.05  # closer than a blocking wait is worth: beat sleeps between firings
     start = time.time() + 1.0
     for i in range(n):
@@ -75,14 +77,13 @@ def test_a_pass_firing_spread_entries_takes_three_round_trips(
     # Read (entries, next due and metrics in one Lua call), claim with run records (one Lua
     # call) and the publish pipeline. The old pass took nine.
     assert statistics.median(per_firing_pass) <= 3, per_firing_pass
-    runs = RunLog(rclient, PREFIX)
     for i in range(n):
-        (record,) = runs.recent(schedule=f"spread/e{i}")
+        (record,) = scheduler.runs.recent(schedule=f"spread/e{i}")
         assert record.state == "PENDING"
 
 
-def test_a_claim_writes_its_run_record_only_where_it_wins(rclient: redis.Redis) -> None:
-    store, runs = ScheduleStore(rclient, PREFIX), RunLog(rclient, PREFIX)
+def test_a_claim_writes_its_run_record_only_where_it_wins(core: Core, rclient: redis.Redis) -> None:
+    store, runs = core.store, core.runs
     now = time.time()
     store.upsert(Entry(name="ha/one", task="forwarder.ping", schedule={"every": 60}), now=now)
     store.upsert(Entry(name="ha/two", task="forwarder.ping", schedule={"every": 90}), now=now + 5)
@@ -90,24 +91,20 @@ def test_a_claim_writes_its_run_record_only_where_it_wins(rclient: redis.Redis) 
     assert stored.entry.name == "ha/one"
     assert first == pytest.approx(now)
 
-    def write(run_id: str) -> RunWrite:
-        fields = runs.queued_fields(
-            "forwarder.ping", source="schedule", schedule="ha/one", slot=now
-        )
-        return RunWrite(run_id, "PENDING", fields)
-
-    update = (stored, stored.meta, now + 60)
     queue = f"{PREFIX}claimed"
-    won, next_due = store.claim_and_record(
-        [update], [write("first")], runs, [[(queue, "message of first")]]
-    )
+
+    def claim(run_id: str) -> Claim:
+        record = runs.queued_write(
+            run_id, "forwarder.ping", source="schedule", schedule="ha/one", slot=now
+        )
+        return claim_of(stored, stored.meta, now + 60, record, [(queue, f"message of {run_id}")])
+
+    won, next_due = store.claim([claim("first")])
     assert won == [True]
     assert next_due == pytest.approx(now + 5)  # ha/two is now the earliest
     # A second beat that read the same slot (a stale holder) loses, and leaves no record
     # and no message.
-    lost, _ = store.claim_and_record(
-        [update], [write("second")], runs, [[(queue, "message of second")]]
-    )
+    lost, _ = store.claim([claim("second")])
     assert lost == [False]
     assert rclient.lrange(queue, 0, -1) == ["message of first"]
     first_run = runs.get("first")
@@ -116,13 +113,13 @@ def test_a_claim_writes_its_run_record_only_where_it_wins(rclient: redis.Redis) 
     assert first_run.slot == pytest.approx(now)
     assert runs.get("second") is None
     assert [r.id for r in runs.recent(schedule="ha/one")] == ["first"]
-    assert runs.summary("ha/one").active == ["first"]
+    assert [run.id for run in runs.active(["ha/one"])["ha/one"]] == ["first"]
 
 
 def test_a_burst_head_goes_out_in_a_small_first_batch(
     scheduler: ForwarderScheduler, rclient: redis.Redis
 ) -> None:
-    store = ScheduleStore(rclient, PREFIX)
+    store = scheduler.store
     due, n = time.time() - 1, 620
     for i in range(n):
         store.upsert(Entry(name=f"burst/e{i:03d}", task="forwarder.ping", schedule={"at": due}))
@@ -134,13 +131,13 @@ def test_a_burst_head_goes_out_in_a_small_first_batch(
     # A small head first, then full batches of beat_batch_size, then the rest.
     assert sizes[:3] == [FIRST_BATCH, 500, n - 500 - FIRST_BATCH]
     assert rclient.zcard(f"{PREFIX}runs") == n
-    assert rclient.zcard(store.due_key) == 0
+    assert rclient.zcard("forwarder::schedule") == 0
 
 
 def test_metrics_reach_redis_before_beat_idles(
     scheduler: ForwarderScheduler, rclient: redis.Redis
 ) -> None:
-    store = ScheduleStore(rclient, PREFIX)
+    store = scheduler.store
     now = time.time()
     for i in range(3):
         store.upsert(
@@ -162,7 +159,7 @@ def test_messages_reach_queues_no_worker_has_declared(
 ) -> None:
     # Beat declares each queue of a batch once (not per message); a queue that no worker
     # has consumed from yet must still get its messages, not have them dropped unrouted.
-    store = ScheduleStore(rclient, PREFIX)
+    store = scheduler.store
     due = time.time() - 1
     for i in range(6):
         queue = ("lonely-a", "lonely-b")[i % 2]
@@ -180,7 +177,7 @@ def test_messages_reach_queues_no_worker_has_declared(
 def test_a_beat_killed_right_after_its_claim_loses_no_slot(
     scheduler: ForwarderScheduler, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, runs = ScheduleStore(rclient, PREFIX), RunLog(rclient, PREFIX)
+    store, runs = scheduler.store, scheduler.runs
     due = time.time() - 1
     policies = {"died/allow": "Allow", "died/forbid": "Forbid", "died/replace": "Replace"}
     for name, policy in policies.items():
@@ -193,7 +190,7 @@ def test_a_beat_killed_right_after_its_claim_loses_no_slot(
 
     # Every slot is claimed (not due again, so no other beat fires it twice) and every run
     # recorded as queued is on the queue for a worker, with its own id.
-    assert rclient.zcard(store.due_key) == 0
+    assert rclient.zcard("forwarder::schedule") == 0
     messages = queued(rclient, PREFIX)
     for name in policies:
         (record,) = runs.recent(schedule=name)
@@ -205,7 +202,7 @@ def test_a_beat_killed_right_after_its_claim_loses_no_slot(
 def test_a_lost_claim_sends_no_message_and_no_event(
     scheduler: ForwarderScheduler, rclient: redis.Redis
 ) -> None:
-    store, runs = ScheduleStore(rclient, PREFIX), RunLog(rclient, PREFIX)
+    store, runs = scheduler.store, scheduler.runs
     due = time.time() - 1
     for name in ("lost/kept", "lost/rewritten"):
         store.upsert(Entry(name=name, task="forwarder.ping", schedule={"at": due}))

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import redis
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker import Core
+from forwarder_worker.schedules.store import Entry
 from forwarder_worker.schedules.timing import CronTimetable, utc_iso
 
 HELSINKI, NEW_YORK = "Europe/Helsinki", "America/New_York"
@@ -68,9 +68,9 @@ def test_daily_job_runs_exactly_once_on_transition_days(
 
 @pytest.mark.parametrize(("zone", "day", "cron", "next_run", "case"), DAILY)
 def test_next_run_time_as_the_store_arms_it(
-    rclient: redis.Redis, zone: str, day: str, cron: str, next_run: str, case: str
+    core: Core, zone: str, day: str, cron: str, next_run: str, case: str
 ) -> None:
-    store = ScheduleStore(rclient)
+    store = core.store
     midnight, _ = local_day(zone, day)
     entry = Entry(name="dst/daily", task="forwarder.ping", schedule={"cron": cron}, tz=zone)
     _, due = store.upsert(entry, now=midnight)

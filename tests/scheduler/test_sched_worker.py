@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.beat.scheduler import ForwarderScheduler
 from forwarder_worker.runs.records import RunRecord
 from forwarder_worker.schedules.store import Entry
@@ -28,7 +28,7 @@ StartBeat = Callable[..., Proc]
 
 @pytest.fixture(scope="module")
 def control(shared: Harness) -> Iterator[Any]:
-    app = create_app(Settings(redis_url=shared.url))
+    app = Core.from_settings(Settings(redis_url=shared.url)).app
     yield app.control
     app.close()
 
@@ -205,9 +205,9 @@ def test_dst_day_on_an_injected_clock(
 ) -> None:
     start = _at(midnight)
     clock = FakeClock(start - 1)
-    app = create_app(
+    app = Core.from_settings(
         Settings(redis_url=shared.url, beat_max_loop_interval=0.05, beat_lock_timeout=30)
-    )
+    ).app
     scheduler = ForwarderScheduler(app)
     scheduler.clock = clock  # type: ignore[method-assign]
     names = {expr: f"dst/daily-{i}" for i, expr in enumerate(daily)}

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
 from support.api_process import api_env, client, start_api
 from support.processes import celery_worker, eventually, forwarder_env, free_port, running
 
@@ -32,9 +31,7 @@ CELERY_TASKS = [
 
 
 @pytest.mark.slow
-def test_api_refuses_celery_and_unlisted_tasks(
-    redis_url: str, rclient: redis.Redis, logs: Path
-) -> None:
+def test_api_refuses_celery_and_unlisted_tasks(redis_url: str, core: Core, logs: Path) -> None:
     env = forwarder_env(redis_url)
     worker = celery_worker(env, logs / "worker.log", concurrency=1)
     narrow_port, wide_port = free_port(), free_port()
@@ -92,7 +89,7 @@ def test_api_refuses_celery_and_unlisted_tasks(
                 )
             time.sleep(1.0)
 
-    runs = RunLog(rclient)
+    runs = core.runs
     ran = {r.task for r in runs.recent(limit=1000)}
     assert ran == {"forwarder.ping", "tests.sleep"}, ran
     assert not any("Received task: celery." in line for line in worker.output().splitlines())

@@ -15,8 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import redis
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.runs.records import RunLog, RunRecord
 from forwarder_worker.settings import Settings
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
@@ -115,7 +114,7 @@ def worker(
 
 
 def _run(redis_url: str, runs: RunLog, url: str) -> RunRecord:
-    app = create_app(Settings(redis_url=redis_url))
+    app = Core.from_settings(Settings(redis_url=redis_url)).app
     run_id = str(uuid.uuid4())
     runs.queued(run_id, "forwarder.http", source="api", kwargs={"url": url})
     app.send_task("forwarder.http", kwargs={"url": url, "timeout": 5}, task_id=run_id)
@@ -130,13 +129,13 @@ def _run(redis_url: str, runs: RunLog, url: str) -> RunRecord:
 def test_disallowed_targets_fail_before_connecting(
     worker: Proc,
     redis_url: str,
-    rclient: redis.Redis,
+    core: Core,
     canary: _Server,
     redirector: _Server,
     metadata_redirector: _Server,
     allowed: _Server,
 ) -> None:
-    runs = RunLog(rclient)
+    runs = core.runs
     # The worker can connect: an allowed target answers (so the refusals below are refusals).
     ok = _run(redis_url, runs, f"http://127.0.0.1:{allowed.port}/hello")
     assert ok.state == "SUCCESS", ok

@@ -14,8 +14,7 @@ import uuid
 from pathlib import Path
 
 import redis
-from forwarder_worker.app import create_app
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
 from forwarder_worker.settings import Settings
 from kombu import Connection
 from kombu.serialization import loads
@@ -60,8 +59,8 @@ def test_pickled_message_is_rejected_and_worker_survives(
     pwned = tmp_path / "pwned"
     env = forwarder_env(redis_url)
     worker = celery_worker(env, logs / "worker.log", concurrency=1)
-    app = create_app(Settings(redis_url=redis_url))
-    runs = RunLog(rclient)
+    core = Core.from_settings(Settings(redis_url=redis_url))
+    app, runs = core.app, core.runs
     with running(worker):
         eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
         task_id = str(uuid.uuid4())

@@ -4,8 +4,8 @@ without it (or with a wrong one) each stops with one clear line instead of a tra
 Components with the password: ``forwarder worker``, ``forwarder beat``, ``forwarder flower``,
 ``forwarder api``, the folder source and ``forwarder status``; a schedule fires end to end,
 Flower sees the worker and the API is ready and lists the runs; ``forwarder operator``, on the
-Kubernetes emulator, stores a ScheduledTask's entry and marks it Ready. Without it: ``forwarder worker|beat|flower|api|operator``,
-``forwarder status`` and
+real API server as its own ServiceAccount, stores a ScheduledTask's entry and marks it Ready.
+Without it: ``forwarder worker|beat|flower|api|operator``, ``forwarder status`` and
 ``forwarder up --redis-url`` exit at once with one line naming the setting to fix. Processes
 that wait for Redis by design (the folder source, and ``celery worker`` run directly as the
 chart does) log the refusal in one line per attempt, with no traceback.
@@ -19,11 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import ScheduleStore
-from support.kube_emulator import served_emulator
-from support.operator_process import API, ready_condition, wait_until_watching
+from forwarder_worker import Core, Settings
+from support.operator_process import operator_env, running_operator
 from support.processes import BIN, eventually, forwarder_env, free_port, running, start
+from support.scheduled_tasks import ScheduledTasks
 from support.valkey_process import ValkeyProcess, valkey
 
 PASSWORD = "s3cret-for-tests"
@@ -86,9 +85,9 @@ def test_every_component_connects_with_the_password(
         logs / "api.log",
         "api",
     )
-    client = server.client()
+    core = Core.from_settings(Settings(redis_url=server.url, redis_password=PASSWORD))
     with running(worker, beat, source, flower, api):
-        runs = RunLog(client)
+        runs = core.runs
         eventually(lambda: runs.summary("default/guarded").succeeded >= 2, 90, message="runs")
         status = subprocess.run(
             _forwarder("status"), env=env, capture_output=True, text=True, timeout=60
@@ -122,39 +121,30 @@ def test_every_component_connects_with_the_password(
             timeout=10,
         )
         assert reply.status_code == 200 and reply.json()["items"], reply.text
-    client.close()
+    core.close()
 
 
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_operator_connects_with_the_password(
-    server: ValkeyProcess, tmp_path: Path, logs: Path
+    server: ValkeyProcess,
+    scheduled_tasks: ScheduledTasks,
+    operator_kubeconfig: Path,
+    logs: Path,
 ) -> None:
-    client = server.client()
-    store = ScheduleStore(client)
-    with served_emulator(tmp_path / "kube") as cluster:
-        env = forwarder_env(
-            server.url, FORWARDER_REDIS_PASSWORD=PASSWORD, KUBECONFIG=str(cluster.kubeconfig)
-        )
-        operator = start(_forwarder("operator"), env, logs / "operator.log", "operator")
-        with running(operator), httpx.Client(base_url=cluster.url, timeout=30) as kube:
-            wait_until_watching(kube)
-            body = {
-                "apiVersion": "forwarder.dev/v1alpha1",
-                "kind": "ScheduledTask",
-                "metadata": {"name": "guarded"},
-                "spec": {"task": "forwarder.ping", "schedule": {"every": "1h"}},
-            }
-            assert kube.post(API, json=body).status_code == 201
-            eventually(lambda: store.get("default/guarded") is not None, 60, message="entry")
-            eventually(
-                lambda: ready_condition(kube, "guarded").get("status") == "True",
-                60,
-                message="Ready=True",
-            )
-            assert operator.alive()
-            assert "Authentication required" not in operator.output()
-    client.close()
+    kube, namespace = scheduled_tasks, scheduled_tasks.namespace
+    core = Core.from_settings(Settings(redis_url=server.url, redis_password=PASSWORD))
+    store = core.store
+    env = operator_env(
+        server.url, operator_kubeconfig, [namespace], FORWARDER_REDIS_PASSWORD=PASSWORD
+    )
+    with running_operator(env, logs / "operator.log", via="cli") as operator:
+        kube.create("guarded", {"task": "forwarder.ping", "schedule": {"every": "1h"}})
+        eventually(lambda: store.get(f"{namespace}/guarded") is not None, 60, message="entry")
+        eventually(lambda: kube.ready("guarded").get("status") == "True", 60, message="Ready=True")
+        assert operator.alive()
+        assert "Authentication required" not in operator.output()
+    core.close()
 
 
 def _one_line_failure(args: list[str], env: dict[str, str], *, says: str) -> None:

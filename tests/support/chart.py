@@ -61,9 +61,16 @@ def load_values(scenario: str) -> dict[str, Any]:
     return loaded
 
 
-def render(chart: helm.Chart, values: dict[str, Any] | None = None) -> Rendered:
-    """Render ``chart`` offline as release ``forwarder`` in namespace ``forwarder``."""
-    manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+def render(
+    chart: helm.Chart,
+    values: dict[str, Any] | None = None,
+    *,
+    name: str = RELEASE,
+    namespace: str = NAMESPACE,
+) -> Rendered:
+    """Render ``chart`` offline as release ``name`` (``forwarder``) in ``namespace``
+    (``forwarder``)."""
+    manifests = chart.render(values or {}, name=name, namespace=namespace)
     objects: list[dict[str, Any]] = []
     notes = ""
     for path, text in sorted(manifests.items()):

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from forwarder_worker.dispatch.metrics import SchedulerMetrics
-from forwarder_worker.runs.records import RunLog, RunRecord
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker import Core, Settings
+from forwarder_worker.runs.records import RunRecord
+from forwarder_worker.schedules.store import Entry
 
 from support.processes import Proc, celery_beat, celery_worker, eventually, forwarder_env
 
@@ -24,9 +24,10 @@ class Harness:
         self.url = url
         self.client = client
         self.logs = logs
-        self.store = ScheduleStore(client, PREFIX)
-        self.runs = RunLog(client, PREFIX)
-        self.metrics = SchedulerMetrics(client, PREFIX)
+        self.core = Core.from_settings(Settings(redis_url=url, key_prefix=PREFIX))
+        self.store = self.core.store
+        self.runs = self.core.runs
+        self.metrics = self.core.metrics
         self.procs: list[Proc] = []
 
     def env(self, **overrides: str) -> dict[str, str]:
@@ -84,6 +85,7 @@ class Harness:
         return sum(int(v["calls"]) for v in stats.values())
 
     def stop_all(self, failed: bool) -> None:
+        self.core.close()
         for proc in self.procs:
             proc.stop()
             if failed:

@@ -5,10 +5,11 @@ died mid-task (STARTED past the hard time limit) nor a trigger whose sender died
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.model import parse_spec
@@ -20,9 +21,10 @@ NAME = "team/nightly"
 
 
 @pytest.fixture
-def dispatcher(redis_url: str, rclient: redis.Redis) -> Dispatcher:
-    app = create_app(Settings(redis_url=redis_url, task_time_limit=60))
-    return Dispatcher(app, rclient, RunLog(rclient), "forwarder:")
+def dispatcher(redis_url: str) -> Iterator[Dispatcher]:
+    core = Core.from_settings(Settings(redis_url=redis_url, task_time_limit=60))
+    yield core.dispatcher
+    core.close()
 
 
 def forbid_entry() -> Entry:

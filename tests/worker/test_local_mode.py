@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import ScheduleStore
+from forwarder_worker import Core, Settings
 from support.processes import (
     BIN,
     Proc,
@@ -79,14 +77,14 @@ def up(folder: Path, tmp_path: Path) -> Iterator[Proc]:
         proc.stop()
 
 
-def connect(tmp_path: Path) -> redis.Redis:
+def connect(tmp_path: Path) -> Core:
     url = (tmp_path / "state" / "redis-url").read_text().strip()
-    return redis.Redis.from_url(url, decode_responses=True)
+    return Core.from_settings(Settings(redis_url=url))
 
 
 def test_up_follows_the_folder_and_stops_cleanly(up: Proc, folder: Path, tmp_path: Path) -> None:
-    client = connect(tmp_path)
-    store, runs = ScheduleStore(client), RunLog(client)
+    core = connect(tmp_path)
+    store, runs = core.store, core.runs
     eventually(
         lambda: runs.summary("default/steady").succeeded >= 2, 60, message="the steady schedule ran"
     )
@@ -145,7 +143,7 @@ def test_up_follows_the_folder_and_stops_cleanly(up: Proc, folder: Path, tmp_pat
     # Delete the file: its schedule is removed.
     (folder / "added.yaml").unlink()
     eventually(lambda: store.get("default/added") is None, 5, message="deleted file removed")
-    client.close()
+    core.close()
 
     # SIGTERM (as Ctrl-C does with SIGINT) stops every child and the embedded Redis.
     family = descendants(up.pid)

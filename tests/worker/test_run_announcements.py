@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 import redis
-from forwarder_worker.runs.records import RunLog, RunRecord, announced_record
+from forwarder_worker import Core
+from forwarder_worker.runs.records import RunRecord, announced_record
 from support.broker_messages import subscribed
 
 PREFIX = "forwarder:"
@@ -21,8 +22,10 @@ def _announcements(pubsub: Any) -> list[str]:
     return out
 
 
-def test_the_final_transition_announces_the_whole_final_record(rclient: redis.Redis) -> None:
-    runs = RunLog(rclient, PREFIX)
+def test_the_final_transition_announces_the_whole_final_record(
+    core: Core, rclient: redis.Redis
+) -> None:
+    runs = core.runs
     with subscribed(rclient, f"{PREFIX}run:*") as pubsub:
         runs.queued("a1", "forwarder.ping", source="api", args=[1, "ü"], kwargs={"k": "/x"})
         runs.transition("a1", "STARTED", worker="w@h")
@@ -30,7 +33,7 @@ def test_the_final_transition_announces_the_whole_final_record(rclient: redis.Re
         runs.transition("a1", "SUCCESS", result=json.dumps({"pong": 'é"\n'}), finished=1.5)
         (payload,) = _announcements(pubsub)
         # The payload is the hash, field for field, as a reader would find it.
-        assert json.loads(payload) == rclient.hgetall(runs.key("a1"))
+        assert json.loads(payload) == rclient.hgetall("forwarder:run:a1")
         record = announced_record(payload)
         assert record == runs.get("a1")
         assert record is not None and record.state == "SUCCESS" and record.worker == "w@h"
@@ -40,7 +43,7 @@ def test_the_final_transition_announces_the_whole_final_record(rclient: redis.Re
         assert _announcements(pubsub) == []
         # Every final state is announced (a failure with its error, a skipped firing).
         runs.transition("a2", "FAILURE", task="t", error_type="E", error="boom")
-        runs.skipped("a3", "t", schedule="ns/s", slot=1.0, reason="Forbid")
+        runs.write(runs.skipped_write("a3", "t", schedule="ns/s", slot=1.0, reason="Forbid"))
         finals = [announced_record(p) for p in _announcements(pubsub)]
         assert [(r.id, r.state) for r in finals if r] == [("a2", "FAILURE"), ("a3", "SKIPPED")]
         assert finals[0] is not None and finals[0].error == "boom"

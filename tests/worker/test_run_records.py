@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.runs.records import RunLog, RunRecord
 from forwarder_worker.settings import Settings
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
@@ -29,12 +29,14 @@ def worker(redis_url: str, logs: Path) -> Iterator[Proc]:
 
 @pytest.fixture
 def app(redis_url: str) -> Celery:
-    return create_app(Settings(redis_url=redis_url, task_modules=["support.sample_tasks"]))
+    return Core.from_settings(
+        Settings(redis_url=redis_url, task_modules=["support.sample_tasks"])
+    ).app
 
 
 @pytest.fixture
-def runs(rclient: redis.Redis) -> RunLog:
-    return RunLog(rclient)
+def runs(core: Core) -> RunLog:
+    return core.runs
 
 
 def final(runs: RunLog, run_id: str, timeout: float = 30.0) -> RunRecord:
@@ -116,17 +118,20 @@ def test_scheduled_runs_feed_per_schedule_history_and_counters(
     assert summary.last_run is not None and summary.last_run.id == ids[2]
     assert summary.last_schedule_time == 1000.0
     assert summary.last_successful_time is not None
-    assert summary.active == []
+    assert runs.active(["team/job"]) == {"team/job": []}  # none still going
     assert "team/job" in runs.take_changed()
     assert runs.take_changed() == set()
     assert {r.id for r in runs.recent(schedule="team/job", state="FAILURE")} == {ids[1]}
     assert {r.task for r in runs.recent(task="tests.fail")} == {"tests.fail"}
 
 
-def test_history_read_while_runs_are_recorded_lists_each_run_once(runs: RunLog) -> None:
+def test_history_read_while_runs_are_recorded_lists_each_run_once(redis_url: str) -> None:
     # History is read in pages by rank. A run recorded between two page reads pushes older
     # runs down a rank, so a page can start with runs already read: each must be listed
-    # once (beat's test harness once saw a schedule's first firing twice).
+    # once (beat's test harness once saw a schedule's first firing twice). The global
+    # history is not capped here: the runs recorded meanwhile must not push the wanted out.
+    core = Core.from_settings(Settings(redis_url=redis_url, global_history_limit=10**9))
+    runs = core.runs
     wanted = [f"wanted-{n}" for n in range(10)]
     for n in range(1000):
         run_id = wanted[n // 100] if n % 100 == 50 else f"noise-{n}"
@@ -148,3 +153,4 @@ def test_history_read_while_runs_are_recorded_lists_each_run_once(runs: RunLog) 
     finally:
         stop.set()
         inserter.join()
+        core.close()

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
+from forwarder_worker import Core
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.model import parse_spec
-from forwarder_worker.schedules.store import Entry, ScheduleStore
+from forwarder_worker.schedules.store import Entry
 from support.processes import celery_beat, celery_worker, eventually, forwarder_env, running
 
 NAME = "default/heartbeat"
@@ -33,8 +33,8 @@ def stack(redis_url: str, logs: Path) -> Iterator[None]:
         yield
 
 
-def entry(every: str, generation: int = 1) -> Entry:
-    spec = parse_spec({"task": "forwarder.ping", "schedule": {"every": every}})
+def entry(every: str, generation: int = 1, suspend: bool = False) -> Entry:
+    spec = parse_spec({"task": "forwarder.ping", "schedule": {"every": every}, "suspend": suspend})
     return Entry.from_spec(NAME, spec, uid="uid-heartbeat", generation=generation)
 
 
@@ -42,10 +42,14 @@ def successes(runs: RunLog) -> int:
     return runs.summary(NAME).succeeded
 
 
-def test_every_second_runs_suspends_resumes_changes_and_stops(
-    stack: None, rclient: redis.Redis
-) -> None:
-    store, runs = ScheduleStore(rclient), RunLog(rclient)
+def sent(runs: RunLog) -> int:
+    """Runs sent so far: those ended and those still going."""
+    return runs.summary(NAME).total + len(runs.active([NAME])[NAME])
+
+
+def test_every_second_runs_suspends_resumes_changes_and_stops(stack: None, core: Core) -> None:
+    # Each change as the operator or the folder source writes it: a new generation of the spec.
+    store, runs = core.store, core.runs
     start = time.monotonic()
     store.upsert(entry("1s"))
     eventually(lambda: successes(runs) >= 3, 15, message="3 successful runs")
@@ -58,20 +62,20 @@ def test_every_second_runs_suspends_resumes_changes_and_stops(
     assert summary.last_run is not None and summary.last_run.schedule == NAME
 
     # Suspend: nothing more is sent.
-    store.suspend(NAME)
+    store.upsert(entry("1s", generation=2, suspend=True))
     time.sleep(0.5)  # a firing already published may still finish
-    sent = runs.summary(NAME).total + len(runs.active(NAME))
+    before_suspend = sent(runs)
     time.sleep(2.5)
-    assert runs.summary(NAME).total + len(runs.active(NAME)) == sent
+    assert sent(runs) == before_suspend
 
     # Resume: it runs again, without a burst for the slots missed while suspended.
     before = runs.summary(NAME).total
-    store.resume(NAME)
+    store.upsert(entry("1s", generation=3))
     eventually(lambda: runs.summary(NAME).total >= before + 2, 10, message="runs after resume")
     assert runs.summary(NAME).total <= before + 4
 
     # A new interval takes effect without restarting beat.
-    store.upsert(entry("3s", generation=2))
+    store.upsert(entry("3s", generation=4))
     time.sleep(1.0)
     counted = runs.summary(NAME).total
     time.sleep(4.0)
@@ -80,6 +84,6 @@ def test_every_second_runs_suspends_resumes_changes_and_stops(
     # Delete: it stops.
     store.delete(NAME)
     time.sleep(0.5)
-    gone = runs.summary(NAME).total + len(runs.active(NAME))
+    gone = sent(runs)
     time.sleep(3.5)
-    assert runs.summary(NAME).total + len(runs.active(NAME)) == gone
+    assert sent(runs) == gone

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.store import Entry, ScheduleStore, UpsertResult
 
@@ -20,8 +21,8 @@ def make_entry(
 
 
 @pytest.fixture
-def store(rclient: redis.Redis) -> ScheduleStore:
-    return ScheduleStore(rclient, "forwarder:")
+def store(core: Core) -> ScheduleStore:
+    return core.store
 
 
 def test_upsert_creates_an_entry_in_the_redbeat_layout(
@@ -122,8 +123,10 @@ def test_an_upsert_from_a_stale_read_recreates_a_deleted_entry(store: ScheduleSt
 def test_suspend_leaves_the_due_set_and_resume_rearms_from_now(
     store: ScheduleStore, rclient: redis.Redis
 ) -> None:
+    # As the operator applies them: each a new generation of the spec, suspend flipped.
     store.upsert(make_entry(schedule={"every": "10s"}), now=1000.0)
-    store.suspend("team/job")
+    result, due = store.upsert(make_entry(generation=2, schedule={"every": "10s"}, suspend=True))
+    assert result is UpsertResult.UPDATED and due is None
     assert rclient.zscore("forwarder::schedule", "forwarder:team/job") is None
     stored = store.get("team/job")
     assert stored is not None
@@ -131,25 +134,28 @@ def test_suspend_leaves_the_due_set_and_resume_rearms_from_now(
     assert stored.due is None
     assert "team/job" in store.names()  # still listed while suspended
     now = time.time()
-    due = store.resume("team/job")
-    assert due is not None
+    result, due = store.upsert(make_entry(generation=3, schedule={"every": "10s"}))
+    assert result is UpsertResult.UPDATED and due is not None
     # Re-armed on its grid from now: no burst of the slots missed while suspended.
     assert now < due <= now + 10.0
 
 
 def test_delete_removes_everything(store: ScheduleStore, rclient: redis.Redis) -> None:
     store.upsert(make_entry())
+    store.note_run_now("team/job", "first")
+    assert store.last_run_now("team/job") == "first"
     assert store.delete("team/job")
     assert not rclient.exists("forwarder:team/job")
     assert rclient.zscore("forwarder::schedule", "forwarder:team/job") is None
     assert store.names() == set()
+    assert store.last_run_now("team/job") is None  # a namesake created later runs it again
     assert not store.delete("team/job")
 
 
 def test_every_change_wakes_beat(store: ScheduleStore, rclient: redis.Redis) -> None:
-    rclient.delete(store.wake_key)
+    rclient.delete("forwarder::wake")
     store.upsert(make_entry())
-    assert rclient.llen(store.wake_key) == 1
+    assert rclient.llen("forwarder::wake") == 1
     assert store.wait_for_change(0.5)
     assert not store.wait_for_change(0.2)
 

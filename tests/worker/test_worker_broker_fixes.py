@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from forwarder_worker.app import create_app
+from forwarder_worker import Core
 from forwarder_worker.settings import Settings
 from kombu import Producer, Queue
 from support.valkey_process import valkey
@@ -17,7 +17,7 @@ def test_closing_a_channel_with_unacked_deliveries_after_release_is_a_connection
     tmp_path: Path,
 ) -> None:
     with valkey(tmp_path / "redis") as server:
-        app = create_app(Settings(redis_url=server.url))  # installs the fix
+        app = Core.from_settings(Settings(redis_url=server.url)).app  # installs the fix
         with app.connection_for_write() as conn:
             channel = conn.channel()
             Producer(channel).publish({"n": 1}, routing_key="fix", declare=[Queue("fix")])

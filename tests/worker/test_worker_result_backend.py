@@ -14,9 +14,9 @@ import pytest
 import redis
 from celery import Celery
 from celery.app.task import Context
-from forwarder_worker.app import create_app
-from forwarder_worker.recording.result_backend import RecordingRedisBackend, recorded_with_result
-from forwarder_worker.runs.records import RunLog
+from forwarder_worker import Core
+from forwarder_worker.core import require_core
+from forwarder_worker.recording.result_backend import RecordingRedisBackend
 from forwarder_worker.settings import Settings
 from support.broker_messages import subscribed
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
@@ -26,7 +26,9 @@ PREFIX = "forwarder:"
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[Celery]:
-    app = create_app(Settings(redis_url=redis_url, task_modules=["support.sample_tasks"]))
+    app = Core.from_settings(
+        Settings(redis_url=redis_url, task_modules=["support.sample_tasks"])
+    ).app
     yield app
     app.close()
 
@@ -41,19 +43,19 @@ def worker(redis_url: str, logs: Path) -> Iterator[Proc]:
 def test_a_success_is_recorded_with_its_result(app: Celery, rclient: redis.Redis) -> None:
     backend = app.backend
     assert isinstance(backend, RecordingRedisBackend)
-    runs = RunLog(rclient, PREFIX)
+    runs = require_core(app).runs
     run_id = str(uuid.uuid4())
     runs.queued(run_id, "forwarder.ping", source="api")
     backend.store_result(run_id, {"pong": True}, "SUCCESS", request=Context(task="forwarder.ping"))
     record = runs.get(run_id)
     assert record is not None and record.state == "SUCCESS"
     assert json.loads(record.result or "") == {"pong": True} and record.finished
-    assert recorded_with_result(run_id) and not recorded_with_result(run_id)  # asked once
+    assert runs.recorded_with_result(run_id) and not runs.recorded_with_result(run_id)  # once
     assert app.AsyncResult(run_id).result == {"pong": True}
     # Other states are the receivers' to record.
     other = str(uuid.uuid4())
     backend.store_result(other, None, "STARTED", request=Context(task="forwarder.ping"))
-    assert runs.get(other) is None and not recorded_with_result(other)
+    assert runs.get(other) is None and not runs.recorded_with_result(other)
 
 
 def test_when_the_record_cannot_be_written_the_result_still_is(
@@ -63,13 +65,13 @@ def test_when_the_record_cannot_be_written_the_result_still_is(
     rclient.set(f"{PREFIX}run:{run_id}", "not a hash")  # the transition script fails on it
     app.backend.store_result(run_id, 7, "SUCCESS", request=Context(task="forwarder.ping"))
     assert app.AsyncResult(run_id).result == 7
-    assert not recorded_with_result(run_id)  # so the task_success receiver writes it
+    assert not require_core(app).runs.recorded_with_result(run_id)  # the receiver writes it
 
 
 def test_whoever_hears_a_result_finds_the_run_final(
     worker: Proc, app: Celery, rclient: redis.Redis
 ) -> None:
-    runs = RunLog(rclient, PREFIX)
+    runs = require_core(app).runs
     with subscribed(rclient, f"{PREFIX}celery-task-meta-*") as pubsub:
         ids = []
         for _ in range(5):

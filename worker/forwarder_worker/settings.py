@@ -11,7 +11,7 @@ import contextlib
 import functools
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -158,9 +158,3 @@ class FlowerSettings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read from the environment once."""
     return Settings()
-
-
-def settings_of(app: Any) -> Settings:
-    """The Settings a Celery app was built with (see ``forwarder_worker.app.create_app``)."""
-    settings = getattr(app, "forwarder_settings", None)
-    return settings if isinstance(settings, Settings) else get_settings()

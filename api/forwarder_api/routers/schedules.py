@@ -26,6 +26,7 @@ router = APIRouter(prefix="/schedules", tags=["schedules"], dependencies=[Author
 Namespace = Annotated[str, Path(min_length=1, max_length=63)]
 Name = Annotated[str, Path(min_length=1, max_length=253)]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "A namespace this api does not serve, or its RBAC refuses"},
     404: {"description": "No such schedule"},
     422: {"description": "Invalid spec (the operator's message)"},
     503: {"description": "The schedule source is unreachable or not configured"},

@@ -42,7 +42,7 @@ async def submit_run(
     # through dependencies (FastAPI solves those on every call), and the submission made on
     # the event loop in one round trip where it can (forwarder_api.submitter).
     services = services_of(request)
-    run_id = await services.submitter.submit(services, name, body or RunRequest())
+    run_id = await services.submitter.submit(name, body or RunRequest())
     services.metrics.submitted.labels(name).inc()
     url = _runs_url(request.scope) + run_id
     response.headers["Location"] = url

@@ -32,6 +32,24 @@ Call with (dict "root" $ "component" "worker").
 {{- end }}
 
 {{/*
+forwarder.clusterScopedName: the name of a component's cluster-scoped object,
+"<fullname>-<component>-<release namespace>[-<suffix>]", so two releases never collide. A name
+over Kubernetes' 63 characters is cut to 54 and ends in a hash of the whole name, so it stays
+distinct: cut short at 63, a long namespace took the "-crds" suffix off and gave two of the
+operator's ClusterRoles one name. Call with (dict "root" $ "component" "operator" "suffix" "crds");
+the suffix is optional.
+*/}}
+{{- define "forwarder.clusterScopedName" -}}
+{{- $name := printf "%s-%s" (include "forwarder.componentName" .) .root.Release.Namespace }}
+{{- with .suffix }}{{ $name = printf "%s-%s" $name . }}{{ end }}
+{{- if gt (len $name) 63 }}
+{{- printf "%s-%s" ($name | trunc 54 | trimSuffix "-") ($name | sha256sum | trunc 8) }}
+{{- else }}
+{{- $name }}
+{{- end }}
+{{- end }}
+
+{{/*
 forwarder.chart: "<chart>-<version>", for the helm.sh/chart label.
 */}}
 {{- define "forwarder.chart" -}}
@@ -342,7 +360,7 @@ settings (URL, password, TLS), so it fails exactly when the component cannot rea
 {{- define "forwarder.redisPingProbe" -}}
 - python
 - -c
-- "from forwarder_worker._redis.clients import redis_client; from forwarder_worker.settings import get_settings; redis_client(get_settings()).ping()"
+- "from forwarder_worker import Core, get_settings; Core.from_settings(get_settings()).client.ping()"
 {{- end }}
 
 {{/*

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -41,18 +41,11 @@ from celery.beat import Scheduler
 from kombu import exceptions as kombu_errors
 from kombu.exceptions import OperationalError
 
-from forwarder_worker._redis.clients import redis_client
-from forwarder_worker.dispatch.dispatcher import (
-    Dispatcher,
-    Firing,
-    Outcome,
-    Push,
-    Send,
-)
+from forwarder_worker._redis.scripts import Claim, RunWrite
+from forwarder_worker.core import require_core
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome, Push, Send
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import Meta, RunWrite, ScheduleStore, StoredEntry
-from forwarder_worker.settings import settings_of
+from forwarder_worker.schedules.store import Meta, StoredEntry
 
 log = logging.getLogger("forwarder.beat")
 
@@ -103,6 +96,19 @@ def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta
     return latest, in_time, walked + (0 if in_time else 1), new_meta, upcoming
 
 
+def claim_of(
+    stored: StoredEntry,
+    meta: Meta,
+    due: float | None,
+    record: RunWrite | None = None,
+    pushes: Sequence[tuple[str, str]] = (),
+) -> Claim:
+    """The claim of ``stored``'s slot as read, leaving it with ``meta`` and due at ``due``
+    (None: out of the due set), and writing ``record`` and ``pushes`` if it wins."""
+    assert stored.due is not None  # read from the due set
+    return Claim(stored.entry.name, stored.rev, stored.due, meta.to_json(), due, record, pushes)
+
+
 def _no_result_subscription(producer: Any, task_id: str) -> None:
     """Stands in for the result backend's ``on_task_call`` in beat (see ``__init__``)."""
 
@@ -114,31 +120,22 @@ class ForwarderScheduler(Scheduler):
     clock: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
-        self.settings = settings_of(app)
-        prefix = self.settings.key_prefix
-        self.client = redis_client(self.settings)
-        self.waiter = redis_client(self.settings, blocking=True)
-        self.store = ScheduleStore(self.client, prefix)
-        self.runs = RunLog(
-            self.client,
-            prefix,
-            ttl=self.settings.result_expires,
-            global_limit=self.settings.global_history_limit,
-            schedule_limit=self.settings.run_history_limit,
-            result_limit=self.settings.result_max_chars,
-        )
+        core = require_core(app)
+        self.settings = core.settings
+        self.client = core.client
+        self.waiter = core.waiter
+        self.store = core.store
+        self.runs = core.runs
+        self.dispatcher = core.dispatcher
+        self.metrics = core.metrics
         # Beat never waits for a result, so the Redis result backend's per-task pubsub
         # subscription (a SUBSCRIBE and an UNSUBSCRIBE round trip per firing, most of a
         # burst's cost) is skipped in this process. Results are still stored by workers.
         app.backend.on_task_call = _no_result_subscription
-        # Late-bound, so a clock swapped in after construction (tests) is used everywhere.
-        self.dispatcher = Dispatcher(
-            app, self.client, self.runs, prefix, clock=lambda: self.clock()
-        )
         self.lock_timeout = self.settings.beat_lock_timeout
         self.identity = f"{uuid.uuid4()}"
         self.lock = self.client.lock(
-            f"{prefix}:lock", timeout=self.lock_timeout, blocking=False, thread_local=False
+            core.keys.lock, timeout=self.lock_timeout, blocking=False, thread_local=False
         )
         self.holding = False
         self._last_renew = 0.0
@@ -245,7 +242,7 @@ class ForwarderScheduler(Scheduler):
         pending = self._take_metrics()
         if pending:
             with self.client.pipeline(transaction=False) as pipe:
-                self.dispatcher.metrics.add(pipe, pending)
+                self.metrics.add(pipe, pending)
                 pipe.execute()
 
     def _tick(self) -> float:
@@ -258,9 +255,7 @@ class ForwarderScheduler(Scheduler):
         now = self.clock()
         size = self.settings.beat_batch_size
         # A lost reply may or may not have been applied: drop those metrics, never count twice.
-        batch, next_due = self.store.read_due(
-            now, size, metrics_key=self.dispatcher.metrics.key, metrics=self._take_metrics()
-        )
+        batch, next_due = self.store.read_due(now, size, self._take_metrics())
         limit = size
         if batch is None:
             # A backlog: drain it in fair batches, the first of them small (FIRST_BATCH).
@@ -285,7 +280,7 @@ class ForwarderScheduler(Scheduler):
         """Claim and fire one batch of due entries; returns the earliest due time after it.
 
         Each won slot's run record and Celery message are written by the claim script itself
-        (:meth:`ScheduleStore.claim_and_record`), so a slot this beat claimed is on its queue
+        (:meth:`ScheduleStore.claim`), so a slot this beat claimed is on its queue
         whenever this beat dies or Redis goes away after the claim. Entries with
         concurrencyPolicy Forbid or Replace are policed before the claim (their active runs
         read, the runs to replace revoked). A message that cannot be built ahead
@@ -303,8 +298,7 @@ class ForwarderScheduler(Scheduler):
                     exc,
                     BAD_ENTRY_RETRY,
                 )
-                deferred.append((stored, stored.meta, now + BAD_ENTRY_RETRY))
-        updates = [(stored, meta, due) for stored, *_, meta, due in plans]
+                deferred.append(claim_of(stored, stored.meta, now + BAD_ENTRY_RETRY))
         verdicts: dict[str, Outcome] = {}
         policed = [
             Firing(stored.entry, slot)
@@ -318,7 +312,7 @@ class ForwarderScheduler(Scheduler):
             # lost to a rewrite of the entry leaves the slot to the next pass the same way.
             self.dispatcher.revoke(to_revoke)
             verdicts = {outcome.firing.entry.name: outcome for outcome in checked}
-        records: list[RunWrite | None] = []
+        records: list[RunWrite] = []
         # Per plan: what becomes of it (sent, skipped by its policy, or skipped as missed)
         # and, where it is sent, its message's (firing, run id, delay, expiry).
         outcomes: list[Outcome] = []
@@ -330,7 +324,8 @@ class ForwarderScheduler(Scheduler):
                 outcome = Outcome(firing, outcome.run_id, False, MISSED_REASON)
             if outcome.sent:
                 delay, expires = self.dispatcher.plan(firing, now)
-                fields = self.runs.queued_fields(
+                record = self.runs.queued_write(
+                    outcome.run_id,
                     entry.task,
                     source="schedule",
                     schedule=entry.name,
@@ -339,25 +334,30 @@ class ForwarderScheduler(Scheduler):
                     kwargs=entry.kwargs,
                     expires=expires,
                 )
-                records.append(RunWrite(outcome.run_id, "PENDING", fields))
+                records.append(record)
                 sends.append((firing, outcome.run_id, delay, expires))
             else:
-                fields = self.runs.skipped_fields(
-                    entry.task, schedule=entry.name, slot=slot, reason=outcome.reason or "skipped"
+                record = self.runs.skipped_write(
+                    outcome.run_id,
+                    entry.task,
+                    schedule=entry.name,
+                    slot=slot,
+                    reason=outcome.reason or "skipped",
                 )
-                records.append(RunWrite(outcome.run_id, "SKIPPED", fields))
+                records.append(record)
                 sends.append(None)
             outcomes.append(outcome)
         with self.app.producer_or_acquire() as producer:
             captured, built = self.dispatcher.capture(producer, [s for s in sends if s is not None])
             in_order = iter(captured)
             pushes = [None if send is None else next(in_order) for send in sends]
-            claimed, next_due = self.store.claim_and_record(
-                [*updates, *deferred],
-                [*records, *([None] * len(deferred))],
-                self.runs,
-                [*pushes, *([None] * len(deferred))],
-            )
+            claims = [
+                claim_of(stored, meta, due, record, push or ())
+                for (stored, *_, meta, due), record, push in zip(
+                    plans, records, pushes, strict=True
+                )
+            ]
+            claimed, next_due = self.store.claim([*claims, *deferred])
             won: list[Outcome] = []
             sent: list[tuple[Send, Push | None]] = []
             lost: set[str] = set()
@@ -376,7 +376,9 @@ class ForwarderScheduler(Scheduler):
                     sent.append((send, push))
             if built is not None:
                 built.drop_events(lost)
-            lateness = self.dispatcher.complete(producer, sent, built, first_flush=FIRST_BATCH)
+            lateness = self.dispatcher.complete(
+                producer, sent, built, first_flush=FIRST_BATCH, clock=self.clock
+            )
         self._add_metrics(
             SchedulerMetrics.increments(fired=lateness, skipped=skipped, missed=missed)
         )

@@ -30,9 +30,8 @@ from celery import Celery
 from forwarder_worker.dispatch.messages import MessageBatch, TaskMessages, can_capture, capturing
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
 from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
-from forwarder_worker.runs.records import FINAL_STATES, RunLog
+from forwarder_worker.runs.records import FINAL_STATES, ActiveRun, RunLog
 from forwarder_worker.schedules.store import Entry
-from forwarder_worker.settings import settings_of
 
 log = logging.getLogger(__name__)
 
@@ -84,52 +83,45 @@ class Dispatcher:
         app: Celery,
         client: redis.Redis,
         runs: RunLog,
-        prefix: str,
+        metrics: SchedulerMetrics,
         *,
-        clock: Callable[[], float] = time.time,
-        prebuilt: bool = True,
+        stale_after: float,
     ) -> None:
         self.app = app
         # Build messages without send_task (forwarder_worker.dispatch.messages); False:
-        # send_task only.
-        self.prebuilt = prebuilt
+        # send_task only (the reference path the tests and the benchmarks compare with).
+        self.prebuilt = True
         self.messages = TaskMessages(app)
         self.client = client
         self.runs = runs
-        self.metrics = SchedulerMetrics(client, prefix)
-        # The scheduler's clock, so lateness and deadlines read the same time as its slots.
-        self.clock = clock
+        self.metrics = metrics
+        # Seconds after which a STARTED run counts as dead (see _active).
+        self.stale_after = stale_after
 
     def _active(self, firings: Sequence[Firing], now: float) -> dict[str, list[str]]:
         """Runs still going per schedule, for the entries whose policy cares."""
         names = sorted({f.entry.name for f in firings if f.entry.policy != "Allow"})
         if not names:
             return {}
-        with self.client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.smembers(f"{self.runs.prefix}runs:active:{name}")
-            members = dict(zip(names, pipe.execute(), strict=True))
-        ids = sorted({i for ms in members.values() for i in ms})
-        with self.client.pipeline(transaction=False) as pipe:
-            for run_id in ids:
-                pipe.hmget(self.runs.key(run_id), "state", "expires", "started")
-            states = dict(zip(ids, pipe.execute(), strict=True))
         # Run records carry wall-clock times, whatever clock the scheduler fires by.
         wall_now = time.time()
-        stale_after = settings_of(self.app).task_time_limit + STALE_RUN_GRACE
 
-        def alive(run_id: str) -> bool:
-            state, expires, started = states[run_id]
-            if state is None or state in FINAL_STATES:
+        def alive(run: ActiveRun) -> bool:
+            if run.state is None or run.state in FINAL_STATES:
                 return False
             # A queued run past its expiry will be discarded by the worker that receives it.
-            if state == "PENDING" and expires and float(expires) < now:
+            if run.state == "PENDING" and run.expires and run.expires < now:
                 return False
             # Started longer ago than the hard time limit allows: its worker died without a
             # final signal, so it must not hold Forbid until the broker redelivers it.
-            return not (state == "STARTED" and started and wall_now - float(started) > stale_after)
+            return not (
+                run.state == "STARTED" and run.started and wall_now - run.started > self.stale_after
+            )
 
-        return {name: sorted(i for i in ms if alive(i)) for name, ms in members.items()}
+        return {
+            name: [run.id for run in runs if alive(run)]
+            for name, runs in self.runs.active(names).items()
+        }
 
     def plan(self, firing: Firing, now: float) -> tuple[float, float | None]:
         """The jitter delay and the expiry (epoch seconds, None: none) of a firing sent now."""
@@ -188,11 +180,13 @@ class Dispatcher:
         built: MessageBatch | None,
         *,
         first_flush: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> list[float]:
         """Once the captured messages of ``sent`` are on their queues (``built`` from
         :meth:`capture`, holding only the events of ``sent``): publish the messages that were
-        not captured, and the task-sent events. Returns each scheduled firing's lateness."""
-        landed = self.clock()
+        not captured, and the task-sent events. Returns each scheduled firing's lateness by
+        ``clock`` (the scheduler's, which its slots are on)."""
+        landed = clock()
         lateness = [
             max(0.0, landed - firing.slot)
             for (firing, *_), push in sent
@@ -200,7 +194,9 @@ class Dispatcher:
         ]
         later = [send for send, push in sent if push is None]
         if later or (built is not None and built.events):
-            lateness += self.publish(later, first_flush=first_flush, producer=producer, built=built)
+            lateness += self.publish(
+                later, first_flush=first_flush, producer=producer, built=built, clock=clock
+            )
         return lateness
 
     @staticmethod
@@ -237,6 +233,7 @@ class Dispatcher:
         first_flush: int = 0,
         producer: Any = None,
         built: MessageBatch | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> list[float]:
         """Publish (firing, run id, delay, expires) messages whose run records are written;
         returns the lateness of each scheduled firing. With ``first_flush``, the first that
@@ -248,12 +245,17 @@ class Dispatcher:
         per message, measured); a firing it declines, or every firing when ``prebuilt`` is
         off, goes through ``send_task`` as before."""
         if producer is not None:
-            return self._publish(producer, built, sends, first_flush)
+            return self._publish(producer, built, sends, first_flush, clock)
         with self.app.producer_or_acquire() as acquired:
-            return self._publish(acquired, built, sends, first_flush)
+            return self._publish(acquired, built, sends, first_flush, clock)
 
     def _publish(
-        self, producer: Any, built: MessageBatch | None, sends: Sequence[Send], first_flush: int
+        self,
+        producer: Any,
+        built: MessageBatch | None,
+        sends: Sequence[Send],
+        first_flush: int,
+        clock: Callable[[], float],
     ) -> list[float]:
         lateness: list[float] = []
         with publish_batch(producer) as batch:
@@ -266,7 +268,7 @@ class Dispatcher:
                     headers = self.headers(firing)
                     self._send_task(producer, entry, run_id, delay, expires, headers)
                 if firing.source == "schedule":
-                    lateness.append(max(0.0, self.clock() - firing.slot))
+                    lateness.append(max(0.0, clock() - firing.slot))
                 if k + 1 == first_flush and k + 1 < len(sends) and batch is not None:
                     if built is not None:
                         built.flush_events()
@@ -338,7 +340,7 @@ class Dispatcher:
         never a run recorded as queued whose message was never sent, which would hold a
         Forbid schedule until the record expired. Messages that cannot be built ahead are
         published right after, as before."""
-        now = self.clock()
+        now = time.time()
         outcomes, to_revoke = self.police(firings, now)
         self.revoke(to_revoke)
         sends: list[Send] = []
@@ -347,14 +349,14 @@ class Dispatcher:
                 for outcome in outcomes:
                     entry, slot = outcome.firing.entry, outcome.firing.slot
                     if not outcome.sent:
-                        self.runs.skipped(
+                        skipped = self.runs.skipped_write(
                             outcome.run_id,
                             entry.task,
                             schedule=entry.name,
                             slot=slot,
                             reason=outcome.reason or "skipped",
-                            client=pipe,
                         )
+                        self.runs.write(skipped, client=pipe)
                         continue
                     delay, expires = self.plan(outcome.firing, now)
                     sends.append((outcome.firing, outcome.run_id, delay, expires))
@@ -366,12 +368,9 @@ class Dispatcher:
                         slot=slot,
                         args=entry.args,
                         kwargs=entry.kwargs,
+                        expires=expires,
                         client=pipe,
                     )
-                    if expires is not None:
-                        self.runs.transition(
-                            outcome.run_id, "PENDING", client=pipe, expires=expires
-                        )
                 captured, built = self.capture(producer, sends)
                 for push in captured:
                     for key, payload in push or ():

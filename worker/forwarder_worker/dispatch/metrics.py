@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from forwarder_worker._redis.keys import Keys
+
 # Lateness buckets (seconds) of the dispatch-lateness histogram, Prometheus-style.
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -20,9 +22,9 @@ LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class SchedulerMetrics:
     """Fire, skip and lateness counters, kept in one Redis hash so any process can read them."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
-        self.key = f"{prefix}:metrics"
+        self.key = keys.metrics
 
     @staticmethod
     def increments(
@@ -48,10 +50,6 @@ class SchedulerMetrics:
         if missed:
             out.append(("missed", missed))
         return out
-
-    def record(self, pipe: Any, *, fired: Sequence[float], skipped: int, missed: int) -> None:
-        """Add a batch's figures; ``fired`` holds each sent firing's lateness in seconds."""
-        self.add(pipe, self.increments(fired=fired, skipped=skipped, missed=missed))
 
     def add(self, pipe: Any, increments: Sequence[tuple[str, int | float]]) -> None:
         """Add (counter, increment) pairs through ``pipe`` (or a client)."""

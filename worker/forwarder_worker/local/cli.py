@@ -22,11 +22,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from forwarder_worker._redis.clients import RedisCredentialsRejected, check_credentials
+from forwarder_worker.core import SCHEDULER, Core
 from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
+from forwarder_worker.schedules.timing import utc_iso
 from forwarder_worker.settings import Settings, get_settings
 
-SCHEDULER = "forwarder_worker.beat.scheduler:ForwarderScheduler"
 CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
 STATE_DIR = Path(".forwarder")
 # Components that connect to Redis, checked for a refused password before they start.
@@ -190,21 +193,13 @@ def _api_available() -> bool:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print every schedule and the most recent runs."""
-    from forwarder_worker._redis.clients import redis_client
-    from forwarder_worker.runs.records import RunLog
-    from forwarder_worker.schedules.store import ScheduleStore
-    from forwarder_worker.schedules.timing import utc_iso
-    from forwarder_worker.settings import Settings
-
     url = args.redis_url or os.environ.get("FORWARDER_REDIS_URL")
     saved = Path(args.state_dir) / "redis-url"
     if url is None and saved.exists():
         url = saved.read_text().strip()
     settings = Settings(redis_url=url) if url else Settings()
-    client = redis_client(settings)
-    store, runs = ScheduleStore(client, settings.key_prefix), RunLog(client, settings.key_prefix)
-    import redis
-
+    core = Core.from_settings(settings)
+    store, runs = core.store, core.runs
     try:
         entries = store.entries()
     except redis.RedisError as exc:
@@ -250,8 +245,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def describe_timing(schedule: dict[str, Any]) -> str:
     """``every 30s``, ``cron */5 * * * *`` or ``at <time>`` for a stored schedule."""
-    from forwarder_worker.schedules.timing import utc_iso
-
     if "every" in schedule:
         return f"every {schedule['every']}s"
     if "cron" in schedule:

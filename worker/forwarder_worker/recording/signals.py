@@ -1,48 +1,32 @@
 """Celery signal receivers that write a run record for every run of every task.
 
-Connected when the Forwarder app is created, they run in the worker (received, revoked,
-unknown) and in its pool processes (started, retried, succeeded, failed). A receiver that
-fails is logged by Celery and never fails the task. A success is usually recorded already,
-with the result (:mod:`forwarder_worker.recording.result_backend`); its receiver then writes
-nothing.
+Connected when this module is imported: a Forwarder app lists it with its task modules, so
+a worker imports it as it starts. They run in the worker (received, revoked, unknown) and in
+its pool processes (started, retried, succeeded, failed), each through the run log of the
+task's app (:func:`~forwarder_worker.core.core_of`); tasks of other apps are left alone. A
+receiver that fails is logged by Celery and never fails the task. A success is usually
+recorded already, with the result (:mod:`forwarder_worker.recording.result_backend`); its
+receiver then writes nothing.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import traceback as tb
 from typing import Any
 
-from celery import Celery, signals
+from celery import signals
 
-from forwarder_worker._redis.clients import redis_client
+from forwarder_worker.core import core_of
 from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT
-from forwarder_worker.recording.result_backend import recorded_with_result
 from forwarder_worker.runs.records import RunLog, bounded
-from forwarder_worker.settings import settings_of
-
-_LOGS: dict[tuple[int, int], RunLog] = {}
 
 
-def run_log(app: Celery) -> RunLog:
-    """The RunLog of ``app``, one per app and process (Redis sockets do not survive fork)."""
-    key = (id(app), os.getpid())
-    if key not in _LOGS:
-        settings = settings_of(app)
-        _LOGS[key] = RunLog(
-            redis_client(settings),
-            settings.key_prefix,
-            ttl=settings.result_expires,
-            global_limit=settings.global_history_limit,
-            schedule_limit=settings.run_history_limit,
-            result_limit=settings.result_max_chars,
-        )
-    return _LOGS[key]
-
-
-def _is_forwarder(app: Any) -> bool:
-    return getattr(app, "forwarder_settings", None) is not None
+def run_log(app: Any) -> RunLog | None:
+    """The run log of ``app``'s Core, or None for an app that is not Forwarder's. One per
+    process: its client's connection pool starts afresh in a forked pool child."""
+    core = core_of(app)
+    return None if core is None else core.runs
 
 
 def _schedule_fields(headers: dict[str, Any] | None) -> dict[str, Any]:
@@ -52,10 +36,10 @@ def _schedule_fields(headers: dict[str, Any] | None) -> dict[str, Any]:
 
 @signals.task_received.connect
 def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    app = request.task.app if request is not None and request.task else None
-    if request is None or not _is_forwarder(app):
+    log = run_log(request.task.app) if request is not None and request.task else None
+    if log is None:
         return
-    run_log(app).transition(
+    log.transition(
         request.id,
         "RECEIVED",
         task=request.name,
@@ -67,9 +51,10 @@ def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 @signals.task_prerun.connect
 def _started(task_id: str = "", task: Any = None, **_: Any) -> None:
-    if task is None or not _is_forwarder(task.app):
+    log = run_log(task.app) if task is not None else None
+    if log is None:
         return
-    run_log(task.app).transition(
+    log.transition(
         task_id,
         "STARTED",
         task=task.name,
@@ -82,11 +67,11 @@ def _started(task_id: str = "", task: Any = None, **_: Any) -> None:
 
 @signals.task_success.connect
 def _succeeded(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if sender is None or not _is_forwarder(sender.app):
+    log = run_log(sender.app) if sender is not None else None
+    if log is None:
         return
-    if recorded_with_result(sender.request.id):
+    if log.recorded_with_result(sender.request.id):
         return  # written with the result, in the same round trip
-    log = run_log(sender.app)
     log.transition(
         sender.request.id,
         "SUCCESS",
@@ -104,9 +89,9 @@ def _failed(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    if sender is None or not _is_forwarder(sender.app):
+    log = run_log(sender.app) if sender is not None else None
+    if log is None:
         return
-    log = run_log(sender.app)
     trace = str(einfo) if einfo is not None else "".join(tb.format_exception(exception))
     log.transition(
         task_id,
@@ -121,9 +106,10 @@ def _failed(
 
 @signals.task_retry.connect
 def _retried(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    if sender is None or request is None or not _is_forwarder(sender.app):
+    log = run_log(sender.app) if sender is not None else None
+    if request is None or log is None:
         return
-    run_log(sender.app).transition(
+    log.transition(
         request.id,
         "RETRY",
         task=sender.name,
@@ -140,13 +126,13 @@ def _revoked(
     expired: bool = False,
     **_: Any,
 ) -> None:
-    app = getattr(sender, "app", None)
-    if request is None or not _is_forwarder(app):
+    log = run_log(getattr(sender, "app", None))
+    if request is None or log is None:
         return
     reason = "expired" if expired else "terminated" if terminated else "revoked"
     # `request` is a worker Request or a task Context depending on where the revoke landed.
     name = getattr(sender, "name", None) or getattr(request, "name", None) or ""
-    run_log(app).transition(request.id, "REVOKED", task=name, finished=time.time(), reason=reason)
+    log.transition(request.id, "REVOKED", task=name, finished=time.time(), reason=reason)
 
 
 @signals.task_unknown.connect
@@ -158,9 +144,10 @@ def _unknown(
     **_: Any,
 ) -> None:
     app = getattr(getattr(sender, "app", None), "app", None) or getattr(sender, "app", None)
-    if not id or not _is_forwarder(app):
+    log = run_log(app)
+    if not id or log is None:
         return
-    run_log(app).transition(
+    log.transition(
         id,
         "FAILURE",
         task=name,

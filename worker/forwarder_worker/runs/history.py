@@ -34,7 +34,8 @@ from celery import states
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from forwarder_worker.runs.records import FINAL_STATES, RunLog, RunRecord
+from forwarder_worker._redis.keys import Keys
+from forwarder_worker.runs.records import FINAL_STATES, RunLog
 from forwarder_worker.settings import FlowerSettings
 
 log = logging.getLogger("forwarder.history")
@@ -71,18 +72,13 @@ class HistoryExporter:
     """Appends not-yet-exported finished items to day files and records them in the index."""
 
     def __init__(
-        self,
-        client: redis.Redis,
-        prefix: str,
-        directory: Path,
-        retention_days: int,
+        self, client: redis.Redis, keys: Keys, directory: Path, retention_days: int
     ) -> None:
         self.client = client
-        self.prefix = prefix
         self.directory = directory
         self.retention = retention_days * 86400
-        self.index_key = f"{prefix}history:exported"
-        self.lock = client.lock(f"{prefix}history:lock", timeout=600, blocking=False)
+        self.index_key = keys.exported
+        self.lock = client.lock(keys.history_lock, timeout=600, blocking=False)
 
     def _new(self, ids: list[str]) -> list[bool]:
         if not ids:
@@ -122,13 +118,9 @@ class HistoryExporter:
     def export_runs(self, runs: RunLog, now: float) -> int:
         """Finished run records within the retention, each once, oldest first."""
         horizon = now - self.retention
-        ids = self.client.zrangebyscore(runs.global_key, horizon, "+inf")
         written = 0
-        for chunk in _chunks(ids):
-            with self.client.pipeline(transaction=False) as pipe:
-                for run_id in chunk:
-                    pipe.hgetall(runs.key(run_id))
-                records = [RunRecord.from_hash(d) for d in pipe.execute() if d]
+        for chunk in _chunks(runs.ids_since(horizon)):
+            records = runs.records(chunk)
             items = [
                 (f"run:{r.id}", {"exported_at": now, **asdict(r)})
                 for r in records
@@ -170,7 +162,6 @@ def _file_day(path: Path) -> date | None:
 
 
 def collect(
-    client: redis.Redis,
     runs: RunLog,
     settings: HistorySettings,
     *,
@@ -184,7 +175,7 @@ def collect(
     target = directory or settings.history_dir
     target.mkdir(parents=True, exist_ok=True)
     exporter = HistoryExporter(
-        client, runs.prefix, target, retention_days or settings.history_retention_days
+        runs.client, runs.keys, target, retention_days or settings.history_retention_days
     )
     if not exporter.lock.acquire():
         return {"directory": str(target), "skipped": "another export is running"}

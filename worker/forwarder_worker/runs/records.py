@@ -6,11 +6,13 @@ written by whoever creates a run (beat, the api, a trigger) and then by worker s
 (received, started, succeeded, failed, retried, revoked), always through :class:`RunLog`.
 The operator reads them into status and the api into history.
 
-Keys under the prefix: ``run:<id>`` (hash, expires with results), ``runs`` (global zset of
-ids by creation time), ``runs:s:<schedule>`` (per-schedule zset), ``runs:stats:<schedule>``
-(counters and last times), ``runs:active:<schedule>`` (runs not yet final, for
-concurrencyPolicy) and ``runs:changed`` (schedules whose records changed since the operator
-last looked, so its status loop touches only those).
+Keys under the prefix (named in :mod:`forwarder_worker._redis.keys`): ``run:<id>`` (hash,
+expires with results), ``runs`` (global zset of ids by creation time), ``runs:s:<schedule>``
+(per-schedule zset), ``runs:stats:<schedule>`` (counters and last times),
+``runs:active:<schedule>`` (runs not yet final, for concurrencyPolicy) and ``runs:changed``
+(schedules whose records changed since the operator last looked, so its status loop touches
+only those). Every write is one transition script (:mod:`forwarder_worker._redis.scripts`),
+whoever writes it.
 
 A run that reaches a final state is announced on the pub/sub channel named like its hash,
 ``run:<id>``, so a client waiting for it (the api's long poll) is woken at once instead of
@@ -23,85 +25,22 @@ announced by older versions carried only the state (:func:`announced_record` tel
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import redis
+import redis.asyncio
+
+from forwarder_worker._redis.keys import Keys
+from forwarder_worker._redis.scripts import SUBMIT_COMMANDS as SUBMIT_COMMANDS
+from forwarder_worker._redis.scripts import AsyncScripts, Scripts
+from forwarder_worker._redis.scripts import RunWrite as RunWrite
 
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "SKIPPED"})
 STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", *sorted(FINAL_STATES))
-
-# Create-or-update a run in one atomic step. A final state is never overwritten by a late
-# non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
-# the pool child can arrive out of order). Reaching a final state is published on the run's
-# key, for the API's long poll. A Lua function, so beat's claim script (schedules/store.py)
-# writes run records with the same code in the same round trip as its claims.
-# key: run hash, gkey: global zset, ckey: changed set; fields: a field -> value table.
-TRANSITION_FUNCTION = """
-local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, fields)
-  local old = redis.call('HGET', key, 'state')
-  local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
-  if old and final[old] and not final[state] then return old end
-  if old == 'STARTED' and state == 'RECEIVED' then state = old end
-  if not old then
-    redis.call('HSET', key, 'id', id, 'created', now)
-    redis.call('ZADD', gkey, now, id)
-    redis.call('ZREMRANGEBYRANK', gkey, 0, -gcap - 1)
-  end
-  for k, v in pairs(fields) do
-    if v ~= '' then redis.call('HSET', key, k, v) end
-  end
-  redis.call('HSET', key, 'state', state, 'updated', now)
-  redis.call('EXPIRE', key, ttl)
-  local schedule = redis.call('HGET', key, 'schedule')
-  if schedule and schedule ~= '' then
-    local skey = prefix .. 'runs:s:' .. schedule
-    if not old then
-      redis.call('ZADD', skey, now, id)
-      redis.call('ZREMRANGEBYRANK', skey, 0, -scap - 1)
-    end
-    local stats = prefix .. 'runs:stats:' .. schedule
-    local active = prefix .. 'runs:active:' .. schedule
-    if final[state] then
-      redis.call('SREM', active, id)
-      if old ~= state then
-        if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
-        redis.call('HINCRBY', stats, string.lower(state), 1)
-        if state == 'SUCCESS' then redis.call('HSET', stats, 'last_success', now) end
-      end
-    else
-      redis.call('SADD', active, id)
-    end
-    if fields['slot'] and fields['slot'] ~= '' then
-      redis.call('HSET', stats, 'last_schedule', fields['slot'])
-    end
-    redis.call('SADD', ckey, schedule)
-  end
-  if final[state] and old ~= state then
-    -- The final record itself, so a waiter needs no read of its own (bounded: every
-    -- stored field is).
-    local flat = redis.call('HGETALL', key)
-    local record = {}
-    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-    redis.call('PUBLISH', key, cjson.encode(record))
-  end
-  return state
-end
-"""
-
-# KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,
-# per-schedule cap, then field/value pairs.
-TRANSITION_SCRIPT = (
-    TRANSITION_FUNCTION
-    + """
-local fields = {}
-for i = 8, #ARGV, 2 do fields[ARGV[i]] = ARGV[i + 1] end
-return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
-  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), fields)
-"""
-)
 
 
 @dataclass(frozen=True)
@@ -190,7 +129,6 @@ class ScheduleRuns:
     skipped: int
     last_schedule_time: float | None
     last_successful_time: float | None
-    active: list[str] = field(default_factory=list)
 
 
 def bounded(value: Any, limit: int) -> str:
@@ -202,32 +140,29 @@ def bounded(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class ActiveRun(NamedTuple):
+    """A run its schedule still counts as active, as its record shows it (None: gone)."""
+
+    id: str
+    state: str | None
+    expires: float | None
+    started: float | None
+
+
 class RunLog:
     """Writes and reads run records under one key prefix."""
 
     def __init__(
-        self,
-        client: redis.Redis,
-        prefix: str = "forwarder:",
-        *,
-        ttl: int = 7 * 24 * 3600,
-        global_limit: int = 10000,
-        schedule_limit: int = 100,
-        result_limit: int = 2048,
+        self, client: redis.Redis, keys: Keys, scripts: Scripts, *, result_limit: int = 2048
     ) -> None:
         self.client = client
-        self.prefix = prefix
-        self.ttl = ttl
-        self.global_limit = global_limit
-        self.schedule_limit = schedule_limit
+        self.keys = keys
+        self.scripts = scripts
         self.result_limit = result_limit
-        self.global_key = f"{prefix}runs"
-        self.changed_key = f"{prefix}runs:changed"
-        self._transition = client.register_script(TRANSITION_SCRIPT)
-
-    def key(self, run_id: str) -> str:
-        """The hash key of run ``run_id``; also the pub/sub channel announcing its end."""
-        return f"{self.prefix}run:{run_id}"
+        # Runs whose SUCCESS a worker's result backend wrote in the result's own round trip
+        # (recording.result_backend); the task_success receiver asks, and writes nothing.
+        self._with_result: set[str] = set()
+        self._with_result_lock = threading.Lock()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -244,39 +179,23 @@ class RunLog:
 
         Fields set to None are left as they were. Pass a pipeline as ``client`` to batch.
         """
-        keys, args = self.transition_call(run_id, state, at=at, **fields)
-        return self._transition(keys=keys, args=args, client=client or self.client)
+        return self.write(RunWrite(run_id, state, self.record_fields(**fields)), at, client)
 
-    def transition_call(
-        self, run_id: str, state: str, *, at: float | None = None, **fields: Any
-    ) -> tuple[list[str], list[Any]]:
-        """The KEYS and ARGV of :meth:`transition`'s script (``TRANSITION_FUNCTION``'s
-        parameters in order, then the field/value pairs), for callers that run the
-        transition inside their own script (the api's submit)."""
-        now = time.time() if at is None else at
-        args: list[Any] = [
-            self.prefix,
-            run_id,
-            state,
-            repr(now),
-            self.ttl,
-            self.global_limit,
-            self.schedule_limit,
-        ]
-        args += self.record_fields(**fields)
-        return [self.key(run_id), self.global_key, self.changed_key], args
+    def write(self, write: RunWrite, at: float | None = None, client: Any = None) -> Any:
+        """Record a transition built ahead (:meth:`queued_write`, :meth:`skipped_write`)."""
+        return self.scripts.transition(write, time.time() if at is None else at, client)
 
     def record_fields(self, **fields: Any) -> list[str]:
-        """``fields`` as the flat field/value list the transition script takes (None left out),
-        for callers that write records inside their own script (beat's claim)."""
+        """``fields`` as the flat field/value list the transition script takes (None left out)."""
         out: list[str] = []
         for name, value in fields.items():
             if value is not None:
                 out += [name, value if isinstance(value, str) else repr(value)]
         return out
 
-    def queued_fields(
+    def queued_write(
         self,
+        run_id: str,
         task: str,
         *,
         source: str,
@@ -285,47 +204,23 @@ class RunLog:
         args: Any = None,
         kwargs: Any = None,
         expires: float | None = None,
-    ) -> list[str]:
-        """The fields :meth:`queued` writes, as a flat list (beat's claim script writes them)."""
-        return self.record_fields(
-            **self._queued(task, source, schedule, slot, args, kwargs, expires)
+    ) -> RunWrite:
+        """A run recorded as it is sent (state PENDING), before any worker sees it, for a
+        script that writes it with its message (beat's claim, the api's submit); ``expires``
+        is when an unstarted run stops counting as active (epoch seconds)."""
+        return RunWrite(
+            run_id,
+            "PENDING",
+            self.record_fields(
+                task=task,
+                source=source,
+                schedule=schedule,
+                slot=slot,
+                expires=expires,
+                args=None if args is None else bounded(args, self.result_limit),
+                kwargs=None if kwargs is None else bounded(kwargs, self.result_limit),
+            ),
         )
-
-    def _queued(
-        self,
-        task: str,
-        source: str,
-        schedule: str | None,
-        slot: float | None,
-        args: Any,
-        kwargs: Any,
-        expires: float | None,
-    ) -> dict[str, Any]:
-        """A queued (PENDING) run's record fields, its args and kwargs bounded."""
-        return {
-            "task": task,
-            "source": source,
-            "schedule": schedule,
-            "slot": slot,
-            "expires": expires,
-            "args": None if args is None else bounded(args, self.result_limit),
-            "kwargs": None if kwargs is None else bounded(kwargs, self.result_limit),
-        }
-
-    def queued_call(
-        self,
-        run_id: str,
-        task: str,
-        *,
-        source: str,
-        args: Any = None,
-        kwargs: Any = None,
-        expires: float | None = None,
-    ) -> tuple[list[str], list[Any]]:
-        """:meth:`transition_call` of what :meth:`queued` writes (no schedule, as the api's
-        submissions have none)."""
-        fields = self._queued(task, source, None, None, args, kwargs, expires)
-        return self.transition_call(run_id, "PENDING", **fields)
 
     def queued(
         self,
@@ -340,54 +235,75 @@ class RunLog:
         expires: float | None = None,
         client: Any = None,
     ) -> Any:
-        """Record a run as it is sent (state PENDING), before any worker sees it; ``expires``
-        is when an unstarted run stops counting as active (epoch seconds)."""
-        fields = self._queued(task, source, schedule, slot, args, kwargs, expires)
-        return self.transition(run_id, "PENDING", client=client, **fields)
+        """Record :meth:`queued_write`'s run now."""
+        write = self.queued_write(
+            run_id,
+            task,
+            source=source,
+            schedule=schedule,
+            slot=slot,
+            args=args,
+            kwargs=kwargs,
+            expires=expires,
+        )
+        return self.write(write, client=client)
 
-    def skipped(
-        self,
-        run_id: str,
-        task: str,
-        *,
-        schedule: str,
-        slot: float,
-        reason: str,
-        client: Any = None,
-    ) -> Any:
-        """Record a firing that was not run (concurrencyPolicy Forbid, a missed deadline)."""
-        fields = self._skipped(task, schedule, slot, reason)
-        return self.transition(run_id, "SKIPPED", client=client, **fields)
+    def skipped_write(
+        self, run_id: str, task: str, *, schedule: str, slot: float, reason: str
+    ) -> RunWrite:
+        """A firing that was not run (concurrencyPolicy Forbid, a missed deadline)."""
+        fields = self.record_fields(
+            task=task,
+            source="schedule",
+            schedule=schedule,
+            slot=slot,
+            reason=reason,
+            finished=time.time(),
+        )
+        return RunWrite(run_id, "SKIPPED", fields)
 
-    def skipped_fields(self, task: str, *, schedule: str, slot: float, reason: str) -> list[str]:
-        """The fields :meth:`skipped` writes, as a flat list (beat's claim script writes them)."""
-        return self.record_fields(**self._skipped(task, schedule, slot, reason))
+    def success_with_result(self, pipe: Any, run_id: str, task: str, result: Any) -> None:
+        """Queue run ``run_id``'s SUCCESS on ``pipe``, a transaction of the result backend's
+        own client (which prefixes keys: the script goes whole, see
+        :meth:`~forwarder_worker._redis.scripts.Scripts.transition_whole`). Once it has
+        landed, say so with :meth:`note_with_result`."""
+        fields = self.record_fields(
+            task=task, finished=time.time(), result=bounded(result, self.result_limit)
+        )
+        self.scripts.transition_whole(pipe, RunWrite(run_id, "SUCCESS", fields), time.time())
 
-    @staticmethod
-    def _skipped(task: str, schedule: str, slot: float, reason: str) -> dict[str, Any]:
-        """The fields of a skipped firing's record."""
-        return {
-            "task": task,
-            "source": "schedule",
-            "schedule": schedule,
-            "slot": slot,
-            "reason": reason,
-            "finished": time.time(),
-        }
+    def note_with_result(self, run_id: str) -> None:
+        """Run ``run_id``'s SUCCESS was recorded with its result (:meth:`success_with_result`)."""
+        with self._with_result_lock:
+            self._with_result.add(run_id)
+
+    def recorded_with_result(self, run_id: str) -> bool:
+        """Whether run ``run_id``'s SUCCESS was recorded with its result in this process
+        (asked once: the id is forgotten)."""
+        with self._with_result_lock:
+            if run_id in self._with_result:
+                self._with_result.discard(run_id)
+                return True
+        return False
 
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, run_id: str) -> RunRecord | None:
         """Run ``run_id``, or None if it was never recorded (or has expired)."""
-        data = self.client.hgetall(self.key(run_id))
+        data = self.client.hgetall(self.keys.run(run_id))
         return RunRecord.from_hash(data) if data else None
 
-    def _records(self, ids: Iterable[str]) -> list[RunRecord]:
+    def records(self, ids: Iterable[str]) -> list[RunRecord]:
+        """The records of ``ids`` that exist, in order, in one round trip."""
         ids = list(ids)
         with self.client.pipeline(transaction=False) as pipe:
             for run_id in ids:
-                pipe.hgetall(self.key(run_id))
+                pipe.hgetall(self.keys.run(run_id))
             return [RunRecord.from_hash(d) for d in pipe.execute() if d]
+
+    def ids_since(self, since: float) -> list[str]:
+        """Every run created since ``since`` (epoch seconds), oldest first."""
+        return list(self.client.zrangebyscore(self.keys.runs, since, "+inf"))
 
     def recent(
         self,
@@ -399,7 +315,7 @@ class RunLog:
         offset: int = 0,
     ) -> list[RunRecord]:
         """Newest first, filtered by schedule, task and state, then paginated."""
-        key = f"{self.prefix}runs:s:{schedule}" if schedule else self.global_key
+        key = self.keys.schedule_runs(schedule) if schedule else self.keys.runs
         wanted: list[RunRecord] = []
         skipped, page, cursor = 0, max(limit, 50), 0
         # Pages are read by rank, and a run recorded between two reads shifts every older
@@ -412,7 +328,7 @@ class RunLog:
             cursor += len(ids)
             fresh = [run_id for run_id in ids if run_id not in seen]
             seen.update(fresh)
-            for record in self._records(fresh):
+            for record in self.records(fresh):
                 if (task and record.task != task) or (state and record.state != state):
                     continue
                 if skipped < offset:
@@ -423,18 +339,42 @@ class RunLog:
                     break
         return wanted
 
-    def active(self, schedule: str) -> list[str]:
-        """Ids of the schedule's runs that have not ended."""
-        return sorted(self.client.smembers(f"{self.prefix}runs:active:{schedule}"))
+    def active(self, schedules: Sequence[str]) -> dict[str, list[ActiveRun]]:
+        """Each schedule's runs that have not ended, with the state, expiry and start their
+        records hold (for concurrencyPolicy), in two round trips."""
+        keys = self.keys
+        with self.client.pipeline(transaction=False) as pipe:
+            for schedule in schedules:
+                pipe.smembers(keys.active_runs(schedule))
+            members = dict(zip(schedules, pipe.execute(), strict=True))
+        ids = sorted({i for ms in members.values() for i in ms})
+        with self.client.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hmget(keys.run(run_id), "state", "expires", "started")
+            found = dict(zip(ids, pipe.execute(), strict=True))
+        active: dict[str, list[ActiveRun]] = {}
+        for schedule, ms in members.items():
+            runs = []
+            for run_id in sorted(ms):
+                state, expires, started = found[run_id]
+                runs.append(
+                    ActiveRun(
+                        run_id,
+                        state,
+                        float(expires) if expires else None,
+                        float(started) if started else None,
+                    )
+                )
+            active[schedule] = runs
+        return active
 
     def summary(self, schedule: str, limit: int = 10) -> ScheduleRuns:
         """Last run, recent runs and counters of a schedule."""
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrevrange(f"{self.prefix}runs:s:{schedule}", 0, limit - 1)
-            pipe.hgetall(f"{self.prefix}runs:stats:{schedule}")
-            pipe.smembers(f"{self.prefix}runs:active:{schedule}")
-            ids, stats, active = pipe.execute()
-        recent = self._records(ids)
+            pipe.zrevrange(self.keys.schedule_runs(schedule), 0, limit - 1)
+            pipe.hgetall(self.keys.schedule_stats(schedule))
+            ids, stats = pipe.execute()
+        recent = self.records(ids)
 
         def num(name: str) -> float | None:
             return float(stats[name]) if stats.get(name) else None
@@ -448,21 +388,51 @@ class RunLog:
             skipped=int(stats.get("skipped", 0)),
             last_schedule_time=num("last_schedule"),
             last_successful_time=num("last_success"),
-            active=sorted(active),
         )
 
     def take_changed(self) -> set[str]:
         """Schedules whose records changed since the last call (atomically emptied)."""
         with self.client.pipeline() as pipe:
-            pipe.smembers(self.changed_key)
-            pipe.delete(self.changed_key)
+            pipe.smembers(self.keys.changed)
+            pipe.delete(self.keys.changed)
             changed, _ = pipe.execute()
         return set(changed)
 
     def forget_schedule(self, schedule: str) -> None:
         """Drop a deleted schedule's history, counters and active set."""
+        keys = self.keys
         self.client.delete(
-            f"{self.prefix}runs:s:{schedule}",
-            f"{self.prefix}runs:stats:{schedule}",
-            f"{self.prefix}runs:active:{schedule}",
+            keys.schedule_runs(schedule), keys.schedule_stats(schedule), keys.active_runs(schedule)
         )
+
+
+class AsyncRunLog:
+    """Run records read and written from an event loop: the api reads a run, waits for its
+    announcement and submits one without a thread hop."""
+
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys, scripts: AsyncScripts) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = scripts
+
+    def key(self, run_id: str) -> str:
+        """The hash key of run ``run_id``; also the pub/sub channel announcing its end."""
+        return self.keys.run(run_id)
+
+    @property
+    def channels(self) -> str:
+        """A pattern matching every run's channel (a pattern subscription hears them all)."""
+        return self.keys.run_channels
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        """Run ``run_id``, or None if it was never recorded (or has expired)."""
+        data = await self.client.hgetall(self.keys.run(run_id))
+        return RunRecord.from_hash(data) if data else None
+
+    async def submit(
+        self, write: RunWrite, now: float, commands: Sequence[tuple[str, str, str]]
+    ) -> bool:
+        """Record a new run (:meth:`RunLog.queued_write`) and run its message's Redis
+        ``commands`` ((command, key, payload), each command one of :data:`SUBMIT_COMMANDS`)
+        in one atomic step; False if the run was recorded already, and nothing was done."""
+        return await self.scripts.submit(write, now, commands)

@@ -17,8 +17,8 @@ each entry's next due time, so beat finds due work with one ZRANGEBYSCORE. What 
 * Entries carry the owning resource's uid and generation: an older generation never
   overwrites a newer one, and orphans can be found.
 
-Entry names are ``<namespace>/<name>``. Namespaces cannot contain ``:`` or ``/``, so these keys
-never collide with the ``<prefix>:...`` bookkeeping keys or with run records.
+Key names and the scripts live in the core's Redis layer (:mod:`forwarder_worker._redis`);
+this module decides what to write.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from typing import Any
 
 import redis
 
+from forwarder_worker._redis.keys import Keys
+from forwarder_worker._redis.scripts import Claim, Scripts
 from forwarder_worker.names import ENTRY_NAME
-from forwarder_worker.runs.records import TRANSITION_FUNCTION
 from forwarder_worker.schedules.model import ScheduledTaskSpec
 from forwarder_worker.schedules.timing import (
     CronTimetable,
@@ -41,115 +42,6 @@ from forwarder_worker.schedules.timing import (
     OneOffTimetable,
     Timetable,
 )
-
-# Claim due slots: advance an entry only if nobody rewrote its definition (rev) and nobody
-# claimed this slot already (its due score is still the one we read). Two beats that both
-# read the same slot (a stale holder and its successor) can therefore never both fire it.
-# The run record of each won slot is written in the same script, and so is its Celery
-# message (LPUSH on its queue), so a slot this beat won is recorded and on its queue or
-# neither, whenever beat dies or Redis goes away; a record never waits for a message that
-# was never sent. The earliest due time after the claims is returned last, so beat needs
-# no separate read for it.
-# KEYS: due set, global runs zset, runs:changed.  ARGV: run prefix, now, ttl, global cap,
-# per-schedule cap, count, then per entry: hash key, rev, due score read, new meta, new due
-# ('' leaves the due set), run id ('' claims only), run state, field count, field/value pairs,
-# push count, (list key, payload) pairs.
-_CLAIM_AND_RECORD = (
-    TRANSITION_FUNCTION
-    + """
-local out, i = {}, 7
-local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-local gcap, scap = tonumber(ARGV[4]), tonumber(ARGV[5])
-for n = 1, tonumber(ARGV[6]) do
-  local key, rev, due, meta, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local id, state, nf = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
-  local fields = {}
-  for j = 0, nf - 1 do fields[ARGV[i + 8 + 2 * j]] = ARGV[i + 9 + 2 * j] end
-  i = i + 8 + 2 * nf
-  local pushes, np = i + 1, tonumber(ARGV[i])
-  i = i + 1 + 2 * np
-  out[n] = 0
-  if redis.call('HGET', key, 'rev') == rev then
-    local score = redis.call('ZSCORE', KEYS[1], key)
-    if score and tonumber(score) == tonumber(due) then
-      out[n] = 1
-      redis.call('HSET', key, 'meta', meta)
-      if nxt == '' then
-        redis.call('ZREM', KEYS[1], key)
-      else
-        redis.call('ZADD', KEYS[1], nxt, key)
-      end
-      if id ~= '' then
-        transition(ARGV[1] .. 'run:' .. id, KEYS[2], KEYS[3], ARGV[1], id, state, now, ttl,
-          gcap, scap, fields)
-      end
-      for j = 0, np - 1 do
-        redis.call('LPUSH', ARGV[pushes + 2 * j], ARGV[pushes + 1 + 2 * j])
-      end
-    end
-  end
-end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-out[#out + 1] = first[2] or ''
-return out
-"""
-)
-
-# Write an entry if its hash and due score are still what the writer read (compare-and-set;
-# WATCH/MULTI did the same in four round trips), bump rev, index it and wake beat.
-# KEYS: entry hash, due set, index set, wake list.  ARGV: definition, meta, rev and due score
-# as read ('' for absent), new definition, new meta, new rev, new due ('' leaves the due
-# set), entry name. Returns 1 if written, 0 if the entry changed meanwhile.
-_UPSERT = """
-local h = redis.call('HMGET', KEYS[1], 'definition', 'meta', 'rev')
-if (h[1] or '') ~= ARGV[1] or (h[2] or '') ~= ARGV[2] or (h[3] or '') ~= ARGV[3] then
-  return 0
-end
-local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
-if ARGV[4] == '' then
-  if due then return 0 end
-elseif not due or tonumber(due) ~= tonumber(ARGV[4]) then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'definition', ARGV[5], 'meta', ARGV[6], 'rev', ARGV[7])
-if ARGV[8] == '' then
-  redis.call('ZREM', KEYS[2], KEYS[1])
-else
-  redis.call('ZADD', KEYS[2], ARGV[8], KEYS[1])
-end
-redis.call('SADD', KEYS[3], ARGV[9])
-redis.call('LPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], 0, 0)
-return 1
-"""
-
-# Beat's read: every entry due at ARGV[1] (at most ARGV[2]) with its hash fields and score,
-# and the earliest due score overall, in one round trip; beat's deferred metrics (ARGV[3..],
-# field/increment pairs, on hash KEYS[2]) ride along. More than ARGV[2] due: only a count, and
-# beat reads the backlog in fair batches (ScheduleStore.due).
-_READ_DUE = """
-for i = 3, #ARGV, 2 do
-  if string.find(ARGV[i], 'lateness_sum', 1, true) then
-    redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
-  else
-    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
-  end
-end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
-  tonumber(ARGV[2]) + 1)
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #due > 2 * tonumber(ARGV[2]) then return {1, first[2] or ''} end
-local out = {0, first[2] or ''}
-for j = 1, #due, 2 do
-  local h = redis.call('HMGET', due[j], 'definition', 'meta', 'rev')
-  out[#out + 1] = due[j]
-  out[#out + 1] = due[j + 1]
-  out[#out + 1] = h[1] or ''
-  out[#out + 1] = h[2] or ''
-  out[#out + 1] = h[3] or ''
-end
-return out
-"""
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
 _TIMEOUT_SLACK = 0.11
@@ -180,10 +72,6 @@ class UpsertResult(enum.Enum):
     UPDATED = "updated"
     UNCHANGED = "unchanged"
     STALE = "stale"  # an older generation of the same resource: ignored
-
-
-class StaleWrite(RuntimeError):
-    """Raised by callers that treat a stale generation as an error."""
 
 
 @dataclass(frozen=True)
@@ -291,15 +179,6 @@ class Meta:
 
 
 @dataclass(frozen=True)
-class RunWrite:
-    """A run record to write with a claim, only if the claim wins (see ScheduleStore.claim)."""
-
-    run_id: str
-    state: str  # PENDING (to be sent) or SKIPPED
-    fields: list[str]  # flat field/value pairs, as RunLog.record_fields builds them
-
-
-@dataclass(frozen=True)
 class StoredEntry:
     """An entry read back with its firing state and next due time (None: not in the due set)."""
 
@@ -335,23 +214,10 @@ class Snapshot:
 class ScheduleStore:
     """Reads and writes schedule entries under one key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "forwarder:") -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts) -> None:
         self.client = client
-        self.prefix = prefix
-        self.due_key = f"{prefix}:schedule"
-        self.index_key = f"{prefix}:entries"
-        self.wake_key = f"{prefix}:wake"
-        self._claim = client.register_script(_CLAIM_AND_RECORD)
-        self._upsert = client.register_script(_UPSERT)
-        self._read_due = client.register_script(_READ_DUE)
-
-    def key(self, name: str) -> str:
-        """The hash key of entry ``name``."""
-        return f"{self.prefix}{name}"
-
-    def name_of(self, key: str) -> str:
-        """The entry name of hash ``key``."""
-        return key.removeprefix(self.prefix)
+        self.keys = keys
+        self.scripts = scripts
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -369,7 +235,6 @@ class ScheduleStore:
         still what the decision was made from, and otherwise the entry is read again and the
         decision remade, so a firing or another writer in between is never overwritten.
         """
-        key = self.key(entry.name)
         new_json = entry.to_json()
         seen = current if current is not None else self.snapshot(entry.name)
         while True:
@@ -392,19 +257,13 @@ class ScheduleStore:
                 seen.due if keep else None,
                 at,
             )
-            written = self._upsert(
-                keys=[key, self.due_key, self.index_key, self.wake_key],
-                args=[
-                    seen.definition or "",
-                    seen.meta or "",
-                    seen.rev or "",
-                    "" if seen.due is None else repr(seen.due),
-                    new_json,
-                    meta.to_json(),
-                    int(seen.rev or 0) + 1,
-                    "" if due is None else repr(due),
-                    entry.name,
-                ],
+            written = self.scripts.upsert(
+                entry.name,
+                seen=(seen.definition, seen.meta, seen.rev, seen.due),
+                definition=new_json,
+                meta=meta.to_json(),
+                rev=int(seen.rev or 0) + 1,
+                due=due,
             )
             if written:
                 return (UpsertResult.UPDATED if stored else UpsertResult.CREATED), due
@@ -439,36 +298,31 @@ class ScheduleStore:
         return meta, entry.timetable(meta.anchor).next_after(now)
 
     def delete(self, name: str) -> bool:
-        """Remove entry ``name``; True if it existed."""
-        key = self.key(name)
+        """Remove entry ``name`` (and its run-now marker); True if it existed."""
+        keys = self.keys
+        key = keys.entry(name)
         with self.client.pipeline() as pipe:
             pipe.delete(key)
-            pipe.zrem(self.due_key, key)
-            pipe.srem(self.index_key, name)
+            pipe.zrem(keys.due, key)
+            pipe.srem(keys.index, name)
+            pipe.hdel(keys.run_now, name)
             self._wake(pipe)
             existed, *_ = pipe.execute()
         return bool(existed)
 
-    def set_suspended(self, name: str, suspend: bool) -> tuple[UpsertResult, float | None]:
-        """Suspend (leave the due set) or resume (re-arm from now) entry ``name``."""
-        snapshot = self.snapshot(name)
-        stored = snapshot.stored()
-        if stored is None:
-            raise KeyError(f"schedule entry {name!r} does not exist")
-        return self.upsert(replace(stored.entry, suspend=suspend), current=snapshot)
-
-    def suspend(self, name: str) -> None:
-        """Take ``name`` out of the due set; its definition stays."""
-        self.set_suspended(name, True)
-
-    def resume(self, name: str) -> float | None:
-        """Put ``name`` back in the due set from now on; returns its next due time."""
-        return self.set_suspended(name, False)[1]
-
     def _wake(self, pipe: redis.client.Pipeline) -> None:
         # One pending wake is enough; the list never grows past one element.
-        pipe.lpush(self.wake_key, "1")
-        pipe.ltrim(self.wake_key, 0, 0)
+        pipe.lpush(self.keys.wake, "1")
+        pipe.ltrim(self.keys.wake, 0, 0)
+
+    def last_run_now(self, name: str) -> str | None:
+        """The last run-now value handled for entry ``name`` (the operator's annotation)."""
+        value: str | None = self.client.hget(self.keys.run_now, name)
+        return value
+
+    def note_run_now(self, name: str, value: str) -> None:
+        """Remember ``value`` as handled for entry ``name``, so it never runs twice."""
+        self.client.hset(self.keys.run_now, name, value)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -482,7 +336,7 @@ class ScheduleStore:
 
     def names(self) -> set[str]:
         """Every entry name, suspended and finished ones included."""
-        return set(self.client.smembers(self.index_key))
+        return set(self.client.smembers(self.keys.index))
 
     def entries(self) -> list[StoredEntry]:
         """Every entry, ordered by name."""
@@ -497,10 +351,12 @@ class ScheduleStore:
     def _snapshots(self, names: Iterable[str]) -> list[Snapshot]:
         """The snapshots of ``names``, in order, in one round trip."""
         names = list(names)
+        keys = self.keys
         with self.client.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.hmget(self.key(name), "definition", "meta", "rev")
-                pipe.zscore(self.due_key, self.key(name))
+                key = keys.entry(name)
+                pipe.hmget(key, "definition", "meta", "rev")
+                pipe.zscore(keys.due, key)
             replies = pipe.execute()
         snapshots = []
         for i in range(0, len(replies), 2):
@@ -519,129 +375,66 @@ class ScheduleStore:
         first within each (see :func:`fair_share`). So a burst in one namespace delays another
         namespace's entry by one batch, not by the rest of the burst.
         """
+        due_key, name_of = self.keys.due, self.keys.entry_name
         if window is None:
-            keys = self.client.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+            keys = self.client.zrangebyscore(due_key, "-inf", now, start=0, num=limit)
         else:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(self.due_key, "-inf", now, start=0, num=max(window, limit))
-                pipe.zrevrangebyscore(self.due_key, now, "-inf", start=0, num=limit)
+                pipe.zrangebyscore(due_key, "-inf", now, start=0, num=max(window, limit))
+                pipe.zrevrangebyscore(due_key, now, "-inf", start=0, num=limit)
                 earliest, latest = pipe.execute()
             seen = set(earliest)
             # The latest due all score after the earliest window, so appending them in
             # ascending order keeps the candidates ordered by due time.
             keys = earliest + [k for k in reversed(latest) if k not in seen]
             if len(keys) > limit:
-                keys = fair_share(keys, limit, key=lambda k: self.name_of(k).partition("/")[0])
+                keys = fair_share(keys, limit, key=lambda k: name_of(k).partition("/")[0])
         if not keys:
             return []
-        loaded = {s.entry.name: s for s in self._load(self.name_of(k) for k in keys)}
-        missing = [k for k in keys if self.name_of(k) not in loaded]
+        loaded = {s.entry.name: s for s in self._load(name_of(k) for k in keys)}
+        missing = [k for k in keys if name_of(k) not in loaded]
         if missing:
             # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
-            self.client.zrem(self.due_key, *missing)
-        return [loaded[self.name_of(k)] for k in keys if self.name_of(k) in loaded]
-
-    def next_due(self) -> float | None:
-        """When the earliest entry is due, or None if the due set is empty."""
-        first = self.client.zrange(self.due_key, 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
+            self.client.zrem(due_key, *missing)
+        return [loaded[name_of(k)] for k in keys if name_of(k) in loaded]
 
     def read_due(
-        self, now: float, limit: int, *, metrics_key: str = "", metrics: Iterable[Any] = ()
+        self, now: float, limit: int, metrics: Sequence[tuple[str, int | float]] = ()
     ) -> tuple[list[StoredEntry] | None, float | None]:
         """Every entry due at ``now`` (loaded) and the earliest due time, in one round trip
         (one Lua call, no separate load or next-due read). None instead of the list when
         more than ``limit`` are due: read those in fair batches with :meth:`due`.
 
-        ``metrics`` (field, increment) pairs are added to hash ``metrics_key`` in the same
-        call, so beat's counters cost no round trip of their own.
+        ``metrics`` (counter, increment) pairs are added to the scheduler's counters in the
+        same call, so beat's counters cost no round trip of their own.
         """
-        args: list[Any] = [repr(now), limit]
-        for name, value in metrics:
-            args += [name, value]
-        reply = self._read_due(keys=[self.due_key, metrics_key or self.due_key], args=args)
-        backlog, first = int(reply[0]), float(reply[1]) if reply[1] != "" else None
-        if backlog:
+        rows, first = self.scripts.read_due(now, limit, metrics)
+        if rows is None:
             return None, first
         loaded, missing = [], []
-        for j in range(2, len(reply), 5):
-            key, score, definition, meta, rev = reply[j : j + 5]
-            if not definition:
-                missing.append(key)
+        for row in rows:
+            if not row.definition:
+                missing.append(self.keys.entry(row.name))
                 continue
-            due = float(score)
             loaded.append(
                 StoredEntry(
-                    Entry.from_json(definition),
-                    Meta.from_json(meta, default_anchor=due),
-                    rev or "0",
-                    due,
+                    Entry.from_json(row.definition),
+                    Meta.from_json(row.meta, default_anchor=row.due),
+                    row.rev or "0",
+                    row.due,
                 )
             )
         if missing:
             # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
-            self.client.zrem(self.due_key, *missing)
+            self.client.zrem(self.keys.due, *missing)
         return loaded, first
 
-    def claim(
-        self,
-        updates: Iterable[tuple[StoredEntry, Meta, float | None]],
-        records: Iterable[RunWrite | None] | None = None,
-        runs: Any = None,
-    ) -> list[bool]:
-        """Claim each entry's due slot and store its new state and due time (None: leave the
-        due set). One round trip (one Lua call); True where the claim won and the slot may
-        fire. See :meth:`claim_and_record`."""
-        return self.claim_and_record(updates, records, runs)[0]
-
-    def claim_and_record(
-        self,
-        updates: Iterable[tuple[StoredEntry, Meta, float | None]],
-        records: Iterable[RunWrite | None] | None = None,
-        runs: Any = None,
-        pushes: Iterable[Sequence[tuple[str, str]] | None] | None = None,
-    ) -> tuple[list[bool], float | None]:
-        """:meth:`claim`, writing ``records[i]`` (a run record, through ``runs``' transition
-        rules) and LPUSHing ``pushes[i]`` (list key, payload pairs: a message on its queue)
-        where claim ``i`` wins, in the same atomic script; also returns the earliest due time
-        after the claims (None: the due set is empty)."""
-        updates = list(updates)
-        writes = list(records) if records is not None else [None] * len(updates)
-        messages = list(pushes) if pushes is not None else [None] * len(updates)
-        args: list[Any] = [
-            getattr(runs, "prefix", self.prefix),
-            repr(time.time()),
-            getattr(runs, "ttl", 0),
-            getattr(runs, "global_limit", 0),
-            getattr(runs, "schedule_limit", 0),
-            len(updates),
-        ]
-        for (stored, meta, due), write, push in zip(updates, writes, messages, strict=True):
-            assert stored.due is not None
-            args += [
-                self.key(stored.entry.name),
-                stored.rev,
-                repr(stored.due),
-                meta.to_json(),
-                "" if due is None else repr(due),
-            ]
-            if write is None:
-                args += ["", "", 0]
-            else:
-                args += [write.run_id, write.state, len(write.fields) // 2, *write.fields]
-            args.append(len(push) if push else 0)
-            for key, payload in push or ():
-                args += [key, payload]
-        reply = self._claim(
-            keys=[
-                self.due_key,
-                getattr(runs, "global_key", f"{self.prefix}runs"),
-                getattr(runs, "changed_key", f"{self.prefix}runs:changed"),
-            ],
-            args=args,
-        )
-        first = reply[-1]
-        return [bool(r) for r in reply[:-1]], float(first) if first != "" else None
+    def claim(self, claims: Sequence[Claim]) -> tuple[list[bool], float | None]:
+        """Claim each due slot and store its entry's new state and due time, writing the
+        slot's run record and LPUSHing its message where the claim wins, in one atomic
+        script; True where the claim won (the slot is this beat's to fire), and the earliest
+        due time after the claims (None: the due set is empty)."""
+        return self.scripts.claim(claims, time.time())
 
     def wait_for_change(self, timeout: float, client: redis.Redis | None = None) -> bool:
         """Block until the store changes or ``timeout`` seconds pass; True if woken."""
@@ -652,7 +445,7 @@ class ScheduleStore:
         # overshoot by ~100 ms. Block for all but the last slice, then sleep that slice here:
         # firings stay on time, and a change arriving in the slice waits at most that long.
         coarse = timeout - _TIMEOUT_SLACK
-        if coarse >= 0.01 and (client or self.client).blpop([self.wake_key], timeout=coarse):
+        if coarse >= 0.01 and (client or self.client).blpop([self.keys.wake], timeout=coarse):
             return True
         remaining = deadline - time.monotonic()
         if remaining > 0:

@@ -8,10 +8,8 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from forwarder_worker._redis.clients import redis_client
+from forwarder_worker.core import require_core
 from forwarder_worker.runs.history import HistorySettings, collect, subfolder
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.settings import settings_of
 
 
 @shared_task(name="forwarder.collect_task_history", bind=True)
@@ -25,17 +23,10 @@ def collect_task_history(
     ``directory`` is a folder inside ``FORWARDER_HISTORY_DIR``."""
     settings = HistorySettings()
     target = subfolder(settings.history_dir, directory)
-    core = settings_of(self.app)
-    client = redis_client(core)
-    try:
-        runs = RunLog(client, core.key_prefix)
-        return collect(
-            client,
-            runs,
-            settings,
-            directory=target,
-            retention_days=retention_days,
-            flower=flower,
-        )
-    finally:
-        client.close()
+    return collect(
+        require_core(self.app).runs,
+        settings,
+        directory=target,
+        retention_days=retention_days,
+        flower=flower,
+    )

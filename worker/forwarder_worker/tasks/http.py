@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from celery import Task, shared_task
 
-from forwarder_worker.settings import settings_of
+from forwarder_worker.core import require_core
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 5
@@ -201,7 +201,7 @@ def http(
 ) -> dict[str, Any]:
     """Forward one HTTP request to an allow-listed target and return status, headers and a
     bounded body. Connection errors are retried with backoff; anything else fails the run."""
-    settings = settings_of(self.app)
+    settings = require_core(self.app).settings
     return forward_request(
         url,
         method=method,

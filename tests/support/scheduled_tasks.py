@@ -1,0 +1,139 @@
+"""ScheduledTasks and their Events on the test control plane, over plain HTTP: what a user's
+client library sends.
+
+This is the tests' side of the API server, with the admin credentials of
+:meth:`support.controlplane.ControlPlane.http` (setting up and changing resources as a user
+would); the operator under test never uses it (:mod:`support.operator_process`).
+
+Namespaces are never deleted on the test control plane (no controller manager), so whatever
+a test leaves there stays for the session, and an operator that watches every namespace
+would reconcile it. :meth:`ScheduledTasks.remove_all` (each test's teardown) and
+:func:`remove_scheduled_tasks` (before a cluster-wide operator starts) delete them, taking
+the finalizer off when no operator is left to release it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from support.processes import eventually
+
+GROUP_VERSION = "forwarder.dev/v1alpha1"
+API = f"/apis/{GROUP_VERSION}"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def tasks_path(namespace: str | None, name: str = "") -> str:
+    """The URL path of ScheduledTasks in ``namespace`` (every namespace when None)."""
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"{API}{where}/scheduledtasks" + (f"/{name}" if name else "")
+
+
+def remove_scheduled_tasks(http: httpx.Client, namespace: str | None = None) -> None:
+    """Delete every ScheduledTask in ``namespace`` (every namespace when None) and wait until
+    they are gone. Each is deleted first and its finalizers taken off after: a running
+    operator cannot put a finalizer back on an object being deleted, and without a running
+    operator nothing else would release it."""
+    reply = http.get(tasks_path(namespace))
+    reply.raise_for_status()
+    for item in reply.json()["items"]:
+        path = tasks_path(item["metadata"]["namespace"], item["metadata"]["name"])
+        deleted = http.delete(path)
+        assert deleted.status_code in (200, 202, 404), deleted.text
+        stripped = http.patch(path, json={"metadata": {"finalizers": None}}, headers=MERGE)
+        assert stripped.status_code in (200, 404), stripped.text
+    eventually(
+        lambda: not http.get(tasks_path(namespace)).json()["items"],
+        30,
+        0.2,
+        message=f"every ScheduledTask in {namespace or 'the cluster'} gone",
+    )
+
+
+class ScheduledTasks:
+    """ScheduledTasks in ``namespace`` (or another one named per call), and their Events."""
+
+    def __init__(self, http: httpx.Client, namespace: str) -> None:
+        self.http = http
+        self.namespace = namespace
+        self.touched: set[str] = set()
+
+    def path(self, namespace: str | None = None, name: str = "") -> str:
+        return tasks_path(namespace or self.namespace, name)
+
+    def post(
+        self,
+        name: str,
+        spec: Any,
+        namespace: str | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """POST a ScheduledTask and return the API server's answer, whatever it is."""
+        namespace = namespace or self.namespace
+        self.touched.add(namespace)
+        body = {
+            "apiVersion": GROUP_VERSION,
+            "kind": "ScheduledTask",
+            "metadata": {"name": name, "annotations": annotations or {}},
+            "spec": spec,
+        }
+        return self.http.post(self.path(namespace), json=body)
+
+    def create(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        namespace: str | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Create a ScheduledTask the API server must admit; the stored object."""
+        reply = self.post(name, spec, namespace, annotations)
+        assert reply.status_code == 201, reply.text
+        return dict(reply.json())
+
+    def get(self, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        reply = self.http.get(self.path(namespace, name))
+        if reply.status_code == 404:
+            return None
+        reply.raise_for_status()
+        return dict(reply.json())
+
+    def items(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        reply = self.http.get(self.path(namespace))
+        reply.raise_for_status()
+        return list(reply.json()["items"])
+
+    def status(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return dict((self.get(name, namespace) or {}).get("status") or {})
+
+    def ready(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        """The Ready condition, or {}."""
+        conditions = self.status(name, namespace).get("conditions") or []
+        return next((dict(c) for c in conditions if c.get("type") == "Ready"), {})
+
+    def patch(self, name: str, body: dict[str, Any], namespace: str | None = None) -> None:
+        reply = self.http.patch(self.path(namespace, name), json=body, headers=MERGE)
+        assert reply.status_code == 200, reply.text
+
+    def delete(self, name: str, namespace: str | None = None) -> None:
+        reply = self.http.delete(self.path(namespace, name))
+        assert reply.status_code in (200, 202), reply.text
+
+    def events(self, name: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The core/v1 Events about ScheduledTask ``name``."""
+        reply = self.http.get(
+            f"/api/v1/namespaces/{namespace or self.namespace}/events",
+            params={"fieldSelector": f"involvedObject.name={name}"},
+        )
+        reply.raise_for_status()
+        return list(reply.json()["items"])
+
+    def warnings(self, name: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events(name, namespace) if e.get("type") == "Warning"]
+
+    def remove_all(self) -> None:
+        """Delete every ScheduledTask in the namespaces this client created some in."""
+        for namespace in sorted(self.touched | {self.namespace}):
+            remove_scheduled_tasks(self.http, namespace)

@@ -1,0 +1,448 @@
+"""Every Lua script Forwarder runs, each with its KEYS and ARGV, behind a typed call.
+
+Scripts make the writes that must be atomic one round trip: a run's transition (written by
+every run's creator and by the workers), beat's claim of its due slots with their run records
+and messages, a schedule writer's compare-and-set, beat's read of what is due, and the api's
+submission of a run with its message. The run transition is one Lua function that the claim
+and the submit scripts include, so every writer applies the same rules.
+
+Callers pass typed values (:class:`RunWrite`, :class:`Claim`) and get typed replies; only this
+module knows the order of the arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+import redis.asyncio
+
+from forwarder_worker._redis.keys import ACTIVE_RUNS, RUN, SCHEDULE_RUNS, SCHEDULE_STATS, Keys
+
+# -- the run transition --------------------------------------------------------------------
+
+# Create-or-update a run in one atomic step. A final state is never overwritten by a late
+# non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
+# the pool child can arrive out of order). Reaching a final state is published on the run's
+# key, for the API's long poll, with the final record itself as the payload.
+# key: run hash, gkey: global zset, ckey: changed set, prefix: the key prefix (the
+# per-schedule keys are derived from it, as Keys names them); fields: a field -> value table
+# ('' values are left as they were).
+TRANSITION_FUNCTION = (
+    """
+local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, fields)
+  local old = redis.call('HGET', key, 'state')
+  local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
+  if old and final[old] and not final[state] then return old end
+  if old == 'STARTED' and state == 'RECEIVED' then state = old end
+  if not old then
+    redis.call('HSET', key, 'id', id, 'created', now)
+    redis.call('ZADD', gkey, now, id)
+    redis.call('ZREMRANGEBYRANK', gkey, 0, -gcap - 1)
+  end
+  for k, v in pairs(fields) do
+    if v ~= '' then redis.call('HSET', key, k, v) end
+  end
+  redis.call('HSET', key, 'state', state, 'updated', now)
+  redis.call('EXPIRE', key, ttl)
+  local schedule = redis.call('HGET', key, 'schedule')
+  if schedule and schedule ~= '' then
+    local skey = prefix .. '@SCHEDULE_RUNS@' .. schedule
+    if not old then
+      redis.call('ZADD', skey, now, id)
+      redis.call('ZREMRANGEBYRANK', skey, 0, -scap - 1)
+    end
+    local stats = prefix .. '@SCHEDULE_STATS@' .. schedule
+    local active = prefix .. '@ACTIVE_RUNS@' .. schedule
+    if final[state] then
+      redis.call('SREM', active, id)
+      if old ~= state then
+        if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
+        redis.call('HINCRBY', stats, string.lower(state), 1)
+        if state == 'SUCCESS' then redis.call('HSET', stats, 'last_success', now) end
+      end
+    else
+      redis.call('SADD', active, id)
+    end
+    if fields['slot'] and fields['slot'] ~= '' then
+      redis.call('HSET', stats, 'last_schedule', fields['slot'])
+    end
+    redis.call('SADD', ckey, schedule)
+  end
+  if final[state] and old ~= state then
+    -- The final record itself, so a waiter needs no read of its own (bounded: every
+    -- stored field is).
+    local flat = redis.call('HGETALL', key)
+    local record = {}
+    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    redis.call('PUBLISH', key, cjson.encode(record))
+  end
+  return state
+end
+""".replace("@SCHEDULE_RUNS@", SCHEDULE_RUNS)
+    .replace("@SCHEDULE_STATS@", SCHEDULE_STATS)
+    .replace("@ACTIVE_RUNS@", ACTIVE_RUNS)
+)
+
+# KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,
+# per-schedule cap, then field/value pairs. Returns the state recorded.
+TRANSITION = (
+    TRANSITION_FUNCTION
+    + """
+local fields = {}
+for i = 8, #ARGV, 2 do fields[ARGV[i]] = ARGV[i + 1] end
+return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
+  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), fields)
+"""
+)
+
+# -- beat's claim --------------------------------------------------------------------------
+
+# Claim due slots: advance an entry only if nobody rewrote its definition (rev) and nobody
+# claimed this slot already (its due score is still the one we read). Two beats that both
+# read the same slot (a stale holder and its successor) can therefore never both fire it.
+# The run record of each won slot is written in the same script, and so is its Celery
+# message (LPUSH on its queue), so a slot this beat won is recorded and on its queue or
+# neither, whenever beat dies or Redis goes away; a record never waits for a message that
+# was never sent. The earliest due time after the claims is returned last, so beat needs
+# no separate read for it.
+# KEYS: due set, global runs zset, runs:changed.  ARGV: key prefix, now, ttl, global cap,
+# per-schedule cap, count, then per entry: hash key, rev, due score read, new meta, new due
+# ('' leaves the due set), run id ('' claims only), run state, field count, field/value pairs,
+# push count, (list key, payload) pairs. Returns 1 or 0 per entry (won or lost), then the
+# earliest due score ('' when the due set is empty).
+CLAIM = (
+    TRANSITION_FUNCTION
+    + """
+local out, i = {}, 7
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local gcap, scap = tonumber(ARGV[4]), tonumber(ARGV[5])
+for n = 1, tonumber(ARGV[6]) do
+  local key, rev, due, meta, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local id, state, nf = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
+  local fields = {}
+  for j = 0, nf - 1 do fields[ARGV[i + 8 + 2 * j]] = ARGV[i + 9 + 2 * j] end
+  i = i + 8 + 2 * nf
+  local pushes, np = i + 1, tonumber(ARGV[i])
+  i = i + 1 + 2 * np
+  out[n] = 0
+  if redis.call('HGET', key, 'rev') == rev then
+    local score = redis.call('ZSCORE', KEYS[1], key)
+    if score and tonumber(score) == tonumber(due) then
+      out[n] = 1
+      redis.call('HSET', key, 'meta', meta)
+      if nxt == '' then
+        redis.call('ZREM', KEYS[1], key)
+      else
+        redis.call('ZADD', KEYS[1], nxt, key)
+      end
+      if id ~= '' then
+        transition(ARGV[1] .. '@RUN@' .. id, KEYS[2], KEYS[3], ARGV[1], id, state, now, ttl,
+          gcap, scap, fields)
+      end
+      for j = 0, np - 1 do
+        redis.call('LPUSH', ARGV[pushes + 2 * j], ARGV[pushes + 1 + 2 * j])
+      end
+    end
+  end
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+out[#out + 1] = first[2] or ''
+return out
+""".replace("@RUN@", RUN)
+)
+
+# -- a schedule writer's compare-and-set ---------------------------------------------------
+
+# Write an entry if its hash and due score are still what the writer read (compare-and-set;
+# WATCH/MULTI did the same in four round trips), bump rev, index it and wake beat.
+# KEYS: entry hash, due set, index set, wake list.  ARGV: definition, meta, rev and due score
+# as read ('' for absent), new definition, new meta, new rev, new due ('' leaves the due
+# set), entry name. Returns 1 if written, 0 if the entry changed meanwhile.
+UPSERT = """
+local h = redis.call('HMGET', KEYS[1], 'definition', 'meta', 'rev')
+if (h[1] or '') ~= ARGV[1] or (h[2] or '') ~= ARGV[2] or (h[3] or '') ~= ARGV[3] then
+  return 0
+end
+local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
+if ARGV[4] == '' then
+  if due then return 0 end
+elseif not due or tonumber(due) ~= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'definition', ARGV[5], 'meta', ARGV[6], 'rev', ARGV[7])
+if ARGV[8] == '' then
+  redis.call('ZREM', KEYS[2], KEYS[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[8], KEYS[1])
+end
+redis.call('SADD', KEYS[3], ARGV[9])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
+return 1
+"""
+
+# -- beat's read ---------------------------------------------------------------------------
+
+# Every entry due at ARGV[1] (at most ARGV[2]) with its hash fields and score, and the
+# earliest due score overall, in one round trip; beat's deferred metrics (ARGV[3..],
+# field/increment pairs, on hash KEYS[2]) ride along. More than ARGV[2] due: only a count, and
+# beat reads the backlog in fair batches (ScheduleStore.due).
+# KEYS: due set, metrics hash.  ARGV: now, limit, then counter/increment pairs. Returns
+# {1, earliest} for a backlog, else {0, earliest, then key, score, definition, meta, rev per
+# due entry} ('' for a missing field or an empty due set).
+READ_DUE = """
+for i = 3, #ARGV, 2 do
+  if string.find(ARGV[i], 'lateness_sum', 1, true) then
+    redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[2]) + 1)
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #due > 2 * tonumber(ARGV[2]) then return {1, first[2] or ''} end
+local out = {0, first[2] or ''}
+for j = 1, #due, 2 do
+  local h = redis.call('HMGET', due[j], 'definition', 'meta', 'rev')
+  out[#out + 1] = due[j]
+  out[#out + 1] = due[j + 1]
+  out[#out + 1] = h[1] or ''
+  out[#out + 1] = h[2] or ''
+  out[#out + 1] = h[3] or ''
+end
+return out
+"""
+
+# -- the api's submission ------------------------------------------------------------------
+
+# A new run's record, then its message's Redis commands, atomically; nothing if the run was
+# recorded already (a retried command: run ids are fresh uuid4s, so the first try landed).
+# KEYS: run hash, global zset, changed set, then one key per message command.
+# ARGV: the transition's 7 parameters, the number of field/value pairs, the pairs, then one
+# (command, payload) pair per message command: 'lpush' (a queue's list) or 'publish' (a
+# channel). Returns 0 if the run was recorded already (nothing done), else 1.
+SUBMIT = (
+    TRANSITION_FUNCTION
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local nfields = tonumber(ARGV[8])
+local fields = {}
+for i = 9, 8 + 2 * nfields, 2 do fields[ARGV[i]] = ARGV[i + 1] end
+transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
+  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), fields)
+local first = 9 + 2 * nfields
+for k = 4, #KEYS do
+  local at = first + 2 * (k - 4)
+  if ARGV[at] == 'lpush' then
+    redis.call('LPUSH', KEYS[k], ARGV[at + 1])
+  else
+    redis.call('PUBLISH', KEYS[k], ARGV[at + 1])
+  end
+end
+return 1
+"""
+)
+SUBMIT_COMMANDS = frozenset({"lpush", "publish"})
+"""The Redis commands (kombu's names) a submission's message may consist of."""
+
+
+class RunLimits(NamedTuple):
+    """How long a run record lives and how many runs the histories keep."""
+
+    ttl: int
+    global_limit: int
+    schedule_limit: int
+
+
+class RunWrite(NamedTuple):
+    """One transition of one run: the state it reached and the fields to set, as flat
+    field/value pairs (``RunLog.record_fields`` builds them)."""
+
+    run_id: str
+    state: str
+    fields: Sequence[str] = ()
+
+
+class Claim(NamedTuple):
+    """One due slot for beat to claim, and what to write where the claim wins."""
+
+    name: str  # the entry
+    rev: str  # its rev as read
+    due: float  # its due score as read
+    meta: str  # its new meta (JSON)
+    next_due: float | None  # None: it leaves the due set
+    record: RunWrite | None = None  # the slot's run record
+    pushes: Sequence[tuple[str, str]] = ()  # (list key, payload): its message on its queue
+
+
+class DueEntry(NamedTuple):
+    """A due entry's hash fields and score as beat's read found them ('' for a missing
+    field: the entry was deleted while being read)."""
+
+    name: str
+    due: float
+    definition: str
+    meta: str
+    rev: str
+
+
+def _optional(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _transition_params(
+    keys: Keys, limits: RunLimits, write: RunWrite, now: float
+) -> tuple[list[str], list[Any]]:
+    """The run transition's KEYS and its seven leading ARGV (the fields follow them)."""
+    return [keys.run(write.run_id), keys.runs, keys.changed], [
+        keys.prefix,
+        write.run_id,
+        write.state,
+        repr(now),
+        limits.ttl,
+        limits.global_limit,
+        limits.schedule_limit,
+    ]
+
+
+class Scripts:
+    """The scripts on one (synchronous) client, with the keys and run limits they write."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, limits: RunLimits) -> None:
+        self.client = client
+        self.keys = keys
+        self.limits = limits
+        self._transition = client.register_script(TRANSITION)
+        self._claim = client.register_script(CLAIM)
+        self._upsert = client.register_script(UPSERT)
+        self._read_due = client.register_script(READ_DUE)
+
+    def _transition_call(self, write: RunWrite, now: float) -> tuple[list[str], list[Any]]:
+        keys, args = _transition_params(self.keys, self.limits, write, now)
+        args += write.fields
+        return keys, args
+
+    def transition(self, write: RunWrite, now: float, client: Any = None) -> Any:
+        """Record ``write`` at ``now``; returns the state recorded. Pass a pipeline as
+        ``client`` to batch (the reply is then the pipeline's)."""
+        keys, args = self._transition_call(write, now)
+        return self._transition(keys=keys, args=args, client=client or self.client)
+
+    def transition_whole(self, pipe: Any, write: RunWrite, now: float) -> None:
+        """Queue ``write`` on ``pipe`` as an EVAL of the whole script, not EVALSHA: for a
+        client that prefixes keys (Celery's result backend adds ``global_keyprefix`` to the
+        first key of an EVALSHA, while these keys are complete and EVAL's are left alone).
+        Redis caches the script by its digest either way."""
+        keys, args = self._transition_call(write, now)
+        pipe.execute_command("EVAL", TRANSITION, len(keys), *keys, *args)
+
+    def claim(self, claims: Sequence[Claim], now: float) -> tuple[list[bool], float | None]:
+        """Claim each slot of ``claims``, writing its record and pushes where it wins, in
+        one round trip; True where the claim won, and the earliest due time after the claims
+        (None: the due set is empty)."""
+        keys, limits = self.keys, self.limits
+        args: list[Any] = [
+            keys.prefix,
+            repr(now),
+            limits.ttl,
+            limits.global_limit,
+            limits.schedule_limit,
+            len(claims),
+        ]
+        for claim in claims:
+            args += [
+                keys.entry(claim.name),
+                claim.rev,
+                repr(claim.due),
+                claim.meta,
+                _optional(claim.next_due),
+            ]
+            record = claim.record
+            if record is None:
+                args += ["", "", 0]
+            else:
+                args += [record.run_id, record.state, len(record.fields) // 2, *record.fields]
+            args.append(len(claim.pushes))
+            for key, payload in claim.pushes:
+                args += [key, payload]
+        reply = self._claim(keys=[keys.due, keys.runs, keys.changed], args=args)
+        first = reply[-1]
+        return [bool(r) for r in reply[:-1]], float(first) if first != "" else None
+
+    def upsert(
+        self,
+        name: str,
+        *,
+        seen: tuple[str | None, str | None, str | None, float | None],
+        definition: str,
+        meta: str,
+        rev: int,
+        due: float | None,
+    ) -> bool:
+        """Write entry ``name`` (``definition``, ``meta``, ``rev``, due score ``due``; None:
+        out of the due set) if its hash and due score are still ``seen`` (definition, meta,
+        rev and due as read, None for absent); True if written."""
+        keys = self.keys
+        seen_definition, seen_meta, seen_rev, seen_due = seen
+        written = self._upsert(
+            keys=[keys.entry(name), keys.due, keys.index, keys.wake],
+            args=[
+                seen_definition or "",
+                seen_meta or "",
+                seen_rev or "",
+                _optional(seen_due),
+                definition,
+                meta,
+                rev,
+                _optional(due),
+                name,
+            ],
+        )
+        return bool(written)
+
+    def read_due(
+        self, now: float, limit: int, metrics: Sequence[tuple[str, int | float]] = ()
+    ) -> tuple[list[DueEntry] | None, float | None]:
+        """The entries due at ``now`` (None when more than ``limit`` are: a backlog) and the
+        earliest due time (None: nothing is due ever), adding the (counter, increment) pairs
+        of ``metrics`` to the scheduler's counters, in one round trip."""
+        args: list[Any] = [repr(now), limit]
+        for name, value in metrics:
+            args += [name, value]
+        reply = self._read_due(keys=[self.keys.due, self.keys.metrics], args=args)
+        first = float(reply[1]) if reply[1] != "" else None
+        if int(reply[0]):
+            return None, first
+        name_of = self.keys.entry_name
+        return [
+            DueEntry(name_of(key), float(score), definition, meta, rev)
+            for key, score, definition, meta, rev in (
+                reply[j : j + 5] for j in range(2, len(reply), 5)
+            )
+        ], first
+
+
+class AsyncScripts:
+    """The scripts run from an event loop (the api's submission)."""
+
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys, limits: RunLimits) -> None:
+        self.keys = keys
+        self.limits = limits
+        self._submit = client.register_script(SUBMIT)
+
+    async def submit(
+        self, write: RunWrite, now: float, commands: Sequence[tuple[str, str, str]]
+    ) -> bool:
+        """Record ``write`` (a new run) and run its message's ``commands`` ((command, key,
+        payload), command in :data:`SUBMIT_COMMANDS`) in one atomic step; False if the run
+        was recorded already, and nothing was done."""
+        script_keys, args = _transition_params(self.keys, self.limits, write, now)
+        args.append(len(write.fields) // 2)
+        args += write.fields
+        for command, key, payload in commands:
+            script_keys.append(key)
+            args += [command, payload]
+        return bool(await self._submit(keys=script_keys, args=args))
