@@ -142,7 +142,7 @@ def test_a_retried_object_gets_what_its_handler_writes(
             if r.levelno == logging.WARNING
             and (getattr(r, "k8s_ref", {}).get("name") == name or r.getMessage().startswith(prefix))
         ]
-        return sorted(line.replace(name, "<name>") for line in lines)
+        return sorted(line.replace(f"{namespace}/{name}", "<object>") for line in lines)
 
     def written(name: str, since: int) -> dict[str, Any]:
         obj = kube.get(name)
@@ -153,7 +153,7 @@ def test_a_retried_object_gets_what_its_handler_writes(
             "observedGeneration": obj["status"]["observedGeneration"],
             "finalizers": obj["metadata"]["finalizers"],
             "events": sorted(
-                (e["type"], e["reason"], e["message"].replace(name, "<name>"))
+                (e["type"], e["reason"], e["message"].replace(f"{namespace}/{name}", "<object>"))
                 for e in kube.events(name)
             ),
             "warnings logged": warned(name, since),
