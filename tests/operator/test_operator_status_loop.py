@@ -59,7 +59,10 @@ def test_status_loop_patches_only_changed_resources(
             runs.transition(ran, "SUCCESS", result='"pong"', finished=base + 1)
             runs.queued(failed, "forwarder.ping", source="schedule", schedule=schedule, slot=base)
             runs.transition(failed, "FAILURE", error_type="ValueError", error="x", finished=base)
-            runs.skipped(skipped, "forwarder.ping", schedule=schedule, slot=base, reason="Forbid")
+            skip = runs.skipped_write(
+                skipped, "forwarder.ping", schedule=schedule, slot=base, reason="Forbid"
+            )
+            runs.write(skip)
             runs.queued(triggered, "forwarder.ping", source="trigger", schedule=schedule)
             runs.transition(triggered, "SUCCESS", result='"pong"', finished=base + 5)
         assert writer.pass_once() == 2
