@@ -47,19 +47,19 @@ async def get_settings(services: ServicesDep) -> ApiSettings:
 
 
 async def get_celery(services: ServicesDep) -> Celery:
-    return services.celery
+    return services.core.app
 
 
 async def get_redis(services: ServicesDep) -> redis.Redis:
-    return services.redis
+    return services.core.client
 
 
 async def get_store(services: ServicesDep) -> ScheduleStore:
-    return services.store
+    return services.core.store
 
 
 async def get_runs(services: ServicesDep) -> RunLog:
-    return services.runs
+    return services.core.runs
 
 
 async def get_catalog(services: ServicesDep) -> TaskCatalog:

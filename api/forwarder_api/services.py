@@ -10,11 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
-from celery import Celery
 from forwarder_worker import Core
-from forwarder_worker.runs.records import RunLog
-from forwarder_worker.schedules.store import ScheduleStore
 
 from forwarder_api.auth import TokenSet
 from forwarder_api.catalog import TaskCatalog
@@ -71,22 +67,6 @@ class Services:
             metrics=ApiMetrics(core.store, core.metrics, lambda: watch.waiting),
             tokens=TokenSet(settings),
         )
-
-    @property
-    def celery(self) -> Celery:
-        return self.core.app
-
-    @property
-    def redis(self) -> redis.Redis:
-        return self.core.client
-
-    @property
-    def store(self) -> ScheduleStore:
-        return self.core.store
-
-    @property
-    def runs(self) -> RunLog:
-        return self.core.runs
 
     async def aclose(self) -> None:
         """Close connections (the lifespan's shutdown)."""

@@ -37,7 +37,7 @@ def client(redis_url: str) -> Iterator[TestClient]:
 def _runs(client: TestClient) -> RunLog:
     """The app's own run log (its results are kept to 64 characters)."""
     app: Any = client.app
-    runs: RunLog = app.state.services.runs
+    runs: RunLog = app.state.services.core.runs
     return runs
 
 
@@ -96,7 +96,7 @@ def test_a_truncated_result_is_fetched_whole_from_the_backend(
     runs.transition("big", "SUCCESS", result=json.dumps(big))
     # The result backend holds the whole value (as a worker would have stored it).
     app: Any = client.app
-    app.state.services.celery.backend.store_result("big", big, "SUCCESS")
+    app.state.services.core.app.backend.store_result("big", big, "SUCCESS")
     answer = client.get("/runs/big", headers=AUTH)
     assert answer.status_code == 200
     assert answer.json()["result"] == big

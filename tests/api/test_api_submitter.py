@@ -106,7 +106,7 @@ async def test_the_script_sends_what_send_task_sends(
     close(grouped["expires"], single["expires"])
 
     # Both recorded the same run.
-    runs = services.runs
+    runs = services.core.runs
     mine_run, their_run = runs.get(ours_id), runs.get(their_id)
     assert mine_run is not None and their_run is not None
     assert mine_run.state == their_run.state == "PENDING"
@@ -132,15 +132,15 @@ async def test_record_and_message_land_together_and_a_retry_sends_nothing_twice(
     assert not rclient.exists(f"{PREFIX}run:{run_id}") and not queued(rclient, PREFIX)
     # Redis runs a script whole: a worker that sees the message finds the record.
     assert await submitter.async_runs.submit(*prepared)
-    record = services.runs.get(run_id)
+    record = services.core.runs.get(run_id)
     assert record is not None and record.state == "PENDING" and record.args == "[2]"
     assert list(queued(rclient, PREFIX)) == [run_id]
     # The same script again (a reply lost, the command retried): nothing is sent twice,
     # nor is a later state overwritten.
-    services.runs.transition(run_id, "STARTED")
+    services.core.runs.transition(run_id, "STARTED")
     assert not await submitter.async_runs.submit(*prepared)
     assert not queued(rclient, PREFIX)
-    after = services.runs.get(run_id)
+    after = services.core.runs.get(run_id)
     assert after is not None and after.state == "STARTED"
 
 
@@ -154,7 +154,7 @@ async def test_what_the_script_does_not_handle_goes_through_send_task(
         with raw_events(rclient, PREFIX) as events:
             run_id = await submitter.submit("forwarder.ping", run)
         assert list(queued(rclient, PREFIX)) == [run_id]
-        assert services.runs.get(run_id) is not None
+        assert services.core.runs.get(run_id) is not None
         (channel, _), *_ = events
         return {"task.sent": "send_task", "task.multi": "script"}[channel]
 

@@ -111,7 +111,7 @@ async def get_run(
     run = to_run(record, show_traceback=services.settings.api_show_traceback)
     if run.result_truncated and record.state == "SUCCESS":
         # The record keeps a bounded copy; the result backend still has all of it.
-        return await run_in_threadpool(_with_full_result, services.celery, run)
+        return await run_in_threadpool(_with_full_result, services.core.app, run)
     return run
 
 

@@ -259,7 +259,7 @@ class RunLimits(NamedTuple):
 
 class RunWrite(NamedTuple):
     """One transition of one run: the state it reached and the fields to set, as flat
-    field/value pairs (``RunLog.record_fields`` builds them)."""
+    field/value pairs (``RunLog``'s ``*_write`` methods build them)."""
 
     run_id: str
     state: str

@@ -166,26 +166,19 @@ class RunLog:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def transition(
-        self,
-        run_id: str,
-        state: str,
-        *,
-        at: float | None = None,
-        client: Any = None,
-        **fields: Any,
-    ) -> Any:
+    def transition(self, run_id: str, state: str, *, client: Any = None, **fields: Any) -> Any:
         """Record that run ``run_id`` reached ``state``, with extra ``fields``.
 
         Fields set to None are left as they were. Pass a pipeline as ``client`` to batch.
         """
-        return self.write(RunWrite(run_id, state, self.record_fields(**fields)), at, client)
+        return self.write(RunWrite(run_id, state, self._fields(**fields)), client=client)
 
-    def write(self, write: RunWrite, at: float | None = None, client: Any = None) -> Any:
+    def write(self, write: RunWrite, *, client: Any = None) -> Any:
         """Record a transition built ahead (:meth:`queued_write`, :meth:`skipped_write`)."""
-        return self.scripts.transition(write, time.time() if at is None else at, client)
+        return self.scripts.transition(write, time.time(), client)
 
-    def record_fields(self, **fields: Any) -> list[str]:
+    @staticmethod
+    def _fields(**fields: Any) -> list[str]:
         """``fields`` as the flat field/value list the transition script takes (None left out)."""
         out: list[str] = []
         for name, value in fields.items():
@@ -211,7 +204,7 @@ class RunLog:
         return RunWrite(
             run_id,
             "PENDING",
-            self.record_fields(
+            self._fields(
                 task=task,
                 source=source,
                 schedule=schedule,
@@ -252,7 +245,7 @@ class RunLog:
         self, run_id: str, task: str, *, schedule: str, slot: float, reason: str
     ) -> RunWrite:
         """A firing that was not run (concurrencyPolicy Forbid, a missed deadline)."""
-        fields = self.record_fields(
+        fields = self._fields(
             task=task,
             source="schedule",
             schedule=schedule,
@@ -267,7 +260,7 @@ class RunLog:
         own client (which prefixes keys: the script goes whole, see
         :meth:`~forwarder_worker._redis.scripts.Scripts.transition_whole`). Once it has
         landed, say so with :meth:`note_with_result`."""
-        fields = self.record_fields(
+        fields = self._fields(
             task=task, finished=time.time(), result=bounded(result, self.result_limit)
         )
         self.scripts.transition_whole(pipe, RunWrite(run_id, "SUCCESS", fields), time.time())
