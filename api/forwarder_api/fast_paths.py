@@ -6,10 +6,10 @@ A client that runs a task submits it, then polls or long-polls the run, often se
 per run. The routes bind their own arguments (:class:`~forwarder_api.deps.LeanRoute`) and
 serialize their own answers, but FastAPI 0.165 still reaches them through its router (which
 walks the included routers, twice for the one that matches), a per-request wrapper and the
-binding: 60 to 100 µs of CPU per request more than this middleware (in process), and 15% of
-the API's CPU per round trip under the round-trip benchmark's load, which the benchmark's
-targets do not leave room for (bench/REPORT.md, section 4). This ASGI
-middleware calls the endpoints themselves (:func:`~forwarder_api.routers.runs.get_run`,
+binding: 60 to 100 µs of CPU per request more than this middleware (in process), and 11 to
+22% more of the API's CPU per round trip under the round-trip benchmark's load, which its
+targets do not leave room for (bench/REPORT.md, section 4). This ASGI middleware calls the
+endpoints themselves (:func:`~forwarder_api.routers.runs.get_run`,
 :func:`~forwarder_api.routers.tasks.submit_run`) for exactly the plain, well-formed cases:
 an accepted bearer token, no root path, and
 

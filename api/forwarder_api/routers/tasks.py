@@ -47,7 +47,9 @@ async def submit_run(
     run_id = await services.submitter.submit(services, name, body or RunRequest())
     services.metrics.submitted.labels(name).inc()
     url = _runs_url(request.scope) + run_id
-    response = json_response(SUBMITTED_JSON.dump_json(Submitted(id=run_id, url=url)), 202)
+    response = json_response(
+        SUBMITTED_JSON.dump_json(Submitted(id=run_id, url=url), by_alias=True), 202
+    )
     response.headers["Location"] = url
     return response
 
