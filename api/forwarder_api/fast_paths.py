@@ -1,24 +1,27 @@
 """Fast paths for the interactive round trip: ``POST /tasks/{name}/runs`` and
-``GET /runs/{id}`` (and ``?wait=``) answered without FastAPI's per-request machinery.
+``GET /runs/{id}`` (and ``?wait=``) handed to their routes' endpoints without going through
+FastAPI's router.
 
 A client that runs a task submits it, then polls or long-polls the run, often several times
-per run; FastAPI's routing, dependency solving, body and response validation cost more CPU
-than the Redis work itself. This ASGI middleware answers exactly the plain, well-formed
-cases with the routes' own functions (:meth:`~forwarder_api.submitter.Submitter.submit`,
-:meth:`~forwarder_api.run_watch.RunWatch.wait`, :func:`~forwarder_api.routers.runs.to_run`)
-and models: an accepted bearer token, no root path, and
+per run. The routes bind their own arguments (:class:`~forwarder_api.deps.LeanRoute`) and
+serialize their own answers, but FastAPI 0.165 still reaches them through its router (which
+walks the included routers, twice for the one that matches), a per-request wrapper and the
+binding: 60 to 100 µs of CPU per request more than this middleware (in process), and 11 to
+22% more of the API's CPU per round trip under the round-trip benchmark's load, which its
+targets do not leave room for (bench/REPORT.md, section 4). This ASGI middleware calls the
+endpoints themselves (:func:`~forwarder_api.routers.runs.get_run`,
+:func:`~forwarder_api.routers.tasks.submit_run`) for exactly the plain, well-formed cases:
+an accepted bearer token, no root path, and
 
 * a submission with a JSON body that :class:`~forwarder_api.models.RunRequest` accepts (or
   none), and no query;
-* a poll with no query but an in-range ``wait``, of a run that exists and whose result is
-  whole.
+* a poll with no query but an in-range ``wait``.
 
 Every other request (no or a wrong token, another content type, a body or query the route
-would reject or read differently, an unknown run, a truncated result, another path or
-method) goes to the FastAPI route, which stays the reference and the OpenAPI description: its
-answers (401, 404, 422...) are the API's own. Errors raised while a fast path works are
-answered as the app's exception handlers answer them (:func:`~forwarder_api.errors.error_for`).
-The tests check that both paths give byte-identical answers.
+would reject or read differently, another path or method) goes to FastAPI, whose answers
+(401, 422...) are the API's own. Errors an endpoint raises are answered as the app's
+exception handlers answer them (:func:`~forwarder_api.errors.error_for`). The tests check
+that both paths give byte-identical answers.
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ import json
 import re
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-from starlette.responses import Response
+from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from forwarder_api.errors import error_for
 from forwarder_api.limits import replaying
-from forwarder_api.models import Run, RunRequest, Submitted
+from forwarder_api.models import RunRequest
 from forwarder_api.routers import runs, tasks
 from forwarder_api.services import Services
 
@@ -41,8 +44,6 @@ RUNS = f"{runs.router.prefix}/"
 TASKS = f"{tasks.router.prefix}/"
 SUBMIT_SUFFIX = "/runs"
 MAX_NAME = 200
-RUN_JSON = TypeAdapter(Run)
-SUBMITTED_JSON = TypeAdapter(Submitted)
 # Plain decimal seconds only: any other spelling is left to FastAPI's own parsing.
 _WAIT = re.compile(rb"wait=([0-9]{1,4}(?:\.[0-9]{1,6})?)")
 
@@ -117,23 +118,12 @@ class FastPaths:
     async def _get_run(
         self, run_id: str, wait: float, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        watch = self.services.watch
-        try:
-            record = await watch.wait(run_id, wait) if wait else await watch.get(run_id)
-        except Exception as exc:  # noqa: BLE001  (answered as the app's handlers answer it)
-            scope["route"] = GET_RUN
-            await error_for(exc)(scope, receive, send)
-            return
-        if record is None:
-            await self.app(scope, receive, send)  # the route's 404
-            return
-        run = runs.to_run(record, show_traceback=self.services.settings.api_show_traceback)
-        if run.result_truncated and record.state == "SUCCESS":
-            await self.app(scope, receive, send)  # the route fetches the whole result
-            return
         scope["route"] = GET_RUN
-        body = RUN_JSON.dump_json(run, by_alias=True)
-        await Response(content=body, media_type="application/json")(scope, receive, send)
+        try:
+            response = await runs.get_run(run_id=run_id, request=Request(scope, receive), wait=wait)
+        except Exception as exc:  # noqa: BLE001  (answered as the app's handlers answer it)
+            response = error_for(exc)
+        await response(scope, receive, send)
 
     async def _submit(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         chunks: list[bytes] = []
@@ -150,18 +140,10 @@ class FastPaths:
             await self.app(scope, replaying(body, receive), send)
             return
         scope["route"] = SUBMIT_RUN
-        services = self.services
         try:
-            run_id = await services.submitter.submit(name, run)
+            response = await tasks.submit_run(name=name, request=Request(scope, receive), body=run)
         except Exception as exc:  # noqa: BLE001  (answered as the app's handlers answer it)
-            await error_for(exc)(scope, receive, send)
-            return
-        services.metrics.submitted.labels(name).inc()
-        url = tasks._runs_url(scope) + run_id
-        content = SUBMITTED_JSON.dump_json(Submitted(id=run_id, url=url), by_alias=True)
-        response = Response(content=content, status_code=202, media_type="application/json")
-        # Where the route's Response parameter puts it: after the content headers.
-        response.headers.raw.append((b"location", url.encode("latin-1")))
+            response = error_for(exc)
         await response(scope, receive, send)
 
     @staticmethod

@@ -7,11 +7,13 @@ connections on shutdown.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from forwarder_worker import __version__
 
 from forwarder_api.body_errors import install_auth_first_handlers
@@ -62,7 +64,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await services.aclose()
 
     app = FastAPI(
-        title="Forwarder API", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="Forwarder API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        telemetry=telemetry(),
     )
     app.state.services = services
     install_error_handlers(app)
@@ -75,3 +81,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for module in (health, tasks, runs, schedules, workers, monitor, logs, metrics):
         app.include_router(module.router)
     return app
+
+
+def telemetry() -> TelemetryConfig:
+    """FastAPI's native OpenTelemetry, on only where an OpenTelemetry SDK is installed.
+
+    It records nothing without one (the image ships none), but still looks up the global
+    providers on every request, an environment read each: about 7 µs of a 200 µs poll."""
+    if importlib.util.find_spec("opentelemetry.sdk") is not None:
+        return {}
+    return {"tracing": False, "metrics": False, "logs": False}

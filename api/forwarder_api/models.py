@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from forwarder_worker.names import API_VERSION, KIND, NAME_PATTERN, NAMESPACE_PATTERN
 from forwarder_worker.runs.records import STATES
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import Response
 
 RunState = Literal[STATES]  # type: ignore[valid-type]
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
@@ -184,3 +185,9 @@ class LogTail(BaseModel):
 
     component: str
     lines: list[str]
+
+
+def json_response(body: bytes, status_code: int = 200) -> Response:
+    """An answer whose JSON is already serialized (with a model's TypeAdapter): what FastAPI
+    sends for a route's response model, without validating the model once more first."""
+    return Response(body, status_code=status_code, media_type="application/json")

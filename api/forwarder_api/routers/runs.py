@@ -6,20 +6,29 @@ import json
 from typing import Annotated, Any
 
 from celery import Celery
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from forwarder_worker.runs.records import RunRecord
 from forwarder_worker.schedules.timing import utc_iso
+from pydantic import TypeAdapter
 
-from forwarder_api.deps import Authorized, CeleryDep, RunLogDep, SettingsDep, services_of
+from forwarder_api.deps import (
+    Authorized,
+    CeleryDep,
+    LeanRoute,
+    RunLogDep,
+    SettingsDep,
+    services_of,
+)
 from forwarder_api.errors import Conflict, NotFound
-from forwarder_api.models import Revoked, Run, RunError, RunPage, RunState
+from forwarder_api.models import Revoked, Run, RunError, RunPage, RunState, json_response
 
-router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authorized])
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authorized], route_class=LeanRoute)
 
 RunId = Annotated[str, Path(min_length=1, max_length=200)]
 # Longest long poll: under the idle timeouts of common proxies and load balancers (60 s).
 MAX_WAIT_SECONDS = 55
+RUN_JSON = TypeAdapter(Run)
 
 
 def _json(text: str | None) -> tuple[Any, bool]:
@@ -84,7 +93,12 @@ def list_runs(
     return RunPage(items=items, limit=limit, offset=offset, next=following)
 
 
-@router.get("/{run_id}", name="get_run", responses={404: {"description": "Never submitted"}})
+@router.get(
+    "/{run_id}",
+    name="get_run",
+    response_model=Run,
+    responses={404: {"description": "Never submitted"}},
+)
 async def get_run(
     run_id: RunId,
     request: Request,
@@ -99,10 +113,11 @@ async def get_run(
             "0 (default): answer at once.",
         ),
     ] = 0,
-) -> Run:
+) -> Response:
     """A run's state, result or error, and times; with ``wait``, once it has ended."""
-    # The polling hot path: read on the event loop (no threadpool hop), and the services
-    # taken from the request rather than through a dependency (FastAPI solves those per call).
+    # The polling hot path: read on the event loop (no threadpool hop), the services taken
+    # from the request rather than through a dependency, and the answer serialized here
+    # (FastAPI would validate the Run it was given once more first).
     services = services_of(request)
     watch = services.watch
     record = await watch.wait(run_id, wait) if wait else await watch.get(run_id)
@@ -111,8 +126,8 @@ async def get_run(
     run = to_run(record, show_traceback=services.settings.api_show_traceback)
     if run.result_truncated and record.state == "SUCCESS":
         # The record keeps a bounded copy; the result backend still has all of it.
-        return await run_in_threadpool(_with_full_result, services.core.app, run)
-    return run
+        run = await run_in_threadpool(_with_full_result, services.core.app, run)
+    return json_response(RUN_JSON.dump_json(run, by_alias=True))
 
 
 def run_path(run_id: str) -> str:

@@ -6,16 +6,20 @@ import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request, Response
+from pydantic import TypeAdapter
 from starlette.datastructures import URL, URLPath
 from starlette.types import Scope
 
-from forwarder_api.deps import Authorized, CatalogDep, services_of
-from forwarder_api.models import RunRequest, Submitted, TaskList, TaskOut
+from forwarder_api.deps import Authorized, CatalogDep, LeanRoute, services_of
+from forwarder_api.models import RunRequest, Submitted, TaskList, TaskOut, json_response
 from forwarder_api.routers.runs import run_path
 
-router = APIRouter(prefix="/tasks", tags=["tasks"], dependencies=[Authorized])
+router = APIRouter(
+    prefix="/tasks", tags=["tasks"], dependencies=[Authorized], route_class=LeanRoute
+)
 
 TaskName = Annotated[str, Path(min_length=1, max_length=200)]
+SUBMITTED_JSON = TypeAdapter(Submitted)
 
 
 @router.get("")
@@ -29,24 +33,25 @@ def list_tasks(catalog: CatalogDep) -> TaskList:
 @router.post(
     "/{name}/runs",
     status_code=202,
+    response_model=Submitted,
     responses={404: {"description": "Unknown or not allowed"}, 413: {"description": "Too big"}},
 )
 async def submit_run(
-    name: TaskName,
-    request: Request,
-    response: Response,
-    body: Annotated[RunRequest | None, Body()] = None,
-) -> Submitted:
+    name: TaskName, request: Request, body: Annotated[RunRequest | None, Body()] = None
+) -> Response:
     """Queue one run of task ``name``; answers 202 with its id and URL."""
     # This is the interactive hot path: the services taken from the request rather than
-    # through dependencies (FastAPI solves those on every call), and the submission made on
-    # the event loop in one round trip where it can (forwarder_api.submitter).
+    # through dependencies, the submission made on the event loop in one round trip where
+    # it can (forwarder_api.submitter), and the answer serialized here.
     services = services_of(request)
     run_id = await services.submitter.submit(name, body or RunRequest())
     services.metrics.submitted.labels(name).inc()
     url = _runs_url(request.scope) + run_id
+    response = json_response(
+        SUBMITTED_JSON.dump_json(Submitted(id=run_id, url=url), by_alias=True), 202
+    )
     response.headers["Location"] = url
-    return Submitted(id=run_id, url=url)
+    return response
 
 
 def _runs_url(scope: Scope) -> str:
