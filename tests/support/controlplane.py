@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -56,6 +57,7 @@ ADMIN = "admin"
 # charts' kubeVersion constraints against it, and without it the server says v0.0.0-master.
 _PIN = re.compile(r"^\s*k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+)\s*$", re.MULTILINE)
 BIN = Path(sys.executable).parent
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ControlPlaneError(RuntimeError):
@@ -207,6 +209,14 @@ class _Process:
             self.popen.wait(5)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG). A test run killed outright (a CI timeout, SIGKILL) never reaches its
+    ``finally``, and a server in a session of its own would otherwise outlive it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _spawn(name: str, args: list[str], log: Path) -> _Process:
     with log.open("ab") as handle:
         popen = subprocess.Popen(
@@ -215,6 +225,7 @@ def _spawn(name: str, args: list[str], log: Path) -> _Process:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     return _Process(name, popen, log)
 
@@ -491,6 +502,8 @@ def _main() -> int:
             print(build())
             return 0
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="controlplane-"))
+        # SIGTERM (`timeout`, a service manager) stops both servers as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with running(workdir) as plane:
             print(f"kube-apiserver: {plane.url}\nadmin kubeconfig: {plane.admin_kubeconfig}")
             with contextlib.suppress(KeyboardInterrupt):
