@@ -417,6 +417,9 @@ def running(workdir: Path, *, timeout: float = 120.0) -> Iterator[ControlPlane]:
     """Start etcd and kube-apiserver (building them first if needed); stop both after."""
     folder = build()
     workdir.mkdir(parents=True, exist_ok=True)
+    # Every run starts from an empty cluster, in a folder used before too (the benchmarks').
+    for leftover in ("etcd", "certs"):
+        shutil.rmtree(workdir / leftover, ignore_errors=True)
     etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
