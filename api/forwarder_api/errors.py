@@ -73,12 +73,6 @@ def error_response(
 async def _handle(_: Request, exc: Exception) -> JSONResponse:
     # ApiError, Redis and broker errors by their kind; anything else is a bug: logged with
     # its traceback, and still answered in the API's error shape.
-    return error_for(exc)
-
-
-def error_for(exc: Exception) -> JSONResponse:
-    """What the handlers below answer for ``exc`` (for code that runs outside FastAPI's
-    exception handling: the fast paths in :mod:`forwarder_api.fast_paths`)."""
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.message, exc.headers)
     if isinstance(exc, redis.RedisError):

@@ -18,7 +18,6 @@ from forwarder_worker import __version__
 
 from forwarder_api.body_errors import install_auth_first_handlers
 from forwarder_api.errors import install_error_handlers
-from forwarder_api.fast_paths import FastPaths
 from forwarder_api.limits import BodySizeLimit
 from forwarder_api.metrics import MetricsMiddleware
 from forwarder_api.routers import health, logs, metrics, monitor, runs, schedules, tasks, workers
@@ -73,9 +72,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     install_auth_first_handlers(app)
-    # Added last runs first: metrics see every request, 413s included; the fast paths of
-    # the interactive round trip run inside both.
-    app.add_middleware(FastPaths, services=services)
+    # Added last runs first: metrics see every request, 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     for module in (health, tasks, runs, schedules, workers, monitor, logs, metrics):

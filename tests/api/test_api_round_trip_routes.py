@@ -1,13 +1,12 @@
 """The interactive round trip's routes, ``POST /tasks/{name}/runs`` and ``GET /runs/{id}``
-(``?wait=`` too): their answers as they were, byte for byte, through the fast paths and
-through the routes; their error answers; and what their lean binding
-(:class:`~forwarder_api.deps.LeanRoute`) leaves to FastAPI.
+(``?wait=`` too): their answers as they were, byte for byte; their error answers; and what
+their lean binding (:class:`~forwarder_api.deps.LeanRoute`) leaves to FastAPI.
 
 In-process app (TestClient) on a real Redis; run records written straight into their hashes
 (fixed times, so the answers are fixed bytes), and submissions read back from the broker
-queue. An extra query parameter, which the routes ignore, makes the fast paths step aside, so
-a request reaches the route. The expected bytes and ``openapi_round_trip.json`` were taken
-from the API before the routes bound their own arguments.
+queue. The expected bytes and ``openapi_round_trip.json`` were taken from the API before the
+routes bound their own arguments, when an ASGI middleware (``fast_paths``, since removed)
+answered these requests beside them and both answered alike.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from forwarder_api.settings import ApiSettings
 TOKEN = "round-trip-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SUBMIT = "/tasks/forwarder.ping/runs"
-VIA_ROUTE = "via=route"
 CREATED = {"created": "1500000000.25"}
 RECORDS: dict[str, dict[str, str]] = {
     "pending": {"state": "PENDING", "args": '[1, "a"]', "kwargs": '{"k": null}'},
@@ -96,27 +94,18 @@ def _json_answer(answer: Any, status: int, body: bytes) -> None:
     ]
 
 
-def _routed(path: str) -> str:
-    """``path`` with a query parameter the fast paths step aside for (the route ignores it)."""
-    return f"{path}{'&' if '?' in path else '?'}{VIA_ROUTE}"
-
-
-@pytest.mark.parametrize("through", [str, _routed], ids=["fast path", "route"])
-def test_runs_are_answered_byte_for_byte_as_before(client: TestClient, through: Any) -> None:
+def test_runs_are_answered_byte_for_byte_as_before(client: TestClient) -> None:
     for run_id, body in ANSWERS.items():
-        _json_answer(client.get(through(f"/runs/{run_id}"), headers=AUTH), 200, body)
+        _json_answer(client.get(f"/runs/{run_id}", headers=AUTH), 200, body)
     # A long poll of an ended run answers at once, the same bytes.
     for run_id in ("ok", "failed"):
-        answer = client.get(through(f"/runs/{run_id}?wait=30"), headers=AUTH)
-        _json_answer(answer, 200, ANSWERS[run_id])
+        _json_answer(client.get(f"/runs/{run_id}?wait=30", headers=AUTH), 200, ANSWERS[run_id])
     # One still going is answered as it is when the wait runs out.
-    answer = client.get(through("/runs/pending?wait=0.2"), headers=AUTH)
-    _json_answer(answer, 200, ANSWERS["pending"])
+    _json_answer(client.get("/runs/pending?wait=0.2", headers=AUTH), 200, ANSWERS["pending"])
 
 
-@pytest.mark.parametrize("through", [str, _routed], ids=["fast path", "route"])
-def test_a_submission_is_answered_as_before(client: TestClient, through: Any) -> None:
-    answer = client.post(through(SUBMIT), json={}, headers=AUTH)
+def test_a_submission_is_answered_as_before(client: TestClient) -> None:
+    answer = client.post(SUBMIT, json={}, headers=AUTH)
     assert answer.status_code == 202
     run_id = answer.json()["id"]
     url = f"http://testserver/runs/{run_id}"
@@ -127,7 +116,7 @@ def test_a_submission_is_answered_as_before(client: TestClient, through: Any) ->
         ("location", url),
     ]
     # With no body at all, too: a run with no arguments.
-    assert client.post(through(SUBMIT), headers=AUTH).status_code == 202
+    assert client.post(SUBMIT, headers=AUTH).status_code == 202
 
 
 def test_errors_are_fastapis_and_the_token_is_checked_first(
@@ -181,6 +170,35 @@ def test_errors_are_fastapis_and_the_token_is_checked_first(
     assert rclient.llen("forwarder:default") == 0
 
 
+def test_a_truncated_result_is_fetched_whole_from_the_backend(
+    client: TestClient, rclient: redis.Redis
+) -> None:
+    big = {"data": "y" * 500}
+    record = {"id": "big", "task": "forwarder.ping", "state": "SUCCESS", "result": '{"data": "…'}
+    rclient.hset("forwarder:run:big", mapping=record)
+    # The result backend holds the whole value (as a worker would have stored it).
+    app: Any = client.app
+    app.state.services.celery.backend.store_result("big", big, "SUCCESS")
+    answer = client.get("/runs/big", headers=AUTH)
+    assert answer.status_code == 200
+    assert answer.json()["result"] == big
+    assert answer.json()["result_truncated"] is False
+
+
+def test_answers_are_counted_under_the_route(client: TestClient) -> None:
+    for _ in range(3):
+        assert client.get("/runs/ok", headers=AUTH).status_code == 200
+    for _ in range(2):
+        assert client.post(SUBMIT, json={}, headers=AUTH).status_code == 202
+    text = client.get("/metrics").text
+    for line in (
+        r'forwarder_api_requests_total\{method="GET",route="/runs/\{run_id\}",status="200"\} 3\.0',
+        r'forwarder_api_requests_total\{method="POST",route="/tasks/\{name\}/runs",status="202"\} 2\.0',
+        r'forwarder_api_runs_submitted_total\{task="forwarder.ping"\} 2\.0',
+    ):
+        assert re.search(f"^{line}$", text, re.MULTILINE), line
+
+
 def _queued(rclient: redis.Redis, queue: str) -> dict[str, dict[str, Any]]:
     """Messages waiting in a broker queue, by task id: headers and decoded body."""
     out = {}
@@ -225,7 +243,7 @@ def _answer(client: TestClient, rclient: redis.Redis, method: str, path: str, **
     """Status, headers and body, with a submitted run's id replaced by its message and
     record (ids are fresh on every submission)."""
     headers = {**AUTH, **kw.pop("headers", {})}
-    answer = client.request(method, _routed(path), headers=headers, **kw)
+    answer = client.request(method, path, headers=headers, **kw)
     content, items = answer.content, answer.headers.multi_items()
     sent: Any = None
     if answer.status_code == 202:
@@ -265,13 +283,13 @@ def test_well_formed_requests_skip_fastapis_solver(
         return await solve(**kwargs)
 
     monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
-    assert client.get(_routed("/runs/ok?wait=30"), headers=AUTH).status_code == 200
-    assert client.post(_routed(SUBMIT), json={"args": [1]}, headers=AUTH).status_code == 202
-    assert client.post(_routed(SUBMIT), headers=AUTH).status_code == 202
+    assert client.get("/runs/ok?wait=30", headers=AUTH).status_code == 200
+    assert client.post(SUBMIT, json={"args": [1]}, headers=AUTH).status_code == 202
+    assert client.post(SUBMIT, headers=AUTH).status_code == 202
     assert solved == []
     # What the binding does not take, FastAPI's handler answers.
-    assert client.get(_routed("/runs/ok?wait=abc"), headers=AUTH).status_code == 422
-    assert client.post(_routed(SUBMIT), json={"args": "x"}, headers=AUTH).status_code == 422
+    assert client.get("/runs/ok?wait=abc", headers=AUTH).status_code == 422
+    assert client.post(SUBMIT, json={"args": "x"}, headers=AUTH).status_code == 422
     assert client.get("/runs", headers=AUTH).status_code == 200  # another shape of route
     assert solved == ["/runs/ok", SUBMIT, "/runs"]
 
