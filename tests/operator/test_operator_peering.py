@@ -54,17 +54,23 @@ def test_only_the_highest_priority_replica_handles(
 
     flags = (f"--peering={peering}",)
     try:
-        with (
-            running_operator(env, logs / "low.log", *flags, "--priority=10", via="cli") as low,
-            running_operator(env, logs / "high.log", *flags, "--priority=20", via="cli") as high,
-        ):
-            eventually(lambda: priorities() == [10, 20], 30, message="both replicas in the peering")
-            kube.create("ha", {"task": "forwarder.ping", "schedule": {"every": "1h"}})
-            eventually(lambda: kube.ready("ha").get("status") == "True", 30)
-            eventually(lambda: f"[{namespace}/ha] every 3600s" in high.output(), 10)
-            # The lower replica stays paused (kopf logs "Pausing" only if it had resumed first).
-            assert f"{namespace}/ha" not in low.output()
-            assert "Pausing" not in high.output()
+        # The higher replica joins first. A replica given --peering starts paused and resumes
+        # when the peering it reads holds no higher peer; had the lower one started alone it
+        # would resume, and it pauses again only once its own watch delivers the higher one's
+        # entry, which may come after the peering object already lists both.
+        with running_operator(env, logs / "high.log", *flags, "--priority=20", via="cli") as high:
+            eventually(lambda: priorities() == [20], 30, message="the higher replica in the peering")
+            with running_operator(env, logs / "low.log", *flags, "--priority=10", via="cli") as low:
+                eventually(
+                    lambda: priorities() == [10, 20], 30, message="both replicas in the peering"
+                )
+                kube.create("ha", {"task": "forwarder.ping", "schedule": {"every": "1h"}})
+                eventually(lambda: kube.ready("ha").get("status") == "True", 30)
+                eventually(lambda: f"[{namespace}/ha] every 3600s" in high.output(), 10)
+                # The lower replica never resumed, and handled nothing.
+                assert "Resuming operations" not in low.output()
+                assert f"{namespace}/ha" not in low.output()
+                assert "Pausing" not in high.output()
         # Each replica took itself out of the peering as it stopped.
         assert priorities() == []
     finally:
