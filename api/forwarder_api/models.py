@@ -191,3 +191,21 @@ def json_response(body: bytes, status_code: int = 200) -> Response:
     """An answer whose JSON is already serialized (with a model's TypeAdapter): what FastAPI
     sends for a route's response model, without validating the model once more first."""
     return Response(body, status_code=status_code, media_type="application/json")
+
+
+class PreviewSlot(BaseModel):
+    """One upcoming fire time: in the schedule's zone and in UTC, and how a DST change moved
+    it (absent when it did not)."""
+
+    local: str = Field(description="RFC 3339 with the zone's offset")
+    utc: str = Field(description="RFC 3339 UTC")
+    dst: str | None = Field(default=None, description="e.g. 'shifted +1h: 02:30 does not exist'")
+
+
+class SchedulePreview(BaseModel):
+    """The next fire times of a schedule (its window, maxRuns and exclusions applied)."""
+
+    namespace: str
+    name: str
+    timeZone: str
+    items: list[PreviewSlot]

@@ -35,7 +35,7 @@ from typing import Any
 import redis
 from forwarder_worker.names import FINALIZER
 from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.status import applied_status, runs_status
+from forwarder_worker.schedules.status import applied_status, completed_status, runs_status
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -78,6 +78,9 @@ class StatusPass:
                 self.written.pop(name, None)
                 continue
             status = runs_status(services.runs.summary(name, stored.entry.history), stored)
+            # Beat completes an entry (a window over, maxRuns reached, a one-off fired)
+            # without the spec changing: the condition says so from here.
+            status.update(completed_status(stored))
             if self.written.get(name) != status:
                 target = ObjectMeta(namespace=namespace, name=resource)
                 if not ApiWriter(services.kube, target).write(Plan(status=status)):

@@ -100,6 +100,10 @@ def test_there_is_a_sample_per_feature() -> None:
         "runHistoryLimit",
         "args",
         "kwargs",
+        "startTime",
+        "endTime",
+        "maxRuns",
+        "exclusions",
     ):
         assert feature in used, f"no sample shows {feature}"
     annotations = [
@@ -155,8 +159,8 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
     wide_header, wide_row = crds.kubectl("get", "st", "-n", namespace, "-o", "wide").stdout.split(
         "\n", 1
     )
-    assert wide_header.split()[-3:] == ["READY", "REASON", "RUNS"]
-    assert wide_row.split()[-3:] == ["True", "Scheduled", "7"]
+    assert wide_header.split()[-5:] == ["READY", "REASON", "RUNS", "MISSED", "EXCLUDED"]
+    assert wide_row.split()[-5:] == ["True", "Scheduled", "7", "<none>", "<none>"]
 
 
 def test_a_main_resource_write_cannot_set_status(crds: ControlPlane, namespace: str) -> None:
@@ -176,7 +180,17 @@ def test_a_main_resource_write_cannot_set_status(crds: ControlPlane, namespace: 
 
 def test_kubectl_explain_describes_the_spec(crds: ControlPlane) -> None:
     spec = crds.kubectl("explain", "scheduledtask.spec").stdout
-    for field in ("task", "schedule", "timeZone", "concurrencyPolicy", "runHistoryLimit"):
+    for field in (
+        "task",
+        "schedule",
+        "timeZone",
+        "concurrencyPolicy",
+        "runHistoryLimit",
+        "startTime",
+        "endTime",
+        "maxRuns",
+        "exclusions",
+    ):
         assert f"  {field}\t" in spec, spec
     assert "enum: Allow, Forbid, Replace" in spec
     every = crds.kubectl("explain", "st.spec.schedule.every").stdout
@@ -345,6 +359,68 @@ BAD = [
     ),
     # kubectl asks for strict field validation: a typo is an error, not silently pruned.
     ("typo field", {**PING, "suspended": True}, 'unknown field "spec.suspended"', "spec.suspended"),
+    # The window and the limit: the spec-level CEL rule compares the two instants.
+    (
+        "end before start",
+        {**PING, "startTime": "2030-01-02T00:00:00Z", "endTime": "2030-01-01T00:00:00Z"},
+        "endTime must be after startTime",
+        "spec.endTime: 2030-01-01T00:00:00+00:00 is not after startTime",
+    ),
+    (
+        "end equals start",
+        {**PING, "startTime": "2030-01-01T00:00:00Z", "endTime": "2030-01-01T00:00:00Z"},
+        "endTime must be after startTime",
+        "is not after startTime",
+    ),
+    (
+        "end not a time",
+        {**PING, "endTime": "soon"},
+        "spec.endTime in body must be of type date-time",
+        "spec.endTime",
+    ),
+    (
+        "maxRuns negative",
+        {**PING, "maxRuns": -1},
+        "spec.maxRuns in body should be greater than or equal to 1",
+        "spec.maxRuns",
+    ),
+    (
+        "maxRuns zero",
+        {**PING, "maxRuns": 0},
+        "spec.maxRuns in body should be greater than or equal to 1",
+        "spec.maxRuns",
+    ),
+    # Exclusions: the schema checks their shape, only the operator a cron's values or a date.
+    (
+        "exclusion cron value",
+        {**PING, "exclusions": {"cron": ["0 9 * * *", "61 * * * *"]}},
+        None,
+        "spec.exclusions.cron[1]: '61 * * * *' is not a valid cron expression",
+    ),
+    (
+        "exclusion 4-field cron",
+        {**PING, "exclusions": {"cron": ["* * * *"]}},
+        "spec.exclusions.cron[0] in body should match",
+        "spec.exclusions.cron[0]",
+    ),
+    (
+        "exclusion date shape",
+        {**PING, "exclusions": {"dates": ["25.12.2030"]}},
+        "spec.exclusions.dates[0] in body should match",
+        "spec.exclusions.dates[0]",
+    ),
+    (
+        "exclusion date value",
+        {**PING, "exclusions": {"dates": ["2030-02-30"]}},
+        None,
+        "spec.exclusions.dates[0]: '2030-02-30' is not a date",
+    ),
+    (
+        "exclusion unknown kind",
+        {**PING, "exclusions": {"weekdays": ["Sat"]}},
+        'unknown field "spec.exclusions.weekdays"',
+        "spec.exclusions.weekdays",
+    ),
 ]
 
 

@@ -9,17 +9,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview
+from forwarder_worker.schedules.store import Entry
 
-from forwarder_api.deps import Authorized, SchedulesDep
+from forwarder_api.deps import Authorized, SchedulesDep, StoreDep
 from forwarder_api.models import (
+    PreviewSlot,
     ScheduleCreate,
     ScheduleList,
     ScheduleOut,
     ScheduleOutMetadata,
     SchedulePatch,
+    SchedulePreview,
     TriggerOut,
 )
-from forwarder_api.schedules import ScheduleView
+from forwarder_api.schedules import ScheduleView, validate_spec
 
 router = APIRouter(prefix="/schedules", tags=["schedules"], dependencies=[Authorized])
 
@@ -102,3 +106,27 @@ def trigger_schedule(
     return TriggerOut(
         namespace=done.namespace, name=done.name, id=done.run_id, url=url, runNow=done.run_now
     )
+
+
+@router.get("/{namespace}/{name}/preview", responses=ERRORS)
+def preview_schedule(
+    namespace: Namespace,
+    name: Name,
+    schedules: SchedulesDep,
+    store: StoreDep,
+    count: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="How many fire times")] = 10,
+) -> SchedulePreview:
+    """The next ``count`` fire times, with the window, maxRuns and exclusions applied: from
+    the live entry (its grid, the runs it has left) when beat holds this spec, else as if
+    the spec were applied now. Each time is given in the schedule's zone and in UTC."""
+    view = schedules.get(namespace, name)
+    spec = validate_spec(view.spec, None, allow_past_at=True)
+    stored = store.get(f"{namespace}/{name}")
+    if stored is not None and stored.entry.uid != view.uid:
+        stored = None  # an entry of an older resource of the same name
+    entry = Entry.from_spec(f"{namespace}/{name}", spec)
+    items = []
+    for at in preview(spec, count, stored=stored):
+        slot = describe_slot(entry, at)
+        items.append(PreviewSlot(local=slot.local, utc=slot.utc, dst=slot.dst or None))
+    return SchedulePreview(namespace=namespace, name=name, timeZone=spec.time_zone, items=items)

@@ -33,6 +33,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -75,25 +76,44 @@ MISSED_REASON = "missed: the starting deadline passed before the slot could fire
 
 def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta, float | None]:
     """For a due entry: the latest slot due, whether it is still within its starting
-    deadline, how many slots are missed, the new meta and the next due time."""
+    deadline, how many slots are missed, the new meta and the next due time.
+
+    The meta counts the missed slots and the excluded slots stepped over, not the firing:
+    whether the slot is sent is known only after concurrencyPolicy (:func:`settle`)."""
     entry, meta = stored.entry, stored.meta
     assert stored.due is not None
     timetable = entry.timetable(meta.anchor)
     latest, walked = stored.due, 0
-    upcoming = timetable.next_after(latest)
+    upcoming, excluded = timetable.step(latest)
     while upcoming is not None and upcoming <= now and walked < _MAX_MISSED_WALK:
         latest, walked = upcoming, walked + 1
-        upcoming = timetable.next_after(latest)
+        upcoming, skipped = timetable.step(latest)
+        excluded += skipped
     if upcoming is not None and upcoming <= now:
         upcoming = timetable.next_after(now)  # a very long outage: skip ahead from now
     in_time = entry.deadline is None or now - latest <= entry.deadline
-    new_meta = Meta(
-        anchor=meta.anchor,
+    missed = walked + (0 if in_time else 1)
+    new_meta = replace(
+        meta,
         last=latest,
-        count=meta.count + (1 if in_time else 0),
         done=upcoming is None,
+        excluded=meta.excluded + excluded,
+        missed=meta.missed + missed,
     )
-    return latest, in_time, walked + (0 if in_time else 1), new_meta, upcoming
+    return latest, in_time, missed, new_meta, upcoming
+
+
+def settle(
+    stored: StoredEntry, meta: Meta, due: float | None, sent: bool, now: float
+) -> tuple[Meta, float | None]:
+    """The planned meta and next due time once it is known whether the slot was sent: a
+    sent slot counts toward ``maxRuns``, and reaching it (or running out of slots) completes
+    the entry."""
+    if sent:
+        meta = replace(meta, count=meta.count + 1)
+    if due is None or stored.entry.limit_reached(meta):
+        return replace(meta, done=True, ended=meta.ended or now), None
+    return meta, due
 
 
 def claim_of(
@@ -352,9 +372,9 @@ class ForwarderScheduler(Scheduler):
             in_order = iter(captured)
             pushes = [None if send is None else next(in_order) for send in sends]
             claims = [
-                claim_of(stored, meta, due, record, push or ())
-                for (stored, *_, meta, due), record, push in zip(
-                    plans, records, pushes, strict=True
+                claim_of(stored, *settle(stored, meta, due, outcome.sent, now), record, push or ())
+                for (stored, *_, meta, due), outcome, record, push in zip(
+                    plans, outcomes, records, pushes, strict=True
                 )
             ]
             claimed, next_due = self.store.claim([*claims, *deferred])

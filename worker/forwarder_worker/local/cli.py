@@ -27,6 +27,10 @@ import redis
 from forwarder_worker._redis.clients import RedisCredentialsRejected, check_credentials
 from forwarder_worker.core import SCHEDULER, Core
 from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
+from forwarder_worker.schedules.files import FileError, declared
+from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
+from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview
+from forwarder_worker.schedules.store import Entry
 from forwarder_worker.schedules.timing import utc_iso
 from forwarder_worker.settings import Settings, get_settings
 
@@ -243,6 +247,47 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Validate a ScheduledTask YAML file offline (no Redis, no cluster) and print the next
+    fire times of each schedule in it, in its zone and in UTC, marking those a DST change
+    moved: a dry run before ``kubectl apply``. A problem is one line on stderr, exit 1."""
+    path = Path(args.file)
+    try:
+        documents = declared(path)
+    except (FileError, OSError) as exc:
+        print(f"forwarder preview: {path}: {exc}", file=sys.stderr)
+        return 1
+    if not documents:
+        print(f"forwarder preview: {path}: holds no ScheduledTask", file=sys.stderr)
+        return 1
+    checked: list[tuple[str, ScheduledTaskSpec]] = []
+    for item in documents:
+        try:
+            checked.append((item.entry_name, parse_spec(item.spec)))
+        except InvalidSpec as exc:
+            print(f"forwarder preview: {path}: {item.entry_name}: {exc}", file=sys.stderr)
+            return 1
+    for index, (name, spec) in enumerate(checked):
+        if index:
+            print()
+        entry = Entry.from_spec(name, spec)
+        times = preview(spec, args.count)
+        print(f"{name}: {spec.schedule.describe()} in {spec.time_zone}, next {len(times)}:")
+        rows = [(f"LOCAL ({spec.time_zone})", "UTC", "DST")]
+        for at in times:
+            slot = describe_slot(entry, at)
+            rows.append((slot.local, slot.utc, slot.dst or "-"))
+        _table(rows)
+    return 0
+
+
+def _preview_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_PREVIEW:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_PREVIEW}")
+    return value
+
+
 def describe_timing(schedule: dict[str, Any]) -> str:
     """``every 30s``, ``cron */5 * * * *`` or ``at <time>`` for a stored schedule."""
     if "every" in schedule:
@@ -255,7 +300,9 @@ def describe_timing(schedule: dict[str, Any]) -> str:
 def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def cmd_component(args: argparse.Namespace, extra: list[str]) -> int:
@@ -296,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--redis-url")
     status.add_argument("--runs", type=int, default=10, help="recent runs to show")
     status.add_argument("--state-dir", default=str(STATE_DIR))
+    preview_cmd = sub.add_parser(
+        "preview",
+        help="validate a ScheduledTask YAML file offline and print its next fire times",
+    )
+    preview_cmd.add_argument("file", help="a YAML file of one or more ScheduledTasks")
+    preview_cmd.add_argument(
+        "-n", "--count", type=_preview_count, default=10, help="how many fire times (10)"
+    )
     for name in ("worker", "beat", "flower", "api", "operator"):
         sub.add_parser(name, help=f"run the {name} (extra arguments are passed on)", add_help=False)
     return parser
@@ -308,7 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_up(args)
     if args.command == "status" and not extra:
         return cmd_status(args)
-    if args.command in ("up", "status"):
+    if args.command == "preview" and not extra:
+        return cmd_preview(args)
+    if args.command in ("up", "status", "preview"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return cmd_component(args, extra)
 

@@ -30,6 +30,7 @@ from forwarder_worker.schedules.timing import (
     IntervalTimetable,
     OneOffTimetable,
     Timetable,
+    parse_dates,
 )
 
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
@@ -54,6 +55,24 @@ def parse_duration(value: str | int) -> int:
         raise ValueError(f"{value!r} is not a duration like '30s', '5m', '1h30m' or whole seconds")
     parts = {k: int(v) for k, v in match.groupdict(default="0").items()}
     return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+
+
+def check_cron(value: str) -> str:
+    """A 5-field cron expression or an ``@`` alias, stripped; ValueError says what is wrong."""
+    expression = value.strip()
+    if expression.startswith("@"):
+        if expression not in CRON_ALIASES:
+            raise ValueError(
+                f"{value!r} is not a cron alias; use one of {', '.join(sorted(CRON_ALIASES))}"
+            )
+        return expression
+    if len(expression.split()) != 5:
+        raise ValueError(
+            f"{value!r} is not a 5-field cron expression (minute hour day month weekday)"
+        )
+    if not croniter.is_valid(expression):
+        raise ValueError(f"{value!r} is not a valid cron expression")
+    return expression
 
 
 class _Strict(BaseModel):
@@ -81,22 +100,7 @@ class ScheduleSpec(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        expression = value.strip()
-        if expression.startswith("@"):
-            if expression not in CRON_ALIASES:
-                raise ValueError(
-                    f"{value!r} is not a cron alias; use one of {', '.join(sorted(CRON_ALIASES))}"
-                )
-            return expression
-        if len(expression.split()) != 5:
-            raise ValueError(
-                f"{value!r} is not a 5-field cron expression (minute hour day month weekday)"
-            )
-        if not croniter.is_valid(expression):
-            raise ValueError(f"{value!r} is not a valid cron expression")
-        return expression
+        return None if value is None else check_cron(value)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ScheduleSpec:
@@ -123,6 +127,35 @@ class ScheduleSpec(_Strict):
         return f"at {self.at.astimezone(UTC).isoformat().replace('+00:00', 'Z')}"
 
 
+class ExclusionsSpec(_Strict):
+    """Slots that do not fire, read in the spec's ``timeZone``: any slot whose local time
+    matches one of ``cron`` (to the minute), or that falls on one of ``dates``."""
+
+    cron: list[str] = Field(default_factory=list, max_length=50)
+    dates: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("cron")
+    @classmethod
+    def _crons(cls, values: list[str]) -> list[str]:
+        checked = []
+        for index, value in enumerate(values):
+            try:
+                checked.append(check_cron(value))
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return checked
+
+    @field_validator("dates")
+    @classmethod
+    def _dates(cls, values: list[str]) -> list[str]:
+        for index, value in enumerate(values):
+            try:
+                parse_dates([value])
+            except ValueError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return values
+
+
 class ScheduledTaskSpec(_Strict):
     """``spec`` of a ScheduledTask (design §3)."""
 
@@ -145,6 +178,12 @@ class ScheduledTaskSpec(_Strict):
     )
     priority: int | None = Field(default=None, ge=0, le=9)
     run_history_limit: int = Field(default=10, alias="runHistoryLimit", ge=1, le=100)
+    # The window and the limit (issue 19): slots before startTime or at/after endTime never
+    # fire, and after maxRuns firings the schedule is complete.
+    start_time: datetime | None = Field(default=None, alias="startTime")
+    end_time: datetime | None = Field(default=None, alias="endTime")
+    max_runs: int | None = Field(default=None, alias="maxRuns", ge=1, le=1_000_000_000)
+    exclusions: ExclusionsSpec | None = None
 
     @field_validator("time_zone")
     @classmethod
@@ -159,6 +198,21 @@ class ScheduledTaskSpec(_Strict):
     def _fires(self, info: ValidationInfo) -> ScheduledTaskSpec:
         context = info.context or {}
         now = float(context.get("now", time.time()))
+        zone = ZoneInfo(self.time_zone)
+        for field in ("start_time", "end_time"):
+            value = getattr(self, field)
+            if value is not None and value.tzinfo is None:
+                # A naive time is read in the spec's zone, as a cron would be.
+                object.__setattr__(self, field, value.replace(tzinfo=zone))
+        if (
+            self.start_time is not None
+            and self.end_time is not None
+            and self.end_time <= self.start_time
+        ):
+            raise ValueError(
+                f"endTime: {self.end_time.isoformat()} is not after startTime "
+                f"{self.start_time.isoformat()}"
+            )
         if self.schedule.at is not None:
             if self.schedule.at.tzinfo is None:
                 # A naive `at` is read in the spec's zone, as a cron would be.
@@ -197,6 +251,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
         "concurrency_policy": "concurrencyPolicy",
         "jitter_seconds": "jitterSeconds",
         "run_history_limit": "runHistoryLimit",
+        "start_time": "startTime",
+        "end_time": "endTime",
+        "max_runs": "maxRuns",
     }
     return ".".join(["spec", *(names.get(str(part), str(part)) for part in loc)])
 
@@ -208,9 +265,12 @@ def format_errors(error: ValidationError) -> str:
         message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "is not a known field"
-        if item["loc"]:
+        if item["loc"] and message.startswith("["):
+            # A list item's own problem: ``spec.exclusions.cron[0]: ...``.
+            lines.append(f"{_location(tuple(item['loc']))}{message}")
+        elif item["loc"]:
             lines.append(f"{_location(tuple(item['loc']))}: {message}")
-        elif message.startswith("schedule."):
+        elif message.startswith(("schedule.", "endTime:")):
             lines.append(f"spec.{message}")  # a cross-field check that names its own field
         else:
             lines.append(f"spec: {message}")

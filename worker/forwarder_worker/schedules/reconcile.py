@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
-from forwarder_worker.schedules.store import Entry, ScheduleStore, UpsertResult
+from forwarder_worker.schedules.store import Entry, Meta, ScheduleStore, UpsertResult
+from forwarder_worker.schedules.timing import utc_iso
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,17 @@ def apply_schedule(
     return replace(describe(spec, entry, due, store), changed=result is not UpsertResult.UNCHANGED)
 
 
+def completed_message(entry: Entry, meta: Meta | None) -> str:
+    """Why an entry fires no more: its one-off fired, its run limit or its window's end."""
+    if meta is not None and "at" in entry.schedule and meta.count:
+        return "has fired"
+    if meta is not None and entry.limit_reached(meta):
+        return f"maxRuns {entry.max_runs} reached"
+    if entry.end is not None:
+        return f"no slot left before endTime {utc_iso(entry.end)}"
+    return "has no future run"
+
+
 def describe(
     spec: ScheduledTaskSpec, entry: Entry, due: float | None, store: ScheduleStore
 ) -> ApplyResult:
@@ -104,9 +116,9 @@ def describe(
         return ApplyResult(True, "Suspended", f"{what} is suspended", None, spec, entry)
     if due is None:
         stored = store.get(entry.name)
-        if stored is not None and stored.meta.done:
-            return ApplyResult(True, "Completed", f"{what} has fired", None, spec, entry)
-        return ApplyResult(True, "Completed", f"{what} has no future run", None, spec, entry)
+        meta = stored.meta if stored is not None else None
+        message = f"{what}: {completed_message(entry, meta)}"
+        return ApplyResult(True, "Completed", message, None, spec, entry)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due))
     return ApplyResult(
         True, "Scheduled", f"{what} ({spec.time_zone}); next run {when}", due, spec, entry

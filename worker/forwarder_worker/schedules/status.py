@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from forwarder_worker.runs.records import RunRecord, ScheduleRuns
-from forwarder_worker.schedules.reconcile import ApplyResult
-from forwarder_worker.schedules.store import StoredEntry
+from forwarder_worker.schedules.preview import NEXT_RUN_TIMES, upcoming
+from forwarder_worker.schedules.reconcile import ApplyResult, completed_message
+from forwarder_worker.schedules.store import Meta, StoredEntry
 from forwarder_worker.schedules.timing import utc_iso
 
 READY = "Ready"
@@ -85,6 +86,12 @@ def applied_status(
     if result.spec is not None and result.reason != "Stale":
         status["schedule"] = result.spec.schedule.describe()
         status["nextRunTime"] = _iso(result.next_run)
+        if result.entry is not None:
+            # From a fresh firing state: exact for a new or re-created entry; the status
+            # pass writes the stored one's (its runs left, its grid) after each firing.
+            anchor = Meta(anchor=result.next_run or now)
+            times = upcoming(result.entry, anchor, result.next_run, NEXT_RUN_TIMES)
+            status["nextRunTimes"] = [_iso(t) for t in times]
     return status
 
 
@@ -124,8 +131,9 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
 
 
 def runs_status(runs: ScheduleRuns, stored: StoredEntry | None) -> dict[str, Any]:
-    """The run-history part of status, plus the next due time (it moves with each firing)."""
-    return {
+    """The run-history part of status, plus what moves with each firing: the next due
+    times, and the slots missed and excluded so far."""
+    status: dict[str, Any] = {
         "lastRun": None if runs.last_run is None else run_summary(runs.last_run),
         "recentRuns": [run_summary(r) for r in runs.recent],
         "totalRunCount": runs.total,
@@ -133,3 +141,27 @@ def runs_status(runs: ScheduleRuns, stored: StoredEntry | None) -> dict[str, Any
         "lastSuccessfulTime": _iso(runs.last_successful_time),
         "nextRunTime": None if stored is None else _iso(stored.due),
     }
+    if stored is not None:
+        times = upcoming(stored.entry, stored.meta, stored.due, NEXT_RUN_TIMES)
+        status["nextRunTimes"] = [_iso(t) for t in times]
+        status["missedCount"] = stored.meta.missed
+        status["excludedCount"] = stored.meta.excluded
+    return status
+
+
+def completed_status(stored: StoredEntry) -> dict[str, Any]:
+    """The Ready condition of an entry beat completed (its one-off fired, its window ended,
+    its maxRuns reached), or nothing for one that is not complete. Its transition time is
+    when beat completed it, so writing it twice writes the same."""
+    if not stored.meta.done or stored.entry.suspend:
+        return {}
+    condition: dict[str, Any] = {
+        "type": READY,
+        "status": "True",
+        "reason": "Completed",
+        "message": completed_message(stored.entry, stored.meta),
+        "lastTransitionTime": utc_iso(stored.meta.ended or stored.meta.last or 0),
+    }
+    if stored.entry.generation:
+        condition["observedGeneration"] = stored.entry.generation
+    return {"conditions": [condition]}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -37,10 +38,13 @@ from forwarder_worker._redis.scripts import Claim, Scripts
 from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.model import ScheduledTaskSpec
 from forwarder_worker.schedules.timing import (
+    BoundedTimetable,
     CronTimetable,
+    Exclusions,
     IntervalTimetable,
     OneOffTimetable,
     Timetable,
+    parse_dates,
 )
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
@@ -93,6 +97,13 @@ class Entry:
     history: int = 10
     uid: str = ""
     generation: int = 0
+    # The window, the limit and the exclusions (None or empty: unbounded), as epoch seconds,
+    # a count, cron expressions and ISO dates read in ``tz``.
+    start: float | None = None
+    end: float | None = None
+    max_runs: int | None = None
+    exclude_cron: list[str] = field(default_factory=list)
+    exclude_dates: list[str] = field(default_factory=list)
 
     @classmethod
     def from_spec(
@@ -125,6 +136,11 @@ class Entry:
             history=spec.run_history_limit,
             uid=uid,
             generation=generation,
+            start=None if spec.start_time is None else spec.start_time.timestamp(),
+            end=None if spec.end_time is None else spec.end_time.timestamp(),
+            max_runs=spec.max_runs,
+            exclude_cron=list(spec.exclusions.cron) if spec.exclusions else [],
+            exclude_dates=list(spec.exclusions.dates) if spec.exclusions else [],
         )
 
     def to_json(self) -> str:
@@ -144,17 +160,31 @@ class Entry:
         """The namespace part of the name."""
         return self.name.partition("/")[0]
 
-    def timetable(self, anchor: float) -> Timetable:
-        """When the entry fires; ``anchor`` is the first slot of an interval."""
+    def timetable(self, anchor: float) -> BoundedTimetable:
+        """When the entry fires (its window and exclusions applied; the run limit is
+        counted by beat); ``anchor`` is the first slot of an interval."""
+        base: Timetable
         if "every" in self.schedule:
-            return IntervalTimetable(float(self.schedule["every"]), anchor)
-        if "cron" in self.schedule:
-            return CronTimetable(self.schedule["cron"], self.tz)
-        return OneOffTimetable(float(self.schedule["at"]))
+            base = IntervalTimetable(float(self.schedule["every"]), anchor)
+        elif "cron" in self.schedule:
+            base = CronTimetable(self.schedule["cron"], self.tz)
+        else:
+            base = OneOffTimetable(float(self.schedule["at"]))
+        exclusions = Exclusions(self.tz, tuple(self.exclude_cron), parse_dates(self.exclude_dates))
+        return BoundedTimetable(base, self.start, self.end, exclusions or None)
 
     def same_timing(self, other: Entry) -> bool:
         """Whether both fire at the same instants (then a rewrite keeps the next due time)."""
-        return self.schedule == other.schedule and self.tz == other.tz
+        return (
+            self.schedule == other.schedule
+            and self.tz == other.tz
+            and (self.start, self.end, self.max_runs) == (other.start, other.end, other.max_runs)
+            and (self.exclude_cron, self.exclude_dates) == (other.exclude_cron, other.exclude_dates)
+        )
+
+    def limit_reached(self, meta: Meta) -> bool:
+        """Whether the entry has fired ``max_runs`` times."""
+        return self.max_runs is not None and meta.count >= self.max_runs
 
 
 @dataclass(frozen=True)
@@ -164,7 +194,10 @@ class Meta:
     anchor: float  # first slot of an interval grid
     last: float | None = None  # slot of the last firing
     count: int = 0  # firings so far
-    done: bool = False  # a one-off that has fired
+    done: bool = False  # no slot left: a one-off that has fired, a window over, maxRuns reached
+    excluded: int = 0  # excluded slots beat stepped over (counted as it steps past them)
+    missed: int = 0  # slots that passed unfired while beat was away, or past their deadline
+    ended: float | None = None  # when beat found no slot left (the Completed condition's time)
 
     def to_json(self) -> str:
         """Compact JSON for the ``meta`` hash field."""
@@ -172,10 +205,12 @@ class Meta:
 
     @classmethod
     def from_json(cls, text: str | None, *, default_anchor: float) -> Meta:
-        """Read ``meta``; a missing one is a fresh entry anchored at ``default_anchor``."""
+        """Read ``meta``; a missing one is a fresh entry anchored at ``default_anchor``.
+        Fields this version does not know (a newer writer's) are ignored, as in Entry."""
         if not text:
             return cls(anchor=default_anchor)
-        return cls(**json.loads(text))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -209,6 +244,54 @@ class Snapshot:
             self.rev or "0",
             self.due,
         )
+
+
+def arm(
+    entry: Entry, current: Entry | None, meta: Meta, due: float | None, now: float
+) -> tuple[Meta, float | None]:
+    """The firing state and due time for ``entry`` replacing ``current`` (None: new) at
+    ``now``; the due time is None when it leaves the due set (suspended or complete).
+
+    A one-off that has fired stays complete whatever is re-applied. An entry completed by
+    its window or its run limit stays complete while its timing (schedule, zone, window,
+    limit, exclusions) is unchanged; a new timing that leaves slots to fire re-arms it.
+    """
+    if entry.suspend:
+        return meta, None
+    if meta.done and ("at" in entry.schedule or current is None or current.same_timing(entry)):
+        return meta, None
+    resumed = current is not None and current.suspend
+    if current is not None and not resumed and current.same_timing(entry) and due is not None:
+        return meta, due
+    meta, nxt = _next_due(entry, meta, resumed, now)
+    if nxt is None or entry.limit_reached(meta):
+        return replace(meta, done=True, ended=meta.ended or now), None
+    return replace(meta, done=False, ended=None), nxt
+
+
+def _next_due(entry: Entry, meta: Meta, resumed: bool, now: float) -> tuple[Meta, float | None]:
+    """The first due time of a new, changed or resumed entry (``arm``)."""
+    if "every" in entry.schedule:
+        if meta.last is None and not resumed:
+            # A new interval fires at once, like Celery's (at its startTime if that is
+            # later); later slots follow its grid.
+            anchor = now if entry.start is None else max(now, entry.start)
+            meta = replace(meta, anchor=anchor)
+            return meta, entry.timetable(anchor).next_after(math.nextafter(anchor, -math.inf))
+        # Changed or resumed: keep the rhythm from the last firing, never a catch-up burst.
+        anchor = meta.last if meta.last is not None else meta.anchor
+        timetable = entry.timetable(anchor)
+        nxt = timetable.next_after(anchor)
+        if nxt is not None and nxt <= now:
+            nxt = timetable.next_after(now)
+        return replace(meta, anchor=anchor), nxt
+    if "at" in entry.schedule and not resumed:
+        # A one-off that has not fired is due at its time, even if that passed while it was
+        # being written (validated in the future, stored a moment later): beat then fires it
+        # once, if still within its starting deadline, instead of it silently never firing.
+        at = float(entry.schedule["at"])
+        return meta, entry.timetable(meta.anchor).next_after(math.nextafter(at, -math.inf))
+    return meta, entry.timetable(meta.anchor).next_after(now)
 
 
 class ScheduleStore:
@@ -273,29 +356,7 @@ class ScheduleStore:
     def _arm(
         entry: Entry, current: Entry | None, meta: Meta, due: float | None, now: float
     ) -> tuple[Meta, float | None]:
-        """The firing state and due time for ``entry`` replacing ``current``."""
-        if entry.suspend or meta.done:
-            return meta, None
-        resumed = current is not None and current.suspend
-        if current is not None and not resumed and current.same_timing(entry) and due is not None:
-            return meta, due
-        if "every" in entry.schedule:
-            every = float(entry.schedule["every"])
-            if meta.last is None and not resumed:
-                # A new interval fires at once, like Celery's; later slots follow its grid.
-                return replace(meta, anchor=now), now
-            # Changed or resumed: keep the rhythm from the last firing, never a catch-up burst.
-            anchor = meta.last if meta.last is not None else meta.anchor
-            nxt = anchor + every
-            if nxt <= now:
-                nxt = IntervalTimetable(every, anchor).next_after(now)
-            return replace(meta, anchor=anchor), nxt
-        if "at" in entry.schedule and not resumed:
-            # A one-off that has not fired is due at its time, even if that passed while it was
-            # being written (validated in the future, stored a moment later): beat then fires it
-            # once, if still within its starting deadline, instead of it silently never firing.
-            return meta, float(entry.schedule["at"])
-        return meta, entry.timetable(meta.anchor).next_after(now)
+        return arm(entry, current, meta, due, now)
 
     def delete(self, name: str) -> bool:
         """Remove entry ``name`` (and its run-now marker); True if it existed."""

@@ -18,8 +18,9 @@ know, and keep the promise Prefect documents for long schedules (the wall-clock 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -121,6 +122,76 @@ class CronTimetable:
                 if not self._near_change(best):
                     return best
                 limit = datetime.fromtimestamp(best, self.zone).replace(tzinfo=None) + _MAX_SHIFT
+
+
+# Bounds the slots a bounded timetable walks past in one call (a minutely cron excluded for a
+# whole year is 525,600 slots): beyond it the next slot is looked for after the walk, and
+# the excluded ones past the bound go uncounted.
+MAX_EXCLUDED_WALK = 100_000
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Slots that do not fire: those whose local wall time (in ``zone``) matches one of
+    ``crons`` (to the minute), or falls on one of ``dates``."""
+
+    zone: str
+    crons: tuple[str, ...] = ()
+    dates: frozenset[date] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.crons or self.dates)
+
+    def excludes(self, ts: float) -> bool:
+        """Whether the slot at ``ts`` is excluded."""
+        local = datetime.fromtimestamp(ts, ZoneInfo(self.zone)).replace(tzinfo=None)
+        if local.date() in self.dates:
+            return True
+        return any(croniter.match(CRON_ALIASES.get(expr, expr), local) for expr in self.crons)
+
+
+@dataclass(frozen=True)
+class BoundedTimetable:
+    """A timetable limited to ``[start, end)`` and without its excluded slots.
+
+    :meth:`step` also says how many excluded slots it stepped over, which beat counts."""
+
+    base: Timetable
+    start: float | None = None
+    end: float | None = None
+    exclusions: Exclusions | None = None
+
+    def step(self, ts: float) -> tuple[float | None, int]:
+        """The first slot strictly after ``ts`` that fires, and the excluded slots before it."""
+        after = ts
+        if self.start is not None and after < self.start:
+            # The first slot at or after the start: step from just before it.
+            after = math.nextafter(self.start, -math.inf)
+        excluded = 0
+        while True:
+            slot = self.base.next_after(after)
+            if slot is None or (self.end is not None and slot >= self.end):
+                return None, excluded
+            if not self.exclusions or not self.exclusions.excludes(slot):
+                return slot, excluded
+            excluded += 1
+            if excluded >= MAX_EXCLUDED_WALK:
+                return None, excluded
+            after = slot
+
+    def next_after(self, ts: float) -> float | None:
+        return self.step(ts)[0]
+
+
+def parse_dates(values: Iterable[str]) -> frozenset[date]:
+    """``YYYY-MM-DD`` strings as dates (ValueError names the first bad one)."""
+    found = set()
+    for value in values:
+        try:
+            found.add(date.fromisoformat(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a date like 2026-12-25") from None
+    return frozenset(found)
 
 
 def utc_iso(ts: float | None) -> str | None:

@@ -1,0 +1,87 @@
+"""The window, the run limit and the exclusions from a resource on the real control plane,
+with the real operator, beat and worker: a maxRuns schedule fires that many times and its
+Ready condition turns Completed; status.nextRunTimes lists the next 5 fire times without the
+excluded ones, as the core's preview does; and a spec the apiserver admits but the model
+refuses (an exclusion cron out of range) gets Ready=False and a Warning Event. What the
+apiserver itself refuses (an endTime before startTime, a negative maxRuns) is in
+test_operator_crd_schema.py's table.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from forwarder_worker.schedules.model import parse_spec
+from forwarder_worker.schedules.preview import preview
+from forwarder_worker.schedules.timing import utc_iso
+from support.operator_process import operator_in_thread
+from support.processes import celery_beat, celery_worker, eventually, running
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def test_max_runs_completes_and_next_run_times_skip_exclusions(
+    kube: Any, namespace: str, operator_env: dict[str, str], entry_of: Any, logs: Path
+) -> None:
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    excluded_spec = {
+        "task": "forwarder.ping",
+        "schedule": {"cron": "0 12 * * *"},
+        "exclusions": {"dates": [tomorrow], "cron": ["* * * * 6,0"]},
+    }
+    worker = celery_worker(operator_env, logs / "worker.log")
+    beat = celery_beat(operator_env, logs / "beat.log")
+    with running(worker, beat), operator_in_thread(operator_env):
+        kube.create(
+            "limited", {"task": "forwarder.ping", "schedule": {"every": "1s"}, "maxRuns": 3}
+        )
+        kube.create("holidays", excluded_spec)
+        kube.create(
+            "bad-exclusion",
+            {**excluded_spec, "exclusions": {"cron": ["0 9 * * *", "61 * * * *"]}},
+        )
+
+        # maxRuns 3: three runs, then Completed, with no next run; nothing fires again.
+        ready = eventually(
+            lambda: (r := kube.ready("limited")).get("reason") == "Completed" and r,
+            40,
+            message="limited completed",
+        )
+        assert ready["status"] == "True"
+        assert "maxRuns 3 reached" in ready["message"]
+        status = eventually(
+            lambda: (s := kube.status("limited")).get("totalRunCount") == 3 and s,
+            30,
+            message="three runs in status",
+        )
+        assert status.get("nextRunTime") is None
+        assert not status.get("nextRunTimes")
+        time.sleep(2.5)
+        assert kube.status("limited")["totalRunCount"] == 3
+        assert (entry_of(f"{namespace}/limited") or {}).get("max_runs") == 3
+
+        # nextRunTimes: the next 5, none of them on the excluded day or a weekend.
+        times = eventually(
+            lambda: kube.status("holidays").get("nextRunTimes"), 20, message="nextRunTimes"
+        )
+        assert len(times) == 5
+        expected = [utc_iso(t) for t in preview(parse_spec(excluded_spec), 5)]
+        assert times == expected
+        for text in times:
+            day = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            assert day.date().isoformat() != tomorrow
+            assert day.weekday() < 5
+        assert kube.status("holidays")["nextRunTime"] == times[0]
+
+        # An exclusion cron the apiserver admits and the model refuses.
+        ready = eventually(lambda: kube.ready("bad-exclusion"), 20, message="bad condition")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+        assert "spec.exclusions.cron[1]: '61 * * * *' is not a valid cron" in ready["message"]
+        (event,) = eventually(lambda: kube.warnings("bad-exclusion"), 10, message="event")
+        assert event["reason"] == "InvalidSpec"
+        assert "spec.exclusions.cron[1]" in event["message"]
+        assert entry_of(f"{namespace}/bad-exclusion") is None
