@@ -104,6 +104,7 @@ def test_there_is_a_sample_per_feature() -> None:
         "endTime",
         "maxRuns",
         "exclusions",
+        "missedRunPolicy",
     ):
         assert feature in used, f"no sample shows {feature}"
     annotations = [
@@ -389,6 +390,12 @@ BAD = [
         {**PING, "maxRuns": 0},
         "spec.maxRuns in body should be greater than or equal to 1",
         "spec.maxRuns",
+    ),
+    (
+        "missed policy unknown",
+        {**PING, "missedRunPolicy": "Oldest"},
+        'spec.missedRunPolicy: Unsupported value: "Oldest"',
+        "spec.missedRunPolicy",
     ),
     # Exclusions: the schema checks their shape, only the operator a cron's values or a date.
     (

@@ -226,3 +226,69 @@ def test_preview_of_a_spec_marks_slots_moved_by_dst() -> None:
     hourly = Entry("a/d", "forwarder.ping", {"cron": "30 * * * *"}, tz="US/Eastern")
     second = datetime.fromisoformat("2026-11-01T06:30:00+00:00").timestamp()
     assert describe_slot(hourly, second).dst == "01:30 happens twice on 2026-11-01: the second"
+
+
+def test_missed_run_policies_after_an_outage(
+    shared: Harness, beat_at: tuple[ForwarderScheduler, FakeClock]
+) -> None:
+    scheduler, clock = beat_at
+    for policy in ("Latest", "All", "Skip"):
+        shared.store.upsert(
+            Entry(f"miss/{policy.lower()}", TASK, {"cron": "* * * * *"}, missed_policy=policy),
+            now=clock.now,
+        )
+    walk(scheduler, clock, T0, 1)  # each fires its T0 slot
+    # Beat is away for ten and a half minutes: the slots T0+60 ... T0+600 pass unfired, and
+    # the latest of them is 45 s old when beat is back (more than a failover's 30 s).
+    clock.now = T0 + 645
+    scheduler.tick()
+    latest = [r.slot for r in ran(shared, "miss/latest", 2)]
+    assert latest == [T0, T0 + 600]  # CronJob's rule: the latest missed slot, once
+    every = [r.slot for r in ran(shared, "miss/all", 11)]
+    assert every == [T0 + k * 60 for k in range(11)]  # each missed slot once, oldest first
+    skip = shared.records("miss/skip")
+    assert [r.slot for r in skip if r.state != "SKIPPED"] == [T0]
+    (skipped,) = [r for r in skip if r.state == "SKIPPED"]
+    assert skipped.slot == T0 + 600
+    assert skipped.reason is not None
+    assert "missedRunPolicy Skip" in skipped.reason
+    missed = {}
+    for policy in ("latest", "all", "skip"):
+        stored = shared.store.get(f"miss/{policy}")
+        assert stored is not None
+        assert stored.due == T0 + 660
+        missed[policy] = runs_status(shared.runs.summary(f"miss/{policy}"), stored)["missedCount"]
+    assert missed == {"latest": 9, "all": 0, "skip": 10}
+    # And on time again, every policy fires the next slot.
+    walk(scheduler, clock, T0 + 661, 1)
+    for policy, count in (("latest", 3), ("all", 12)):
+        assert ran(shared, f"miss/{policy}", count)[-1].slot == T0 + 660
+    eventually(lambda: T0 + 660 in [r.slot for r in shared.fired("miss/skip")], 30)
+
+
+def test_all_fires_at_most_100_missed_slots_and_says_so(
+    shared: Harness, beat_at: tuple[ForwarderScheduler, FakeClock]
+) -> None:
+    scheduler, clock = beat_at
+    shared.store.upsert(
+        Entry("miss/capped", "forwarder.ping", {"every": 1}, missed_policy="All"), now=T0
+    )
+    clock.now = T0
+    scheduler.tick()  # fires T0
+    clock.now = T0 + 150.5  # the slots T0+1 ... T0+150 pass unfired
+    scheduler.tick()
+    records = eventually(
+        lambda: (r := shared.records("miss/capped")) and len(r) >= 102 and r, 30, 0.1, "records"
+    )
+    fired = sorted(r.slot for r in records if r.state != "SKIPPED")
+    assert fired == [T0] + [T0 + k for k in range(51, 151)]  # the latest 100 missed ones
+    (capped,) = [r for r in records if r.state == "SKIPPED"]
+    assert capped.slot == T0 + 1
+    assert capped.reason == (
+        "missed: 150 slots passed within the starting deadline, more than the 100 "
+        "missedRunPolicy All fires; the oldest 50 did not fire"
+    )
+    stored = shared.store.get("miss/capped")
+    assert stored is not None
+    assert stored.meta.missed == 50
+    assert stored.due == T0 + 151

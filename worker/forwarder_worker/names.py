@@ -38,3 +38,6 @@ HEADER_SLOT = "forwarder_slot"
 
 MAX_BACKOFF = 60.0
 """Longest wait (seconds) between retries while Redis or the Kubernetes API is down."""
+
+MAX_MISSED_RUNS = 100
+"""The most missed slots ``missedRunPolicy: All`` fires after an outage (CronJob's cap)."""

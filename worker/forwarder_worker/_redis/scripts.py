@@ -110,7 +110,9 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber
 # KEYS: due set, global runs zset, runs:changed.  ARGV: key prefix, now, ttl, global cap,
 # per-schedule cap, count, then per entry: hash key, rev, due score read, new meta, new due
 # ('' leaves the due set), run id ('' claims only), run state, field count, field/value pairs,
-# push count, (list key, payload) pairs. Returns 1 or 0 per entry (won or lost), then the
+# push count, (list key, payload) pairs, then the count of more runs of the same claim (the
+# missed slots missedRunPolicy All fires with it) and each one's run id, state, field count,
+# field/value pairs, push count and pairs. Returns 1 or 0 per entry (won or lost), then the
 # earliest due score ('' when the due set is empty).
 CLAIM = (
     TRANSITION_FUNCTION
@@ -118,14 +120,35 @@ CLAIM = (
 local out, i = {}, 7
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local gcap, scap = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- One run (id, state, fields, pushes) read from ARGV at i: where it starts and its parts.
+local function run_at(at)
+  local id, state, nf = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  local fields = {}
+  for j = 0, nf - 1 do fields[ARGV[at + 3 + 2 * j]] = ARGV[at + 4 + 2 * j] end
+  local np_at = at + 3 + 2 * nf
+  return {id = id, state = state, fields = fields, pushes = np_at + 1,
+    np = tonumber(ARGV[np_at])}, np_at + 1 + 2 * tonumber(ARGV[np_at])
+end
+local function write_run(run)
+  if run.id ~= '' then
+    transition(ARGV[1] .. '@RUN@' .. run.id, KEYS[2], KEYS[3], ARGV[1], run.id, run.state, now,
+      ttl, gcap, scap, run.fields)
+  end
+  for j = 0, run.np - 1 do
+    redis.call('LPUSH', ARGV[run.pushes + 2 * j], ARGV[run.pushes + 1 + 2 * j])
+  end
+end
 for n = 1, tonumber(ARGV[6]) do
   local key, rev, due, meta, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local id, state, nf = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
-  local fields = {}
-  for j = 0, nf - 1 do fields[ARGV[i + 8 + 2 * j]] = ARGV[i + 9 + 2 * j] end
-  i = i + 8 + 2 * nf
-  local pushes, np = i + 1, tonumber(ARGV[i])
-  i = i + 1 + 2 * np
+  local runs, run = {}, nil
+  run, i = run_at(i + 5)
+  runs[1] = run
+  local more = tonumber(ARGV[i])
+  i = i + 1
+  for m = 1, more do
+    run, i = run_at(i)
+    runs[m + 1] = run
+  end
   out[n] = 0
   if redis.call('HGET', key, 'rev') == rev then
     local score = redis.call('ZSCORE', KEYS[1], key)
@@ -137,13 +160,7 @@ for n = 1, tonumber(ARGV[6]) do
       else
         redis.call('ZADD', KEYS[1], nxt, key)
       end
-      if id ~= '' then
-        transition(ARGV[1] .. '@RUN@' .. id, KEYS[2], KEYS[3], ARGV[1], id, state, now, ttl,
-          gcap, scap, fields)
-      end
-      for j = 0, np - 1 do
-        redis.call('LPUSH', ARGV[pushes + 2 * j], ARGV[pushes + 1 + 2 * j])
-      end
+      for _, each in ipairs(runs) do write_run(each) end
     end
   end
 end
@@ -276,6 +293,9 @@ class Claim(NamedTuple):
     next_due: float | None  # None: it leaves the due set
     record: RunWrite | None = None  # the slot's run record
     pushes: Sequence[tuple[str, str]] = ()  # (list key, payload): its message on its queue
+    # More runs written with it where it wins, each a record and its pushes: the older
+    # missed slots that missedRunPolicy All fires in the same claim, oldest first.
+    more: Sequence[tuple[RunWrite, Sequence[tuple[str, str]]]] = ()
 
 
 class DueEntry(NamedTuple):
@@ -287,6 +307,17 @@ class DueEntry(NamedTuple):
     definition: str
     meta: str
     rev: str
+
+
+def _run_args(args: list[Any], record: RunWrite | None, pushes: Sequence[tuple[str, str]]) -> None:
+    """One run of a claim as the claim script reads it: id, state, fields, pushes."""
+    if record is None:
+        args += ["", "", 0]
+    else:
+        args += [record.run_id, record.state, len(record.fields) // 2, *record.fields]
+    args.append(len(pushes))
+    for key, payload in pushes:
+        args += [key, payload]
 
 
 def _optional(value: float | None) -> str:
@@ -360,14 +391,10 @@ class Scripts:
                 claim.meta,
                 _optional(claim.next_due),
             ]
-            record = claim.record
-            if record is None:
-                args += ["", "", 0]
-            else:
-                args += [record.run_id, record.state, len(record.fields) // 2, *record.fields]
-            args.append(len(claim.pushes))
-            for key, payload in claim.pushes:
-                args += [key, payload]
+            _run_args(args, claim.record, claim.pushes)
+            args.append(len(claim.more))
+            for record, pushes in claim.more:
+                _run_args(args, record, pushes)
         reply = self._claim(keys=[keys.due, keys.runs, keys.changed], args=args)
         first = reply[-1]
         return [bool(r) for r in reply[:-1]], float(first) if first != "" else None

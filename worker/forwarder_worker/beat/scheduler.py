@@ -32,9 +32,10 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery import Celery
@@ -46,6 +47,7 @@ from forwarder_worker._redis.scripts import Claim, RunWrite
 from forwarder_worker.core import require_core
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome, Push, Send
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.names import MAX_MISSED_RUNS
 from forwarder_worker.schedules.store import Meta, StoredEntry
 
 log = logging.getLogger("forwarder.beat")
@@ -72,27 +74,82 @@ BATCH_PUBLISH_ERROR: type[Exception] = getattr(
 # they are written on their own, so an idle beat's counters are never stale for long.
 METRICS_FLUSH_WAIT = 0.2
 MISSED_REASON = "missed: the starting deadline passed before the slot could fire"
+SKIP_REASON = "missed: missedRunPolicy Skip fires no slot that passed while beat was away"
+# Every reason a slot is recorded SKIPPED as missed starts so (the others are policies').
+MISSED = "missed:"
 
 
-def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta, float | None]:
-    """For a due entry: the latest slot due, whether it is still within its starting
-    deadline, how many slots are missed, the new meta and the next due time.
+class FiringPlan(NamedTuple):
+    """What a due entry's claim does: the slots it records, oldest first (each with the
+    reason it is skipped, or None to send it), the slots missed, the new meta and the next
+    due time (before :func:`settle` counts the firings)."""
 
-    The meta counts the missed slots and the excluded slots stepped over, not the firing:
-    whether the slot is sent is known only after concurrencyPolicy (:func:`settle`)."""
+    stored: StoredEntry
+    slots: list[tuple[float, str | None]]
+    missed: int
+    meta: Meta
+    due: float | None
+
+
+def plan_firing(stored: StoredEntry, now: float, grace: float = 10.0) -> FiringPlan:
+    """Plan the claim of a due entry at ``now``: every slot that passed since its due time is
+    walked; which of them are recorded depends on its missedRunPolicy, always within its
+    starting deadline:
+
+    * Latest (CronJob's rule): the latest passed slot fires; the older ones are missed.
+    * All: every passed slot fires, oldest first, at most MAX_MISSED_RUNS (the latest of
+      them); when more passed, the oldest dropped one is recorded SKIPPED saying so.
+    * Skip: only a slot reached within ``grace`` seconds (beat's lock timeout: a failover
+      leaves slots that late) fires; the others are missed.
+
+    The meta counts the missed slots and the excluded slots stepped over, not the firings:
+    whether a slot is sent is known only after concurrencyPolicy (:func:`settle`)."""
     entry, meta = stored.entry, stored.meta
     assert stored.due is not None
     timetable = entry.timetable(meta.anchor)
+
+    def in_time(slot: float) -> bool:
+        return entry.deadline is None or now - slot <= entry.deadline
+
     latest, walked = stored.due, 0
+    # For All: the latest passed slots within the deadline, and how many there were.
+    recent: deque[float] = deque([latest] if in_time(latest) else [], maxlen=MAX_MISSED_RUNS)
+    in_time_count = len(recent)
+    dropped: float | None = None
     upcoming, excluded = timetable.step(latest)
     while upcoming is not None and upcoming <= now and walked < _MAX_MISSED_WALK:
         latest, walked = upcoming, walked + 1
+        if in_time(latest):
+            if len(recent) == MAX_MISSED_RUNS and dropped is None:
+                dropped = recent[0]  # the oldest in-time slot that will not fire
+            recent.append(latest)
+            in_time_count += 1
         upcoming, skipped = timetable.step(latest)
         excluded += skipped
     if upcoming is not None and upcoming <= now:
         upcoming = timetable.next_after(now)  # a very long outage: skip ahead from now
-    in_time = entry.deadline is None or now - latest <= entry.deadline
-    missed = walked + (0 if in_time else 1)
+    passed = walked + 1
+    slots: list[tuple[float, str | None]]
+    if entry.missed_policy == "All" and passed > 1:
+        slots = [(slot, None) for slot in recent]
+        if entry.max_runs is not None:
+            slots = slots[: max(entry.max_runs - meta.count, 0)]
+        if dropped is not None:
+            reason = (
+                f"missed: {in_time_count} slots passed within the starting deadline, more "
+                f"than the {MAX_MISSED_RUNS} missedRunPolicy All fires; the oldest "
+                f"{in_time_count - MAX_MISSED_RUNS} did not fire"
+            )
+            slots.insert(0, (dropped, reason))
+        fired = sum(1 for _, why in slots if why is None)
+        if not slots:  # every passed slot is past its deadline
+            slots = [(latest, MISSED_REASON)]
+    elif entry.missed_policy == "Skip" and in_time(latest) and now - latest > grace:
+        slots, fired = [(latest, SKIP_REASON)], 0
+    else:
+        ok = in_time(latest)
+        slots, fired = [(latest, None if ok else MISSED_REASON)], int(ok)
+    missed = passed - fired
     new_meta = replace(
         meta,
         last=latest,
@@ -100,17 +157,16 @@ def plan_firing(stored: StoredEntry, now: float) -> tuple[float, bool, int, Meta
         excluded=meta.excluded + excluded,
         missed=meta.missed + missed,
     )
-    return latest, in_time, missed, new_meta, upcoming
+    return FiringPlan(stored, slots, missed, new_meta, upcoming)
 
 
 def settle(
-    stored: StoredEntry, meta: Meta, due: float | None, sent: bool, now: float
+    stored: StoredEntry, meta: Meta, due: float | None, sent: int, now: float
 ) -> tuple[Meta, float | None]:
-    """The planned meta and next due time once it is known whether the slot was sent: a
-    sent slot counts toward ``maxRuns``, and reaching it (or running out of slots) completes
-    the entry."""
-    if sent:
-        meta = replace(meta, count=meta.count + 1)
+    """The planned meta and next due time once it is known how many of the planned slots
+    were sent: each counts toward ``maxRuns``, and reaching it (or running out of slots)
+    completes the entry."""
+    meta = replace(meta, count=meta.count + sent)
     if due is None or stored.entry.limit_reached(meta):
         return replace(meta, done=True, ended=meta.ended or now), None
     return meta, due
@@ -122,11 +178,14 @@ def claim_of(
     due: float | None,
     record: RunWrite | None = None,
     pushes: Sequence[tuple[str, str]] = (),
+    more: Sequence[tuple[RunWrite, Sequence[tuple[str, str]]]] = (),
 ) -> Claim:
     """The claim of ``stored``'s slot as read, leaving it with ``meta`` and due at ``due``
     (None: out of the due set), and writing ``record`` and ``pushes`` if it wins."""
     assert stored.due is not None  # read from the due set
-    return Claim(stored.entry.name, stored.rev, stored.due, meta.to_json(), due, record, pushes)
+    return Claim(
+        stored.entry.name, stored.rev, stored.due, meta.to_json(), due, record, pushes, more
+    )
 
 
 def _no_result_subscription(producer: Any, task_id: str) -> None:
@@ -305,10 +364,11 @@ class ForwarderScheduler(Scheduler):
         concurrencyPolicy Forbid or Replace are policed before the claim (their active runs
         read, the runs to replace revoked). A message that cannot be built ahead
         (:meth:`Dispatcher.capture` declines it) is published right after the claim."""
-        plans, deferred = [], []
+        plans: list[FiringPlan] = []
+        deferred: list[Claim] = []
         for stored in batch:
             try:
-                plans.append((stored, *plan_firing(stored, now)))
+                plans.append(plan_firing(stored, now, self.lock_timeout))
             except (ValueError, KeyError, TypeError, OverflowError) as exc:
                 # An entry this beat cannot read (written by a newer version during a rolling
                 # upgrade, say) must neither stop beat nor be retried on every tick.
@@ -319,11 +379,13 @@ class ForwarderScheduler(Scheduler):
                     BAD_ENTRY_RETRY,
                 )
                 deferred.append(claim_of(stored, stored.meta, now + BAD_ENTRY_RETRY))
-        verdicts: dict[str, Outcome] = {}
+        verdicts: dict[tuple[str, float], Outcome] = {}
         policed = [
-            Firing(stored.entry, slot)
-            for stored, slot, in_time, *_ in plans
-            if in_time and stored.entry.policy != "Allow"
+            Firing(plan.stored.entry, slot)
+            for plan in plans
+            if plan.stored.entry.policy != "Allow"
+            for slot, why in plan.slots
+            if why is None
         ]
         if policed:
             checked, to_revoke = self.dispatcher.police(policed, now)
@@ -331,67 +393,74 @@ class ForwarderScheduler(Scheduler):
             # revokes them again (harmless) and fires the slot, which is still due; a claim
             # lost to a rewrite of the entry leaves the slot to the next pass the same way.
             self.dispatcher.revoke(to_revoke)
-            verdicts = {outcome.firing.entry.name: outcome for outcome in checked}
-        records: list[RunWrite] = []
-        # Per plan: what becomes of it (sent, skipped by its policy, or skipped as missed)
-        # and, where it is sent, its message's (firing, run id, delay, expiry).
-        outcomes: list[Outcome] = []
-        sends: list[Send | None] = []
-        for stored, slot, in_time, _walked, _meta, _due in plans:
-            entry, firing = stored.entry, Firing(stored.entry, slot)
-            outcome = verdicts.get(entry.name) or Outcome(firing, str(uuid.uuid4()), True)
-            if not in_time:
-                outcome = Outcome(firing, outcome.run_id, False, MISSED_REASON)
-            if outcome.sent:
-                delay, expires = self.dispatcher.plan(firing, now)
-                record = self.runs.queued_write(
-                    outcome.run_id,
-                    entry.task,
-                    source="schedule",
-                    schedule=entry.name,
-                    slot=slot,
-                    args=entry.args,
-                    kwargs=entry.kwargs,
-                    expires=expires,
+            verdicts = {(o.firing.entry.name, o.firing.slot): o for o in checked}
+        # Per planned slot, in plan order: its plan, what becomes of it (sent, skipped by its
+        # policy, or skipped as missed), its record and, where it is sent, its message's
+        # (firing, run id, delay, expiry).
+        rows: list[tuple[int, Outcome, RunWrite, Send | None]] = []
+        for index, plan in enumerate(plans):
+            entry = plan.stored.entry
+            for slot, why in plan.slots:
+                firing = Firing(entry, slot)
+                outcome = verdicts.get((entry.name, slot)) or Outcome(
+                    firing, str(uuid.uuid4()), True
                 )
-                records.append(record)
-                sends.append((firing, outcome.run_id, delay, expires))
-            else:
-                record = self.runs.skipped_write(
-                    outcome.run_id,
-                    entry.task,
-                    schedule=entry.name,
-                    slot=slot,
-                    reason=outcome.reason or "skipped",
-                )
-                records.append(record)
-                sends.append(None)
-            outcomes.append(outcome)
+                if why is not None:
+                    outcome = Outcome(firing, outcome.run_id, False, why)
+                    if not why.startswith((MISSED_REASON, SKIP_REASON)):
+                        log.warning("beat: %s: %s", entry.name, why)
+                if outcome.sent:
+                    delay, expires = self.dispatcher.plan(firing, now)
+                    record = self.runs.queued_write(
+                        outcome.run_id,
+                        entry.task,
+                        source="schedule",
+                        schedule=entry.name,
+                        slot=slot,
+                        args=entry.args,
+                        kwargs=entry.kwargs,
+                        expires=expires,
+                    )
+                    rows.append((index, outcome, record, (firing, outcome.run_id, delay, expires)))
+                else:
+                    record = self.runs.skipped_write(
+                        outcome.run_id,
+                        entry.task,
+                        schedule=entry.name,
+                        slot=slot,
+                        reason=outcome.reason or "skipped",
+                    )
+                    rows.append((index, outcome, record, None))
         with self.app.producer_or_acquire() as producer:
-            captured, built = self.dispatcher.capture(producer, [s for s in sends if s is not None])
+            sends = [send for *_, send in rows if send is not None]
+            captured, built = self.dispatcher.capture(producer, sends)
             in_order = iter(captured)
-            pushes = [None if send is None else next(in_order) for send in sends]
-            claims = [
-                claim_of(stored, *settle(stored, meta, due, outcome.sent, now), record, push or ())
-                for (stored, *_, meta, due), outcome, record, push in zip(
-                    plans, outcomes, records, pushes, strict=True
-                )
-            ]
+            pushes = [None if send is None else next(in_order) for *_, send in rows]
+            per_plan: list[list[tuple[RunWrite, Sequence[tuple[str, str]]]]] = [[] for _ in plans]
+            sent_count = [0] * len(plans)
+            for (index, outcome, record, _send), push in zip(rows, pushes, strict=True):
+                per_plan[index].append((record, push or ()))
+                sent_count[index] += outcome.sent
+            claims = []
+            for plan, runs, count in zip(plans, per_plan, sent_count, strict=True):
+                (first, first_push), *more = runs
+                meta, due = settle(plan.stored, plan.meta, plan.due, count, now)
+                claims.append(claim_of(plan.stored, meta, due, first, first_push, more))
             claimed, next_due = self.store.claim([*claims, *deferred])
             won: list[Outcome] = []
             sent: list[tuple[Send, Push | None]] = []
             lost: set[str] = set()
             skipped = missed = 0
-            for plan, outcome, send, push, claim_won in zip(
-                plans, outcomes, sends, pushes, claimed, strict=False
-            ):
-                if not claim_won:  # rewritten or claimed by another beat meanwhile
+            for plan, claim_won in zip(plans, claimed, strict=False):
+                if claim_won:
+                    missed += plan.missed  # slots walked past or out of time, not fired
+            for (index, outcome, _record, send), push in zip(rows, pushes, strict=True):
+                if not claimed[index]:  # rewritten or claimed by another beat meanwhile
                     lost.add(outcome.run_id)
                     continue
                 won.append(outcome)
-                missed += plan[3]  # slots walked past, plus this one if out of time
                 if send is None:
-                    skipped += outcome.reason != MISSED_REASON
+                    skipped += not (outcome.reason or "").startswith(MISSED)
                 else:
                     sent.append((send, push))
             if built is not None:

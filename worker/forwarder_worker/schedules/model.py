@@ -184,6 +184,12 @@ class ScheduledTaskSpec(_Strict):
     end_time: datetime | None = Field(default=None, alias="endTime")
     max_runs: int | None = Field(default=None, alias="maxRuns", ge=1, le=1_000_000_000)
     exclusions: ExclusionsSpec | None = None
+    # After an outage (beat away, Redis unreachable): fire the latest missed slot (CronJob's
+    # rule, the default), every missed slot (oldest first, at most MAX_MISSED_RUNS), or none;
+    # always within startingDeadlineSeconds.
+    missed_run_policy: Literal["Latest", "All", "Skip"] = Field(
+        default="Latest", alias="missedRunPolicy"
+    )
 
     @field_validator("time_zone")
     @classmethod
@@ -254,6 +260,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
         "start_time": "startTime",
         "end_time": "endTime",
         "max_runs": "maxRuns",
+        "missed_run_policy": "missedRunPolicy",
     }
     return ".".join(["spec", *(names.get(str(part), str(part)) for part in loc)])
 

@@ -104,6 +104,7 @@ class Entry:
     max_runs: int | None = None
     exclude_cron: list[str] = field(default_factory=list)
     exclude_dates: list[str] = field(default_factory=list)
+    missed_policy: str = "Latest"  # Latest | All | Skip
 
     @classmethod
     def from_spec(
@@ -141,6 +142,7 @@ class Entry:
             max_runs=spec.max_runs,
             exclude_cron=list(spec.exclusions.cron) if spec.exclusions else [],
             exclude_dates=list(spec.exclusions.dates) if spec.exclusions else [],
+            missed_policy=spec.missed_run_policy,
         )
 
     def to_json(self) -> str:
