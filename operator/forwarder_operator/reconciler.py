@@ -150,6 +150,8 @@ def _apply(services: Services, task: ScheduledTask, result: Plan) -> None:
             # applied_status holds its next run: two Redis reads fewer per new object.
             fields = runs_status(NO_RUNS, None)
             del fields["nextRunTime"]
+            # Nor has it missed or excluded a slot yet.
+            fields.update(missedCount=0, excludedCount=0)
             result.status.update(fields)
     if applied.ready:
         # A re-apply that found the entry as it was (every object, at each operator start) is

@@ -110,6 +110,10 @@ def test_a_yaml_file_with_exclusions_is_previewed_and_its_status_lists_the_next_
             "spec.exclusions.cron[0]: '61 * * * *' is not a valid cron expression",
         ),
         (
+            {"missedRunPolicy": "Oldest"},
+            "spec.missedRunPolicy: Input should be 'Latest', 'All' or 'Skip'",
+        ),
+        (
             {"exclusions": {"dates": ["next friday"]}},
             "spec.exclusions.dates[0]: 'next friday' is not a date like 2026-12-25",
         ),

@@ -41,6 +41,10 @@ def test_max_runs_completes_and_next_run_times_skip_exclusions(
         )
         kube.create("holidays", excluded_spec)
         kube.create(
+            "catch-up",
+            {"task": "forwarder.ping", "schedule": {"cron": "0 * * * *"}, "missedRunPolicy": "All"},
+        )
+        kube.create(
             "bad-exclusion",
             {**excluded_spec, "exclusions": {"cron": ["0 9 * * *", "61 * * * *"]}},
         )
@@ -76,6 +80,13 @@ def test_max_runs_completes_and_next_run_times_skip_exclusions(
             assert day.date().isoformat() != tomorrow
             assert day.weekday() < 5
         assert kube.status("holidays")["nextRunTime"] == times[0]
+
+        # missedRunPolicy reaches the entry beat fires (the CRD defaults it to Latest).
+        entry = eventually(lambda: entry_of(f"{namespace}/catch-up"), 20, message="catch-up")
+        assert entry["missed_policy"] == "All"
+        assert (entry_of(f"{namespace}/holidays") or {}).get("missed_policy") == "Latest"
+        assert kube.get("holidays")["spec"]["missedRunPolicy"] == "Latest"
+        assert kube.status("catch-up")["missedCount"] == 0
 
         # An exclusion cron the apiserver admits and the model refuses.
         ready = eventually(lambda: kube.ready("bad-exclusion"), 20, message="bad condition")
