@@ -260,7 +260,8 @@ def arm(
     """
     if entry.suspend:
         return meta, None
-    if meta.done and ("at" in entry.schedule or current is None or current.same_timing(entry)):
+    one_off = "at" in entry.schedule or (current is not None and "at" in current.schedule)
+    if meta.done and (one_off or current is None or current.same_timing(entry)):
         return meta, None
     resumed = current is not None and current.suspend
     if current is not None and not resumed and current.same_timing(entry) and due is not None:
