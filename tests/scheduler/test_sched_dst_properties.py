@@ -60,14 +60,14 @@ def transitions(zone: ZoneInfo, year: int) -> list[float]:
     while t < start + 366 * 86400:
         after = datetime.fromtimestamp(t + step, zone).utcoffset()
         if after != before:
-            lo, hi = t, t + step
+            lo, hi = int(t), int(t + step)  # whole seconds: changes happen on them
             while hi - lo > 1:
-                mid = (lo + hi) / 2
+                mid = (lo + hi) // 2
                 if datetime.fromtimestamp(mid, zone).utcoffset() == before:
                     lo = mid
                 else:
                     hi = mid
-            found.append(hi)
+            found.append(float(hi))
         before, t = after, t + step
     return found
 
@@ -170,7 +170,7 @@ def test_a_daily_slot_in_the_spring_forward_gap_fires_once_shifted_by_the_gap(
             continue  # a fall back
         # A wall time inside the gap: from the old offset's clock at the change.
         missing = before.replace(tzinfo=None) + timedelta(seconds=1)
-        missing = missing.replace(minute=minute, second=0)
+        missing = missing.replace(minute=minute, second=0, microsecond=0)
         exists = (
             missing.replace(tzinfo=tz).astimezone(UTC).astimezone(tz).replace(tzinfo=None)
             == missing

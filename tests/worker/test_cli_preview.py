@@ -69,7 +69,8 @@ def test_preview_prints_local_and_utc_times_and_marks_dst(tmp_path: Path) -> Non
     [
         (
             {"startTime": "2031-01-02T00:00:00Z", "endTime": "2031-01-01T00:00:00Z"},
-            "ops/bad: spec.endTime: 2031-01-01T00:00:00+00:00 is not after startTime",
+            "ops/bad: spec.endTime: 2031-01-01T00:00:00+00:00 is not after startTime "
+            "2031-01-02T00:00:00+00:00",
         ),
         ({"maxRuns": -3}, "ops/bad: spec.maxRuns: Input should be greater than or equal to 1"),
         (
