@@ -123,6 +123,8 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
         "lastScheduleTime": "2030-01-01T00:00:00Z",
         "lastRun": {"taskId": "t-1", "state": "SUCCESS"},
         "totalRunCount": 7,
+        "missedCount": 2,
+        "excludedCount": 3,
         "conditions": [
             {
                 "type": "Ready",
@@ -161,7 +163,7 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
         "\n", 1
     )
     assert wide_header.split()[-5:] == ["READY", "REASON", "RUNS", "MISSED", "EXCLUDED"]
-    assert wide_row.split()[-5:] == ["True", "Scheduled", "7", "<none>", "<none>"]
+    assert wide_row.split()[-5:] == ["True", "Scheduled", "7", "2", "3"]
 
 
 def test_a_main_resource_write_cannot_set_status(crds: ControlPlane, namespace: str) -> None:
