@@ -102,7 +102,8 @@ def test_a_yaml_file_with_exclusions_is_previewed_and_its_status_lists_the_next_
     [
         (
             {"startTime": "2030-01-02T00:00:00Z", "endTime": "2030-01-01T00:00:00Z"},
-            "spec.endTime: 2030-01-01T00:00:00+00:00 is not after startTime",
+            "spec.endTime: 2030-01-01T00:00:00+00:00 is not after startTime "
+            "2030-01-02T00:00:00+00:00",
         ),
         ({"maxRuns": -1}, "spec.maxRuns: Input should be greater than or equal to 1"),
         (
