@@ -113,6 +113,13 @@ def test_crud_and_trigger_through_the_operator(
         assert body["spec"] == {**body["spec"], **spec}
         assert body["spec"]["concurrencyPolicy"] == "Allow"
         assert body["status"]["nextRunTime"].endswith("T04:00:00Z")
+        # The preview: the live entry's next fire times, as status.nextRunTimes lists them.
+        preview = api.get(f"/schedules/{mlops}/report/preview", params={"count": 7}).json()
+        times = [item["utc"] for item in preview["items"]]
+        assert len(times) == 7 and all(t.endswith("T04:00:00Z") for t in times)
+        assert preview["timeZone"] == "UTC"
+        assert body["status"]["nextRunTimes"] == times[:5]
+        assert times[0] == body["status"]["nextRunTime"]
         # Every namespace's (other tests' too, in this shared control plane), sorted.
         items = [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in api.get(
             "/schedules"
@@ -182,6 +189,18 @@ def test_invalid_specs_never_reach_the_cluster(
     )
     assert response.status_code == 422
     assert response.json()["detail"].startswith("spec.task: 'no.such' is not a registered task")
+    window = {"startTime": "2030-01-02T00:00:00Z", "endTime": "2030-01-01T00:00:00Z"}
+    for extra, says in (
+        (window, "spec.endTime: 2030-01-01T00:00:00+00:00 is not after startTime"),
+        ({"maxRuns": -1}, "spec.maxRuns: Input should be greater than or equal to 1"),
+        ({"exclusions": {"cron": ["61 * * * *"]}}, "spec.exclusions.cron[0]: '61 * * * *'"),
+    ):
+        spec = {"task": "forwarder.ping", "schedule": {"every": 5}, **extra}
+        response = api.post(
+            "/schedules", json={"metadata": {"name": "bad", "namespace": namespace}, "spec": spec}
+        )
+        assert response.status_code == 422
+        assert response.json()["detail"].startswith(says)
     assert names_in(crds, namespace) == []
     assert api.get(f"/schedules/{namespace}/bad").status_code == 404
     assert api.post(f"/schedules/{namespace}/bad/trigger").status_code == 404
