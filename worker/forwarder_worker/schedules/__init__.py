@@ -7,5 +7,6 @@
 * :mod:`~forwarder_worker.schedules.reconcile`: a declared spec applied to the store, alike
   for every source;
 * :mod:`~forwarder_worker.schedules.status`: the resource's status in Kubernetes' shapes;
+* :mod:`~forwarder_worker.schedules.preview`: the next fire times, before they happen;
 * :mod:`~forwarder_worker.schedules.files`: ScheduledTask YAML files in a folder (local mode).
 """
