@@ -9,15 +9,18 @@ test_operator_crd_schema.py's table.
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.preview import preview
 from forwarder_worker.schedules.timing import utc_iso
+from forwarder_worker.settings import Settings
 from support.operator_process import operator_in_thread
 from support.processes import celery_beat, celery_worker, eventually, running
 
@@ -96,3 +99,55 @@ def test_max_runs_completes_and_next_run_times_skip_exclusions(
         assert event["reason"] == "InvalidSpec"
         assert "spec.exclusions.cron[1]" in event["message"]
         assert entry_of(f"{namespace}/bad-exclusion") is None
+
+
+def test_missed_run_policies_after_a_real_beat_outage(
+    kube: Any, namespace: str, operator_env: dict[str, str], redis_url: str, logs: Path
+) -> None:
+    """Latest and All from resources, across a real outage of the only beat: Latest fires
+    the latest missed slot and counts the rest missed; All fires every one of them."""
+    core = Core.from_settings(Settings(redis_url=redis_url))
+    names = {policy: f"outage-{policy.lower()}" for policy in ("Latest", "All")}
+    worker = celery_worker(operator_env, logs / "worker.log")
+    first = celery_beat(operator_env, logs / "beat-1.log", "beat-1")
+    with running(worker), operator_in_thread(operator_env):
+        with running(first):
+            for policy, name in names.items():
+                spec = {"task": "forwarder.ping", "schedule": {"every": "1s"}}
+                kube.create(name, {**spec, "missedRunPolicy": policy})
+            for name in names.values():
+                eventually(lambda n=name: kube.status(n).get("totalRunCount", 0) >= 2, 40)
+        first.stop()
+        stopped = time.time()
+        time.sleep(4)  # about four slots of each pass with no beat
+        second = celery_beat(operator_env, logs / "beat-2.log", "beat-2")
+        with running(second):
+
+            def slots(name: str) -> list[float]:
+                runs = core.runs.recent(schedule=f"{namespace}/{name}", limit=1000)
+                return sorted(r.slot for r in runs if r.state != "SKIPPED" and r.slot)
+
+            for name in names.values():
+                eventually(
+                    lambda n=name: len([s for s in slots(n) if s > stopped + 6]) >= 2,
+                    40,
+                    0.2,
+                    f"{name} fires again",
+                )
+            latest = slots(names["Latest"])
+            gaps = [b - a for a, b in itertools.pairwise(latest)]
+            assert max(gaps) >= 3, latest  # the outage: only its latest slot fired
+            every = slots(names["All"])
+            assert all(b - a == 1 for a, b in itertools.pairwise(every)), every  # none lost
+            assert len(every) == len(set(every))
+            missed = eventually(
+                lambda: (
+                    kube.status(names["Latest"]).get("missedCount", 0) >= 3
+                    and kube.status(names["Latest"])
+                ),
+                20,
+                message="missedCount",
+            )["missedCount"]
+            assert missed >= int(max(gaps)) - 1
+            assert kube.status(names["All"])["missedCount"] == 0
+    core.close()

@@ -1,6 +1,10 @@
-"""When a schedule fires: interval, cron in an IANA time zone (DST-correct) and one-off times.
+"""When a schedule fires: interval, cron in an IANA time zone (DST-correct) and one-off times,
+each bounded by a window and exclusions (:class:`BoundedTimetable`).
 
 All instants are UTC epoch seconds (floats), which is how the due set scores entries.
+
+An interval follows real time: its firings are exactly its length apart whatever the zone's
+offset does. A window bounds instants; an exclusion matches a slot's local wall time.
 
 Cron semantics across daylight-saving changes follow Vixie/ISC cron, the behaviour cron users
 know, and keep the promise Prefect documents for long schedules (the wall-clock hour stays):
