@@ -85,6 +85,9 @@ class CronTimetable:
         self.expression = CRON_ALIASES.get(expression.strip(), expression.strip())
         self.zone = ZoneInfo(zone)
         self.follows_wall_clock = not self.expression.split()[1].startswith("*")
+        # Parsing the expression is half the cost of a croniter; one is kept and moved to
+        # each search's start (a preview asks for several slots in a row).
+        self._candidates: croniter | None = None
 
     def _instants(self, wall: datetime) -> list[float]:
         """The real instants for a naive local wall time, by the module's DST rules."""
@@ -112,7 +115,10 @@ class CronTimetable:
         # Only near an offset change can an earlier wall time map to a later instant (or the
         # reverse), so only there is the search widened; elsewhere the first match wins.
         start = local - _MAX_SHIFT if self._near_change(ts) else local
-        candidates = croniter(self.expression, start)
+        if self._candidates is None:
+            self._candidates = croniter(self.expression, start)
+        candidates = self._candidates
+        candidates.set_current(start, force=True)
         best: float | None = None
         limit = local + _HORIZON
         while True:
