@@ -297,3 +297,36 @@ def test_all_fires_at_most_100_missed_slots_and_says_so(
     assert stored is not None
     assert stored.meta.missed == 50
     assert stored.due == T0 + 151
+
+
+def test_a_long_exclusion_is_walked_in_checkpoints_and_counted(
+    shared: Harness, beat_at: tuple[ForwarderScheduler, FakeClock]
+) -> None:
+    scheduler, clock = beat_at
+    start = datetime.fromisoformat("2030-01-07T23:59:30+00:00").timestamp()
+    day_after = datetime.fromisoformat("2030-01-09T00:00:00+00:00").timestamp()
+    # Every 10 s, but not on 2030-01-08: 8,640 excluded slots, more than one step walks.
+    entry = Entry("tt/long", TASK, {"every": 10}, exclude_dates=["2030-01-08"])
+    clock.now = start
+    shared.store.upsert(entry, now=start)
+    walk(scheduler, clock, start + 25, 5)  # fires 23:59:30, :40, :50
+    stored = shared.store.get("tt/long")
+    assert stored is not None
+    # Beat is armed at a checkpoint inside the excluded day, not at the end of the schedule.
+    assert stored.due is not None
+    assert start + 30 < stored.due < day_after
+    assert not stored.meta.done
+    status = runs_status(shared.runs.summary("tt/long"), stored)
+    assert status["nextRunTime"] == "2030-01-09T00:00:00Z"  # the next run, not the checkpoint
+    assert status["nextRunTimes"][:2] == ["2030-01-09T00:00:00Z", "2030-01-09T00:00:10Z"]
+    walk(scheduler, clock, day_after - 1, 3600)  # the excluded day, an hour at a time
+    clock.now = day_after
+    scheduler.tick()
+    slots = [r.slot for r in ran(shared, "tt/long", 4)]
+    assert slots == [start, start + 10, start + 20, day_after]
+    assert shared.records("tt/long")[-1].state != "SKIPPED"
+    stored = shared.store.get("tt/long")
+    assert stored is not None
+    assert stored.meta.excluded == 8640
+    assert stored.meta.missed == 0
+    assert stored.due == day_after + 10

@@ -111,23 +111,39 @@ def plan_firing(stored: StoredEntry, now: float, grace: float = 10.0) -> FiringP
     def in_time(slot: float) -> bool:
         return entry.deadline is None or now - slot <= entry.deadline
 
-    latest, walked = stored.due, 0
+    # The due time is a slot, or a checkpoint in a long exclusion (timing.MAX_EXCLUDED_WALK)
+    # that only moves the walk on.
+    latest: float | None = stored.due if timetable.fires(stored.due) else None
+    walked = 0  # passed slots after the first
     # For All: the latest passed slots within the deadline, and how many there were.
-    recent: deque[float] = deque([latest] if in_time(latest) else [], maxlen=MAX_MISSED_RUNS)
+    recent: deque[float] = deque(maxlen=MAX_MISSED_RUNS)
+    if latest is not None and in_time(latest):
+        recent.append(latest)
     in_time_count = len(recent)
     dropped: float | None = None
-    upcoming, excluded = timetable.step(latest)
-    while upcoming is not None and upcoming <= now and walked < _MAX_MISSED_WALK:
-        latest, walked = upcoming, walked + 1
-        if in_time(latest):
-            if len(recent) == MAX_MISSED_RUNS and dropped is None:
-                dropped = recent[0]  # the oldest in-time slot that will not fire
-            recent.append(latest)
-            in_time_count += 1
-        upcoming, skipped = timetable.step(latest)
-        excluded += skipped
+    step = timetable.step(stored.due)
+    excluded = step.excluded
+    steps = 0
+    while step.slot is not None and step.slot <= now and steps < _MAX_MISSED_WALK:
+        steps += 1
+        if step.fires:
+            if latest is not None:
+                walked += 1
+            latest = step.slot
+            if in_time(latest):
+                if len(recent) == MAX_MISSED_RUNS and dropped is None:
+                    dropped = recent[0]  # the oldest in-time slot that will not fire
+                recent.append(latest)
+                in_time_count += 1
+        step = timetable.step(step.slot)
+        excluded += step.excluded
+    upcoming = step.slot
     if upcoming is not None and upcoming <= now:
         upcoming = timetable.next_after(now)  # a very long outage: skip ahead from now
+    if latest is None:
+        # Only a checkpoint fell due: nothing to fire, the walk goes on from the next one.
+        moved = replace(meta, done=upcoming is None, excluded=meta.excluded + excluded)
+        return FiringPlan(stored, [], 0, moved, upcoming)
     passed = walked + 1
     slots: list[tuple[float, str | None]]
     if entry.missed_policy == "All" and passed > 1:
@@ -443,8 +459,11 @@ class ForwarderScheduler(Scheduler):
                 sent_count[index] += outcome.sent
             claims = []
             for plan, runs, count in zip(plans, per_plan, sent_count, strict=True):
-                (first, first_push), *more = runs
                 meta, due = settle(plan.stored, plan.meta, plan.due, count, now)
+                if not runs:  # a checkpoint: the claim only moves the entry on
+                    claims.append(claim_of(plan.stored, meta, due))
+                    continue
+                (first, first_push), *more = runs
                 claims.append(claim_of(plan.stored, meta, due, first, first_push, more))
             claimed, next_due = self.store.claim([*claims, *deferred])
             won: list[Outcome] = []

@@ -37,9 +37,11 @@ def upcoming(entry: Entry, meta: Meta, due: float | None, count: int) -> list[fl
     if entry.max_runs is not None:
         count = min(count, entry.max_runs - meta.count)
     timetable = entry.timetable(meta.anchor)
-    times = [due]
-    while len(times) < count:
-        nxt = timetable.next_after(times[-1])
+    # The due time may be a checkpoint in a long exclusion (timing.MAX_EXCLUDED_WALK).
+    first = due if timetable.fires(due) else timetable.next_firing(due)
+    times = [] if first is None else [first]
+    while times and len(times) < count:
+        nxt = timetable.next_firing(times[-1])
         if nxt is None:
             break
         times.append(nxt)

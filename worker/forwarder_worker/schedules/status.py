@@ -92,6 +92,7 @@ def applied_status(
             anchor = Meta(anchor=result.next_run or now)
             times = upcoming(result.entry, anchor, result.next_run, NEXT_RUN_TIMES)
             status["nextRunTimes"] = [_iso(t) for t in times]
+            status["nextRunTime"] = _iso(times[0]) if times else None
     return status
 
 
@@ -144,6 +145,8 @@ def runs_status(runs: ScheduleRuns, stored: StoredEntry | None) -> dict[str, Any
     if stored is not None:
         times = upcoming(stored.entry, stored.meta, stored.due, NEXT_RUN_TIMES)
         status["nextRunTimes"] = [_iso(t) for t in times]
+        # Not the due time itself: in a long exclusion that is a checkpoint, not a run.
+        status["nextRunTime"] = _iso(times[0]) if times else None
         status["missedCount"] = stored.meta.missed
         status["excludedCount"] = stored.meta.excluded
     return status

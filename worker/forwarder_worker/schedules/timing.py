@@ -25,7 +25,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -134,10 +134,22 @@ class CronTimetable:
                 limit = datetime.fromtimestamp(best, self.zone).replace(tzinfo=None) + _MAX_SHIFT
 
 
-# Bounds the slots a bounded timetable walks past in one call (a minutely cron excluded for a
-# whole year is 525,600 slots): beyond it the next slot is looked for after the walk, and
-# the excluded ones past the bound go uncounted.
-MAX_EXCLUDED_WALK = 100_000
+# Bounds the excluded slots one step walks past (a minutely cron excluded for a weekend is
+# 2,880; an every-1s one, 172,800): a step stops there at a checkpoint, an excluded slot that
+# beat arms like a slot and steps on from when it falls due, so beat never spends more than
+# a fraction of a second on one entry, and a long exclusion is never taken for the end.
+MAX_EXCLUDED_WALK = 2_000
+# Checkpoints a preview walks through before it gives up looking (MAX_EXCLUDED_WALK slots
+# each): exclusions that leave no slot for that long end a preview early.
+MAX_CHECKPOINTS = 50
+
+
+class Step(NamedTuple):
+    """Where a step of a bounded timetable lands."""
+
+    slot: float | None  # the next slot to arm (None: no slot left)
+    excluded: int  # excluded slots stepped over on the way (the checkpoint included)
+    fires: bool  # False: a checkpoint, an excluded slot to step on from (or no slot)
 
 
 @dataclass(frozen=True)
@@ -171,8 +183,9 @@ class BoundedTimetable:
     end: float | None = None
     exclusions: Exclusions | None = None
 
-    def step(self, ts: float) -> tuple[float | None, int]:
-        """The first slot strictly after ``ts`` that fires, and the excluded slots before it."""
+    def step(self, ts: float) -> Step:
+        """The first slot strictly after ``ts`` that fires, and the excluded slots before it;
+        or, after MAX_EXCLUDED_WALK excluded ones, the last of them as a checkpoint."""
         after = ts
         if self.start is not None and after < self.start:
             # The first slot at or after the start: step from just before it.
@@ -181,16 +194,36 @@ class BoundedTimetable:
         while True:
             slot = self.base.next_after(after)
             if slot is None or (self.end is not None and slot >= self.end):
-                return None, excluded
+                return Step(None, excluded, False)
             if not self.exclusions or not self.exclusions.excludes(slot):
-                return slot, excluded
+                return Step(slot, excluded, True)
             excluded += 1
             if excluded >= MAX_EXCLUDED_WALK:
-                return None, excluded
+                return Step(slot, excluded, False)
             after = slot
 
+    def fires(self, slot: float) -> bool:
+        """Whether ``slot`` (one of the base timetable's) fires: inside the window and not
+        excluded."""
+        if (self.start is not None and slot < self.start) or (
+            self.end is not None and slot >= self.end
+        ):
+            return False
+        return not self.exclusions or not self.exclusions.excludes(slot)
+
     def next_after(self, ts: float) -> float | None:
-        return self.step(ts)[0]
+        """The next slot to arm after ``ts``: one that fires, or a checkpoint."""
+        return self.step(ts).slot
+
+    def next_firing(self, ts: float) -> float | None:
+        """The first slot strictly after ``ts`` that fires, through checkpoints (None: none
+        within MAX_CHECKPOINTS of them)."""
+        for _ in range(MAX_CHECKPOINTS):
+            step = self.step(ts)
+            if step.slot is None or step.fires:
+                return step.slot
+            ts = step.slot
+        return None
 
 
 def parse_dates(values: Iterable[str]) -> frozenset[date]:
