@@ -60,6 +60,7 @@ class StoreCollector(Collector):
             ("fired", "Firings sent by the scheduler"),
             ("skipped", "Firings skipped (concurrencyPolicy Forbid, missed deadline)"),
             ("missed", "Slots missed while the scheduler could not fire"),
+            ("excluded", "Slots not fired because a schedule's exclusions matched them"),
         ):
             counter = CounterMetricFamily(f"forwarder_scheduler_{name}", help_text)
             counter.add_metric([], figures.get(name, 0.0))

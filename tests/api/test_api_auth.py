@@ -216,8 +216,11 @@ def test_metrics(app_for: Any, core: Core) -> None:
     store.upsert(
         Entry(name="default/b", task="forwarder.ping", schedule={"every": 60}, suspend=True)
     )
-    # What beat adds after a batch: one firing per lateness, two skipped, one missed.
-    figures = SchedulerMetrics.increments(fired=[0.001, 0.2, 100.0], skipped=2, missed=1)
+    # What beat adds after a batch: one firing per lateness, two skipped, one missed, four
+    # excluded.
+    figures = SchedulerMetrics.increments(
+        fired=[0.001, 0.2, 100.0], skipped=2, missed=1, excluded=4
+    )
     with core.client.pipeline() as pipe:
         core.metrics.add(pipe, figures)
         pipe.execute()
@@ -248,6 +251,7 @@ def test_metrics(app_for: Any, core: Core) -> None:
     assert sample(text, "forwarder_scheduler_fired_total", "") == 3
     assert sample(text, "forwarder_scheduler_skipped_total", "") == 2
     assert sample(text, "forwarder_scheduler_missed_total", "") == 1
+    assert sample(text, "forwarder_scheduler_excluded_total", "") == 4
     lateness = "forwarder_scheduler_lateness_seconds"
     assert sample(text, f"{lateness}_bucket", '{le="0.005"}') == 1
     assert sample(text, f"{lateness}_bucket", '{le="0.25"}') == 2

@@ -329,4 +329,7 @@ def test_a_long_exclusion_is_walked_in_checkpoints_and_counted(
     assert stored is not None
     assert stored.meta.excluded == 8640
     assert stored.meta.missed == 0
+    # The scheduler's counter too (the api's forwarder_scheduler_excluded_total).
+    scheduler.close()  # writes the pending counters
+    assert shared.metric("excluded") >= 8640
     assert stored.due == day_after + 10

@@ -469,10 +469,11 @@ class ForwarderScheduler(Scheduler):
             won: list[Outcome] = []
             sent: list[tuple[Send, Push | None]] = []
             lost: set[str] = set()
-            skipped = missed = 0
+            skipped = missed = excluded = 0
             for plan, claim_won in zip(plans, claimed, strict=False):
                 if claim_won:
                     missed += plan.missed  # slots walked past or out of time, not fired
+                    excluded += plan.meta.excluded - plan.stored.meta.excluded
             for (index, outcome, _record, send), push in zip(rows, pushes, strict=True):
                 if not claimed[index]:  # rewritten or claimed by another beat meanwhile
                     lost.add(outcome.run_id)
@@ -488,7 +489,9 @@ class ForwarderScheduler(Scheduler):
                 producer, sent, built, first_flush=FIRST_BATCH, clock=self.clock
             )
         self._add_metrics(
-            SchedulerMetrics.increments(fired=lateness, skipped=skipped, missed=missed)
+            SchedulerMetrics.increments(
+                fired=lateness, skipped=skipped, missed=missed, excluded=excluded
+            )
         )
         Dispatcher.log_outcomes(won)
         return next_due

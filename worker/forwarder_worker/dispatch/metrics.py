@@ -1,5 +1,5 @@
-"""The scheduler's fire, skip and lateness counters, kept in one Redis hash so any process
-can read them (the api's ``/metrics``, the benchmarks).
+"""The scheduler's fire, skip, miss, exclusion and lateness counters, kept in one Redis hash
+so any process can read them (the api's ``/metrics``, the benchmarks).
 
 Beat adds its figures with its next read of the due set (no round trip of their own, see
 :mod:`forwarder_worker.beat.scheduler`); run-now triggers add theirs in a pipeline
@@ -28,7 +28,7 @@ class SchedulerMetrics:
 
     @staticmethod
     def increments(
-        *, fired: Sequence[float], skipped: int, missed: int
+        *, fired: Sequence[float], skipped: int, missed: int, excluded: int = 0
     ) -> list[tuple[str, int | float]]:
         """A batch's figures as (counter, increment) pairs; ``fired`` holds each sent
         firing's lateness in seconds."""
@@ -49,6 +49,8 @@ class SchedulerMetrics:
             out.append(("skipped", skipped))
         if missed:
             out.append(("missed", missed))
+        if excluded:
+            out.append(("excluded", excluded))
         return out
 
     def add(self, pipe: Any, increments: Sequence[tuple[str, int | float]]) -> None:
