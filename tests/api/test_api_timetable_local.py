@@ -51,6 +51,16 @@ def test_max_runs_through_the_api_fires_that_many_then_completes(api: httpx.Clie
     time.sleep(2)
     assert len(runs()) == 2
     assert api.get("/schedules/default/twice/preview").json()["items"] == []
+    # Run-now is a person's decision, not a slot: it runs after completion too, and the
+    # schedule stays complete.
+    triggered = api.post("/schedules/default/twice/trigger")
+    assert triggered.status_code == 202, triggered.text
+    eventually(
+        lambda: api.get(f"/runs/{triggered.json()['id']}").json()["state"] == "SUCCESS", 20, 0.1
+    )
+    time.sleep(1.5)
+    assert [r["source"] for r in runs()].count("schedule") == 2
+    assert condition(api, "twice")["reason"] == "Completed"
     assert api.delete("/schedules/default/twice").status_code == 204
 
 
