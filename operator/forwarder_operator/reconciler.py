@@ -151,7 +151,7 @@ def _apply(services: Services, task: ScheduledTask, result: Plan) -> None:
             fields = runs_status(NO_RUNS, None)
             del fields["nextRunTime"]
             # Nor has it missed or excluded a slot yet.
-            fields.update(missedCount=0, excludedCount=0)
+            fields.update(missedRunCount=0, excludedRunCount=0)
             result.status.update(fields)
     if applied.ready:
         # A re-apply that found the entry as it was (every object, at each operator start) is

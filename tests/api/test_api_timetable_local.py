@@ -103,7 +103,7 @@ def test_a_yaml_file_with_exclusions_is_previewed_and_its_status_lists_the_next_
         assert local.weekday() != 6
     status = api.get("/schedules/default/report").json()["status"]
     assert status["nextRunTimes"] == expected[:5]
-    assert status["excludedCount"] == 0
+    assert status["excludedRunCount"] == 0
     (stack.schedules_dir / "report.yaml").unlink()
 
 

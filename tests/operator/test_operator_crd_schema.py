@@ -123,8 +123,8 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
         "lastScheduleTime": "2030-01-01T00:00:00Z",
         "lastRun": {"taskId": "t-1", "state": "SUCCESS"},
         "totalRunCount": 7,
-        "missedCount": 2,
-        "excludedCount": 3,
+        "missedRunCount": 2,
+        "excludedRunCount": 3,
         "conditions": [
             {
                 "type": "Ready",

@@ -89,7 +89,7 @@ def test_max_runs_completes_and_next_run_times_skip_exclusions(
         assert entry["missed_policy"] == "All"
         assert (entry_of(f"{namespace}/holidays") or {}).get("missed_policy") == "Latest"
         assert kube.get("holidays")["spec"]["missedRunPolicy"] == "Latest"
-        assert kube.status("catch-up")["missedCount"] == 0
+        assert kube.status("catch-up")["missedRunCount"] == 0
 
         # An exclusion cron the apiserver admits and the model refuses.
         ready = eventually(lambda: kube.ready("bad-exclusion"), 20, message="bad condition")
@@ -142,12 +142,12 @@ def test_missed_run_policies_after_a_real_beat_outage(
             assert len(every) == len(set(every))
             missed = eventually(
                 lambda: (
-                    kube.status(names["Latest"]).get("missedCount", 0) >= 3
+                    kube.status(names["Latest"]).get("missedRunCount", 0) >= 3
                     and kube.status(names["Latest"])
                 ),
                 20,
-                message="missedCount",
-            )["missedCount"]
+                message="missedRunCount",
+            )["missedRunCount"]
             assert missed >= int(max(gaps)) - 1
-            assert kube.status(names["All"])["missedCount"] == 0
+            assert kube.status(names["All"])["missedRunCount"] == 0
     core.close()

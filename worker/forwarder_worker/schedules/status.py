@@ -147,8 +147,8 @@ def runs_status(runs: ScheduleRuns, stored: StoredEntry | None) -> dict[str, Any
         status["nextRunTimes"] = [_iso(t) for t in times]
         # Not the due time itself: in a long exclusion that is a checkpoint, not a run.
         status["nextRunTime"] = _iso(times[0]) if times else None
-        status["missedCount"] = stored.meta.missed
-        status["excludedCount"] = stored.meta.excluded
+        status["missedRunCount"] = stored.meta.missed
+        status["excludedRunCount"] = stored.meta.excluded
     return status
 
 
