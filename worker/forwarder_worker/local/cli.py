@@ -29,7 +29,7 @@ from forwarder_worker.core import SCHEDULER, Core
 from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
 from forwarder_worker.schedules.files import FileError, declared
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
-from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview
+from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview, upcoming
 from forwarder_worker.schedules.store import Entry
 from forwarder_worker.schedules.timing import utc_iso
 from forwarder_worker.settings import Settings, get_settings
@@ -222,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 entry.task,
                 when,
                 str(entry.suspend).lower(),
-                utc_iso(stored.due) or "-",
+                utc_iso(next(iter(upcoming(entry, stored.meta, stored.due, 1)), None)) or "-",
                 summary.last_run.state if summary.last_run else "-",
                 str(summary.total),
                 str(summary.failed),

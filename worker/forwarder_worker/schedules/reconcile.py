@@ -8,12 +8,12 @@ line, an HTTP error).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
+from forwarder_worker.schedules.preview import upcoming
 from forwarder_worker.schedules.store import Entry, Meta, ScheduleStore, UpsertResult
 from forwarder_worker.schedules.timing import utc_iso
 
@@ -119,7 +119,9 @@ def describe(
         meta = stored.meta if stored is not None else None
         message = f"{what}: {completed_message(entry, meta)}"
         return ApplyResult(True, "Completed", message, None, spec, entry)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due))
+    # The next slot that fires: the due time may be a checkpoint in a long exclusion.
+    first = upcoming(entry, Meta(anchor=due), due, 1)
+    when = utc_iso(first[0] if first else due)
     return ApplyResult(
         True, "Scheduled", f"{what} ({spec.time_zone}); next run {when}", due, spec, entry
     )
