@@ -407,6 +407,12 @@ BAD = [
         "spec.exclusions.cron[1]: '61 * * * *' is not a valid cron expression",
     ),
     (
+        "exclusion of every minute",
+        {**PING, "exclusions": {"cron": ["*  * * * *"]}},
+        None,
+        "spec.exclusions.cron[0]: '*  * * * *' excludes every slot",
+    ),
+    (
         "exclusion 4-field cron",
         {**PING, "exclusions": {"cron": ["* * * *"]}},
         "spec.exclusions.cron[0] in body should match",

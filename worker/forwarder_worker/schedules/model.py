@@ -140,9 +140,13 @@ class ExclusionsSpec(_Strict):
         checked = []
         for index, value in enumerate(values):
             try:
-                checked.append(check_cron(value))
+                expression = check_cron(value)
             except ValueError as exc:
                 raise ValueError(f"[{index}]: {exc}") from None
+            if expression.split() == ["*"] * 5:
+                # It matches every minute: the schedule would never fire again.
+                raise ValueError(f"[{index}]: {value!r} excludes every slot")
+            checked.append(expression)
         return checked
 
     @field_validator("dates")
