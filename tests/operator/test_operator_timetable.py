@@ -1,6 +1,6 @@
 """The window, the run limit and the exclusions from a resource on the real control plane,
-with the real operator, beat and worker: a maxRuns schedule fires that many times and its
-Ready condition turns Completed; status.nextRunTimes lists the next 5 fire times without the
+with the real operator, beat and worker: a window fires its own slots only and a maxRuns
+schedule that many times, then each one's Ready condition turns Completed; status.nextRunTimes lists the next 5 fire times without the
 excluded ones, as the core's preview does; and a spec the apiserver admits but the model
 refuses (an exclusion cron out of range) gets Ready=False and a Warning Event. What the
 apiserver itself refuses (an endTime before startTime, a negative maxRuns) is in
@@ -27,8 +27,17 @@ from support.processes import celery_beat, celery_worker, eventually, running
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def test_max_runs_completes_and_next_run_times_skip_exclusions(
-    kube: Any, namespace: str, operator_env: dict[str, str], entry_of: Any, logs: Path
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_window_and_max_runs_complete_and_next_run_times_skip_exclusions(
+    kube: Any,
+    namespace: str,
+    operator_env: dict[str, str],
+    entry_of: Any,
+    logs: Path,
+    redis_url: str,
 ) -> None:
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
     excluded_spec = {
@@ -42,6 +51,11 @@ def test_max_runs_completes_and_next_run_times_skip_exclusions(
         kube.create(
             "limited", {"task": "forwarder.ping", "schedule": {"every": "1s"}, "maxRuns": 3}
         )
+        # A window that opens in about 3 s and closes 3 s later.
+        opens = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+        closes = opens + timedelta(seconds=3)
+        window = {"startTime": iso(opens), "endTime": iso(closes)}
+        kube.create("windowed", {"task": "forwarder.ping", "schedule": {"every": "1s"}, **window})
         kube.create("holidays", excluded_spec)
         kube.create(
             "catch-up",
@@ -70,6 +84,20 @@ def test_max_runs_completes_and_next_run_times_skip_exclusions(
         time.sleep(2.5)
         assert kube.status("limited")["totalRunCount"] == 3
         assert (entry_of(f"{namespace}/limited") or {}).get("max_runs") == 3
+
+        # The window: its three slots, then Completed; none before it opened.
+        ready = eventually(
+            lambda: (r := kube.ready("windowed")).get("reason") == "Completed" and r,
+            40,
+            message="windowed completed",
+        )
+        assert f"no slot left before endTime {iso(closes)}" in ready["message"]
+        core = Core.from_settings(Settings(redis_url=redis_url))
+        runs = core.runs.recent(schedule=f"{namespace}/windowed", limit=100)
+        core.close()
+        fired = sorted((r for r in runs if r.state != "SKIPPED"), key=lambda r: r.slot or 0)
+        assert [r.slot for r in fired] == [opens.timestamp() + k for k in range(3)]
+        assert all(r.created is not None and r.created >= opens.timestamp() for r in fired)
 
         # nextRunTimes: the next 5, none of them on the excluded day or a weekend.
         times = eventually(
