@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -163,3 +164,38 @@ def test_preview_answers_4xx_for_bad_requests(stack: Any, api: httpx.Client) -> 
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert "spec.endTime" in ready["message"]
     (stack.schedules_dir / "hourly.yaml").unlink()
+
+
+def test_a_yaml_file_with_a_window_fires_its_slots_only(stack: Any, api: httpx.Client) -> None:
+    opens = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    closes = opens + timedelta(seconds=3)
+    document = {
+        "apiVersion": "forwarder.dev/v1alpha1",
+        "kind": "ScheduledTask",
+        "metadata": {"name": "campaign"},
+        "spec": {
+            "task": "forwarder.ping",
+            "schedule": {"every": "1s"},
+            # Read in timeZone: the same instants, written in Helsinki's wall time.
+            "timeZone": "Europe/Helsinki",
+            "startTime": opens.astimezone(ZoneInfo("Europe/Helsinki"))
+            .replace(tzinfo=None)
+            .isoformat(),
+            "endTime": closes.isoformat(),
+        },
+    }
+    (stack.schedules_dir / "campaign.yaml").write_text(yaml.safe_dump(document))
+    ready = eventually(
+        lambda: (c := condition(api, "campaign"))["reason"] == "Completed" and c,
+        30,
+        0.1,
+        "campaign completed",
+    )
+    assert "no slot left before endTime" in ready["message"]
+
+    def slots() -> list[float]:
+        items = api.get("/runs", params={"schedule": "default/campaign"}).json()["items"]
+        return sorted(datetime.fromisoformat(r["scheduled_at"]).timestamp() for r in items)
+
+    assert slots() == [opens.timestamp() + k for k in range(3)]
+    (stack.schedules_dir / "campaign.yaml").unlink()
