@@ -237,7 +237,20 @@ def test_missed_run_policies_after_an_outage(
             Entry(f"miss/{policy.lower()}", TASK, {"cron": "* * * * *"}, missed_policy=policy),
             now=clock.now,
         )
+    for policy in ("Forbid", "Replace"):
+        shared.store.upsert(
+            Entry(
+                f"miss/all-{policy.lower()}",
+                TASK,
+                {"cron": "* * * * *"},
+                missed_policy="All",
+                policy=policy,
+            ),
+            now=clock.now,
+        )
     walk(scheduler, clock, T0, 1)  # each fires its T0 slot
+    for name in ("miss/all-forbid", "miss/all-replace"):
+        ran(shared, name, 1)  # ended: Forbid and Replace find no active run
     # Beat is away for ten and a half minutes: the slots T0+60 ... T0+600 pass unfired, and
     # the latest of them is 45 s old when beat is back (more than a failover's 30 s).
     clock.now = T0 + 645
@@ -260,6 +273,14 @@ def test_missed_run_policies_after_an_outage(
         status = runs_status(shared.runs.summary(f"miss/{policy}"), stored)
         missed[policy] = status["missedRunCount"]
     assert missed == {"latest": 9, "all": 0, "skip": 10}
+    # All with a concurrencyPolicy: Forbid sends the oldest missed slot (the rest see it
+    # queued), Replace the latest (each would replace the one before at once).
+    for name, sent in (("miss/all-forbid", T0 + 60), ("miss/all-replace", T0 + 600)):
+        records = shared.records(name)
+        assert [r.slot for r in records if r.state != "SKIPPED"] == [T0, sent], name
+        skipped = [r for r in records if r.state == "SKIPPED"]
+        assert len(skipped) == 9, name
+        assert all("concurrencyPolicy" in (r.reason or "") for r in skipped), name
     # And on time again, every policy fires the next slot.
     walk(scheduler, clock, T0 + 661, 1)
     for policy, count in (("latest", 3), ("all", 12)):

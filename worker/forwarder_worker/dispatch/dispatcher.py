@@ -311,6 +311,9 @@ class Dispatcher:
         outcomes: list[Outcome] = []
         to_revoke: list[str] = []
         seen: set[str] = set()
+        # Several firings of one Replace entry in a batch (missedRunPolicy All's missed
+        # slots): each would replace the one before at once, so only the last is sent.
+        last = {f.entry.name: f.slot for f in firings if f.entry.policy == "Replace"}
         for firing in firings:
             name, run_id = firing.entry.name, str(uuid.uuid4())
             running = active.get(name, [])
@@ -318,6 +321,10 @@ class Dispatcher:
                 reason = (
                     f"concurrencyPolicy Forbid: run {running[0] if running else 'queued'} is active"
                 )
+                outcomes.append(Outcome(firing, run_id, False, reason))
+                continue
+            if firing.entry.policy == "Replace" and firing.slot != last[name]:
+                reason = f"concurrencyPolicy Replace: replaced by the slot {last[name]!r}"
                 outcomes.append(Outcome(firing, run_id, False, reason))
                 continue
             if firing.entry.policy == "Replace" and running:
