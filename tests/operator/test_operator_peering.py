@@ -59,7 +59,9 @@ def test_only_the_highest_priority_replica_handles(
         # would resume, and it pauses again only once its own watch delivers the higher one's
         # entry, which may come after the peering object already lists both.
         with running_operator(env, logs / "high.log", *flags, "--priority=20", via="cli") as high:
-            eventually(lambda: priorities() == [20], 30, message="the higher replica in the peering")
+            eventually(
+                lambda: priorities() == [20], 30, message="the higher replica in the peering"
+            )
             with running_operator(env, logs / "low.log", *flags, "--priority=10", via="cli") as low:
                 eventually(
                     lambda: priorities() == [10, 20], 30, message="both replicas in the peering"
