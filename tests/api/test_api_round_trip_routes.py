@@ -178,7 +178,7 @@ def test_a_truncated_result_is_fetched_whole_from_the_backend(
     rclient.hset("forwarder:run:big", mapping=record)
     # The result backend holds the whole value (as a worker would have stored it).
     app: Any = client.app
-    app.state.services.celery.backend.store_result("big", big, "SUCCESS")
+    app.state.services.core.app.backend.store_result("big", big, "SUCCESS")
     answer = client.get("/runs/big", headers=AUTH)
     assert answer.status_code == 200
     assert answer.json()["result"] == big
