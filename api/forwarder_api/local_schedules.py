@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Overrides
 from forwarder_worker.names import LOCAL_UID_PREFIX
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.files import (
@@ -260,7 +260,7 @@ class LocalSchedules:
             else:
                 found.path.unlink()
 
-    def trigger(self, namespace: str, name: str) -> Triggered:
+    def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
         self._find(namespace, name)
         stored = self.store.get(f"{namespace}/{name}")
         if stored is None:
@@ -268,7 +268,8 @@ class LocalSchedules:
                 f"ScheduledTask {namespace}/{name} is not loaded into the scheduler yet "
                 "(an invalid spec, or the folder source has not applied it); see its status"
             )
-        (outcome,) = self.dispatcher.fire([Firing(stored.entry, time.time(), source="trigger")])
+        firing = Firing(stored.entry, time.time(), "trigger", overrides)
+        (outcome,) = self.dispatcher.fire([firing])
         if not outcome.sent:
             raise Conflict(f"not triggered: {outcome.reason}")
         return Triggered(namespace, name, run_id=outcome.run_id)

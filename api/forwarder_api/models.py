@@ -86,6 +86,9 @@ class Run(BaseModel):
     reason: str | None = None
     args: Any = None
     kwargs: Any = None
+    overrides: Any = Field(
+        default=None, description="A run-now's own args/kwargs, as the trigger gave them"
+    )
     result: Any = None
     result_truncated: bool = False
     error: RunError | None = None
@@ -167,6 +170,14 @@ class ScheduleList(BaseModel):
     """ScheduledTasks, by namespace and name."""
 
     items: list[ScheduleOut]
+
+
+class TriggerRequest(_Body):
+    """A run-now's own arguments (both optional): ``args`` replace the spec's, ``kwargs`` are
+    merged over the spec's. The run record keeps them as ``overrides``."""
+
+    args: list[Any] | None = Field(default=None, description="Replace the spec's args")
+    kwargs: dict[str, Any] | None = Field(default=None, description="Merged over the spec's kwargs")
 
 
 class TriggerOut(BaseModel):

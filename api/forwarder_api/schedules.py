@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from forwarder_worker.dispatch.dispatcher import Overrides
 from forwarder_worker.names import API_VERSION, KIND, NAME, NAMESPACE
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec
 from forwarder_worker.schedules.reconcile import validate
@@ -77,8 +78,8 @@ class ScheduleBackend(Protocol):
         """Remove a schedule, or NotFound."""
         ...
 
-    def trigger(self, namespace: str, name: str) -> Triggered:
-        """Run a schedule's task once now."""
+    def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
+        """Run a schedule's task once now, with ``overrides`` of its arguments if given."""
         ...
 
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import time
 
-from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
+from forwarder_worker.dispatch.dispatcher import parse_overrides
+from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION, RUN_NOW_OVERRIDES_ANNOTATION
 from forwarder_worker.runs.records import ScheduleRuns
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.status import (
@@ -85,7 +86,7 @@ def plan(services: Services, task: ScheduledTask, *, initial: bool) -> Plan:
         _apply(services, task, result)
     run_now = _run_now_value(metadata)
     if run_now:
-        _run_now(services, name, run_now, result)
+        _run_now(services, metadata, run_now, result)
     return result
 
 
@@ -160,9 +161,19 @@ def _apply(services: Services, task: ScheduledTask, result: Plan) -> None:
         result.events.append(Event("Warning", applied.reason, applied.message))
 
 
-def _run_now(services: Services, name: str, value: str, result: Plan) -> None:
+def _run_now(services: Services, metadata: ObjectMeta, value: str, result: Plan) -> None:
+    name = metadata.entry_name
+    text = metadata.annotations.get(RUN_NOW_OVERRIDES_ANNOTATION)
     try:
-        outcome = services.run_now(name, value)
+        overrides = None if text is None else parse_overrides(text, value)
+    except ValueError as exc:
+        # Running with arguments other than asked would be worse than not running: this
+        # value is refused (once), and the next value is a new attempt.
+        if services.refuse_run_now(name, value):
+            result.events.append(Event("Warning", "RunNowFailed", f"{value!r}: {exc}"))
+        return
+    try:
+        outcome = services.run_now(name, value, overrides)
     except LookupError as exc:
         result.events.append(Event("Warning", "RunNowFailed", str(exc)))
         return

@@ -19,6 +19,9 @@ FINALIZER = f"{GROUP}/finalizer"
 """Held on every ScheduledTask until its entry is removed."""
 RUN_NOW_ANNOTATION = f"{GROUP}/run-now"
 """The annotation whose every new value runs the task once."""
+RUN_NOW_OVERRIDES_ANNOTATION = f"{GROUP}/run-now-overrides"
+"""JSON ``{"runNow": <value>, "args": [...], "kwargs": {...}}``: the arguments of the run
+that run-now value triggers (ignored for any other value)."""
 
 # Kubernetes' DNS-1123 rules: a namespace is a label, a resource name a subdomain.
 NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"

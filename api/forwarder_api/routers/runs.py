@@ -62,6 +62,7 @@ def to_run(record: RunRecord, *, show_traceback: bool) -> Run:
         reason=record.reason,
         args=_json(record.args)[0],
         kwargs=_json(record.kwargs)[0],
+        overrides=_json(record.overrides)[0],
         result=result,
         result_truncated=truncated,
         error=error,

@@ -66,6 +66,7 @@ class RunRecord:
     worker: str | None = None
     args: str | None = None
     kwargs: str | None = None
+    overrides: str | None = None  # a run-now's own args/kwargs (JSON), as asked
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> RunRecord:
@@ -95,6 +96,7 @@ class RunRecord:
             worker=data.get("worker"),
             args=data.get("args"),
             kwargs=data.get("kwargs"),
+            overrides=data.get("overrides"),
         )
 
     @property
@@ -196,11 +198,13 @@ class RunLog:
         slot: float | None = None,
         args: Any = None,
         kwargs: Any = None,
+        overrides: Any = None,
         expires: float | None = None,
     ) -> RunWrite:
         """A run recorded as it is sent (state PENDING), before any worker sees it, for a
         script that writes it with its message (beat's claim, the api's submit); ``expires``
-        is when an unstarted run stops counting as active (epoch seconds)."""
+        is when an unstarted run stops counting as active (epoch seconds), ``overrides`` a
+        run-now's own arguments as it gave them (``args`` and ``kwargs`` are the run's)."""
         return RunWrite(
             run_id,
             "PENDING",
@@ -212,6 +216,7 @@ class RunLog:
                 expires=expires,
                 args=None if args is None else bounded(args, self.result_limit),
                 kwargs=None if kwargs is None else bounded(kwargs, self.result_limit),
+                overrides=None if overrides is None else bounded(overrides, self.result_limit),
             ),
         )
 
@@ -225,6 +230,7 @@ class RunLog:
         slot: float | None = None,
         args: Any = None,
         kwargs: Any = None,
+        overrides: Any = None,
         expires: float | None = None,
         client: Any = None,
     ) -> Any:
@@ -237,6 +243,7 @@ class RunLog:
             slot=slot,
             args=args,
             kwargs=kwargs,
+            overrides=overrides,
             expires=expires,
         )
         return self.write(write, client=client)
