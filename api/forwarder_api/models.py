@@ -73,6 +73,17 @@ class RunError(BaseModel):
     traceback: str | None = None
 
 
+class Attempt(BaseModel):
+    """One ended attempt of a run that retried."""
+
+    attempt: int = Field(description="1 for the first attempt")
+    state: str = Field(description="RETRY (it failed and is retried), SUCCESS, FAILURE or REVOKED")
+    started_at: str | None = None
+    finished_at: str | None = None
+    worker: str | None = None
+    error: str | None = Field(default=None, description="Why it failed: type and message")
+
+
 class Run(BaseModel):
     """A run's state, result or error, and times (RFC 3339, UTC)."""
 
@@ -83,6 +94,13 @@ class Run(BaseModel):
     source: str | None = None
     worker: str | None = None
     retries: int = 0
+    attempts: list[Attempt] = Field(
+        default_factory=list,
+        description="The ended attempts of a run that retried, oldest first (empty otherwise)",
+    )
+    next_attempt_at: str | None = Field(
+        default=None, description="When a retrying run's next attempt is due"
+    )
     reason: str | None = None
     args: Any = None
     kwargs: Any = None

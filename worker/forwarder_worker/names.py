@@ -38,6 +38,13 @@ LOCAL_UID_PREFIX = "local:"
 HEADER_SCHEDULE = "forwarder_schedule"
 HEADER_UID = "forwarder_uid"
 HEADER_SLOT = "forwarder_slot"
+HEADER_RETRY = "forwarder_retry"
+"""A schedule's retry policy, ``{"limit", "backoff", "maxBackoff"}`` (seconds), on its runs'
+messages; every task on a Forwarder app applies it (``forwarder_worker.tasks.base``)."""
+TIMEOUT_GRACE_SECONDS = 5
+"""A run with ``timeoutSeconds: N`` gets Celery's soft time limit at N seconds (an exception
+in the task, which a retry policy retries) and its hard limit (the process killed) this many
+seconds later."""
 
 MAX_BACKOFF = 60.0
 """Longest wait (seconds) between retries while Redis or the Kubernetes API is down."""

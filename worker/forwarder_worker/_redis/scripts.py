@@ -36,6 +36,36 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
   local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
   if old and final[old] and not final[state] then return old end
   if old == 'STARTED' and state == 'RECEIVED' then state = old end
+  if state == 'RETRY' and fields['retries'] and fields['retries'] ~= '' then
+    -- A late RETRY, once the attempt it announces has started: that attempt's STARTED
+    -- (retries as high) stays.
+    local seen = tonumber(redis.call('HGET', key, 'retries') or '0') or 0
+    if seen >= tonumber(fields['retries']) then return old end
+  end
+  if old == 'STARTED' and (state == 'RETRY' or
+      (final[state] and redis.call('HEXISTS', key, 'attempts') == 1)) then
+    -- An attempt ended: append it to the run's attempts (a JSON array), kept only for runs
+    -- that retried. The error is this attempt's own: the retry's reason, or the failure.
+    local h = redis.call('HMGET', key, 'retries', 'started', 'worker')
+    local item = {attempt = (tonumber(h[1]) or 0) + 1, state = state, finished = now}
+    if h[2] then item['started'] = tonumber(h[2]) end
+    if h[3] then item['worker'] = h[3] end
+    local err = fields['reason']
+    if state == 'FAILURE' then
+      err = (fields['error_type'] or 'Error') .. ': ' .. (fields['error'] or '')
+    elseif state == 'SUCCESS' then
+      err = nil
+    end
+    if err and err ~= '' then item['error'] = err end
+    local text = cjson.encode(item)
+    local attempts = redis.call('HGET', key, 'attempts')
+    if attempts then
+      attempts = string.sub(attempts, 1, -2) .. ',' .. text .. ']'
+    else
+      attempts = '[' .. text .. ']'
+    end
+    redis.call('HSET', key, 'attempts', attempts)
+  end
   if not old then
     redis.call('HSET', key, 'id', id, 'created', now)
     redis.call('ZADD', gkey, now, id)

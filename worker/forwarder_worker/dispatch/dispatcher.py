@@ -31,10 +31,12 @@ from celery import Celery
 from forwarder_worker.dispatch.messages import MessageBatch, TaskMessages, can_capture, capturing
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
 from forwarder_worker.names import (
+    HEADER_RETRY,
     HEADER_SCHEDULE,
     HEADER_SLOT,
     HEADER_UID,
     RUN_NOW_OVERRIDES_ANNOTATION,
+    TIMEOUT_GRACE_SECONDS,
 )
 from forwarder_worker.runs.records import FINAL_STATES, ActiveRun, RunLog
 from forwarder_worker.schedules.store import Entry
@@ -152,6 +154,7 @@ class Dispatcher:
         metrics: SchedulerMetrics,
         *,
         stale_after: float,
+        time_limit: int | None = None,
     ) -> None:
         self.app = app
         # Build messages without send_task (forwarder_worker.dispatch.messages); False:
@@ -163,6 +166,25 @@ class Dispatcher:
         self.metrics = metrics
         # Seconds after which a STARTED run counts as dead (see _active).
         self.stale_after = stale_after
+        # The workers' hard time limit: a schedule's timeoutSeconds may only lower it (the
+        # broker's visibility timeout is sized for it, see time_limits).
+        self.time_limit = time_limit
+
+    def time_limits(self, entry: Entry) -> tuple[int, int] | None:
+        """The (hard, soft) time limits of ``entry``'s runs, or None for the workers' own.
+
+        ``timeoutSeconds`` is the soft limit, an exception in the task (retried under a
+        retry policy); the hard limit kills the process :data:`TIMEOUT_GRACE_SECONDS` later.
+        Never above the workers' hard limit: the broker redelivers a message still unacked
+        after twice that (the visibility timeout), so a longer run would run twice."""
+        if entry.timeout is None:
+            return None
+        if self.time_limit is not None and entry.timeout >= self.time_limit:
+            return None
+        hard = entry.timeout + TIMEOUT_GRACE_SECONDS
+        if self.time_limit is not None:
+            hard = min(hard, self.time_limit)
+        return hard, entry.timeout
 
     def _active(self, firings: Sequence[Firing], now: float) -> dict[str, list[str]]:
         """Runs still going per schedule, for the entries whose policy cares."""
@@ -180,8 +202,13 @@ class Dispatcher:
                 return False
             # Started longer ago than the hard time limit allows: its worker died without a
             # final signal, so it must not hold Forbid until the broker redelivers it.
+            if run.state == "STARTED" and run.started and wall_now - run.started > self.stale_after:
+                return False
+            # Waiting for a retry (Celery's RETRY) is active: the next attempt will run. Unless
+            # that attempt was due longer ago than a run may last, and never started: its
+            # message is lost (Redis lost it, or the worker holding it died).
             return not (
-                run.state == "STARTED" and run.started and wall_now - run.started > self.stale_after
+                run.state == "RETRY" and run.retry_at and wall_now - run.retry_at > self.stale_after
             )
 
         return {
@@ -265,9 +292,13 @@ class Dispatcher:
             )
         return lateness
 
-    @staticmethod
     def _build(
-        built: MessageBatch, firing: Firing, run_id: str, delay: float, expires: float | None
+        self,
+        built: MessageBatch,
+        firing: Firing,
+        run_id: str,
+        delay: float,
+        expires: float | None,
     ) -> bool:
         """Publish one firing's message through ``built``; False where it declines."""
         entry = firing.entry
@@ -281,16 +312,20 @@ class Dispatcher:
             countdown=delay,
             expires=expires,
             headers=Dispatcher.headers(firing),
+            time_limits=self.time_limits(entry),
         )
 
     @staticmethod
-    def headers(firing: Firing) -> dict[str, str]:
-        """Forwarder's own message headers for ``firing``."""
-        return {
+    def headers(firing: Firing) -> dict[str, Any]:
+        """Forwarder's own message headers for ``firing`` (its retry policy, if any)."""
+        headers: dict[str, Any] = {
             HEADER_SCHEDULE: firing.entry.name,
             HEADER_UID: firing.entry.uid,
             HEADER_SLOT: repr(firing.slot),
         }
+        if firing.entry.retries:
+            headers[HEADER_RETRY] = firing.entry.retries
+        return headers
 
     def publish(
         self,
@@ -353,6 +388,9 @@ class Dispatcher:
             options["countdown"] = delay
         if expires is not None:
             options["expires"] = datetime.fromtimestamp(expires, UTC)
+        limits = self.time_limits(entry)
+        if limits is not None:
+            options["time_limit"], options["soft_time_limit"] = limits
         self.app.send_task(
             entry.task,
             args=firing.args,

@@ -67,6 +67,8 @@ class RunRecord:
     args: str | None = None
     kwargs: str | None = None
     overrides: str | None = None  # a run-now's own args/kwargs (JSON), as asked
+    attempts: str | None = None  # JSON array of the ended attempts of a run that retried
+    retry_at: float | None = None  # when a retrying run's next attempt is due
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> RunRecord:
@@ -97,6 +99,8 @@ class RunRecord:
             args=data.get("args"),
             kwargs=data.get("kwargs"),
             overrides=data.get("overrides"),
+            attempts=data.get("attempts"),
+            retry_at=num("retry_at"),
         )
 
     @property
@@ -149,6 +153,7 @@ class ActiveRun(NamedTuple):
     state: str | None
     expires: float | None
     started: float | None
+    retry_at: float | None = None
 
 
 class RunLog:
@@ -350,19 +355,20 @@ class RunLog:
         ids = sorted({i for ms in members.values() for i in ms})
         with self.client.pipeline(transaction=False) as pipe:
             for run_id in ids:
-                pipe.hmget(keys.run(run_id), "state", "expires", "started")
+                pipe.hmget(keys.run(run_id), "state", "expires", "started", "retry_at")
             found = dict(zip(ids, pipe.execute(), strict=True))
         active: dict[str, list[ActiveRun]] = {}
         for schedule, ms in members.items():
             runs = []
             for run_id in sorted(ms):
-                state, expires, started = found[run_id]
+                state, expires, started, retry_at = found[run_id]
                 runs.append(
                     ActiveRun(
                         run_id,
                         state,
                         float(expires) if expires else None,
                         float(started) if started else None,
+                        float(retry_at) if retry_at else None,
                     )
                 )
             active[schedule] = runs

@@ -90,6 +90,10 @@ class Entry:
     jitter: int = 0
     queue: str = "default"
     priority: int | None = None
+    # -- runs: retries, time limit (issue 19, the runs side) --
+    retries: dict[str, int] | None = None  # {"limit", "backoff", "maxBackoff"} (seconds)
+    timeout: int | None = None  # timeoutSeconds
+    # -- end of the runs block --
     history: int = 10
     uid: str = ""
     generation: int = 0
@@ -122,6 +126,8 @@ class Entry:
             jitter=spec.jitter_seconds,
             queue=spec.queue,
             priority=spec.priority,
+            retries=None if spec.retries is None else spec.retries.as_policy(),
+            timeout=spec.timeout_seconds,
             history=spec.run_history_limit,
             uid=uid,
             generation=generation,
