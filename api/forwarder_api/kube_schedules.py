@@ -21,6 +21,7 @@ from forwarder_worker.dispatch.dispatcher import Overrides, overrides_annotation
 from forwarder_worker.names import (
     GROUP,
     PLURAL,
+    RESUME_ANNOTATION,
     RUN_NOW_ANNOTATION,
     RUN_NOW_OVERRIDES_ANNOTATION,
     VERSION,
@@ -38,11 +39,14 @@ from forwarder_api.errors import (
     Unavailable,
 )
 from forwarder_api.schedules import (
+    NOT_PAUSED,
     KnownTasks,
+    Resumed,
     ScheduleView,
     Triggered,
     check_identity,
     check_namespace,
+    is_paused,
     merge_patch,
     new_document,
     validate_spec,
@@ -263,3 +267,20 @@ class KubeSchedules:
             {"metadata": {"annotations": annotations}},
         )
         return Triggered(namespace, name, run_now=value)
+
+    def resume(self, namespace: str, name: str) -> Resumed:
+        current = self._get(namespace, name)
+        if not is_paused(current.get("status")):
+            raise Conflict(f"ScheduledTask {namespace}/{name} {NOT_PAUSED}")
+        value = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
+        self._call(
+            f"ScheduledTask {namespace}/{name}",
+            self.api().patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"annotations": {RESUME_ANNOTATION: value}}},
+        )
+        return Resumed(namespace, name, resume=value)

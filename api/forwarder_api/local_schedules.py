@@ -37,7 +37,9 @@ from forwarder_worker.schedules.store import Entry, ScheduleStore
 
 from forwarder_api.errors import Conflict, NotFound, Unavailable
 from forwarder_api.schedules import (
+    NOT_PAUSED,
     KnownTasks,
+    Resumed,
     ScheduleView,
     Triggered,
     check_identity,
@@ -273,3 +275,9 @@ class LocalSchedules:
         if not outcome.sent:
             raise Conflict(f"not triggered: {outcome.reason}")
         return Triggered(namespace, name, run_id=outcome.run_id)
+
+    def resume(self, namespace: str, name: str) -> Resumed:
+        self._find(namespace, name)
+        if not self.store.resume(f"{namespace}/{name}"):
+            raise Conflict(f"ScheduledTask {namespace}/{name} {NOT_PAUSED}")
+        return Resumed(namespace, name, resumed=True)

@@ -209,6 +209,16 @@ class TriggerOut(BaseModel):
     runNow: str | None = None
 
 
+class ResumeOut(BaseModel):
+    """A resume of a schedule suspended after failures: done (local mode), or the
+    ``forwarder.dev/resume`` value set for the operator (cluster mode)."""
+
+    namespace: str
+    name: str
+    resumed: bool = Field(description="True when the API resumed it itself (local mode)")
+    resume: str | None = Field(default=None, description="The annotation value set (cluster)")
+
+
 class LogTail(BaseModel):
     """The last lines of a component's log."""
 

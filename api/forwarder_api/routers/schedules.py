@@ -13,6 +13,7 @@ from forwarder_worker.dispatch.dispatcher import Overrides
 
 from forwarder_api.deps import Authorized, SchedulesDep
 from forwarder_api.models import (
+    ResumeOut,
     ScheduleCreate,
     ScheduleList,
     ScheduleOut,
@@ -112,4 +113,19 @@ def trigger_schedule(
     url = str(request.url_for("get_run", run_id=done.run_id)) if done.run_id else None
     return TriggerOut(
         namespace=done.namespace, name=done.name, id=done.run_id, url=url, runNow=done.run_now
+    )
+
+
+@router.post(
+    "/{namespace}/{name}/resume",
+    status_code=202,
+    responses={**ERRORS, 409: {"description": "Not suspended after failures"}},
+)
+def resume_schedule(namespace: Namespace, name: Name, schedules: SchedulesDep) -> ResumeOut:
+    """Resume a schedule that ``suspendAfterFailures`` suspended (like the
+    ``forwarder.dev/resume`` annotation): it fires again from its next slot, and its count of
+    failed runs in a row starts again."""
+    done = schedules.resume(namespace, name)
+    return ResumeOut(
+        namespace=done.namespace, name=done.name, resumed=done.resumed, resume=done.resume
     )

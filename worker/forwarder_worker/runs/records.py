@@ -135,6 +135,8 @@ class ScheduleRuns:
     skipped: int
     last_schedule_time: float | None
     last_successful_time: float | None
+    consecutive_failures: int = 0
+    last_failure_time: float | None = None
 
 
 def bounded(value: Any, limit: int) -> str:
@@ -394,6 +396,8 @@ class RunLog:
             skipped=int(stats.get("skipped", 0)),
             last_schedule_time=num("last_schedule"),
             last_successful_time=num("last_success"),
+            consecutive_failures=int(stats.get("consecutive_failures", 0)),
+            last_failure_time=num("last_failure"),
         )
 
     def take_changed(self) -> set[str]:

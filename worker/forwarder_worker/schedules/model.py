@@ -41,6 +41,8 @@ MAX_RETRY_BACKOFF = 86400
 """Longest wait before a retry, in seconds."""
 MAX_TIMEOUT_SECONDS = 86400
 """Longest ``timeoutSeconds``."""
+MAX_SUSPEND_AFTER = 1000
+"""Largest ``suspendAfterFailures``."""
 
 
 class InvalidSpec(ValueError):
@@ -195,6 +197,9 @@ class ScheduledTaskSpec(_Strict):
     timeout_seconds: int | None = Field(
         default=None, alias="timeoutSeconds", ge=1, le=MAX_TIMEOUT_SECONDS
     )
+    suspend_after_failures: int | None = Field(
+        default=None, alias="suspendAfterFailures", ge=1, le=MAX_SUSPEND_AFTER
+    )
     # -- end of the runs block --
     run_history_limit: int = Field(default=10, alias="runHistoryLimit", ge=1, le=100)
 
@@ -251,6 +256,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
         "run_history_limit": "runHistoryLimit",
         "max_backoff": "maxBackoff",
         "timeout_seconds": "timeoutSeconds",
+        "suspend_after_failures": "suspendAfterFailures",
     }
     return ".".join(["spec", *(names.get(str(part), str(part)) for part in loc)])
 
