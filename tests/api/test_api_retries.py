@@ -198,3 +198,33 @@ def test_a_negative_retry_limit_is_refused_at_each_door(stack: Any, api: httpx.C
     assert "spec.retries.limit: -1 is negative" in condition["message"]
     (stack.schedules_dir / "negative-file.yaml").unlink()
     assert api.delete("/schedules/default/later").status_code == 204
+
+
+def test_replace_revokes_a_retrying_run(api: httpx.Client, wait_run: Wait) -> None:
+    spec = {
+        "task": "tests.fail_first",
+        "kwargs": {"failures": 5},
+        "schedule": {"every": "2s"},
+        "concurrencyPolicy": "Replace",
+        "retries": {"limit": 5, "backoff": "6s"},
+    }
+    assert api.post("/schedules", json={"metadata": {"name": "replaced"}, "spec": spec}).is_success
+
+    def runs() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = api.get(
+            "/runs", params={"schedule": "default/replaced", "limit": 100}
+        ).json()["items"]
+        return items
+
+    first = eventually(lambda: runs() and runs()[-1], 30, 0.1, "the first run")
+    # It fails at once and waits 6 s for its retry; the next slot, 2 s on, replaces it (the
+    # worker holding the retry drops it when it falls due).
+    wait_run(first["id"], {"RETRY"}, 10)
+    revoked = wait_run(first["id"], timeout=20)
+    api.patch("/schedules/default/replaced", json={"spec": {"suspend": True}})
+    assert revoked["state"] == "REVOKED", revoked
+    assert [(a["attempt"], a["state"]) for a in revoked["attempts"]] == [(1, "RETRY")]
+    assert revoked["retries"] == 1  # the retry never ran
+    later = [r for r in runs() if r["id"] != first["id"]]
+    assert later and later[-1]["created_at"] <= revoked["finished_at"]
+    assert api.delete("/schedules/default/replaced").status_code == 204

@@ -67,3 +67,19 @@ def test_a_resource_s_runs_are_retried(
         attempts = json.loads(record.attempts or "[]")
         assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "RETRY"), (2, "SUCCESS")]
         assert attempts[0]["error"] == "ValueError: attempt 1 failed"
+
+
+def test_what_only_the_operator_can_tell_is_ready_false_with_an_event(
+    kube: Any, namespace: str, operator_env: dict[str, str], entry_of: Any
+) -> None:
+    # The CRD cannot compare two durations: the operator reports it, and makes no entry.
+    spec = {**SPEC, "retries": {"limit": 1, "backoff": "1m", "maxBackoff": "5s"}}
+    with operator_in_thread(operator_env):
+        kube.create("inverted", spec)
+        ready = eventually(lambda: kube.ready("inverted"), 20, message="the condition")
+        assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
+        message = "spec.retries: maxBackoff (5s) is below backoff (60s)"
+        assert ready["message"] == message
+        (event,) = eventually(lambda: kube.warnings("inverted"), 10, message="the event")
+        assert event["reason"] == "InvalidSpec" and event["message"] == message
+        assert entry_of(f"{namespace}/inverted") is None
