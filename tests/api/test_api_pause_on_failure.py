@@ -7,11 +7,12 @@ Ready=False, SuspendedAfterFailures, with the counts, /metrics counts it, and it
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from typing import Any
 
 import httpx
-from support.processes import eventually
+from support.processes import BIN, eventually
 
 FAILING = {
     "task": "tests.fail",
@@ -44,7 +45,7 @@ def metric(api: httpx.Client, line: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def test_failed_runs_in_a_row_suspend_and_resume(api: httpx.Client) -> None:
+def test_failed_runs_in_a_row_suspend_and_resume(stack: Any, api: httpx.Client) -> None:
     pauses = metric(api, "forwarder_scheduler_suspended_after_failures_total")
     created = api.post("/schedules", json={"metadata": {"name": "fragile"}, "spec": FAILING})
     assert created.status_code == 201, created.text
@@ -65,6 +66,16 @@ def test_failed_runs_in_a_row_suspend_and_resume(api: httpx.Client) -> None:
     time.sleep(2.5)
     assert len(ran(api, "fragile")) == count == now["failedRunCount"]
     assert metric(api, 'forwarder_schedules{state="SuspendedAfterFailures"}') == 1
+    # `forwarder status` says it where it shows suspend.
+    shown = subprocess.run(
+        [str(BIN / "forwarder"), "status", "--redis-url", stack.redis_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    (row,) = [line for line in shown.splitlines() if line.startswith("default/fragile ")]
+    assert f"after {now['failedRunCount']} failures" in row
     assert metric(api, "forwarder_scheduler_suspended_after_failures_total") == pauses + 1
 
     # POST .../resume: fires again from now, the count in a row starts again.
