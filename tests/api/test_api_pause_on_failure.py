@@ -1,18 +1,38 @@
 """Pause on failure in local mode, end to end: ``suspendAfterFailures: N`` failed runs in a
 row stop the firings (a real beat, worker and folder source), the API's status says
 Ready=False, SuspendedAfterFailures, with the counts, /metrics counts it, and it resumes with
-``POST .../resume`` or a spec change (the file edited). Bad values are 422.
+``POST .../resume`` or a spec change (the file edited). Bad values are 422. In a cluster,
+``POST .../resume`` sets the ``forwarder.dev/resume`` annotation for the real operator (409
+when the resource's status does not say it is paused).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
-from support.processes import BIN, eventually
+import pytest
+from fastapi.testclient import TestClient
+from forwarder_api.main import create_app
+from forwarder_api.settings import ApiSettings
+from pydantic import SecretStr
+from support.chart_release import Release
+from support.controlplane import ControlPlane
+from support.operator_process import refusals
+from support.processes import (
+    BIN,
+    celery_beat,
+    celery_worker,
+    eventually,
+    forwarder_env,
+    running,
+    start,
+)
 
 FAILING = {
     "task": "tests.fail",
@@ -121,3 +141,62 @@ def test_bad_suspend_after_failures_is_refused(api: httpx.Client) -> None:
         assert response.status_code == 422
         assert response.json()["detail"] == f"spec.suspendAfterFailures: Input should be {words}"
     assert api.post("/schedules/default/nope/resume").status_code == 404
+
+
+FAST = {"FORWARDER_OPERATOR_STATUS_INTERVAL": "0.3", "FORWARDER_OPERATOR_SWEEP_INTERVAL": "2"}
+TOKEN = "pause-token"
+
+
+@pytest.mark.cluster
+def test_resume_through_the_api_in_a_cluster(
+    redis_url: str, crds: ControlPlane, namespace: str, chart_release: Release, logs: Path
+) -> None:
+    kubeconfig = chart_release.kubeconfig("operator")
+    env = forwarder_env(redis_url, KUBECONFIG=str(kubeconfig), **FAST)
+    operator = start([sys.executable, "-m", "forwarder_operator"], env, logs / "op.log", "operator")
+    worker = celery_worker(env, logs / "worker.log")
+    beat = celery_beat(env, logs / "beat.log")
+    settings = ApiSettings(
+        redis_url=redis_url,
+        api_tokens=[SecretStr(TOKEN)],
+        task_modules=["support.sample_tasks"],
+        schedules_mode="kubernetes",
+        kubeconfig=chart_release.kubeconfig("api"),
+    )
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with running(operator, worker, beat), TestClient(create_app(settings), headers=headers) as api:
+        path = f"/schedules/{namespace}/fragile"
+
+        def why() -> str | None:
+            conditions = (api.get(path).json().get("status") or {}).get("conditions") or []
+            return conditions[0]["reason"] if conditions else None
+
+        created = api.post(
+            "/schedules",
+            json={"metadata": {"name": "fragile", "namespace": namespace}, "spec": FAILING},
+        )
+        assert created.status_code == 201, created.text
+        eventually(lambda: why() == "SuspendedAfterFailures", 60, 0.2, "the pause")
+        failed = api.get(path).json()["status"]["failedRunCount"]
+        resumed = api.post(f"{path}/resume")
+        assert resumed.status_code == 202, resumed.text
+        value = resumed.json()["resume"]
+        assert value and resumed.json()["resumed"] is False
+        assert api.get(path).json()["metadata"]["annotations"]["forwarder.dev/resume"] == value
+        # The operator resumes it: it fails twice more, and is paused again.
+        eventually(
+            lambda: (
+                api.get(path).json()["status"]["failedRunCount"] >= failed + 2
+                and why() == "SuspendedAfterFailures"
+            ),
+            60,
+            0.2,
+            "resumed, then paused again",
+        )
+        # Not paused: 409, and no annotation written.
+        api.patch(path, json={"spec": {"task": "forwarder.ping"}})
+        eventually(lambda: why() == "Scheduled", 60, 0.2, "resumed by the spec change")
+        refused = api.post(f"{path}/resume")
+        assert refused.status_code == 409 and "not suspended after failures" in refused.text
+        assert api.get(path).json()["metadata"]["annotations"]["forwarder.dev/resume"] == value
+        assert refusals(operator.output()) == []
