@@ -217,7 +217,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 entry.name,
                 entry.task,
                 when,
-                str(entry.suspend).lower(),
+                # Paused by suspendAfterFailures: say so where suspend is read.
+                str(entry.suspend).lower()
+                if stored.paused is None
+                else f"after {stored.paused} failures",
                 utc_iso(stored.due) or "-",
                 summary.last_run.state if summary.last_run else "-",
                 str(summary.total),

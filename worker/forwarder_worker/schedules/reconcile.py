@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
+from forwarder_worker.names import RESUME_ANNOTATION, SUSPENDED_AFTER_FAILURES
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
 from forwarder_worker.schedules.store import Entry, ScheduleStore, UpsertResult
 
@@ -22,7 +23,9 @@ class ApplyResult:
     """Outcome of applying one schedule: ready or not, why, and when it fires next."""
 
     ready: bool
-    reason: str  # Scheduled | Suspended | Completed | InvalidSpec | UnknownTask | Stale
+    # Scheduled | Suspended | Completed | SuspendedAfterFailures | InvalidSpec | UnknownTask
+    # | Stale
+    reason: str
     message: str
     next_run: float | None = None
     spec: ScheduledTaskSpec | None = None
@@ -95,6 +98,14 @@ def apply_schedule(
     return replace(describe(spec, entry, due, store), changed=result is not UpsertResult.UNCHANGED)
 
 
+def paused_message(failures: int) -> str:
+    """Why a schedule suspended after failures does not fire, and how to resume it."""
+    return (
+        f"suspended after {failures} failed runs in a row (suspendAfterFailures); resume with "
+        f"a new value of the annotation {RESUME_ANNOTATION}, POST .../resume, or a spec change"
+    )
+
+
 def describe(
     spec: ScheduledTaskSpec, entry: Entry, due: float | None, store: ScheduleStore
 ) -> ApplyResult:
@@ -104,6 +115,15 @@ def describe(
         return ApplyResult(True, "Suspended", f"{what} is suspended", None, spec, entry)
     if due is None:
         stored = store.get(entry.name)
+        if stored is not None and stored.paused is not None:
+            return ApplyResult(
+                False,
+                SUSPENDED_AFTER_FAILURES,
+                paused_message(stored.paused),
+                None,
+                spec,
+                entry,
+            )
         if stored is not None and stored.meta.done:
             return ApplyResult(True, "Completed", f"{what} has fired", None, spec, entry)
         return ApplyResult(True, "Completed", f"{what} has no future run", None, spec, entry)
