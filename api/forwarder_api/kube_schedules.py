@@ -17,7 +17,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
-from forwarder_worker.names import GROUP, PLURAL, RUN_NOW_ANNOTATION, VERSION
+from forwarder_worker.dispatch.dispatcher import Overrides, overrides_annotation
+from forwarder_worker.names import (
+    GROUP,
+    PLURAL,
+    RESUME_ANNOTATION,
+    RUN_NOW_ANNOTATION,
+    RUN_NOW_OVERRIDES_ANNOTATION,
+    VERSION,
+)
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -31,11 +39,14 @@ from forwarder_api.errors import (
     Unavailable,
 )
 from forwarder_api.schedules import (
+    NOT_PAUSED,
     KnownTasks,
+    Resumed,
     ScheduleView,
     Triggered,
     check_identity,
     check_namespace,
+    is_paused,
     merge_patch,
     new_document,
     validate_spec,
@@ -234,8 +245,33 @@ class KubeSchedules:
             name,
         )
 
-    def trigger(self, namespace: str, name: str) -> Triggered:
+    def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
         self._check(namespace, name)
+        value = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
+        # The overrides ride in their own annotation, tied to this value, in the same patch:
+        # the operator runs this value with them, and a later plain run-now without them.
+        annotations = {
+            RUN_NOW_ANNOTATION: value,
+            RUN_NOW_OVERRIDES_ANNOTATION: None
+            if overrides is None
+            else overrides_annotation(value, overrides),
+        }
+        self._call(
+            f"ScheduledTask {namespace}/{name}",
+            self.api().patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"annotations": annotations}},
+        )
+        return Triggered(namespace, name, run_now=value)
+
+    def resume(self, namespace: str, name: str) -> Resumed:
+        current = self._get(namespace, name)
+        if not is_paused(current.get("status")):
+            raise Conflict(f"ScheduledTask {namespace}/{name} {NOT_PAUSED}")
         value = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
         self._call(
             f"ScheduledTask {namespace}/{name}",
@@ -245,6 +281,6 @@ class KubeSchedules:
             namespace,
             PLURAL,
             name,
-            {"metadata": {"annotations": {RUN_NOW_ANNOTATION: value}}},
+            {"metadata": {"annotations": {RESUME_ANNOTATION: value}}},
         )
-        return Triggered(namespace, name, run_now=value)
+        return Resumed(namespace, name, resume=value)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Overrides
 from forwarder_worker.names import LOCAL_UID_PREFIX
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.files import (
@@ -37,7 +37,9 @@ from forwarder_worker.schedules.store import Entry, ScheduleStore
 
 from forwarder_api.errors import Conflict, NotFound, Unavailable
 from forwarder_api.schedules import (
+    NOT_PAUSED,
     KnownTasks,
+    Resumed,
     ScheduleView,
     Triggered,
     check_identity,
@@ -260,7 +262,7 @@ class LocalSchedules:
             else:
                 found.path.unlink()
 
-    def trigger(self, namespace: str, name: str) -> Triggered:
+    def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
         self._find(namespace, name)
         stored = self.store.get(f"{namespace}/{name}")
         if stored is None:
@@ -268,7 +270,14 @@ class LocalSchedules:
                 f"ScheduledTask {namespace}/{name} is not loaded into the scheduler yet "
                 "(an invalid spec, or the folder source has not applied it); see its status"
             )
-        (outcome,) = self.dispatcher.fire([Firing(stored.entry, time.time(), source="trigger")])
+        firing = Firing(stored.entry, time.time(), "trigger", overrides)
+        (outcome,) = self.dispatcher.fire([firing])
         if not outcome.sent:
             raise Conflict(f"not triggered: {outcome.reason}")
         return Triggered(namespace, name, run_id=outcome.run_id)
+
+    def resume(self, namespace: str, name: str) -> Resumed:
+        self._find(namespace, name)
+        if not self.store.resume(f"{namespace}/{name}"):
+            raise Conflict(f"ScheduledTask {namespace}/{name} {NOT_PAUSED}")
+        return Resumed(namespace, name, resumed=True)

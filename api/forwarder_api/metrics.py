@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from forwarder_worker.dispatch.metrics import LATENESS_BUCKETS, SchedulerMetrics
+from forwarder_worker.names import SUSPENDED_AFTER_FAILURES
 from forwarder_worker.schedules.store import ScheduleStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -42,10 +43,12 @@ class StoreCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        states = {"Scheduled": 0, "Suspended": 0, "Completed": 0}
+        states = {"Scheduled": 0, "Suspended": 0, "Completed": 0, SUSPENDED_AFTER_FAILURES: 0}
         for stored in entries:
             if stored.entry.suspend:
                 states["Suspended"] += 1
+            elif stored.paused is not None:
+                states[SUSPENDED_AFTER_FAILURES] += 1
             elif stored.meta.done or stored.due is None:
                 states["Completed"] += 1
             else:
@@ -61,6 +64,10 @@ class StoreCollector(Collector):
             ("skipped", "Firings skipped (concurrencyPolicy Forbid, missed deadline)"),
             ("missed", "Slots missed while the scheduler could not fire"),
             ("excluded", "Slots not fired because a schedule's exclusions matched them"),
+            (
+                "suspended_after_failures",
+                "Schedules suspended by suspendAfterFailures (each pause counted once)",
+            ),
         ):
             counter = CounterMetricFamily(f"forwarder_scheduler_{name}", help_text)
             counter.add_metric([], figures.get(name, 0.0))

@@ -73,6 +73,17 @@ class RunError(BaseModel):
     traceback: str | None = None
 
 
+class Attempt(BaseModel):
+    """One ended attempt of a run that retried."""
+
+    attempt: int = Field(description="1 for the first attempt")
+    state: str = Field(description="RETRY (it failed and is retried), SUCCESS, FAILURE or REVOKED")
+    started_at: str | None = None
+    finished_at: str | None = None
+    worker: str | None = None
+    error: str | None = Field(default=None, description="Why it failed: type and message")
+
+
 class Run(BaseModel):
     """A run's state, result or error, and times (RFC 3339, UTC)."""
 
@@ -83,9 +94,19 @@ class Run(BaseModel):
     source: str | None = None
     worker: str | None = None
     retries: int = 0
+    attempts: list[Attempt] = Field(
+        default_factory=list,
+        description="The ended attempts of a run that retried, oldest first (empty otherwise)",
+    )
+    next_attempt_at: str | None = Field(
+        default=None, description="When a retrying run's next attempt is due"
+    )
     reason: str | None = None
     args: Any = None
     kwargs: Any = None
+    overrides: Any = Field(
+        default=None, description="A run-now's own args/kwargs, as the trigger gave them"
+    )
     result: Any = None
     result_truncated: bool = False
     error: RunError | None = None
@@ -169,6 +190,14 @@ class ScheduleList(BaseModel):
     items: list[ScheduleOut]
 
 
+class TriggerRequest(_Body):
+    """A run-now's own arguments (both optional): ``args`` replace the spec's, ``kwargs`` are
+    merged over the spec's. The run record keeps them as ``overrides``."""
+
+    args: list[Any] | None = Field(default=None, description="Replace the spec's args")
+    kwargs: dict[str, Any] | None = Field(default=None, description="Merged over the spec's kwargs")
+
+
 class TriggerOut(BaseModel):
     """A run-now: the run id and URL when the API fired it (local mode), or the
     ``forwarder.dev/run-now`` value it set for the operator (cluster mode)."""
@@ -178,6 +207,16 @@ class TriggerOut(BaseModel):
     id: str | None = None
     url: str | None = None
     runNow: str | None = None
+
+
+class ResumeOut(BaseModel):
+    """A resume of a schedule suspended after failures: done (local mode), or the
+    ``forwarder.dev/resume`` value set for the operator (cluster mode)."""
+
+    namespace: str
+    name: str
+    resumed: bool = Field(description="True when the API resumed it itself (local mode)")
+    resume: str | None = Field(default=None, description="The annotation value set (cluster)")
 
 
 class LogTail(BaseModel):

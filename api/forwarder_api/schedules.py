@@ -15,7 +15,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from forwarder_worker.dispatch.dispatcher import Overrides
 from forwarder_worker.names import API_VERSION, KIND, NAME, NAMESPACE
+from forwarder_worker.names import SUSPENDED_AFTER_FAILURES as SUSPENDED_AFTER
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec
 from forwarder_worker.schedules.reconcile import validate
 
@@ -45,6 +47,29 @@ class Triggered:
     name: str
     run_id: str | None = None
     run_now: str | None = None
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A resume request: done by the API itself, or the annotation value it set for the
+    operator to act on."""
+
+    namespace: str
+    name: str
+    resumed: bool = False
+    resume: str | None = None
+
+
+NOT_PAUSED = "is not suspended after failures (only suspendAfterFailures' pause is resumed here)"
+
+
+def is_paused(status: dict[str, Any] | None) -> bool:
+    """Whether a status says the schedule is suspended after failures."""
+    conditions = (status or {}).get("conditions") or []
+    return any(
+        isinstance(c, dict) and c.get("type") == "Ready" and c.get("reason") == SUSPENDED_AFTER
+        for c in conditions
+    )
 
 
 class ScheduleBackend(Protocol):
@@ -77,8 +102,12 @@ class ScheduleBackend(Protocol):
         """Remove a schedule, or NotFound."""
         ...
 
-    def trigger(self, namespace: str, name: str) -> Triggered:
-        """Run a schedule's task once now."""
+    def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
+        """Run a schedule's task once now, with ``overrides`` of its arguments if given."""
+        ...
+
+    def resume(self, namespace: str, name: str) -> Resumed:
+        """Resume a schedule suspended after failures, or Conflict if it is not."""
         ...
 
 

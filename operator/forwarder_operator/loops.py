@@ -33,9 +33,14 @@ import time
 from typing import Any
 
 import redis
-from forwarder_worker.names import FINALIZER
-from forwarder_worker.schedules.reconcile import apply_schedule
-from forwarder_worker.schedules.status import applied_status, completed_status, runs_status
+from forwarder_worker.names import FINALIZER, SUSPENDED_AFTER_FAILURES
+from forwarder_worker.schedules.reconcile import apply_schedule, paused_message
+from forwarder_worker.schedules.status import (
+    applied_status,
+    completed_status,
+    ready_condition,
+    runs_status,
+)
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -43,7 +48,7 @@ from forwarder_operator import reconciler
 from forwarder_operator.resource import ObjectMeta
 from forwarder_operator.retries import Retry, backoff
 from forwarder_operator.services import Services
-from forwarder_operator.writer import ApiWriter, Plan
+from forwarder_operator.writer import ApiWriter, Event, Plan
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,10 @@ class StatusPass:
         self.services = services
         self.pending: set[str] = set()
         self.written: dict[str, dict[str, Any]] = {}
+        # Schedules this process has reported suspended after failures, by the pause's
+        # identity (the entry's rev, which every resume bumps, and the count): the condition
+        # and its Warning Event are written when a pause begins, once.
+        self.paused: dict[str, tuple[str, int]] = {}
 
     def pass_once(self) -> int:
         """One pass (blocking I/O: run it in a thread). Returns how many resources it patched.
@@ -81,13 +90,28 @@ class StatusPass:
             # Beat completes an entry (a window over, maxRuns reached, a one-off fired)
             # without the spec changing: the condition says so from here.
             status.update(completed_status(stored))
-            if self.written.get(name) != status:
+            plan = Plan(status=dict(status))
+            if stored.paused is None:
+                self.paused.pop(name, None)
+            elif self.paused.get(name) != (stored.rev, stored.paused):
+                # A run's transition paused it (suspendAfterFailures): the Ready condition
+                # says so, with a Warning Event, as the handler would say it.
+                message = paused_message(stored.paused)
+                plan.status["conditions"] = [
+                    ready_condition(
+                        False, SUSPENDED_AFTER_FAILURES, message, None, None, time.time()
+                    )
+                ]
+                plan.events.append(Event("Warning", SUSPENDED_AFTER_FAILURES, message))
+            if self.written.get(name) != status or plan.events:
                 target = ObjectMeta(namespace=namespace, name=resource)
-                if not ApiWriter(services.kube, target).write(Plan(status=status)):
+                if not ApiWriter(services.kube, target).write(plan):
                     self.written.pop(name, None)
                     self.pending.discard(name)
                     continue
                 self.written[name] = status
+                if stored.paused is not None:
+                    self.paused[name] = (stored.rev, stored.paused)
                 patched += 1
             self.pending.discard(name)
         return patched

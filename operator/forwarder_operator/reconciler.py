@@ -31,7 +31,13 @@ from __future__ import annotations
 
 import time
 
-from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
+from forwarder_worker.dispatch.dispatcher import parse_overrides
+from forwarder_worker.names import (
+    FINALIZER,
+    RESUME_ANNOTATION,
+    RUN_NOW_ANNOTATION,
+    RUN_NOW_OVERRIDES_ANNOTATION,
+)
 from forwarder_worker.runs.records import ScheduleRuns
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.status import (
@@ -62,7 +68,11 @@ def needs_redis(task: ScheduledTask, *, initial: bool) -> bool:
     writes coming back, which need none: the handler decides those without a thread."""
     if task.metadata.deletion_timestamp:
         return _must_forget(task.metadata)
-    return _must_apply(task, initial=initial) or bool(_run_now_value(task.metadata))
+    return (
+        _must_apply(task, initial=initial)
+        or bool(_run_now_value(task.metadata))
+        or bool(_resume_value(task.metadata))
+    )
 
 
 def plan(services: Services, task: ScheduledTask, *, initial: bool) -> Plan:
@@ -81,11 +91,13 @@ def plan(services: Services, task: ScheduledTask, *, initial: bool) -> Plan:
         return result
     if FINALIZER not in metadata.finalizers:
         result.add_finalizer = True
-    if _must_apply(task, initial=initial):
+    resume = _resume_value(metadata)
+    resumed = bool(resume) and _resume(services, name, resume or "", result)
+    if resumed or _must_apply(task, initial=initial):
         _apply(services, task, result)
     run_now = _run_now_value(metadata)
     if run_now:
-        _run_now(services, name, run_now, result)
+        _run_now(services, metadata, run_now, result)
     return result
 
 
@@ -126,6 +138,25 @@ def _run_now_value(metadata: ObjectMeta) -> str | None:
     return metadata.annotations.get(RUN_NOW_ANNOTATION) or None
 
 
+def _resume_value(metadata: ObjectMeta) -> str | None:
+    """The resume annotation's value, if any (whether it is new is Redis's to say)."""
+    return metadata.annotations.get(RESUME_ANNOTATION) or None
+
+
+def _resume(services: Services, name: str, value: str, result: Plan) -> bool:
+    """Act on resume ``value`` once: end a pause after failures. True if it resumed one (the
+    caller then re-applies, which writes the Ready condition and the next run)."""
+    if services.store.last_resume(name) == value:
+        return False
+    resumed = services.store.resume(name)
+    services.store.note_resume(name, value)
+    if resumed:
+        result.events.append(Event("Normal", "Resumed", f"resumed for {value!r}"))
+    else:
+        result.log.append(f"resume {value!r}: not suspended after failures; nothing to do")
+    return resumed
+
+
 def _apply(services: Services, task: ScheduledTask, result: Plan) -> None:
     metadata = task.metadata
     generation = metadata.generation
@@ -162,9 +193,19 @@ def _apply(services: Services, task: ScheduledTask, result: Plan) -> None:
         result.events.append(Event("Warning", applied.reason, applied.message))
 
 
-def _run_now(services: Services, name: str, value: str, result: Plan) -> None:
+def _run_now(services: Services, metadata: ObjectMeta, value: str, result: Plan) -> None:
+    name = metadata.entry_name
+    text = metadata.annotations.get(RUN_NOW_OVERRIDES_ANNOTATION)
     try:
-        outcome = services.run_now(name, value)
+        overrides = None if text is None else parse_overrides(text, value)
+    except ValueError as exc:
+        # Running with arguments other than asked would be worse than not running: this
+        # value is refused (once), and the next value is a new attempt.
+        if services.refuse_run_now(name, value):
+            result.events.append(Event("Warning", "RunNowFailed", f"{value!r}: {exc}"))
+        return
+    try:
+        outcome = services.run_now(name, value, overrides)
     except LookupError as exc:
         result.events.append(Event("Warning", "RunNowFailed", str(exc)))
         return

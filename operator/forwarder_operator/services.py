@@ -17,7 +17,7 @@ import kopf
 import redis
 from celery import Celery
 from forwarder_worker import Core
-from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome
+from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome, Overrides
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.store import ScheduleStore
 
@@ -73,8 +73,11 @@ class Services:
         self.core.close()
         self.kube.close()
 
-    def run_now(self, entry_name: str, value: str) -> Outcome | None:
-        """Fire ``entry_name`` once for run-now ``value``; None if that value was seen before.
+    def run_now(
+        self, entry_name: str, value: str, overrides: Overrides | None = None
+    ) -> Outcome | None:
+        """Fire ``entry_name`` once for run-now ``value`` (with ``overrides``, if given);
+        None if that value was seen before.
 
         The last value is kept in Redis, so a restarted operator does not run it again, and
         a value that failed (no entry: raises LookupError) is not tried again either: each
@@ -86,10 +89,19 @@ class Services:
         if stored is None:
             self.store.note_run_now(entry_name, value)
             raise LookupError(f"schedule {entry_name} has no entry (is its spec valid?)")
-        (outcome,) = self.dispatcher.fire([Firing(stored.entry, time.time(), "trigger")])
+        firing = Firing(stored.entry, time.time(), "trigger", overrides)
+        (outcome,) = self.dispatcher.fire([firing])
         # Marked once sent: a publish that fails is tried again, never silently dropped.
         self.store.note_run_now(entry_name, value)
         return outcome
+
+    def refuse_run_now(self, entry_name: str, value: str) -> bool:
+        """Mark run-now ``value`` handled without running it (its overrides are malformed);
+        False if it was handled before, so the refusal is reported once."""
+        if self.store.last_run_now(entry_name) == value:
+            return False
+        self.store.note_run_now(entry_name, value)
+        return True
 
     def forget(self, entry_name: str) -> None:
         """Remove a deleted schedule's entry (with its run-now marker) and run history."""

@@ -123,6 +123,10 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
         "lastScheduleTime": "2030-01-01T00:00:00Z",
         "lastRun": {"taskId": "t-1", "state": "SUCCESS"},
         "totalRunCount": 7,
+        "succeededRunCount": 5,
+        "failedRunCount": 2,
+        "consecutiveFailures": 2,
+        "lastFailureTime": "2030-01-01T00:00:00Z",
         "missedRunCount": 2,
         "excludedRunCount": 3,
         "conditions": [
@@ -162,8 +166,26 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
     wide_header, wide_row = crds.kubectl("get", "st", "-n", namespace, "-o", "wide").stdout.split(
         "\n", 1
     )
-    assert wide_header.split()[-5:] == ["READY", "REASON", "RUNS", "MISSED", "EXCLUDED"]
-    assert wide_row.split()[-5:] == ["True", "Scheduled", "7", "2", "3"]
+    assert wide_header.split()[-6:] == [
+        "READY",
+        "REASON",
+        "RUNS",
+        "FAILURES",
+        "MISSED",
+        "EXCLUDED",
+    ]
+    assert wide_row.split()[-6:] == ["True", "Scheduled", "7", "2", "2", "3"]
+    # The counts survive the CRD's schema (it prunes fields it does not declare).
+    stored = json.loads(crds.kubectl("get", "st", "shown", "-n", namespace, "-o", "json").stdout)
+    counts = (
+        "succeededRunCount",
+        "failedRunCount",
+        "consecutiveFailures",
+        "lastFailureTime",
+        "missedRunCount",
+        "excludedRunCount",
+    )
+    assert {k: stored["status"][k] for k in counts} == {k: status[k] for k in counts}
 
 
 def test_a_main_resource_write_cannot_set_status(crds: ControlPlane, namespace: str) -> None:

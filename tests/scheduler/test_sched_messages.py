@@ -59,7 +59,8 @@ def dispatcher(app: Celery, *, prebuilt: bool) -> Dispatcher:
 
 def entries() -> list[Entry]:
     """Firings of every shape beat sends: registered and unknown tasks, empty, nested and
-    long arguments, priorities, other queues, a time-limited built-in task."""
+    long arguments, priorities, other queues, a time-limited built-in task, a schedule's own
+    time limit and retry policy."""
     return [
         Entry(name="m/plain", task="forwarder.ping", schedule={"every": 60}),
         Entry(
@@ -86,6 +87,13 @@ def entries() -> list[Entry]:
             priority=0,
         ),
         Entry(name="m/urgent", task="tests.fail", schedule={"every": 60}, priority=9),
+        Entry(
+            name="m/retried",
+            task="tests.fail_first",
+            schedule={"every": 60},
+            retries={"limit": 2, "backoff": 1, "maxBackoff": 4},
+            timeout=30,
+        ),
     ]
 
 
@@ -167,6 +175,13 @@ def test_prebuilt_messages_equal_what_send_task_publishes(
     assert ours[sends[1][1]]["headers"]["eta"] is not None
     assert ours[sends[1][1]]["properties"]["expiration"] is not None
     assert ours[sends[0][1]]["headers"]["timelimit"] == [600, 540]
+    # A schedule's timeoutSeconds (soft, and hard 5 s later) and retry policy.
+    assert ours[sends[5][1]]["headers"]["timelimit"] == [35, 30]
+    assert ours[sends[5][1]]["headers"]["forwarder_retry"] == {
+        "limit": 2,
+        "backoff": 1,
+        "maxBackoff": 4,
+    }
 
     # Task-sent events: Celery's own, one per message (send_task) or grouped (ours).
     assert [channel for channel, _ in their_events] == ["task.sent"] * len(sends)

@@ -45,6 +45,7 @@ def test_every_route_with_and_without_the_token(redis_url: str, logs: Path) -> N
             failures: list[str] = []
             seen: set[str] = set()
             accepted: set[str] = set()
+            refused: set[str] = set()
             for operation in operations:
                 for mode, examples in EXAMPLES.items():
 
@@ -63,6 +64,9 @@ def test_every_route_with_and_without_the_token(redis_url: str, logs: Path) -> N
                             seen.add(case.operation.label)
                             if who == "token" and reply.status_code < 300:
                                 accepted.add(case.operation.label)
+                            positive = mode is GenerationMode.POSITIVE  # noqa: B023 (run at once)
+                            if who == "token" and positive and reply.status_code == 401:
+                                refused.add(case.operation.label)
                             where = f"{who}: {reply.status_code} {case.as_curl_command()}"
                             if reply.status_code >= 500:
                                 failures.append(f"5xx {where}\n  {reply.text[:300]}")
@@ -77,6 +81,9 @@ def test_every_route_with_and_without_the_token(redis_url: str, logs: Path) -> N
                         # No invalid input exists for an operation without parameters.
                         assert mode is GenerationMode.NEGATIVE, operation.label
             assert len(seen) == len(operations)
-            # The token does open the protected routes (most of them accept some input).
-            assert len(accepted - OPEN) >= len(operations) // 2, sorted(accepted)
+            # The token opens every protected route, and many of them accept some input
+            # (not those whose success needs a state random input does not find, such as
+            # POST .../resume, which needs a schedule suspended after failures).
+            assert refused == set(), sorted(refused)
+            assert len(accepted - OPEN) >= 8, sorted(accepted)
             assert not failures, "\n".join(failures[:30])

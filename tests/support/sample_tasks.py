@@ -27,3 +27,13 @@ def flaky(self: Task, failures: int = 1) -> str:
     if self.request.retries < failures:
         raise self.retry(exc=RuntimeError(f"attempt {self.request.retries + 1} failed"))
     return f"ok after {self.request.retries} retries"
+
+
+@shared_task(name="tests.fail_first", bind=True)
+def fail_first(self: Task, failures: int = 1, sleep: float = 0.0) -> dict[str, Any]:
+    """Fail the first ``failures`` attempts with ValueError, each after ``sleep`` seconds,
+    then succeed: for a schedule's retry policy (the task has none of its own)."""
+    time.sleep(sleep)
+    if self.request.retries < failures:
+        raise ValueError(f"attempt {self.request.retries + 1} failed")
+    return {"attempt": self.request.retries + 1}

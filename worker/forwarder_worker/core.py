@@ -42,6 +42,8 @@ RECORDING_MODULES = ("forwarder_worker.recording.signals",)
 # Celery's "<backend class>+<url>" form: its Redis backend, recording SUCCESS with the result.
 RESULT_BACKEND = "forwarder_worker.recording.result_backend:RecordingRedisBackend"
 SCHEDULER = "forwarder_worker.beat.scheduler:ForwarderScheduler"
+# Every task's base class: applies a schedule's retry policy with Celery's own retry.
+TASK_CLASS = "forwarder_worker.tasks.base:ForwarderTask"
 
 
 class ForwarderCelery(Celery):
@@ -64,7 +66,11 @@ class ForwarderCelery(Celery):
         settings = core.settings
         url = settings.effective_redis_url
         super().__init__(
-            "forwarder", broker=url, backend=f"{RESULT_BACKEND}+{url}", set_as_current=False
+            "forwarder",
+            broker=url,
+            backend=f"{RESULT_BACKEND}+{url}",
+            set_as_current=False,
+            task_cls=TASK_CLASS,
         )
         self.core = core
         self.conf.update(
@@ -151,6 +157,7 @@ class Core:
             self.runs,
             self.metrics,
             stale_after=settings.task_time_limit + STALE_RUN_GRACE,
+            time_limit=settings.task_time_limit,
         )
 
     @classmethod

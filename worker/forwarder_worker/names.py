@@ -19,6 +19,13 @@ FINALIZER = f"{GROUP}/finalizer"
 """Held on every ScheduledTask until its entry is removed."""
 RUN_NOW_ANNOTATION = f"{GROUP}/run-now"
 """The annotation whose every new value runs the task once."""
+RESUME_ANNOTATION = f"{GROUP}/resume"
+"""The annotation whose every new value resumes a schedule suspended after failures."""
+SUSPENDED_AFTER_FAILURES = "SuspendedAfterFailures"
+"""The Ready condition's reason (False) while ``suspendAfterFailures`` holds the firings."""
+RUN_NOW_OVERRIDES_ANNOTATION = f"{GROUP}/run-now-overrides"
+"""JSON ``{"runNow": <value>, "args": [...], "kwargs": {...}}``: the arguments of the run
+that run-now value triggers (ignored for any other value)."""
 
 # Kubernetes' DNS-1123 rules: a namespace is a label, a resource name a subdomain.
 NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -35,6 +42,13 @@ LOCAL_UID_PREFIX = "local:"
 HEADER_SCHEDULE = "forwarder_schedule"
 HEADER_UID = "forwarder_uid"
 HEADER_SLOT = "forwarder_slot"
+HEADER_RETRY = "forwarder_retry"
+"""A schedule's retry policy, ``{"limit", "backoff", "maxBackoff"}`` (seconds), on its runs'
+messages; every task on a Forwarder app applies it (``forwarder_worker.tasks.base``)."""
+TIMEOUT_GRACE_SECONDS = 5
+"""A run with ``timeoutSeconds: N`` gets Celery's soft time limit at N seconds (an exception
+in the task, which a retry policy retries) and its hard limit (the process killed) this many
+seconds later."""
 
 MAX_BACKOFF = 60.0
 """Longest wait (seconds) between retries while Redis or the Kubernetes API is down."""

@@ -21,7 +21,15 @@ from forwarder_api.deps import (
     services_of,
 )
 from forwarder_api.errors import Conflict, NotFound
-from forwarder_api.models import Revoked, Run, RunError, RunPage, RunState, json_response
+from forwarder_api.models import (
+    Attempt,
+    Revoked,
+    Run,
+    RunError,
+    RunPage,
+    RunState,
+    json_response,
+)
 
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authorized], route_class=LeanRoute)
 
@@ -39,6 +47,29 @@ def _json(text: str | None) -> tuple[Any, bool]:
         return json.loads(text), False
     except ValueError:
         return text, text.endswith("…")
+
+
+def attempts_of(record: RunRecord) -> list[Attempt]:
+    """The attempts a run record lists (the run log writes them; anything else is skipped)."""
+    items, _ = _json(record.attempts)
+    if not isinstance(items, list):
+        return []
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("attempt"), int):
+            continue
+        started, finished = item.get("started"), item.get("finished")
+        out.append(
+            Attempt(
+                attempt=item["attempt"],
+                state=str(item.get("state") or ""),
+                started_at=utc_iso(started) if isinstance(started, (int, float)) else None,
+                finished_at=utc_iso(finished) if isinstance(finished, (int, float)) else None,
+                worker=item.get("worker") if isinstance(item.get("worker"), str) else None,
+                error=item.get("error") if isinstance(item.get("error"), str) else None,
+            )
+        )
+    return out
 
 
 def to_run(record: RunRecord, *, show_traceback: bool) -> Run:
@@ -59,9 +90,12 @@ def to_run(record: RunRecord, *, show_traceback: bool) -> Run:
         source=record.source,
         worker=record.worker,
         retries=record.retries,
+        attempts=attempts_of(record),
+        next_attempt_at=utc_iso(record.retry_at) if record.state == "RETRY" else None,
         reason=record.reason,
         args=_json(record.args)[0],
         kwargs=_json(record.kwargs)[0],
+        overrides=_json(record.overrides)[0],
         result=result,
         result_truncated=truncated,
         error=error,

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from forwarder_worker.dispatch.dispatcher import Overrides
 from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview
 from forwarder_worker.schedules.store import Entry
 
 from forwarder_api.deps import Authorized, SchedulesDep, StoreDep
 from forwarder_api.models import (
     PreviewSlot,
+    ResumeOut,
     ScheduleCreate,
     ScheduleList,
     ScheduleOut,
@@ -22,6 +24,7 @@ from forwarder_api.models import (
     SchedulePatch,
     SchedulePreview,
     TriggerOut,
+    TriggerRequest,
 )
 from forwarder_api.schedules import ScheduleView, validate_spec
 
@@ -98,10 +101,19 @@ def delete_schedule(namespace: Namespace, name: Name, schedules: SchedulesDep) -
     responses={**ERRORS, 409: {"description": "Not loaded yet, or concurrencyPolicy Forbid"}},
 )
 def trigger_schedule(
-    namespace: Namespace, name: Name, request: Request, schedules: SchedulesDep
+    namespace: Namespace,
+    name: Name,
+    request: Request,
+    schedules: SchedulesDep,
+    body: TriggerRequest | None = None,
 ) -> TriggerOut:
-    """Run the schedule's task once now (like the ``forwarder.dev/run-now`` annotation)."""
-    done = schedules.trigger(namespace, name)
+    """Run the schedule's task once now (like the ``forwarder.dev/run-now`` annotation),
+    optionally with other arguments: ``args`` replace the spec's, ``kwargs`` are merged over
+    the spec's."""
+    overrides = None
+    if body is not None and (body.args is not None or body.kwargs is not None):
+        overrides = Overrides(body.args, body.kwargs)
+    done = schedules.trigger(namespace, name, overrides)
     url = str(request.url_for("get_run", run_id=done.run_id)) if done.run_id else None
     return TriggerOut(
         namespace=done.namespace, name=done.name, id=done.run_id, url=url, runNow=done.run_now
@@ -130,3 +142,18 @@ def preview_schedule(
         slot = describe_slot(entry, at)
         items.append(PreviewSlot(local=slot.local, utc=slot.utc, dst=slot.dst or None))
     return SchedulePreview(namespace=namespace, name=name, timeZone=spec.time_zone, items=items)
+
+
+@router.post(
+    "/{namespace}/{name}/resume",
+    status_code=202,
+    responses={**ERRORS, 409: {"description": "Not suspended after failures"}},
+)
+def resume_schedule(namespace: Namespace, name: Name, schedules: SchedulesDep) -> ResumeOut:
+    """Resume a schedule that ``suspendAfterFailures`` suspended (like the
+    ``forwarder.dev/resume`` annotation): it fires again from its next slot, and its count of
+    failed runs in a row starts again."""
+    done = schedules.resume(namespace, name)
+    return ResumeOut(
+        namespace=done.namespace, name=done.name, resumed=done.resumed, resume=done.resume
+    )

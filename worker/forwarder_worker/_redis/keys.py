@@ -4,13 +4,15 @@ All keys live under one prefix (``FORWARDER_KEY_PREFIX``, ``forwarder:`` by defa
 several installs can share a Redis. With the default prefix:
 
 ======================================  =========================================================
-``forwarder:<namespace>/<name>``        a schedule entry (hash: ``definition``, ``meta``, ``rev``)
+``forwarder:<namespace>/<name>``        a schedule entry (hash: ``definition``, ``meta``, ``rev``;
+                                        ``paused``: suspended after that many failed runs)
 ``forwarder::schedule``                 entries by next due time (zset; suspended ones absent)
 ``forwarder::entries``                  every entry's name (set), for listing
 ``forwarder::wake``                     beat's wake-up list (at most one element)
 ``forwarder::lock``                     the lock of the beat that fires
 ``forwarder::metrics``                  the scheduler's counters (hash)
 ``forwarder::run-now``                  the last run-now value handled, per entry (hash)
+``forwarder::resume``                   the last resume value handled, per entry (hash)
 ``forwarder:run:<id>``                  one run's record (hash; also the channel announcing its
                                         end)
 ``forwarder:runs``                      every run by creation time (zset, capped)
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 import re
 
+DUE = ":schedule"
+METRICS = ":metrics"
 RUN = "run:"
 SCHEDULE_RUNS = "runs:s:"
 SCHEDULE_STATS = "runs:stats:"
@@ -49,12 +53,13 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.due = f"{prefix}:schedule"
+        self.due = f"{prefix}{DUE}"
         self.index = f"{prefix}:entries"
         self.wake = f"{prefix}:wake"
         self.lock = f"{prefix}:lock"
-        self.metrics = f"{prefix}:metrics"
+        self.metrics = f"{prefix}{METRICS}"
         self.run_now = f"{prefix}:run-now"
+        self.resume = f"{prefix}:resume"
         self.runs = f"{prefix}runs"
         self.changed = f"{prefix}runs:changed"
         self.run_channels = glob_escape(self.run("")) + "*"

@@ -18,7 +18,15 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio
 
-from forwarder_worker._redis.keys import ACTIVE_RUNS, RUN, SCHEDULE_RUNS, SCHEDULE_STATS, Keys
+from forwarder_worker._redis.keys import (
+    ACTIVE_RUNS,
+    DUE,
+    METRICS,
+    RUN,
+    SCHEDULE_RUNS,
+    SCHEDULE_STATS,
+    Keys,
+)
 
 # -- the run transition --------------------------------------------------------------------
 
@@ -31,11 +39,58 @@ from forwarder_worker._redis.keys import ACTIVE_RUNS, RUN, SCHEDULE_RUNS, SCHEDU
 # ('' values are left as they were).
 TRANSITION_FUNCTION = (
     """
+-- suspendAfterFailures: the entry's `failures`-th failed run in a row takes it out of the due
+-- set and marks it paused (with the count), once; counted in the scheduler's metrics. Only a
+-- resume or a spec change (the store's upsert script) puts it back.
+local function pause_after_failures(prefix, schedule, failures)
+  local ekey = prefix .. schedule
+  local definition = redis.call('HGET', ekey, 'definition')
+  if not definition then return end
+  local ok, entry = pcall(cjson.decode, definition)
+  if not ok or type(entry) ~= 'table' then return end
+  local limit = tonumber(entry['suspend_after'])
+  if limit and failures >= limit and redis.call('HEXISTS', ekey, 'paused') == 0 then
+    redis.call('HSET', ekey, 'paused', failures)
+    redis.call('ZREM', prefix .. '@DUE@', ekey)
+    redis.call('HINCRBY', prefix .. '@METRICS@', 'suspended_after_failures', 1)
+  end
+end
+
 local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, fields)
   local old = redis.call('HGET', key, 'state')
   local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
   if old and final[old] and not final[state] then return old end
   if old == 'STARTED' and state == 'RECEIVED' then state = old end
+  if state == 'RETRY' and fields['retries'] and fields['retries'] ~= '' then
+    -- A late RETRY, once the attempt it announces has started: that attempt's STARTED
+    -- (retries as high) stays.
+    local seen = tonumber(redis.call('HGET', key, 'retries') or '0') or 0
+    if seen >= tonumber(fields['retries']) then return old end
+  end
+  if old == 'STARTED' and (state == 'RETRY' or
+      (final[state] and redis.call('HEXISTS', key, 'attempts') == 1)) then
+    -- An attempt ended: append it to the run's attempts (a JSON array), kept only for runs
+    -- that retried. The error is this attempt's own: the retry's reason, or the failure.
+    local h = redis.call('HMGET', key, 'retries', 'started', 'worker')
+    local item = {attempt = (tonumber(h[1]) or 0) + 1, state = state, finished = now}
+    if h[2] then item['started'] = tonumber(h[2]) end
+    if h[3] then item['worker'] = h[3] end
+    local err = fields['reason']
+    if state == 'FAILURE' then
+      err = (fields['error_type'] or 'Error') .. ': ' .. (fields['error'] or '')
+    elseif state == 'SUCCESS' then
+      err = nil
+    end
+    if err and err ~= '' then item['error'] = err end
+    local text = cjson.encode(item)
+    local attempts = redis.call('HGET', key, 'attempts')
+    if attempts then
+      attempts = string.sub(attempts, 1, -2) .. ',' .. text .. ']'
+    else
+      attempts = '[' .. text .. ']'
+    end
+    redis.call('HSET', key, 'attempts', attempts)
+  end
   if not old then
     redis.call('HSET', key, 'id', id, 'created', now)
     redis.call('ZADD', gkey, now, id)
@@ -60,7 +115,13 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
       if old ~= state then
         if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
         redis.call('HINCRBY', stats, string.lower(state), 1)
-        if state == 'SUCCESS' then redis.call('HSET', stats, 'last_success', now) end
+        if state == 'SUCCESS' then
+          redis.call('HSET', stats, 'last_success', now, 'consecutive_failures', 0)
+        elseif state == 'FAILURE' then
+          local failures = redis.call('HINCRBY', stats, 'consecutive_failures', 1)
+          redis.call('HSET', stats, 'last_failure', now)
+          pause_after_failures(prefix, schedule, failures)
+        end
       end
     else
       redis.call('SADD', active, id)
@@ -81,6 +142,8 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
   return state
 end
 """.replace("@SCHEDULE_RUNS@", SCHEDULE_RUNS)
+    .replace("@DUE@", DUE)
+    .replace("@METRICS@", METRICS)
     .replace("@SCHEDULE_STATS@", SCHEDULE_STATS)
     .replace("@ACTIVE_RUNS@", ACTIVE_RUNS)
 )
@@ -173,10 +236,13 @@ return out
 # -- a schedule writer's compare-and-set ---------------------------------------------------
 
 # Write an entry if its hash and due score are still what the writer read (compare-and-set;
-# WATCH/MULTI did the same in four round trips), bump rev, index it and wake beat.
-# KEYS: entry hash, due set, index set, wake list.  ARGV: definition, meta, rev and due score
-# as read ('' for absent), new definition, new meta, new rev, new due ('' leaves the due
-# set), entry name. Returns 1 if written, 0 if the entry changed meanwhile.
+# WATCH/MULTI did the same in four round trips), bump rev, index it and wake beat. A write
+# ends a pause after failures (a resume, or a spec change): the mark goes, and the count of
+# failed runs in a row starts again.
+# KEYS: entry hash, due set, index set, wake list, the entry's run stats hash.  ARGV:
+# definition, meta, rev and due score as read ('' for absent), new definition, new meta, new
+# rev, new due ('' leaves the due set), entry name. Returns 1 if written, 0 if the entry
+# changed meanwhile.
 UPSERT = """
 local h = redis.call('HMGET', KEYS[1], 'definition', 'meta', 'rev')
 if (h[1] or '') ~= ARGV[1] or (h[2] or '') ~= ARGV[2] or (h[3] or '') ~= ARGV[3] then
@@ -189,6 +255,9 @@ elseif not due or tonumber(due) ~= tonumber(ARGV[4]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'definition', ARGV[5], 'meta', ARGV[6], 'rev', ARGV[7])
+if redis.call('HDEL', KEYS[1], 'paused') == 1 then
+  redis.call('HSET', KEYS[5], 'consecutive_failures', 0)
+end
 if ARGV[8] == '' then
   redis.call('ZREM', KEYS[2], KEYS[1])
 else
@@ -415,7 +484,13 @@ class Scripts:
         keys = self.keys
         seen_definition, seen_meta, seen_rev, seen_due = seen
         written = self._upsert(
-            keys=[keys.entry(name), keys.due, keys.index, keys.wake],
+            keys=[
+                keys.entry(name),
+                keys.due,
+                keys.index,
+                keys.wake,
+                keys.schedule_stats(name),
+            ],
             args=[
                 seen_definition or "",
                 seen_meta or "",

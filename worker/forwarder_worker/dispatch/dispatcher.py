@@ -15,6 +15,7 @@ built without ``send_task`` per message (see :mod:`forwarder_worker.dispatch.mes
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
@@ -29,7 +30,14 @@ from celery import Celery
 
 from forwarder_worker.dispatch.messages import MessageBatch, TaskMessages, can_capture, capturing
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
-from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, HEADER_UID
+from forwarder_worker.names import (
+    HEADER_RETRY,
+    HEADER_SCHEDULE,
+    HEADER_SLOT,
+    HEADER_UID,
+    RUN_NOW_OVERRIDES_ANNOTATION,
+    TIMEOUT_GRACE_SECONDS,
+)
 from forwarder_worker.runs.records import FINAL_STATES, ActiveRun, RunLog
 from forwarder_worker.schedules.store import Entry
 
@@ -44,12 +52,72 @@ STALE_RUN_GRACE = 30
 
 
 @dataclass(frozen=True)
+class Overrides:
+    """A run-now's own arguments (the API's trigger, the operator's run-now annotation):
+    ``args`` replace the spec's, ``kwargs`` are merged over the spec's. None: the spec's."""
+
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """What the run record keeps: only the parts given."""
+        given: dict[str, Any] = {}
+        if self.args is not None:
+            given["args"] = self.args
+        if self.kwargs is not None:
+            given["kwargs"] = self.kwargs
+        return given
+
+
+def parse_overrides(text: str, value: str) -> Overrides | None:
+    """The overrides that the run-now overrides annotation (``text``, JSON
+    ``{"runNow": ..., "args": [...], "kwargs": {...}}``) gives run-now ``value``: None when
+    it names another value (it was written for an earlier run-now). ValueError says what is
+    wrong with a malformed one."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION} must be a JSON object")
+    unknown = sorted(set(data) - {"runNow", "args", "kwargs"})
+    if unknown:
+        raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION}: unknown fields {', '.join(unknown)}")
+    if data.get("runNow") != value:
+        return None
+    args, kwargs = data.get("args"), data.get("kwargs")
+    if args is not None and not isinstance(args, list):
+        raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION}: args must be a JSON array")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION}: kwargs must be a JSON object")
+    return Overrides(args, kwargs)
+
+
+def overrides_annotation(value: str, overrides: Overrides) -> str:
+    """The run-now overrides annotation for run-now ``value`` (read by :func:`parse_overrides`)."""
+    return json.dumps({"runNow": value, **overrides.as_json()}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
 class Firing:
-    """One slot of one entry to fire now."""
+    """One slot of one entry to fire now, with a run-now's overrides, if any."""
 
     entry: Entry
     slot: float
     source: str = "schedule"  # or "trigger"
+    overrides: Overrides | None = None
+
+    @property
+    def args(self) -> list[Any]:
+        """The positional arguments the run gets: the override's, else the spec's."""
+        given = self.overrides.args if self.overrides is not None else None
+        return self.entry.args if given is None else given
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the run gets: the override's merged over the spec's."""
+        given = self.overrides.kwargs if self.overrides is not None else None
+        return self.entry.kwargs if not given else {**self.entry.kwargs, **given}
 
 
 #: A firing to publish: (firing, run id, jitter delay, expiry or None).
@@ -86,6 +154,7 @@ class Dispatcher:
         metrics: SchedulerMetrics,
         *,
         stale_after: float,
+        time_limit: int | None = None,
     ) -> None:
         self.app = app
         # Build messages without send_task (forwarder_worker.dispatch.messages); False:
@@ -97,6 +166,25 @@ class Dispatcher:
         self.metrics = metrics
         # Seconds after which a STARTED run counts as dead (see _active).
         self.stale_after = stale_after
+        # The workers' hard time limit: a schedule's timeoutSeconds may only lower it (the
+        # broker's visibility timeout is sized for it, see time_limits).
+        self.time_limit = time_limit
+
+    def time_limits(self, entry: Entry) -> tuple[int, int] | None:
+        """The (hard, soft) time limits of ``entry``'s runs, or None for the workers' own.
+
+        ``timeoutSeconds`` is the soft limit, an exception in the task (retried under a
+        retry policy); the hard limit kills the process :data:`TIMEOUT_GRACE_SECONDS` later.
+        Never above the workers' hard limit: the broker redelivers a message still unacked
+        after twice that (the visibility timeout), so a longer run would run twice."""
+        if entry.timeout is None:
+            return None
+        if self.time_limit is not None and entry.timeout >= self.time_limit:
+            return None
+        hard = entry.timeout + TIMEOUT_GRACE_SECONDS
+        if self.time_limit is not None:
+            hard = min(hard, self.time_limit)
+        return hard, entry.timeout
 
     def _active(self, firings: Sequence[Firing], now: float) -> dict[str, list[str]]:
         """Runs still going per schedule, for the entries whose policy cares."""
@@ -114,8 +202,13 @@ class Dispatcher:
                 return False
             # Started longer ago than the hard time limit allows: its worker died without a
             # final signal, so it must not hold Forbid until the broker redelivers it.
+            if run.state == "STARTED" and run.started and wall_now - run.started > self.stale_after:
+                return False
+            # Waiting for a retry (Celery's RETRY) is active: the next attempt will run. Unless
+            # that attempt was due longer ago than a run may last, and never started: its
+            # message is lost (Redis lost it, or the worker holding it died).
             return not (
-                run.state == "STARTED" and run.started and wall_now - run.started > self.stale_after
+                run.state == "RETRY" and run.retry_at and wall_now - run.retry_at > self.stale_after
             )
 
         return {
@@ -199,32 +292,40 @@ class Dispatcher:
             )
         return lateness
 
-    @staticmethod
     def _build(
-        built: MessageBatch, firing: Firing, run_id: str, delay: float, expires: float | None
+        self,
+        built: MessageBatch,
+        firing: Firing,
+        run_id: str,
+        delay: float,
+        expires: float | None,
     ) -> bool:
         """Publish one firing's message through ``built``; False where it declines."""
         entry = firing.entry
         return built.publish(
             entry.task,
-            args=entry.args,
-            kwargs=entry.kwargs,
+            args=firing.args,
+            kwargs=firing.kwargs,
             task_id=run_id,
             queue=entry.queue,
             priority=entry.priority,
             countdown=delay,
             expires=expires,
             headers=Dispatcher.headers(firing),
+            time_limits=self.time_limits(entry),
         )
 
     @staticmethod
-    def headers(firing: Firing) -> dict[str, str]:
-        """Forwarder's own message headers for ``firing``."""
-        return {
+    def headers(firing: Firing) -> dict[str, Any]:
+        """Forwarder's own message headers for ``firing`` (its retry policy, if any)."""
+        headers: dict[str, Any] = {
             HEADER_SCHEDULE: firing.entry.name,
             HEADER_UID: firing.entry.uid,
             HEADER_SLOT: repr(firing.slot),
         }
+        if firing.entry.retries:
+            headers[HEADER_RETRY] = firing.entry.retries
+        return headers
 
     def publish(
         self,
@@ -264,9 +365,7 @@ class Dispatcher:
                 built = self.messages.start(producer)
             for k, (firing, run_id, delay, expires) in enumerate(sends):
                 if built is None or not self._build(built, firing, run_id, delay, expires):
-                    entry = firing.entry
-                    headers = self.headers(firing)
-                    self._send_task(producer, entry, run_id, delay, expires, headers)
+                    self._send_task(producer, firing, run_id, delay, expires)
                 if firing.source == "schedule":
                     lateness.append(max(0.0, clock() - firing.slot))
                 if k + 1 == first_flush and k + 1 < len(sends) and batch is not None:
@@ -278,15 +377,10 @@ class Dispatcher:
         return lateness
 
     def _send_task(
-        self,
-        producer: Any,
-        entry: Entry,
-        run_id: str,
-        delay: float,
-        expires: float | None,
-        headers: dict[str, str],
+        self, producer: Any, firing: Firing, run_id: str, delay: float, expires: float | None
     ) -> None:
         """Publish one firing with Celery's ``send_task`` (the reference path)."""
+        entry = firing.entry
         options: dict[str, Any] = {"queue": entry.queue, "declare": []}
         if entry.priority is not None:
             options["priority"] = entry.priority
@@ -294,13 +388,16 @@ class Dispatcher:
             options["countdown"] = delay
         if expires is not None:
             options["expires"] = datetime.fromtimestamp(expires, UTC)
+        limits = self.time_limits(entry)
+        if limits is not None:
+            options["time_limit"], options["soft_time_limit"] = limits
         self.app.send_task(
             entry.task,
-            args=entry.args,
-            kwargs=entry.kwargs,
+            args=firing.args,
+            kwargs=firing.kwargs,
             task_id=run_id,
             producer=producer,
-            headers=headers,
+            headers=self.headers(firing),
             **options,
         )
 
@@ -367,14 +464,16 @@ class Dispatcher:
                         continue
                     delay, expires = self.plan(outcome.firing, now)
                     sends.append((outcome.firing, outcome.run_id, delay, expires))
+                    overrides = outcome.firing.overrides
                     self.runs.queued(
                         outcome.run_id,
                         entry.task,
                         source=outcome.firing.source,
                         schedule=entry.name,
                         slot=slot,
-                        args=entry.args,
-                        kwargs=entry.kwargs,
+                        args=outcome.firing.args,
+                        kwargs=outcome.firing.kwargs,
+                        overrides=None if overrides is None else overrides.as_json(),
                         expires=expires,
                         client=pipe,
                     )

@@ -261,9 +261,11 @@ class MessageBatch:
         countdown: float = 0.0,
         expires: float | None = None,
         headers: Mapping[str, Any] | None = None,
+        time_limits: tuple[int, int] | None = None,
     ) -> bool:
         """Publish one task message as ``send_task`` would with these options (expires as
-        epoch seconds); False if it must go through ``send_task`` instead (nothing sent)."""
+        epoch seconds, ``time_limits`` as (hard, soft) seconds, None: the task's); False if
+        it must go through ``send_task`` instead (nothing sent)."""
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, Mapping):
             return False  # send_task raises its own TypeError for these
         route = self.route(task, queue, priority)
@@ -272,6 +274,8 @@ class MessageBatch:
         args, kwargs = args or (), kwargs or {}
         message_headers = dict(route.headers)
         message_headers["id"] = message_headers["root_id"] = task_id
+        if time_limits is not None:
+            message_headers["timelimit"] = list(time_limits)
         eta = expires_iso = None
         if countdown:
             now = self.app.now()

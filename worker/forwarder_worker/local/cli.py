@@ -221,7 +221,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 entry.name,
                 entry.task,
                 when,
-                str(entry.suspend).lower(),
+                # Paused by suspendAfterFailures: say so where suspend is read.
+                str(entry.suspend).lower()
+                if stored.paused is None
+                else f"after {stored.paused} failures",
                 utc_iso(next(iter(upcoming(entry, stored.meta, stored.due, 1)), None)) or "-",
                 summary.last_run.state if summary.last_run else "-",
                 str(summary.total),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import traceback as tb
+from datetime import datetime
 from typing import Any
 
 from celery import signals
@@ -109,12 +110,25 @@ def _retried(sender: Any = None, request: Any = None, reason: Any = None, **_: A
     log = run_log(sender.app) if sender is not None else None
     if request is None or log is None:
         return
+    # The reason is Celery's Retry: what failed (its exc) and when the next attempt is due
+    # (its `when`, seconds or an instant), which bounds how long the retry holds Forbid.
+    failed = getattr(reason, "exc", None)
+    text = f"{type(failed).__name__}: {failed}" if isinstance(failed, BaseException) else reason
+    when = getattr(reason, "when", None)
+    now = time.time()
+    if isinstance(when, (int, float)):
+        retry_at: float | None = now + float(when)
+    elif isinstance(when, datetime):
+        retry_at = when.timestamp()
+    else:
+        retry_at = None
     log.transition(
         request.id,
         "RETRY",
         task=sender.name,
-        reason=bounded(str(reason), 500),
+        reason=bounded(str(text), 500),
         retries=(request.retries or 0) + 1,
+        retry_at=retry_at,
     )
 
 

@@ -66,6 +66,9 @@ class RunRecord:
     worker: str | None = None
     args: str | None = None
     kwargs: str | None = None
+    overrides: str | None = None  # a run-now's own args/kwargs (JSON), as asked
+    attempts: str | None = None  # JSON array of the ended attempts of a run that retried
+    retry_at: float | None = None  # when a retrying run's next attempt is due
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> RunRecord:
@@ -95,6 +98,9 @@ class RunRecord:
             worker=data.get("worker"),
             args=data.get("args"),
             kwargs=data.get("kwargs"),
+            overrides=data.get("overrides"),
+            attempts=data.get("attempts"),
+            retry_at=num("retry_at"),
         )
 
     @property
@@ -129,6 +135,8 @@ class ScheduleRuns:
     skipped: int
     last_schedule_time: float | None
     last_successful_time: float | None
+    consecutive_failures: int = 0
+    last_failure_time: float | None = None
 
 
 def bounded(value: Any, limit: int) -> str:
@@ -147,6 +155,7 @@ class ActiveRun(NamedTuple):
     state: str | None
     expires: float | None
     started: float | None
+    retry_at: float | None = None
 
 
 class RunLog:
@@ -196,11 +205,13 @@ class RunLog:
         slot: float | None = None,
         args: Any = None,
         kwargs: Any = None,
+        overrides: Any = None,
         expires: float | None = None,
     ) -> RunWrite:
         """A run recorded as it is sent (state PENDING), before any worker sees it, for a
         script that writes it with its message (beat's claim, the api's submit); ``expires``
-        is when an unstarted run stops counting as active (epoch seconds)."""
+        is when an unstarted run stops counting as active (epoch seconds), ``overrides`` a
+        run-now's own arguments as it gave them (``args`` and ``kwargs`` are the run's)."""
         return RunWrite(
             run_id,
             "PENDING",
@@ -212,6 +223,7 @@ class RunLog:
                 expires=expires,
                 args=None if args is None else bounded(args, self.result_limit),
                 kwargs=None if kwargs is None else bounded(kwargs, self.result_limit),
+                overrides=None if overrides is None else bounded(overrides, self.result_limit),
             ),
         )
 
@@ -225,6 +237,7 @@ class RunLog:
         slot: float | None = None,
         args: Any = None,
         kwargs: Any = None,
+        overrides: Any = None,
         expires: float | None = None,
         client: Any = None,
     ) -> Any:
@@ -237,6 +250,7 @@ class RunLog:
             slot=slot,
             args=args,
             kwargs=kwargs,
+            overrides=overrides,
             expires=expires,
         )
         return self.write(write, client=client)
@@ -343,19 +357,20 @@ class RunLog:
         ids = sorted({i for ms in members.values() for i in ms})
         with self.client.pipeline(transaction=False) as pipe:
             for run_id in ids:
-                pipe.hmget(keys.run(run_id), "state", "expires", "started")
+                pipe.hmget(keys.run(run_id), "state", "expires", "started", "retry_at")
             found = dict(zip(ids, pipe.execute(), strict=True))
         active: dict[str, list[ActiveRun]] = {}
         for schedule, ms in members.items():
             runs = []
             for run_id in sorted(ms):
-                state, expires, started = found[run_id]
+                state, expires, started, retry_at = found[run_id]
                 runs.append(
                     ActiveRun(
                         run_id,
                         state,
                         float(expires) if expires else None,
                         float(started) if started else None,
+                        float(retry_at) if retry_at else None,
                     )
                 )
             active[schedule] = runs
@@ -381,6 +396,8 @@ class RunLog:
             skipped=int(stats.get("skipped", 0)),
             last_schedule_time=num("last_schedule"),
             last_successful_time=num("last_success"),
+            consecutive_failures=int(stats.get("consecutive_failures", 0)),
+            last_failure_time=num("last_failure"),
         )
 
     def take_changed(self) -> set[str]:

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -35,6 +36,14 @@ from forwarder_worker.schedules.timing import (
 
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 TASK_NAME = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+MAX_RETRY_LIMIT = 50
+"""Retries per run at most (each attempt is kept on the run record)."""
+MAX_RETRY_BACKOFF = 86400
+"""Longest wait before a retry, in seconds."""
+MAX_TIMEOUT_SECONDS = 86400
+"""Longest ``timeoutSeconds``."""
+MAX_SUSPEND_AFTER = 1000
+"""Largest ``suspendAfterFailures``."""
 
 
 class InvalidSpec(ValueError):
@@ -160,6 +169,45 @@ class ExclusionsSpec(_Strict):
         return values
 
 
+class RetrySpec(_Strict):
+    """``spec.retries``: how a failed run is tried again, with Celery's retry (the same run
+    id, a new attempt), after ``backoff`` doubling per attempt up to ``maxBackoff``."""
+
+    limit: StrictInt = Field(le=MAX_RETRY_LIMIT)
+    # Kubernetes Job's back-off: 10 s, doubling, at most 6 minutes.
+    backoff: int | str = 10
+    max_backoff: int | str = Field(default=360, alias="maxBackoff")
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{value} is negative; give 0 (no retries) to {MAX_RETRY_LIMIT}")
+        return value
+
+    @field_validator("backoff", "max_backoff")
+    @classmethod
+    def _delay(cls, value: int | str) -> int:
+        seconds = parse_duration(value)
+        if not 1 <= seconds <= MAX_RETRY_BACKOFF:
+            raise ValueError(f"{value!r} is not between 1s and {MAX_RETRY_BACKOFF}s")
+        return seconds
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySpec:
+        if int(self.max_backoff) < int(self.backoff):
+            raise ValueError(f"maxBackoff ({self.max_backoff}s) is below backoff ({self.backoff}s)")
+        return self
+
+    def as_policy(self) -> dict[str, int]:
+        """The policy as entries and message headers carry it."""
+        return {
+            "limit": self.limit,
+            "backoff": int(self.backoff),
+            "maxBackoff": int(self.max_backoff),
+        }
+
+
 class ScheduledTaskSpec(_Strict):
     """``spec`` of a ScheduledTask (design §3)."""
 
@@ -181,6 +229,15 @@ class ScheduledTaskSpec(_Strict):
         default="default", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$"
     )
     priority: int | None = Field(default=None, ge=0, le=9)
+    # -- runs: retries, time limit, pause after failures (issue 19, the runs side) --
+    retries: RetrySpec | None = None
+    timeout_seconds: int | None = Field(
+        default=None, alias="timeoutSeconds", ge=1, le=MAX_TIMEOUT_SECONDS
+    )
+    suspend_after_failures: int | None = Field(
+        default=None, alias="suspendAfterFailures", ge=1, le=MAX_SUSPEND_AFTER
+    )
+    # -- end of the runs block --
     run_history_limit: int = Field(default=10, alias="runHistoryLimit", ge=1, le=100)
     # The window and the limit (issue 19): slots before startTime or at/after endTime never
     # fire, and after maxRuns firings the schedule is complete.
@@ -265,6 +322,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
         "end_time": "endTime",
         "max_runs": "maxRuns",
         "missed_run_policy": "missedRunPolicy",
+        "max_backoff": "maxBackoff",
+        "timeout_seconds": "timeoutSeconds",
+        "suspend_after_failures": "suspendAfterFailures",
     }
     return ".".join(["spec", *(names.get(str(part), str(part)) for part in loc)])
 

@@ -12,6 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
+from forwarder_worker.names import RESUME_ANNOTATION, SUSPENDED_AFTER_FAILURES
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
 from forwarder_worker.schedules.preview import upcoming
 from forwarder_worker.schedules.store import Entry, Meta, ScheduleStore, UpsertResult
@@ -23,7 +24,9 @@ class ApplyResult:
     """Outcome of applying one schedule: ready or not, why, and when it fires next."""
 
     ready: bool
-    reason: str  # Scheduled | Suspended | Completed | InvalidSpec | UnknownTask | Stale
+    # Scheduled | Suspended | Completed | SuspendedAfterFailures | InvalidSpec | UnknownTask
+    # | Stale
+    reason: str
     message: str
     next_run: float | None = None
     spec: ScheduledTaskSpec | None = None
@@ -107,6 +110,14 @@ def completed_message(entry: Entry, meta: Meta | None) -> str:
     return "has no future run"
 
 
+def paused_message(failures: int) -> str:
+    """Why a schedule suspended after failures does not fire, and how to resume it."""
+    return (
+        f"suspended after {failures} failed runs in a row (suspendAfterFailures); resume with "
+        f"a new value of the annotation {RESUME_ANNOTATION}, POST .../resume, or a spec change"
+    )
+
+
 def describe(
     spec: ScheduledTaskSpec, entry: Entry, due: float | None, store: ScheduleStore
 ) -> ApplyResult:
@@ -116,6 +127,15 @@ def describe(
         return ApplyResult(True, "Suspended", f"{what} is suspended", None, spec, entry)
     if due is None:
         stored = store.get(entry.name)
+        if stored is not None and stored.paused is not None:
+            return ApplyResult(
+                False,
+                SUSPENDED_AFTER_FAILURES,
+                paused_message(stored.paused),
+                None,
+                spec,
+                entry,
+            )
         meta = stored.meta if stored is not None else None
         message = f"{what}: {completed_message(entry, meta)}"
         return ApplyResult(True, "Completed", message, None, spec, entry)

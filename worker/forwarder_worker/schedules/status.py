@@ -138,8 +138,12 @@ def runs_status(runs: ScheduleRuns, stored: StoredEntry | None) -> dict[str, Any
         "lastRun": None if runs.last_run is None else run_summary(runs.last_run),
         "recentRuns": [run_summary(r) for r in runs.recent],
         "totalRunCount": runs.total,
+        "succeededRunCount": runs.succeeded,
+        "failedRunCount": runs.failed,
+        "consecutiveFailures": runs.consecutive_failures,
         "lastScheduleTime": _iso(runs.last_schedule_time),
         "lastSuccessfulTime": _iso(runs.last_successful_time),
+        "lastFailureTime": _iso(runs.last_failure_time),
         "nextRunTime": None if stored is None else _iso(stored.due),
     }
     if stored is not None:

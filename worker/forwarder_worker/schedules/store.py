@@ -94,6 +94,11 @@ class Entry:
     jitter: int = 0
     queue: str = "default"
     priority: int | None = None
+    # -- runs: retries, time limit (issue 19, the runs side) --
+    retries: dict[str, int] | None = None  # {"limit", "backoff", "maxBackoff"} (seconds)
+    timeout: int | None = None  # timeoutSeconds
+    suspend_after: int | None = None  # suspendAfterFailures (read by the run transition)
+    # -- end of the runs block --
     history: int = 10
     uid: str = ""
     generation: int = 0
@@ -134,6 +139,9 @@ class Entry:
             jitter=spec.jitter_seconds,
             queue=spec.queue,
             priority=spec.priority,
+            retries=None if spec.retries is None else spec.retries.as_policy(),
+            timeout=spec.timeout_seconds,
+            suspend_after=spec.suspend_after_failures,
             history=spec.run_history_limit,
             uid=uid,
             generation=generation,
@@ -223,6 +231,7 @@ class StoredEntry:
     meta: Meta
     rev: str
     due: float | None
+    paused: int | None = None  # suspended after this many failed runs in a row
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,7 @@ class Snapshot:
     meta: str | None
     rev: str | None
     due: float | None
+    paused: str | None = None
 
     def stored(self) -> StoredEntry | None:
         """The entry this snapshot shows, or None when there is none."""
@@ -245,6 +255,7 @@ class Snapshot:
             Meta.from_json(self.meta, default_anchor=anchor),
             self.rev or "0",
             self.due,
+            int(self.paused) if self.paused else None,
         )
 
 
@@ -361,8 +372,34 @@ class ScheduleStore:
     ) -> tuple[Meta, float | None]:
         return arm(entry, current, meta, due, now)
 
+    def resume(self, name: str) -> bool:
+        """End entry ``name``'s pause after failures (``suspendAfterFailures``): re-armed from
+        now, as a resumed suspend is (the slots missed meanwhile do not fire), and the count
+        of failed runs in a row starts again. False if it was not paused (or is gone).
+        A compare-and-set like :meth:`upsert`, read again if the entry changed meanwhile."""
+        seen = self.snapshot(name)
+        while True:
+            stored = seen.stored()
+            if stored is None or stored.paused is None:
+                return False
+            entry = stored.entry
+            meta, due = self._arm(
+                entry, replace(entry, suspend=True), stored.meta, None, time.time()
+            )
+            written = self.scripts.upsert(
+                name,
+                seen=(seen.definition, seen.meta, seen.rev, seen.due),
+                definition=seen.definition or "",
+                meta=meta.to_json(),
+                rev=int(seen.rev or 0) + 1,
+                due=due,
+            )
+            if written:
+                return True
+            seen = self.snapshot(name)
+
     def delete(self, name: str) -> bool:
-        """Remove entry ``name`` (and its run-now marker); True if it existed."""
+        """Remove entry ``name`` (and its run-now and resume markers); True if it existed."""
         keys = self.keys
         key = keys.entry(name)
         with self.client.pipeline() as pipe:
@@ -370,6 +407,7 @@ class ScheduleStore:
             pipe.zrem(keys.due, key)
             pipe.srem(keys.index, name)
             pipe.hdel(keys.run_now, name)
+            pipe.hdel(keys.resume, name)
             self._wake(pipe)
             existed, *_ = pipe.execute()
         return bool(existed)
@@ -387,6 +425,15 @@ class ScheduleStore:
     def note_run_now(self, name: str, value: str) -> None:
         """Remember ``value`` as handled for entry ``name``, so it never runs twice."""
         self.client.hset(self.keys.run_now, name, value)
+
+    def last_resume(self, name: str) -> str | None:
+        """The last resume value handled for entry ``name`` (the operator's annotation)."""
+        value: str | None = self.client.hget(self.keys.resume, name)
+        return value
+
+    def note_resume(self, name: str, value: str) -> None:
+        """Remember resume ``value`` as handled for entry ``name``: each value acts once."""
+        self.client.hset(self.keys.resume, name, value)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -419,13 +466,13 @@ class ScheduleStore:
         with self.client.pipeline(transaction=False) as pipe:
             for name in names:
                 key = keys.entry(name)
-                pipe.hmget(key, "definition", "meta", "rev")
+                pipe.hmget(key, "definition", "meta", "rev", "paused")
                 pipe.zscore(keys.due, key)
             replies = pipe.execute()
         snapshots = []
         for i in range(0, len(replies), 2):
-            (definition, meta, rev), due = replies[i], replies[i + 1]
-            snapshots.append(Snapshot(definition, meta, rev, due))
+            (definition, meta, rev, paused), due = replies[i], replies[i + 1]
+            snapshots.append(Snapshot(definition, meta, rev, due, paused))
         return snapshots
 
     # -- beat's side ----------------------------------------------------------------------
