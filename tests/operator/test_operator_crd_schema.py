@@ -127,6 +127,7 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
         "failedRunCount": 2,
         "consecutiveFailures": 2,
         "lastFailureTime": "2030-01-01T00:00:00Z",
+        "skippedRunCount": 4,
         "missedRunCount": 2,
         "excludedRunCount": 3,
         "conditions": [
@@ -182,6 +183,7 @@ def test_kubectl_get_shows_the_printer_columns(crds: ControlPlane, namespace: st
         "failedRunCount",
         "consecutiveFailures",
         "lastFailureTime",
+        "skippedRunCount",
         "missedRunCount",
         "excludedRunCount",
     )

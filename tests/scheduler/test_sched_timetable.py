@@ -281,6 +281,11 @@ def test_missed_run_policies_after_an_outage(
         skipped = [r for r in records if r.state == "SKIPPED"]
         assert len(skipped) == 9, name
         assert all("concurrencyPolicy" in (r.reason or "") for r in skipped), name
+        # Counted as skipped by overlap; the missed ones of the other policies are not.
+        status = runs_status(shared.runs.summary(name), shared.store.get(name))
+        assert status["skippedRunCount"] == 9, name
+    for name in ("miss/latest", "miss/all", "miss/skip"):
+        assert runs_status(shared.runs.summary(name), None)["skippedRunCount"] == 0, name
     # And on time again, every policy fires the next slot.
     walk(scheduler, clock, T0 + 661, 1)
     for policy, count in (("latest", 3), ("all", 12)):

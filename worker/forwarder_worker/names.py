@@ -55,3 +55,7 @@ MAX_BACKOFF = 60.0
 
 MAX_MISSED_RUNS = 100
 """The most missed slots ``missedRunPolicy: All`` fires after an outage (CronJob's cap)."""
+
+OVERLAP_SKIP = "concurrencyPolicy"
+"""How the reason of a firing skipped by concurrencyPolicy (an overlap) begins; the run
+transition counts those apart (``status.skippedRunCount``)."""

@@ -27,6 +27,7 @@ from forwarder_worker._redis.keys import (
     SCHEDULE_STATS,
     Keys,
 )
+from forwarder_worker.names import OVERLAP_SKIP
 
 # -- the run transition --------------------------------------------------------------------
 
@@ -115,6 +116,10 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
       if old ~= state then
         if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
         redis.call('HINCRBY', stats, string.lower(state), 1)
+        local reason = fields['reason'] or redis.call('HGET', key, 'reason') or ''
+        if state == 'SKIPPED' and string.sub(reason, 1, #'@OVERLAP@') == '@OVERLAP@' then
+          redis.call('HINCRBY', stats, 'overlap', 1)
+        end
         if state == 'SUCCESS' then
           redis.call('HSET', stats, 'last_success', now, 'consecutive_failures', 0)
         elseif state == 'FAILURE' then
@@ -146,6 +151,7 @@ end
     .replace("@METRICS@", METRICS)
     .replace("@SCHEDULE_STATS@", SCHEDULE_STATS)
     .replace("@ACTIVE_RUNS@", ACTIVE_RUNS)
+    .replace("@OVERLAP@", OVERLAP_SKIP)
 )
 
 # KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,

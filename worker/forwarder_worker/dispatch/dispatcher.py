@@ -35,6 +35,7 @@ from forwarder_worker.names import (
     HEADER_SCHEDULE,
     HEADER_SLOT,
     HEADER_UID,
+    OVERLAP_SKIP,
     RUN_NOW_OVERRIDES_ANNOTATION,
     TIMEOUT_GRACE_SECONDS,
 )
@@ -416,12 +417,12 @@ class Dispatcher:
             running = active.get(name, [])
             if firing.entry.policy == "Forbid" and (running or name in seen):
                 reason = (
-                    f"concurrencyPolicy Forbid: run {running[0] if running else 'queued'} is active"
+                    f"{OVERLAP_SKIP} Forbid: run {running[0] if running else 'queued'} is active"
                 )
                 outcomes.append(Outcome(firing, run_id, False, reason))
                 continue
             if firing.entry.policy == "Replace" and firing.slot != last[name]:
-                reason = f"concurrencyPolicy Replace: replaced by the slot {last[name]!r}"
+                reason = f"{OVERLAP_SKIP} Replace: replaced by the slot {last[name]!r}"
                 outcomes.append(Outcome(firing, run_id, False, reason))
                 continue
             if firing.entry.policy == "Replace" and running:

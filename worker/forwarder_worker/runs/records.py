@@ -137,6 +137,7 @@ class ScheduleRuns:
     last_successful_time: float | None
     consecutive_failures: int = 0
     last_failure_time: float | None = None
+    skipped_overlap: int = 0  # the skipped ones concurrencyPolicy skipped
 
 
 def bounded(value: Any, limit: int) -> str:
@@ -398,6 +399,7 @@ class RunLog:
             last_successful_time=num("last_success"),
             consecutive_failures=int(stats.get("consecutive_failures", 0)),
             last_failure_time=num("last_failure"),
+            skipped_overlap=int(stats.get("overlap", 0)),
         )
 
     def take_changed(self) -> set[str]:

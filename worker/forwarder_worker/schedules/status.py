@@ -140,6 +140,7 @@ def runs_status(runs: ScheduleRuns, stored: StoredEntry | None) -> dict[str, Any
         "totalRunCount": runs.total,
         "succeededRunCount": runs.succeeded,
         "failedRunCount": runs.failed,
+        "skippedRunCount": runs.skipped_overlap,
         "consecutiveFailures": runs.consecutive_failures,
         "lastScheduleTime": _iso(runs.last_schedule_time),
         "lastSuccessfulTime": _iso(runs.last_successful_time),
