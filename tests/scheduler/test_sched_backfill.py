@@ -181,3 +181,6 @@ def test_windows_it_refuses_say_why(clean: Harness) -> None:
     assert window == Window(1767225600.0, 1767229200.5)
     assert str(window) == "2026-01-01T00:00:00Z/2026-01-01T01:00:00.500000Z"
     assert format_instant(1767225600.0) == "2026-01-01T00:00:00Z"
+    for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        with pytest.raises(BackfillRefused, match="not a valid time"):
+            parse_window(f"{edge}/2026-01-01T00:00:00Z")

@@ -86,9 +86,12 @@ def parse_instant(text: str, what: str) -> float:
             digits = re.match(r"\d+", rest)
             assert digits is not None
             text = f"{head}.{digits.group()[:6]}{rest[digits.end() :]}"
-        return datetime.fromisoformat(text.replace("z", "Z")).timestamp()
-    except ValueError as exc:
+        ts = datetime.fromisoformat(text.replace("z", "Z")).timestamp()
+        # In UTC too it must be a date Python can write back (years 1 to 9999).
+        datetime.fromtimestamp(ts, UTC)
+    except (ValueError, OverflowError, OSError) as exc:
         raise BackfillRefused(f"{what} {text!r} is not a valid time: {exc}") from None
+    return ts
 
 
 def parse_window(text: str) -> Window:
