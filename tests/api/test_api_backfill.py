@@ -6,11 +6,14 @@ firing run once, as source ``backfill`` with ``scheduled_at`` their slot; the sl
 already ran are not run again, nor is anything when the same window is asked again. In
 cluster mode (a real resource, the operator and a worker) it sets the
 ``forwarder.dev/backfill`` annotation and the operator runs them. Bad windows are 422 at
-both, and nothing runs.
+both, and nothing runs. ``forwarder backfill`` does the same from the command line, for a
+schedule declared in a YAML file of the folder, with one line and a non-zero exit for a
+refused window.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +31,7 @@ from pydantic import SecretStr
 from support.chart_release import Release
 from support.controlplane import ControlPlane
 from support.operator_process import refusals
-from support.processes import celery_worker, eventually, forwarder_env, running, start
+from support.processes import BIN, celery_worker, eventually, forwarder_env, running, start
 
 Wait = Callable[..., dict[str, Any]]
 FAST = {"FORWARDER_OPERATOR_STATUS_INTERVAL": "0.3", "FORWARDER_OPERATOR_SWEEP_INTERVAL": "2"}
@@ -135,6 +138,83 @@ def test_backfill_in_local_mode(api: httpx.Client, wait_run: Wait) -> None:
     )
     assert api.delete("/schedules/default/backfilled").status_code == 204
     assert api.delete("/schedules/default/bf-once").status_code == 204
+
+
+CLI_YAML = """\
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata: {name: cli-backfill}
+spec:
+  task: forwarder.ping
+  schedule: {cron: "* * * * *"}
+"""
+
+
+def forwarder_backfill(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "forwarder"), "backfill", *args, "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_forwarder_backfill_command(api: httpx.Client, stack: Any) -> None:
+    path = stack.schedules_dir / "cli-backfill.yaml"
+    path.write_text(CLI_YAML)
+    scheduled(api, "default", "cli-backfill")
+    now = time.time()
+    minute = now - now % 60
+    start, end = format_instant(minute - 180), format_instant(minute)
+    done = forwarder_backfill(
+        stack.redis_url, "default/cli-backfill", "--start", start, "--end", end
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"backfill {start}/{end}: 3 slots, 3 sent, 0 already run"
+    assert lines[1].split() == ["SCHEDULED", "AT", "RUN"]
+    assert [line.split()[0] for line in lines[2:]] == [
+        format_instant(minute - 180),
+        format_instant(minute - 120),
+        format_instant(minute - 60),
+    ]
+
+    def ran() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in schedule_runs(api, "default/cli-backfill")
+            if r["source"] == "backfill" and r["state"] == "SUCCESS"
+        ]
+
+    runs = eventually(lambda: len(ran()) == 3 and ran(), 30, 0.1, "the backfilled runs")
+    assert [r["id"] for r in runs] == [line.split()[1] for line in lines[2:]]
+
+    again = forwarder_backfill(
+        stack.redis_url, "default/cli-backfill", "--start", start, "--end", end
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].endswith("3 slots, 0 sent, 3 already run")
+
+    future = format_instant(time.time() + 3600)
+    for args, says in [
+        (("default/cli-backfill", "--start", start, "--end", future), "ends in the future"),
+        (("default/cli-backfill", "--start", "yesterday", "--end", end), "start 'yesterday'"),
+        (("default/cli-backfill", "--start", end, "--end", start), "end must be after"),
+        (
+            ("default/cli-backfill", "--start", format_instant(minute - 7200), "--end", end),
+            "more than 100 slots",
+        ),
+        (("default/nothing-here", "--start", start, "--end", end), "has no entry"),
+        (("cli-backfill", "--start", start, "--end", end), "is not NAMESPACE/NAME"),
+    ]:
+        refused = forwarder_backfill(stack.redis_url, *args)
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+        assert refused.stdout == ""
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith("forwarder backfill: ") and says in line, (args, line)
+    assert len(ran()) == 3
+    path.unlink()
 
 
 @pytest.mark.cluster
