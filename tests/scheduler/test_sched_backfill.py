@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from forwarder_worker.dispatch.backfill import (
     BackfillRefused,
     Window,
@@ -184,3 +186,12 @@ def test_windows_it_refuses_say_why(clean: Harness) -> None:
     for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
         with pytest.raises(BackfillRefused, match="not a valid time"):
             parse_window(f"{edge}/2026-01-01T00:00:00Z")
+
+
+def test_the_sample_s_window_is_a_window_of_its_recurring_schedule() -> None:
+    sample = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "manifests/samples/backfill.yaml").read_text()
+    )
+    window = parse_window(sample["metadata"]["annotations"]["forwarder.dev/backfill"])
+    assert window.end - window.start == 6 * 3600
+    assert "cron" in sample["spec"]["schedule"]
