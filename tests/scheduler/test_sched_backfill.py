@@ -78,6 +78,8 @@ def test_each_past_slot_runs_once_and_beat_s_slots_are_not_run_again(
         assert any(near(run.slot or 0, slot) for slot in (anchor - 4, anchor - 2))
         assert json.loads(run.result or "{}")["forwarder_slot"] == repr(run.slot)
 
+    # Status's lastScheduleTime stays beat's latest slot: the backfilled ones are older.
+    assert (h.runs.summary(name).last_schedule_time or 0) >= last
     again = h.core.backfill.run(name, window)
     assert again.sent == [] and len(again.done) == len(done.slots)
     assert len(backfilled(h, name)) == 2

@@ -128,7 +128,9 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     else
       redis.call('SADD', active, id)
     end
-    if fields['slot'] and fields['slot'] ~= '' then
+    -- The latest slot only: a backfilled slot is in the past, and must not move it back.
+    if fields['slot'] and fields['slot'] ~= '' and (tonumber(fields['slot']) or 0) >
+        (tonumber(redis.call('HGET', stats, 'last_schedule')) or 0) then
       redis.call('HSET', stats, 'last_schedule', fields['slot'])
     end
     redis.call('SADD', ckey, schedule)
