@@ -2,7 +2,8 @@
 past window runs once, as source ``backfill`` with its slot as ``scheduled_at`` and in its
 ``forwarder_slot`` header; the same window again runs nothing; slots beat ran are not run
 again, slots beat has not passed are left to it; Forbid skips (and counts) the slots that
-would overlap, so asking again runs the next; the window's refusals say why.
+would overlap, so asking again runs the next; Replace revokes the active run; backfills at once
+share the slots; the window's refusals say why.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from forwarder_worker import Core, Settings
 from forwarder_worker.dispatch.backfill import (
     BackfillRefused,
     Window,
     format_instant,
     parse_window,
 )
+from forwarder_worker.dispatch.dispatcher import Firing
 from forwarder_worker.names import BACKFILL_MAX_SLOTS
 from forwarder_worker.runs.records import RunRecord
 from support.processes import eventually
@@ -197,3 +201,45 @@ def test_the_sample_s_window_is_a_window_of_its_recurring_schedule() -> None:
     window = parse_window(sample["metadata"]["annotations"]["forwarder.dev/backfill"])
     assert window.end - window.start == 6 * 3600
     assert "cron" in sample["spec"]["schedule"]
+
+
+def test_replace_revokes_the_active_run_and_enqueues_every_slot(clean: Harness) -> None:
+    h = clean
+    name = "bf/replace"
+    entry = h.add(
+        name,
+        {"cron": "* * * * *"},
+        task="tests.sleep",
+        kwargs={"seconds": 30},
+        policy="Replace",
+        suspend=True,
+    )
+    (running,) = h.core.dispatcher.fire([Firing(entry, time.time(), "trigger")])
+    eventually(lambda: h.runs.get(running.run_id).state == "STARTED", 30, 0.1)  # type: ignore[union-attr]
+    now = time.time()
+    minute = now - now % 60
+    done = h.core.backfill.run(name, Window(minute - 120, minute))
+    assert len(done.sent) == 2 and done.skipped == []
+    eventually(lambda: h.runs.get(running.run_id).state == "REVOKED", 30, 0.1)  # type: ignore[union-attr]
+    for outcome in done.sent:
+        h.core.app.control.revoke(outcome.run_id, terminate=True)
+
+
+def test_two_backfills_at_once_run_each_slot_once(clean: Harness) -> None:
+    h = clean
+    name = "bf/race"
+    h.add(name, {"every": 1}, task="forwarder.ping", suspend=True)
+    now = time.time()
+    window = Window(now - 40, now)
+    cores = [Core.from_settings(Settings(redis_url=h.url)) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(cores)) as pool:
+            results = list(pool.map(lambda core: core.backfill.run(name, window), cores))
+    finally:
+        for core in cores:
+            core.close()
+    sent = [o.firing.slot for result in results for o in result.sent]
+    assert len(sent) == len(set(sent)) == len(results[0].slots) == 40
+    assert all(len(r.sent) + len(r.done) == 40 for r in results)
+    backfilled_runs = backfilled(h, name)
+    assert sorted(r.slot or 0 for r in backfilled_runs) == pytest.approx(sorted(sent), abs=1e-3)
