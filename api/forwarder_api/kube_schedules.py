@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
+from forwarder_worker.dispatch.backfill import Backfiller, BackfillRefused, Window
 from forwarder_worker.dispatch.dispatcher import Overrides, overrides_annotation
 from forwarder_worker.names import (
+    BACKFILL_ANNOTATION,
     GROUP,
     PLURAL,
     RESUME_ANNOTATION,
@@ -40,6 +42,7 @@ from forwarder_api.errors import (
 )
 from forwarder_api.schedules import (
     NOT_PAUSED,
+    BackfillAsked,
     KnownTasks,
     Resumed,
     ScheduleView,
@@ -65,9 +68,14 @@ def _message(exc: ApiException) -> str:
 class KubeSchedules:
     """The ScheduleBackend of cluster mode."""
 
-    def __init__(self, settings: ApiSettings, known_tasks: KnownTasks) -> None:
+    def __init__(
+        self, settings: ApiSettings, known_tasks: KnownTasks, backfiller: Backfiller
+    ) -> None:
         self.settings = settings
         self.known_tasks = known_tasks
+        # Read only: checks a backfill's window against the entry before the annotation is
+        # set; the operator runs it.
+        self.backfiller = backfiller
         self.timeout = settings.kube_timeout
         self._api: client.CustomObjectsApi | None = None
         self._lock = threading.Lock()
@@ -284,3 +292,28 @@ class KubeSchedules:
             {"metadata": {"annotations": {RESUME_ANNOTATION: value}}},
         )
         return Resumed(namespace, name, resume=value)
+
+    def backfill(self, namespace: str, name: str, window: Window) -> BackfillAsked:
+        self._get(namespace, name)
+        # Checked here too (the operator checks again), so a refused window is a 422 now,
+        # not only an Event later.
+        try:
+            slots = self.backfiller.slots(f"{namespace}/{name}", window)
+        except BackfillRefused as exc:
+            raise Invalid(str(exc)) from None
+        except LookupError:
+            raise Conflict(
+                f"ScheduledTask {namespace}/{name} has no schedule entry yet (is it Ready?)"
+            ) from None
+        value = str(window)
+        self._call(
+            f"ScheduledTask {namespace}/{name}",
+            self.api().patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"annotations": {BACKFILL_ANNOTATION: value}}},
+        )
+        return BackfillAsked(namespace, name, window, len(slots), backfill=value)

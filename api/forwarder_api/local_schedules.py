@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from forwarder_worker.dispatch.backfill import Backfiller, BackfillRefused, Window
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Overrides
 from forwarder_worker.names import LOCAL_UID_PREFIX
 from forwarder_worker.runs.records import RunLog
@@ -35,9 +36,10 @@ from forwarder_worker.schedules.reconcile import describe, validate
 from forwarder_worker.schedules.status import ready_condition, runs_status
 from forwarder_worker.schedules.store import Entry, ScheduleStore
 
-from forwarder_api.errors import Conflict, NotFound, Unavailable
+from forwarder_api.errors import Conflict, Invalid, NotFound, Unavailable
 from forwarder_api.schedules import (
     NOT_PAUSED,
+    BackfillAsked,
     KnownTasks,
     Resumed,
     ScheduleView,
@@ -79,11 +81,13 @@ class LocalSchedules:
         runs: RunLog,
         dispatcher: Dispatcher,
         known_tasks: KnownTasks,
+        backfiller: Backfiller,
     ) -> None:
         self._folder = folder
         self.store = store
         self.runs = runs
         self.dispatcher = dispatcher
+        self.backfiller = backfiller
         self.known_tasks = known_tasks
         self._lock = threading.Lock()
 
@@ -281,3 +285,16 @@ class LocalSchedules:
         if not self.store.resume(f"{namespace}/{name}"):
             raise Conflict(f"ScheduledTask {namespace}/{name} {NOT_PAUSED}")
         return Resumed(namespace, name, resumed=True)
+
+    def backfill(self, namespace: str, name: str, window: Window) -> BackfillAsked:
+        self._find(namespace, name)
+        try:
+            done = self.backfiller.run(f"{namespace}/{name}", window)
+        except BackfillRefused as exc:
+            raise Invalid(str(exc)) from None
+        except LookupError:
+            raise Conflict(
+                f"ScheduledTask {namespace}/{name} is not loaded into the scheduler yet "
+                "(an invalid spec, or the folder source has not applied it); see its status"
+            ) from None
+        return BackfillAsked(namespace, name, window, len(done.slots), done=done)

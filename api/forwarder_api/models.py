@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from forwarder_worker.dispatch.backfill import Window, parse_instant
 from forwarder_worker.names import API_VERSION, KIND, NAME_PATTERN, NAMESPACE_PATTERN
 from forwarder_worker.runs.records import STATES
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from starlette.responses import Response
 
 RunState = Literal[STATES]  # type: ignore[valid-type]
@@ -217,6 +226,58 @@ class ResumeOut(BaseModel):
     name: str
     resumed: bool = Field(description="True when the API resumed it itself (local mode)")
     resume: str | None = Field(default=None, description="The annotation value set (cluster)")
+
+
+class BackfillRequest(_Body):
+    """A past window ``[start, end)`` whose slots run once each (RFC 3339 times with a zone)."""
+
+    start: str = Field(description="The window's start (included), e.g. 2026-12-06T10:00:00Z")
+    end: str = Field(description="The window's end (excluded), not after now")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _instant(cls, value: str, info: ValidationInfo) -> str:
+        # The core's reader, so every door takes the same times (raises a ValueError).
+        parse_instant(value, str(info.field_name))
+        return value
+
+    def window(self) -> Window:
+        """The window asked."""
+        return Window(parse_instant(self.start, "start"), parse_instant(self.end, "end"))
+
+
+class BackfilledRun(BaseModel):
+    """One backfilled slot's run."""
+
+    scheduledAt: str
+    id: str
+    url: str | None = None
+
+
+class SkippedSlot(BaseModel):
+    """A slot concurrencyPolicy skipped (no run record: ask again once the run ended)."""
+
+    scheduledAt: str
+    reason: str
+
+
+class BackfillOut(BaseModel):
+    """A backfill: what became of each slot (local mode), or the ``forwarder.dev/backfill``
+    value set for the operator, which reports the outcome as an Event (cluster mode)."""
+
+    namespace: str
+    name: str
+    window: str = Field(description="'<start>/<end>' in UTC")
+    slots: int = Field(description="Slots of the schedule in the window")
+    sent: list[BackfilledRun] = Field(default_factory=list)
+    alreadyRun: list[str] = Field(
+        default_factory=list, description="Slots backfilled before, or run when they were due"
+    )
+    leftToSchedule: list[str] = Field(
+        default_factory=list, description="Slots the scheduler has not passed yet (it fires them)"
+    )
+    skipped: list[SkippedSlot] = Field(default_factory=list)
+    backfill: str | None = Field(default=None, description="The annotation value set (cluster)")
 
 
 class LogTail(BaseModel):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from forwarder_worker.dispatch.backfill import Backfilled, Window
 from forwarder_worker.dispatch.dispatcher import Overrides
 from forwarder_worker.names import API_VERSION, KIND, NAME, NAMESPACE
 from forwarder_worker.names import SUSPENDED_AFTER_FAILURES as SUSPENDED_AFTER
@@ -58,6 +59,19 @@ class Resumed:
     name: str
     resumed: bool = False
     resume: str | None = None
+
+
+@dataclass(frozen=True)
+class BackfillAsked:
+    """A backfill request: what the API did itself (local mode), or the annotation value it
+    set for the operator to act on (cluster mode), with the window's slot count."""
+
+    namespace: str
+    name: str
+    window: Window
+    slots: int
+    done: Backfilled | None = None
+    backfill: str | None = None
 
 
 NOT_PAUSED = "is not suspended after failures (only suspendAfterFailures' pause is resumed here)"
@@ -108,6 +122,10 @@ class ScheduleBackend(Protocol):
 
     def resume(self, namespace: str, name: str) -> Resumed:
         """Resume a schedule suspended after failures, or Conflict if it is not."""
+        ...
+
+    def backfill(self, namespace: str, name: str, window: Window) -> BackfillAsked:
+        """Run each slot of a past ``window`` once, or 422 naming why the window is refused."""
         ...
 
 

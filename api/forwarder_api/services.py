@@ -48,10 +48,15 @@ class Services:
         queues = QueueDeclarations(core.app)
         schedules: ScheduleBackend
         if settings.schedules_mode == "kubernetes":
-            schedules = KubeSchedules(settings, catalog.known)
+            schedules = KubeSchedules(settings, catalog.known, core.backfill)
         else:
             schedules = LocalSchedules(
-                settings.schedules_dir, core.store, core.runs, core.dispatcher, catalog.known
+                settings.schedules_dir,
+                core.store,
+                core.runs,
+                core.dispatcher,
+                catalog.known,
+                core.backfill,
             )
         # One asyncio client (and pool) for the event loop's reads, waits and submissions.
         watch = RunWatch(core.async_runs)

@@ -33,6 +33,7 @@ import time
 
 from forwarder_worker.dispatch.dispatcher import parse_overrides
 from forwarder_worker.names import (
+    BACKFILL_ANNOTATION,
     FINALIZER,
     RESUME_ANNOTATION,
     RUN_NOW_ANNOTATION,
@@ -72,6 +73,7 @@ def needs_redis(task: ScheduledTask, *, initial: bool) -> bool:
         _must_apply(task, initial=initial)
         or bool(_run_now_value(task.metadata))
         or bool(_resume_value(task.metadata))
+        or bool(_backfill_value(task.metadata))
     )
 
 
@@ -98,6 +100,9 @@ def plan(services: Services, task: ScheduledTask, *, initial: bool) -> Plan:
     run_now = _run_now_value(metadata)
     if run_now:
         _run_now(services, metadata, run_now, result)
+    backfill = _backfill_value(metadata)
+    if backfill:
+        _backfill(services, metadata, backfill, result)
     return result
 
 
@@ -141,6 +146,26 @@ def _run_now_value(metadata: ObjectMeta) -> str | None:
 def _resume_value(metadata: ObjectMeta) -> str | None:
     """The resume annotation's value, if any (whether it is new is Redis's to say)."""
     return metadata.annotations.get(RESUME_ANNOTATION) or None
+
+
+def _backfill_value(metadata: ObjectMeta) -> str | None:
+    """The backfill annotation's value, if any (whether it is new is Redis's to say)."""
+    return metadata.annotations.get(BACKFILL_ANNOTATION) or None
+
+
+def _backfill(services: Services, metadata: ObjectMeta, value: str, result: Plan) -> None:
+    """Act on backfill ``value`` once; what it did (or why it was refused) is an Event."""
+    try:
+        done = services.backfill(metadata.entry_name, value)
+    except (ValueError, LookupError) as exc:
+        result.events.append(Event("Warning", "BackfillRefused", f"{value!r}: {exc}"))
+        return
+    if done is None:
+        return  # this value was handled once already
+    if done.skipped:
+        result.events.append(Event("Warning", "BackfillSkipped", done.summary()))
+    else:
+        result.events.append(Event("Normal", "Backfilled", done.summary()))
 
 
 def _resume(services: Services, name: str, value: str, result: Plan) -> bool:

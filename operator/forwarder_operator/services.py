@@ -17,6 +17,7 @@ import kopf
 import redis
 from celery import Celery
 from forwarder_worker import Core
+from forwarder_worker.dispatch.backfill import Backfilled, parse_window
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome, Overrides
 from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.store import ScheduleStore
@@ -102,6 +103,22 @@ class Services:
             return False
         self.store.note_run_now(entry_name, value)
         return True
+
+    def backfill(self, entry_name: str, value: str) -> Backfilled | None:
+        """Backfill the window of annotation ``value`` (``"<start>/<end>"``) once; None if
+        that value was handled before. A refused window (BackfillRefused) or a missing entry
+        (LookupError) is marked handled too: each new value is one attempt, as with run-now.
+        Marked once done, so a Redis failure midway is tried again (the slots it ran are
+        not run twice)."""
+        if self.store.last_backfill(entry_name) == value:
+            return None
+        try:
+            done = self.core.backfill.run(entry_name, parse_window(value))
+        except (ValueError, LookupError):
+            self.store.note_backfill(entry_name, value)
+            raise
+        self.store.note_backfill(entry_name, value)
+        return done
 
     def forget(self, entry_name: str) -> None:
         """Remove a deleted schedule's entry (with its run-now marker) and run history."""

@@ -1,5 +1,6 @@
 """The factory: one :class:`Core` per process, holding the Celery app, the Redis clients,
-the schedule store, the run log, the dispatcher and the scheduler's metrics.
+the schedule store, the run log, the dispatcher (and its backfills) and the scheduler's
+metrics.
 
 Every process builds its parts here, once, from its settings: beat and the workers through
 the Celery app (``celery -A forwarder_worker.app``), the operator into kopf's memo, the api
@@ -25,6 +26,7 @@ from forwarder_worker import broker_fixes
 from forwarder_worker._redis.clients import async_redis_client, redis_client, ssl_options
 from forwarder_worker._redis.keys import Keys
 from forwarder_worker._redis.scripts import AsyncScripts, RunLimits, Scripts
+from forwarder_worker.dispatch.backfill import Backfiller
 from forwarder_worker.dispatch.dispatcher import STALE_RUN_GRACE, Dispatcher
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
 from forwarder_worker.runs.records import AsyncRunLog, RunLog
@@ -159,6 +161,8 @@ class Core:
             stale_after=settings.task_time_limit + STALE_RUN_GRACE,
             time_limit=settings.task_time_limit,
         )
+        # Backfill reaches back as far as run records live: they tell which slots ran.
+        self.backfill = Backfiller(self.store, self.dispatcher, horizon=settings.result_expires)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, conf: Mapping[str, Any] | None = None) -> Core:

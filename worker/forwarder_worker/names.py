@@ -26,6 +26,15 @@ SUSPENDED_AFTER_FAILURES = "SuspendedAfterFailures"
 RUN_NOW_OVERRIDES_ANNOTATION = f"{GROUP}/run-now-overrides"
 """JSON ``{"runNow": <value>, "args": [...], "kwargs": {...}}``: the arguments of the run
 that run-now value triggers (ignored for any other value)."""
+BACKFILL_ANNOTATION = f"{GROUP}/backfill"
+"""``"<start>/<end>"`` (RFC 3339 instants): every new value runs the schedule's slots in
+that past window once each (source ``backfill``)."""
+BACKFILL_MAX_SLOTS = 100
+"""The most slots one backfill may run (CronJob's cap on missed runs); a longer window is
+refused, not cut."""
+BACKFILL_MEMORY_SLOTS = 10_000
+"""The most backfilled slots remembered per schedule (the oldest go first), beside the
+memory's age limit (the run records' ``result_expires``)."""
 
 # Kubernetes' DNS-1123 rules: a namespace is a label, a resource name a subdomain.
 NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"

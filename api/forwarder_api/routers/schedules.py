@@ -9,12 +9,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from forwarder_worker.dispatch.backfill import format_instant
 from forwarder_worker.dispatch.dispatcher import Overrides
 from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview
 from forwarder_worker.schedules.store import Entry
 
 from forwarder_api.deps import Authorized, SchedulesDep, StoreDep
 from forwarder_api.models import (
+    BackfilledRun,
+    BackfillOut,
+    BackfillRequest,
     PreviewSlot,
     ResumeOut,
     ScheduleCreate,
@@ -23,6 +27,7 @@ from forwarder_api.models import (
     ScheduleOutMetadata,
     SchedulePatch,
     SchedulePreview,
+    SkippedSlot,
     TriggerOut,
     TriggerRequest,
 )
@@ -157,3 +162,50 @@ def resume_schedule(namespace: Namespace, name: Name, schedules: SchedulesDep) -
     return ResumeOut(
         namespace=done.namespace, name=done.name, resumed=done.resumed, resume=done.resume
     )
+
+
+@router.post(
+    "/{namespace}/{name}/backfill",
+    status_code=202,
+    responses={
+        **ERRORS,
+        409: {"description": "Not loaded into the scheduler yet"},
+        422: {"description": "A bad window: not RFC 3339, empty, in the future, over the cap"},
+    },
+)
+def backfill_schedule(
+    namespace: Namespace,
+    name: Name,
+    body: BackfillRequest,
+    request: Request,
+    schedules: SchedulesDep,
+) -> BackfillOut:
+    """Run every slot of the past window ``[start, end)`` once (like the
+    ``forwarder.dev/backfill`` annotation), as runs of source ``backfill`` scheduled at their
+    slots. Slots backfilled before or already run are not run again; concurrencyPolicy
+    applies. In a cluster the operator runs them and reports the outcome as an Event."""
+    asked = schedules.backfill(namespace, name, body.window())
+    out = BackfillOut(
+        namespace=asked.namespace,
+        name=asked.name,
+        window=str(asked.window),
+        slots=asked.slots,
+        backfill=asked.backfill,
+    )
+    done = asked.done
+    if done is not None:
+        out.sent = [
+            BackfilledRun(
+                scheduledAt=format_instant(o.firing.slot),
+                id=o.run_id,
+                url=str(request.url_for("get_run", run_id=o.run_id)),
+            )
+            for o in done.sent
+        ]
+        out.alreadyRun = [format_instant(slot) for slot in done.done]
+        out.leftToSchedule = [format_instant(slot) for slot in done.beats]
+        out.skipped = [
+            SkippedSlot(scheduledAt=format_instant(o.firing.slot), reason=o.reason or "skipped")
+            for o in done.skipped
+        ]
+    return out

@@ -13,6 +13,11 @@ several installs can share a Redis. With the default prefix:
 ``forwarder::metrics``                  the scheduler's counters (hash)
 ``forwarder::run-now``                  the last run-now value handled, per entry (hash)
 ``forwarder::resume``                   the last resume value handled, per entry (hash)
+``forwarder::backfill``                 the last backfill annotation value handled, per entry
+                                        (hash)
+``forwarder:backfilled:<schedule>``     a schedule's backfilled slots (zset scored by slot;
+                                        trimmed to ``result_expires`` and
+                                        ``BACKFILL_MEMORY_SLOTS``, and expiring)
 ``forwarder:run:<id>``                  one run's record (hash; also the channel announcing its
                                         end)
 ``forwarder:runs``                      every run by creation time (zset, capped)
@@ -41,6 +46,7 @@ RUN = "run:"
 SCHEDULE_RUNS = "runs:s:"
 SCHEDULE_STATS = "runs:stats:"
 ACTIVE_RUNS = "runs:active:"
+BACKFILLED = "backfilled:"
 
 
 def glob_escape(text: str) -> str:
@@ -60,6 +66,7 @@ class Keys:
         self.metrics = f"{prefix}{METRICS}"
         self.run_now = f"{prefix}:run-now"
         self.resume = f"{prefix}:resume"
+        self.backfill = f"{prefix}:backfill"
         self.runs = f"{prefix}runs"
         self.changed = f"{prefix}runs:changed"
         self.run_channels = glob_escape(self.run("")) + "*"
@@ -90,3 +97,7 @@ class Keys:
     def active_runs(self, schedule: str) -> str:
         """A schedule's runs that have not ended."""
         return f"{self.prefix}{ACTIVE_RUNS}{schedule}"
+
+    def backfilled(self, schedule: str) -> str:
+        """A schedule's backfilled slots (zset: member and score the slot)."""
+        return f"{self.prefix}{BACKFILLED}{schedule}"

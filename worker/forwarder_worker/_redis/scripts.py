@@ -4,7 +4,9 @@ Scripts make the writes that must be atomic one round trip: a run's transition (
 every run's creator and by the workers), beat's claim of its due slots with their run records
 and messages, a schedule writer's compare-and-set, beat's read of what is due, and the api's
 submission of a run with its message. The run transition is one Lua function that the claim
-and the submit scripts include, so every writer applies the same rules.
+and the submit scripts include, so every writer applies the same rules. A backfill's check
+and claim of past slots (:class:`BackfillSlot`) share one more function, which tells a slot
+already run from one still free.
 
 Callers pass typed values (:class:`RunWrite`, :class:`Claim`) and get typed replies; only this
 module knows the order of the arguments.
@@ -131,7 +133,9 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     else
       redis.call('SADD', active, id)
     end
-    if fields['slot'] and fields['slot'] ~= '' then
+    -- The latest slot only: a backfilled slot is in the past, and must not move it back.
+    if fields['slot'] and fields['slot'] ~= '' and (tonumber(fields['slot']) or 0) >
+        (tonumber(redis.call('HGET', stats, 'last_schedule')) or 0) then
       redis.call('HSET', stats, 'last_schedule', fields['slot'])
     end
     redis.call('SADD', ckey, schedule)
@@ -341,6 +345,107 @@ SUBMIT_COMMANDS = frozenset({"lpush", "publish"})
 """The Redis commands (kombu's names) a submission's message may consist of."""
 
 
+# -- a backfill's slots --------------------------------------------------------------------
+
+# Whether past slots of a schedule are free to backfill. A slot is done when the schedule's
+# backfilled set holds it, or when one of its run records since `since` (source schedule or
+# backfill) was sent for it: any state but SKIPPED, so a slot beat skipped (missed, Forbid)
+# can be backfilled and one it ran cannot. It is beat's (pending) at or after the entry's due
+# score: beat has not passed it yet, and fires it itself. Slots match within a millisecond
+# (an interval's slots are floats, computed from differently placed anchors).
+# skey: the schedule's runs zset, bkey: its backfilled set.
+BACKFILL_FUNCTION = """
+local function ran_slots(prefix, skey, since)
+  local slots = {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', skey, since, '+inf')) do
+    local h = redis.call('HMGET', prefix .. '@RUN@' .. id, 'slot', 'state', 'source')
+    if h[1] and h[2] ~= 'SKIPPED' and (h[3] == 'schedule' or h[3] == 'backfill') then
+      slots[#slots + 1] = tonumber(h[1])
+    end
+  end
+  return slots
+end
+
+local function slot_state(bkey, due, ran, slot)
+  if #redis.call('ZRANGEBYSCORE', bkey, slot - 0.001, slot + 0.001, 'LIMIT', 0, 1) > 0 then
+    return 1
+  end
+  for _, other in ipairs(ran) do
+    if math.abs(other - slot) < 0.001 then return 1 end
+  end
+  if due and slot >= tonumber(due) - 0.001 then return 2 end
+  return 0
+end
+""".replace("@RUN@", RUN)
+
+# KEYS: entry hash, due set, backfilled set, the schedule's runs zset.  ARGV: key prefix,
+# since (runs created before it are not read), then the slots. Returns {-1} when the entry is
+# gone, else per slot 0 (free), 1 (done) or 2 (beat's).
+BACKFILL_CHECK = (
+    BACKFILL_FUNCTION
+    + """
+if redis.call('HEXISTS', KEYS[1], 'definition') == 0 then return {-1} end
+local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
+local ran = ran_slots(ARGV[1], KEYS[4], ARGV[2])
+local out = {}
+for i = 3, #ARGV do out[#out + 1] = slot_state(KEYS[3], due, ran, tonumber(ARGV[i])) end
+return out
+"""
+)
+
+# Claim free slots for a backfill: each slot still free (as BACKFILL_CHECK tells) goes into
+# the backfilled set, and its run record and message (LPUSH on its queue) are written in the
+# same step, so a slot is marked done exactly when its run is on its queue. The set is then
+# trimmed: slots before ARGV[7] and all but the latest ARGV[8] go, and it expires ARGV[5]
+# seconds (the run records' ttl) after the last backfill.
+# KEYS: entry hash, due set, backfilled set, the schedule's runs zset, global runs zset,
+# runs:changed.  ARGV: key prefix, since, now, ttl, global cap, per-schedule cap, oldest slot
+# kept, most slots kept, count, then per slot: slot, run id, state, field count, field/value
+# pairs, push count, (list key, payload) pairs. Returns {-1} when the entry is gone, else per
+# slot 0 (claimed: recorded and sent), 1 (done) or 2 (beat's).
+BACKFILL_CLAIM = (
+    TRANSITION_FUNCTION
+    + BACKFILL_FUNCTION
+    + """
+if redis.call('HEXISTS', KEYS[1], 'definition') == 0 then return {-1} end
+local prefix, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local gcap, scap = tonumber(ARGV[5]), tonumber(ARGV[6])
+local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
+local ran = ran_slots(prefix, KEYS[4], ARGV[2])
+local out, i = {}, 10
+for n = 1, tonumber(ARGV[9]) do
+  local slot, id, state, nf = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local fields = {}
+  for j = 0, nf - 1 do fields[ARGV[i + 4 + 2 * j]] = ARGV[i + 5 + 2 * j] end
+  i = i + 4 + 2 * nf
+  local pushes, np = i + 1, tonumber(ARGV[i])
+  i = i + 1 + 2 * np
+  out[n] = slot_state(KEYS[3], due, ran, tonumber(slot))
+  if out[n] == 0 then
+    redis.call('ZADD', KEYS[3], slot, slot)
+    transition(prefix .. '@RUN@' .. id, KEYS[5], KEYS[6], prefix, id, state, now, ttl, gcap,
+      scap, fields)
+    for j = 0, np - 1 do
+      redis.call('LPUSH', ARGV[pushes + 2 * j], ARGV[pushes + 1 + 2 * j])
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[8]) - 1)
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
+return out
+""".replace("@RUN@", RUN)
+)
+
+
+class BackfillSlot(NamedTuple):
+    """One past slot for a backfill to claim, and the run to write and send if it is free."""
+
+    slot: float
+    record: RunWrite
+    pushes: Sequence[tuple[str, str]] = ()  # (list key, payload): its message on its queue
+
+
 class RunLimits(NamedTuple):
     """How long a run record lives and how many runs the histories keep."""
 
@@ -425,6 +530,8 @@ class Scripts:
         self._claim = client.register_script(CLAIM)
         self._upsert = client.register_script(UPSERT)
         self._read_due = client.register_script(READ_DUE)
+        self._backfill_check = client.register_script(BACKFILL_CHECK)
+        self._backfill_claim = client.register_script(BACKFILL_CLAIM)
 
     def _transition_call(self, write: RunWrite, now: float) -> tuple[list[str], list[Any]]:
         keys, args = _transition_params(self.keys, self.limits, write, now)
@@ -510,6 +617,68 @@ class Scripts:
             ],
         )
         return bool(written)
+
+    def backfill_check(self, name: str, slots: Sequence[float], since: float) -> list[int] | None:
+        """Per slot of entry ``name``: 0 free to backfill, 1 done (backfilled, or a run was
+        sent for it), 2 beat's (not passed yet), reading its runs created since ``since``;
+        None when the entry is gone."""
+        keys = self.keys
+        reply = self._backfill_check(
+            keys=[keys.entry(name), keys.due, keys.backfilled(name), keys.schedule_runs(name)],
+            args=[keys.prefix, repr(since), *(repr(slot) for slot in slots)],
+        )
+        return None if reply == [-1] else [int(code) for code in reply]
+
+    def backfill_claim(
+        self,
+        name: str,
+        slots: Sequence[BackfillSlot],
+        *,
+        since: float,
+        now: float,
+        keep_after: float,
+        keep: int,
+    ) -> list[int] | None:
+        """Claim each of ``slots`` of entry ``name`` that is still free, writing its run
+        record and pushes, in one atomic step; per slot 0 (claimed), 1 (done) or 2 (beat's),
+        as :meth:`backfill_check`, or None when the entry is gone. The backfilled set then
+        keeps at most ``keep`` slots, none before ``keep_after``."""
+        keys, limits = self.keys, self.limits
+        args: list[Any] = [
+            keys.prefix,
+            repr(since),
+            repr(now),
+            limits.ttl,
+            limits.global_limit,
+            limits.schedule_limit,
+            repr(keep_after),
+            keep,
+            len(slots),
+        ]
+        for item in slots:
+            record = item.record
+            args += [
+                repr(item.slot),
+                record.run_id,
+                record.state,
+                len(record.fields) // 2,
+                *record.fields,
+                len(item.pushes),
+            ]
+            for key, payload in item.pushes:
+                args += [key, payload]
+        reply = self._backfill_claim(
+            keys=[
+                keys.entry(name),
+                keys.due,
+                keys.backfilled(name),
+                keys.schedule_runs(name),
+                keys.runs,
+                keys.changed,
+            ],
+            args=args,
+        )
+        return None if reply == [-1] else [int(code) for code in reply]
 
     def read_due(
         self, now: float, limit: int, metrics: Sequence[tuple[str, int | float]] = ()

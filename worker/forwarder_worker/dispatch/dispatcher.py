@@ -51,6 +51,9 @@ PUBLISH_PIPELINE = 1000
 # Seconds past the hard time limit after which a STARTED run counts as dead (see _active).
 STALE_RUN_GRACE = 30
 
+BACKFILL = "backfill"
+"""The source of a backfilled slot's run (see :mod:`forwarder_worker.dispatch.backfill`)."""
+
 
 @dataclass(frozen=True)
 class Overrides:
@@ -105,7 +108,7 @@ class Firing:
 
     entry: Entry
     slot: float
-    source: str = "schedule"  # or "trigger"
+    source: str = "schedule"  # or "trigger", or BACKFILL
     overrides: Overrides | None = None
 
     @property
@@ -222,8 +225,10 @@ class Dispatcher:
         entry, slot = firing.entry, firing.slot
         delay = random.uniform(0, entry.jitter) if entry.jitter else 0.0  # noqa: S311
         # The starting deadline counts from the slot (plus its jitter), as CronJob's does: a
-        # firing published late has that much less time to start.
-        expires = max(slot + entry.deadline, now) + delay if entry.deadline is not None else None
+        # firing published late has that much less time to start. A backfilled slot is past
+        # on purpose: its deadline counts from now, or it could never start.
+        start = now if firing.source == BACKFILL else slot
+        expires = max(start + entry.deadline, now) + delay if entry.deadline is not None else None
         return delay, expires
 
     def declare(self, producer: Any, sends: Sequence[Send]) -> None:
@@ -484,15 +489,17 @@ class Dispatcher:
                         pipe.lpush(key, payload)
                 pipe.execute()
             lateness = self.complete(producer, list(zip(sends, captured, strict=True)), built)
-        increments = self.metrics.increments(
-            fired=lateness, skipped=len(outcomes) - len(sends), missed=0
-        )
+        self.count(lateness, skipped=len(outcomes) - len(sends))
+        self.log_outcomes(outcomes)
+        return outcomes
+
+    def count(self, lateness: Sequence[float], *, skipped: int) -> None:
+        """Add fired (their lateness) and skipped firings to the scheduler's metrics."""
+        increments = self.metrics.increments(fired=list(lateness), skipped=skipped, missed=0)
         if increments:
             with self.client.pipeline(transaction=False) as pipe:
                 self.metrics.add(pipe, increments)
                 pipe.execute()
-        self.log_outcomes(outcomes)
-        return outcomes
 
     @staticmethod
     def log_outcomes(outcomes: Sequence[Outcome]) -> None:

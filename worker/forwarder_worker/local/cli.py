@@ -1,8 +1,10 @@
-"""The ``forwarder`` command: the local stack (``up``), a status view, and each component.
+"""The ``forwarder`` command: the local stack (``up``), a status view, a backfill, and each
+component.
 
 ``forwarder up`` is local mode: an embedded Redis plus worker, beat, Flower, the API (when
 installed) and the folder schedule source, each a child process whose output is shown with
 a prefix and kept in a log file. Ctrl-C or SIGTERM stops every child, Redis included.
+``forwarder status`` and ``forwarder backfill`` act on that Redis (or the one named).
 
 The component subcommands (``worker``, ``beat``, ``flower``, ``api``, ``operator``) run the same
 commands the Helm chart runs, so both stay one code path. They are started by module name,
@@ -26,7 +28,14 @@ import redis
 
 from forwarder_worker._redis.clients import RedisCredentialsRejected, check_credentials
 from forwarder_worker.core import SCHEDULER, Core
+from forwarder_worker.dispatch.backfill import (
+    BackfillRefused,
+    Window,
+    format_instant,
+    parse_instant,
+)
 from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
+from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.files import FileError, declared
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
 from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview, upcoming
@@ -195,13 +204,19 @@ def _api_available() -> bool:
     return importlib.util.find_spec("forwarder_api.main") is not None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print every schedule and the most recent runs."""
+def _redis_settings(args: argparse.Namespace) -> Settings:
+    """Settings for the Redis that ``--redis-url``, ``FORWARDER_REDIS_URL`` or the running
+    ``forwarder up`` (its state folder) names, in that order."""
     url = args.redis_url or os.environ.get("FORWARDER_REDIS_URL")
     saved = Path(args.state_dir) / "redis-url"
     if url is None and saved.exists():
         url = saved.read_text().strip()
-    settings = Settings(redis_url=url) if url else Settings()
+    return Settings(redis_url=url) if url else Settings()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print every schedule and the most recent runs."""
+    settings = _redis_settings(args)
     core = Core.from_settings(settings)
     store, runs = core.store, core.runs
     try:
@@ -291,6 +306,38 @@ def _preview_count(text: str) -> int:
     return value
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Run each slot of a past window of one schedule once, on the Redis ``status`` reads;
+    one line on stderr and a non-zero exit when it is refused."""
+    settings = _redis_settings(args)
+    core = Core.from_settings(settings)
+    try:
+        window = Window(parse_instant(args.start, "start"), parse_instant(args.end, "end"))
+        if not ENTRY_NAME.match(args.schedule):
+            raise BackfillRefused(f"{args.schedule!r} is not NAMESPACE/NAME")
+        done = core.backfill.run(args.schedule, window)
+    except (BackfillRefused, LookupError) as exc:
+        print(f"forwarder backfill: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(
+            f"forwarder backfill: cannot reach Redis at {settings.redacted_redis_url}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        core.close()
+    print(done.summary())
+    rows = [("SCHEDULED AT", "RUN")]
+    rows += [(format_instant(o.firing.slot), o.run_id) for o in done.sent]
+    rows += [(format_instant(o.firing.slot), f"skipped: {o.reason}") for o in done.skipped]
+    rows += [(format_instant(slot), "already run") for slot in done.done]
+    rows += [(format_instant(slot), "left to the schedule") for slot in done.beats]
+    if len(rows) > 1:
+        _table([rows[0], *sorted(rows[1:])])
+    return 0
+
+
 def describe_timing(schedule: dict[str, Any]) -> str:
     """``every 30s``, ``cron */5 * * * *`` or ``at <time>`` for a stored schedule."""
     if "every" in schedule:
@@ -354,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     preview_cmd.add_argument(
         "-n", "--count", type=_preview_count, default=10, help="how many fire times (10)"
     )
+    backfill = sub.add_parser(
+        "backfill",
+        help="run each slot of a past window of a schedule once (on Redis, like status)",
+    )
+    backfill.add_argument("schedule", metavar="NAMESPACE/NAME")
+    backfill.add_argument("--start", required=True, help="RFC 3339, included")
+    backfill.add_argument("--end", required=True, help="RFC 3339, excluded; not after now")
+    backfill.add_argument("--redis-url")
+    backfill.add_argument("--state-dir", default=str(STATE_DIR))
     for name in ("worker", "beat", "flower", "api", "operator"):
         sub.add_parser(name, help=f"run the {name} (extra arguments are passed on)", add_help=False)
     return parser
@@ -368,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(args)
     if args.command == "preview" and not extra:
         return cmd_preview(args)
-    if args.command in ("up", "status", "preview"):
+    if args.command == "backfill" and not extra:
+        return cmd_backfill(args)
+    if args.command in ("up", "status", "preview", "backfill"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return cmd_component(args, extra)
 

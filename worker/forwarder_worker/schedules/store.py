@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from forwarder_worker._redis.keys import Keys
-from forwarder_worker._redis.scripts import Claim, Scripts
+from forwarder_worker._redis.scripts import BackfillSlot, Claim, Scripts
 from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.model import ScheduledTaskSpec
 from forwarder_worker.schedules.timing import (
@@ -399,7 +399,8 @@ class ScheduleStore:
             seen = self.snapshot(name)
 
     def delete(self, name: str) -> bool:
-        """Remove entry ``name`` (and its run-now and resume markers); True if it existed."""
+        """Remove entry ``name`` (and its run-now, resume and backfill markers, and the slots
+        it backfilled); True if it existed."""
         keys = self.keys
         key = keys.entry(name)
         with self.client.pipeline() as pipe:
@@ -408,6 +409,8 @@ class ScheduleStore:
             pipe.srem(keys.index, name)
             pipe.hdel(keys.run_now, name)
             pipe.hdel(keys.resume, name)
+            pipe.hdel(keys.backfill, name)
+            pipe.delete(keys.backfilled(name))
             self._wake(pipe)
             existed, *_ = pipe.execute()
         return bool(existed)
@@ -434,6 +437,40 @@ class ScheduleStore:
     def note_resume(self, name: str, value: str) -> None:
         """Remember resume ``value`` as handled for entry ``name``: each value acts once."""
         self.client.hset(self.keys.resume, name, value)
+
+    def last_backfill(self, name: str) -> str | None:
+        """The last backfill value handled for entry ``name`` (the operator's annotation)."""
+        value: str | None = self.client.hget(self.keys.backfill, name)
+        return value
+
+    def note_backfill(self, name: str, value: str) -> None:
+        """Remember backfill ``value`` as handled for entry ``name``: each value acts once."""
+        self.client.hset(self.keys.backfill, name, value)
+
+    # -- a backfill's slots ---------------------------------------------------------------
+
+    def backfill_check(self, name: str, slots: Sequence[float], since: float) -> list[int] | None:
+        """Per past slot of entry ``name``: 0 free to backfill, 1 done (backfilled before, or
+        a run was sent for it: its records since ``since`` tell), 2 beat's (at or after the
+        entry's due time); None when the entry is gone."""
+        return self.scripts.backfill_check(name, slots, since)
+
+    def backfill_claim(
+        self,
+        name: str,
+        slots: Sequence[BackfillSlot],
+        *,
+        since: float,
+        keep_after: float,
+        keep: int,
+    ) -> list[int] | None:
+        """Claim the slots of ``slots`` still free (as :meth:`backfill_check` tells), each
+        marked backfilled with its run record written and its message on its queue in one
+        atomic step; per slot 0 (claimed), 1 (done) or 2 (beat's), or None when the entry is
+        gone. The slots remembered are trimmed to ``keep``, none before ``keep_after``."""
+        return self.scripts.backfill_claim(
+            name, slots, since=since, now=time.time(), keep_after=keep_after, keep=keep
+        )
 
     # -- reads ----------------------------------------------------------------------------
 
