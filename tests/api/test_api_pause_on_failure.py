@@ -115,6 +115,29 @@ def test_failed_runs_in_a_row_suspend_and_resume(stack: Any, api: httpx.Client) 
     assert status(api, "fragile")["consecutiveFailures"] in (2, 3)
     assert metric(api, "forwarder_scheduler_suspended_after_failures_total") == pauses + 2
 
+    # `forwarder resume` does what POST .../resume does, on the same Redis.
+    def forwarder_resume(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "forwarder"), "resume", name, "--redis-url", stack.redis_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    done = forwarder_resume("default/fragile")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "default/fragile: resumed\n", "")
+    assert reason(api, "fragile") == "Scheduled"
+    for name, says in [
+        ("default/fragile", "default/fragile is not suspended after failures (or is not in Redis)"),
+        ("fragile", "'fragile' is not NAMESPACE/NAME"),
+    ]:
+        refused = forwarder_resume(name)
+        assert (refused.returncode, refused.stdout) == (2, ""), refused
+        assert refused.stderr.splitlines() == [f"forwarder resume: {says}"]
+    eventually(lambda: reason(api, "fragile") == "SuspendedAfterFailures", 30, 0.1, "paused again")
+    assert metric(api, "forwarder_scheduler_suspended_after_failures_total") == pauses + 3
+
     # A spec change resumes too: a task that succeeds now resets the count.
     patched = api.patch(
         "/schedules/default/fragile",

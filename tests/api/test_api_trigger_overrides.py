@@ -7,6 +7,7 @@ keeps the override as asked (``GET /runs/{id}`` and the history show it). Bad bo
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydantic import SecretStr
 from support.chart_release import Release
 from support.controlplane import ControlPlane
 from support.operator_process import refusals
-from support.processes import celery_worker, eventually, forwarder_env, running, start
+from support.processes import BIN, celery_worker, eventually, forwarder_env, running, start
 
 Wait = Callable[..., dict[str, Any]]
 SPEC = {
@@ -92,6 +93,49 @@ def test_trigger_with_overrides_in_local_mode(api: httpx.Client, wait_run: Wait)
     after = len(api.get("/runs", params={"schedule": "default/overridden"}).json()["items"])
     assert after == before
     assert api.delete("/schedules/default/overridden").status_code == 204
+
+
+def test_forwarder_trigger_command(api: httpx.Client, wait_run: Wait, stack: Any) -> None:
+    created = api.post("/schedules", json={"metadata": {"name": "cli-trigger"}, "spec": SPEC})
+    assert created.status_code == 201, created.text
+    scheduled(api, "default", "cli-trigger")
+
+    def forwarder_trigger(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "forwarder"), "trigger", *args, "--redis-url", stack.redis_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    done = forwarder_trigger("default/cli-trigger", "--args", '["cli"]', "--kwargs", '{"n": 1}')
+    assert done.returncode == 0 and done.stderr == "", done
+    (line,) = done.stdout.splitlines()
+    assert line.startswith("default/cli-trigger: run ") and line.endswith(" sent")
+    run = wait_run(line.split()[2])
+    assert run["state"] == "SUCCESS" and run["source"] == "trigger", run
+    assert run["result"]["args"] == ["cli"]
+    assert run["result"]["kwargs"] == {"source": "spec", "keep": 1, "n": 1}
+    assert run["overrides"] == {"args": ["cli"], "kwargs": {"n": 1}}
+    # No options: the spec's arguments, and no override recorded.
+    plain = forwarder_trigger("default/cli-trigger")
+    assert plain.returncode == 0, plain
+    run = wait_run(plain.stdout.split()[2])
+    assert run["result"]["args"] == ["spec"] and run["overrides"] is None
+
+    for args, says in [
+        (("default/cli-trigger", "--args", "[1,"), "--args is not JSON"),
+        (("default/cli-trigger", "--args", '{"a": 1}'), "--args must be a JSON array"),
+        (("default/cli-trigger", "--kwargs", "[1]"), "--kwargs must be a JSON object"),
+        (("default/nothing-here",), "no schedule default/nothing-here in Redis"),
+        (("cli-trigger",), "'cli-trigger' is not NAMESPACE/NAME"),
+    ]:
+        refused = forwarder_trigger(*args)
+        assert (refused.returncode, refused.stdout) == (2, ""), (args, refused)
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith("forwarder trigger: ") and says in line, (args, line)
+    assert api.delete("/schedules/default/cli-trigger").status_code == 204
 
 
 FAST = {"FORWARDER_OPERATOR_STATUS_INTERVAL": "0.3", "FORWARDER_OPERATOR_SWEEP_INTERVAL": "2"}

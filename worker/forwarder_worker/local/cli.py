@@ -1,10 +1,11 @@
-"""The ``forwarder`` command: the local stack (``up``), a status view, a backfill, and each
-component.
+"""The ``forwarder`` command: the local stack (``up``), a status view, an offline preview,
+the schedule commands (backfill, trigger, resume), and each component.
 
 ``forwarder up`` is local mode: an embedded Redis plus worker, beat, Flower, the API (when
 installed) and the folder schedule source, each a child process whose output is shown with
 a prefix and kept in a log file. Ctrl-C or SIGTERM stops every child, Redis included.
-``forwarder status`` and ``forwarder backfill`` act on that Redis (or the one named).
+``forwarder status``, ``backfill``, ``trigger`` and ``resume`` act on that Redis (or the one
+named), as the API's local mode does; ``forwarder preview`` needs no Redis.
 
 The component subcommands (``worker``, ``beat``, ``flower``, ``api``, ``operator``) run the same
 commands the Helm chart runs, so both stay one code path. They are started by module name,
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import secrets
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from forwarder_worker.dispatch.backfill import (
     format_instant,
     parse_instant,
 )
+from forwarder_worker.dispatch.dispatcher import Firing, Overrides
 from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
 from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.files import FileError, declared
@@ -306,36 +310,94 @@ def _preview_count(text: str) -> int:
     return value
 
 
-def cmd_backfill(args: argparse.Namespace) -> int:
-    """Run each slot of a past window of one schedule once, on the Redis ``status`` reads;
-    one line on stderr and a non-zero exit when it is refused."""
+class Refused(Exception):
+    """A schedule command the state of Redis refuses; the message is the one line shown."""
+
+
+def _on_schedule(args: argparse.Namespace, command: str, act: Callable[[Core, str], None]) -> int:
+    """Run ``act`` on the schedule ``args.schedule`` names, on the Redis ``status`` reads (as
+    the API's local mode does): a refusal is one line on stderr and exit 2, an unreachable
+    Redis exit 1."""
     settings = _redis_settings(args)
     core = Core.from_settings(settings)
     try:
-        window = Window(parse_instant(args.start, "start"), parse_instant(args.end, "end"))
         if not ENTRY_NAME.match(args.schedule):
-            raise BackfillRefused(f"{args.schedule!r} is not NAMESPACE/NAME")
-        done = core.backfill.run(args.schedule, window)
-    except (BackfillRefused, LookupError) as exc:
-        print(f"forwarder backfill: {exc}", file=sys.stderr)
+            raise Refused(f"{args.schedule!r} is not NAMESPACE/NAME")
+        act(core, args.schedule)
+    except (Refused, BackfillRefused, LookupError) as exc:
+        print(f"forwarder {command}: {exc}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
         print(
-            f"forwarder backfill: cannot reach Redis at {settings.redacted_redis_url}: {exc}",
+            f"forwarder {command}: cannot reach Redis at {settings.redacted_redis_url}: {exc}",
             file=sys.stderr,
         )
         return 1
     finally:
         core.close()
-    print(done.summary())
-    rows = [("SCHEDULED AT", "RUN")]
-    rows += [(format_instant(o.firing.slot), o.run_id) for o in done.sent]
-    rows += [(format_instant(o.firing.slot), f"skipped: {o.reason}") for o in done.skipped]
-    rows += [(format_instant(slot), "already run") for slot in done.done]
-    rows += [(format_instant(slot), "left to the schedule") for slot in done.beats]
-    if len(rows) > 1:
-        _table([rows[0], *sorted(rows[1:])])
     return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Run each slot of a past window of one schedule once."""
+
+    def act(core: Core, name: str) -> None:
+        window = Window(parse_instant(args.start, "start"), parse_instant(args.end, "end"))
+        done = core.backfill.run(name, window)
+        print(done.summary())
+        rows = [("SCHEDULED AT", "RUN")]
+        rows += [(format_instant(o.firing.slot), o.run_id) for o in done.sent]
+        rows += [(format_instant(o.firing.slot), f"skipped: {o.reason}") for o in done.skipped]
+        rows += [(format_instant(slot), "already run") for slot in done.done]
+        rows += [(format_instant(slot), "left to the schedule") for slot in done.beats]
+        if len(rows) > 1:
+            _table([rows[0], *sorted(rows[1:])])
+
+    return _on_schedule(args, "backfill", act)
+
+
+def _json_option(text: str | None, option: str, kind: type) -> Any:
+    """``--args``/``--kwargs``: JSON of ``kind`` (a list or an object), or None."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise Refused(f"{option} is not JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise Refused(f"{option} must be a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Run one schedule now, optionally with other arguments (``--args`` replace the spec's,
+    ``--kwargs`` are merged over them), as ``POST /schedules/{ns}/{name}/trigger`` does."""
+
+    def act(core: Core, name: str) -> None:
+        overrides = Overrides(
+            _json_option(args.args, "--args", list), _json_option(args.kwargs, "--kwargs", dict)
+        )
+        stored = core.store.get(name)
+        if stored is None:
+            raise LookupError(f"no schedule {name} in Redis (not applied, or its spec is invalid)")
+        given = overrides if overrides.as_json() else None
+        (outcome,) = core.dispatcher.fire([Firing(stored.entry, time.time(), "trigger", given)])
+        if not outcome.sent:
+            raise Refused(f"{name} not triggered: {outcome.reason}")
+        print(f"{name}: run {outcome.run_id} sent")
+
+    return _on_schedule(args, "trigger", act)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a schedule that ``suspendAfterFailures`` paused, as ``POST .../resume`` does."""
+
+    def act(core: Core, name: str) -> None:
+        if not core.store.resume(name):
+            raise Refused(f"{name} is not suspended after failures (or is not in Redis)")
+        print(f"{name}: resumed")
+
+    return _on_schedule(args, "resume", act)
 
 
 def describe_timing(schedule: dict[str, Any]) -> str:
@@ -408,8 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("schedule", metavar="NAMESPACE/NAME")
     backfill.add_argument("--start", required=True, help="RFC 3339, included")
     backfill.add_argument("--end", required=True, help="RFC 3339, excluded; not after now")
-    backfill.add_argument("--redis-url")
-    backfill.add_argument("--state-dir", default=str(STATE_DIR))
+    trigger = sub.add_parser(
+        "trigger", help="run a schedule now, optionally with other arguments (on Redis)"
+    )
+    trigger.add_argument("schedule", metavar="NAMESPACE/NAME")
+    trigger.add_argument("--args", help="a JSON array: replaces the spec's args")
+    trigger.add_argument("--kwargs", help="a JSON object: merged over the spec's kwargs")
+    resume = sub.add_parser("resume", help="resume a schedule suspended after failures (on Redis)")
+    resume.add_argument("schedule", metavar="NAMESPACE/NAME")
+    for on_redis in (backfill, trigger, resume):
+        on_redis.add_argument("--redis-url")
+        on_redis.add_argument("--state-dir", default=str(STATE_DIR))
     for name in ("worker", "beat", "flower", "api", "operator"):
         sub.add_parser(name, help=f"run the {name} (extra arguments are passed on)", add_help=False)
     return parser
@@ -424,9 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(args)
     if args.command == "preview" and not extra:
         return cmd_preview(args)
-    if args.command == "backfill" and not extra:
-        return cmd_backfill(args)
-    if args.command in ("up", "status", "preview", "backfill"):
+    commands = {"backfill": cmd_backfill, "trigger": cmd_trigger, "resume": cmd_resume}
+    if args.command in commands and not extra:
+        return commands[args.command](args)
+    if args.command in ("up", "status", "preview", *commands):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return cmd_component(args, extra)
 
