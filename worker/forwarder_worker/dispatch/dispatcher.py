@@ -414,9 +414,15 @@ class Dispatcher:
         outcomes: list[Outcome] = []
         to_revoke: list[str] = []
         seen: set[str] = set()
-        # Several firings of one Replace entry in a batch (missedRunPolicy All's missed
-        # slots): each would replace the one before at once, so only the last is sent.
-        last = {f.entry.name: f.slot for f in firings if f.entry.policy == "Replace"}
+        # Several firings of one Replace entry in beat's batch (missedRunPolicy All's missed
+        # slots): each would replace the one before at once, so only the last is sent. A
+        # backfill asks for every slot of its window to run: its firings replace the runs
+        # active before it, not one another (docs/scheduling.md, Backfill).
+        last = {
+            f.entry.name: f.slot
+            for f in firings
+            if f.entry.policy == "Replace" and f.source != BACKFILL
+        }
         for firing in firings:
             name, run_id = firing.entry.name, str(uuid.uuid4())
             running = active.get(name, [])
@@ -426,7 +432,7 @@ class Dispatcher:
                 )
                 outcomes.append(Outcome(firing, run_id, False, reason))
                 continue
-            if firing.entry.policy == "Replace" and firing.slot != last[name]:
+            if firing.entry.policy == "Replace" and firing.slot != last.get(name, firing.slot):
                 reason = f"{OVERLAP_SKIP} Replace: replaced by the slot {last[name]!r}"
                 outcomes.append(Outcome(firing, run_id, False, reason))
                 continue
