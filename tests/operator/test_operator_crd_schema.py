@@ -489,3 +489,30 @@ def test_bad_resource_is_refused(
     with pytest.raises(InvalidSpec, match=r"spec") as refused:
         validate(spec, KNOWN_TASKS)
     assert operator_says in str(refused.value)
+
+
+def test_the_window_is_compared_as_instants(crds: ControlPlane, namespace: str) -> None:
+    # 10:00+02:00 is 08:00Z: before 09:00Z, though it sorts after it as text. The CEL rule
+    # compares timestamps (a date-time string is one in CEL), and the operator agrees.
+    earlier_as_instant = {
+        **PING,
+        "startTime": "2030-01-01T10:00:00+02:00",
+        "endTime": "2030-01-01T09:00:00Z",
+    }
+    applied = crds.kubectl(
+        "apply", "-n", namespace, "-f", "-", stdin=document("window", earlier_as_instant)
+    )
+    assert "scheduledtask.forwarder.dev/window created" in applied.stdout
+    validate(earlier_as_instant, KNOWN_TASKS)
+    later_as_instant = {
+        **PING,
+        "startTime": "2030-01-01T09:00:00Z",
+        "endTime": "2030-01-01T10:00:00+02:00",
+    }
+    refused = crds.kubectl(
+        "apply", "-n", namespace, "-f", "-", stdin=document("late", later_as_instant), check=False
+    )
+    assert refused.returncode != 0
+    assert "endTime must be after startTime" in refused.stderr, refused.stderr
+    with pytest.raises(InvalidSpec, match="is not after startTime"):
+        validate(later_as_instant, KNOWN_TASKS)
