@@ -65,6 +65,11 @@ def _message(exc: ApiException) -> str:
     return str(body.get("message") or exc.reason) if isinstance(body, dict) else str(body)
 
 
+def _new_value() -> str:
+    """A fresh value for an act-once annotation (run-now, resume): when, and unique."""
+    return f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
+
+
 class KubeSchedules:
     """The ScheduleBackend of cluster mode."""
 
@@ -253,17 +258,8 @@ class KubeSchedules:
             name,
         )
 
-    def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
-        self._check(namespace, name)
-        value = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
-        # The overrides ride in their own annotation, tied to this value, in the same patch:
-        # the operator runs this value with them, and a later plain run-now without them.
-        annotations = {
-            RUN_NOW_ANNOTATION: value,
-            RUN_NOW_OVERRIDES_ANNOTATION: None
-            if overrides is None
-            else overrides_annotation(value, overrides),
-        }
+    def _annotate(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        """Set (None: remove) annotations the operator acts on, in one merge patch."""
         self._call(
             f"ScheduledTask {namespace}/{name}",
             self.api().patch_namespaced_custom_object,
@@ -274,23 +270,27 @@ class KubeSchedules:
             name,
             {"metadata": {"annotations": annotations}},
         )
+
+    def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
+        self._check(namespace, name)
+        value = _new_value()
+        # The overrides ride in their own annotation, tied to this value, in the same patch:
+        # the operator runs this value with them, and a later plain run-now without them.
+        annotations = {
+            RUN_NOW_ANNOTATION: value,
+            RUN_NOW_OVERRIDES_ANNOTATION: None
+            if overrides is None
+            else overrides_annotation(value, overrides),
+        }
+        self._annotate(namespace, name, annotations)
         return Triggered(namespace, name, run_now=value)
 
     def resume(self, namespace: str, name: str) -> Resumed:
         current = self._get(namespace, name)
         if not is_paused(current.get("status")):
             raise Conflict(f"ScheduledTask {namespace}/{name} {NOT_PAUSED}")
-        value = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{uuid.uuid4().hex[:8]}"
-        self._call(
-            f"ScheduledTask {namespace}/{name}",
-            self.api().patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"metadata": {"annotations": {RESUME_ANNOTATION: value}}},
-        )
+        value = _new_value()
+        self._annotate(namespace, name, {RESUME_ANNOTATION: value})
         return Resumed(namespace, name, resume=value)
 
     def backfill(self, namespace: str, name: str, window: Window) -> BackfillAsked:
@@ -306,14 +306,5 @@ class KubeSchedules:
                 f"ScheduledTask {namespace}/{name} has no schedule entry yet (is it Ready?)"
             ) from None
         value = str(window)
-        self._call(
-            f"ScheduledTask {namespace}/{name}",
-            self.api().patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"metadata": {"annotations": {BACKFILL_ANNOTATION: value}}},
-        )
+        self._annotate(namespace, name, {BACKFILL_ANNOTATION: value})
         return BackfillAsked(namespace, name, window, len(slots), backfill=value)
