@@ -53,6 +53,14 @@ from forwarder_api.schedules import (
 log = logging.getLogger("forwarder.api")
 
 
+def _not_loaded(namespace: str, name: str) -> Conflict:
+    """409 for a file whose schedule the folder source has not put in Redis."""
+    return Conflict(
+        f"ScheduledTask {namespace}/{name} is not loaded into the scheduler yet "
+        "(an invalid spec, or the folder source has not applied it); see its status"
+    )
+
+
 @dataclass(frozen=True)
 class _Found:
     """A ScheduledTask document, the file it is in, and that file's other documents."""
@@ -270,10 +278,7 @@ class LocalSchedules:
         self._find(namespace, name)
         stored = self.store.get(f"{namespace}/{name}")
         if stored is None:
-            raise Conflict(
-                f"ScheduledTask {namespace}/{name} is not loaded into the scheduler yet "
-                "(an invalid spec, or the folder source has not applied it); see its status"
-            )
+            raise _not_loaded(namespace, name)
         firing = Firing(stored.entry, time.time(), "trigger", overrides)
         (outcome,) = self.dispatcher.fire([firing])
         if not outcome.sent:
@@ -293,8 +298,5 @@ class LocalSchedules:
         except BackfillRefused as exc:
             raise Invalid(str(exc)) from None
         except LookupError:
-            raise Conflict(
-                f"ScheduledTask {namespace}/{name} is not loaded into the scheduler yet "
-                "(an invalid spec, or the folder source has not applied it); see its status"
-            ) from None
+            raise _not_loaded(namespace, name) from None
         return BackfillAsked(namespace, name, window, len(done.slots), done=done)
