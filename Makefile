@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: up test lint typecheck imports pytest install clean bench manifests image test-operator test-faults controlplane test-cluster
+.PHONY: tools up test lint typecheck imports pytest install clean bench manifests image test-operator test-faults controlplane test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,20 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP) controlplane
+pytest: $(STAMP) controlplane tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# System tools the suite drives: Debian's chromium (the dashboard's browser tests, through
+# Playwright, which cannot download browsers here) and promtool (from the prometheus package:
+# checks and unit-tests the chart's alert rules). Installed with apt when missing; CI runs as root.
+SYSTEM_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus
+tools:
+	@missing=""; for t in $(SYSTEM_TOOLS); do [ -x "$${t%%:*}" ] || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt-get"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 test: lint typecheck imports pytest
 
