@@ -71,7 +71,7 @@ def test_image_label_and_build_arg_carry_the_projects_version() -> None:
 def test_build_stage_builds_a_complete_wheel_of_the_version(tmp_path: Path) -> None:
     steps = build_stage_steps()
     # The venv and its install are the steps test_artifacts.py makes from the same wheel
-    # (support.release.install_wheel); a change to them must be made there too.
+    # (support.release.installed_wheel); a change to them must be made there too.
     assert steps[-2:] == [
         "python -m venv /opt/forwarder",
         "/opt/forwarder/bin/pip install /dist/forwarder-*.whl",

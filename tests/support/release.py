@@ -1,21 +1,25 @@
 """The release suite's parts: the artifacts ``make dist`` builds, and a virtualenv with only
 the wheel installed, used from a folder that holds no source tree.
 
-Installing the wheel's dependencies takes about a minute, so the virtualenv is cached under
-``~/.cache/forwarder/wheel-venv/<digest>/`` (``$XDG_CACHE_HOME`` is honoured), keyed by a
-digest of the wheel's contents and the Python version: a changed module or dependency makes a
-new one, and older ones are removed when it is made.
+Installing the wheel's dependencies takes about half a minute even from pip's cache, so the
+virtualenv is kept under ``~/.cache/forwarder/wheel-venv/<digest>/`` (``$XDG_CACHE_HOME`` is
+honoured), keyed by the wheel's requirements and the Python version; the wheel itself is
+installed into it again on every use (:func:`installed_wheel`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +62,16 @@ def make_dist(folder: Path) -> Release:
     )
 
 
-def wheel_digest(wheel: Path) -> str:
-    """A digest of the wheel's members (names and bytes), not of the archive, whose
-    timestamps change with every build."""
-    digest = hashlib.sha256(f"{sys.version_info[:3]}".encode())
+def requirements_digest(wheel: Path) -> str:
+    """A digest of what the wheel's dependencies depend on: its Requires-Dist and
+    Requires-Python lines, and this Python's version. The code and the README are left out,
+    so only a dependency change makes a new virtualenv."""
     with zipfile.ZipFile(wheel) as archive:
-        for name in sorted(archive.namelist()):
-            digest.update(name.encode() + b"\0" + archive.read(name) + b"\0")
-    return digest.hexdigest()[:16]
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        headers = archive.read(metadata).decode().split("\n\n", 1)[0]
+    lines = [line for line in headers.splitlines() if line.startswith("Requires-")]
+    text = "\n".join([f"{sys.version_info[:3]}", *sorted(lines)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def venv_cache() -> Path:
@@ -73,31 +79,48 @@ def venv_cache() -> Path:
     return Path(base) / "forwarder" / "wheel-venv"
 
 
-def install_wheel(wheel: Path) -> Path:
-    """A virtualenv holding ``wheel`` and its dependencies, as the image's build stage makes
-    it (``python -m venv``, then ``pip install`` of the wheel file), from the cache if there.
-
-    A virtualenv cannot be moved (its scripts name its path), so it is made in place and marked
-    complete last; a folder without the mark is an interrupted install and is made again."""
-    venv = venv_cache() / wheel_digest(wheel)
-    if (venv / COMPLETE).exists():
-        return venv
-    if venv.parent.exists():
-        for old in venv.parent.iterdir():
-            shutil.rmtree(old)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", wheel],
+def _pip(venv: Path, *args: str) -> None:
+    done = subprocess.run(
+        [str(venv / "bin" / "pip"), *args, "--quiet", "--disable-pip-version-check"],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
-        # pip's own cache is used: only a changed dependency is downloaded again.
-        cwd=venv,
+        cwd=venv,  # never the source tree
     )
-    assert installed.returncode == 0, installed.stderr[-3000:]
-    (venv / COMPLETE).touch()
-    return venv
+    assert done.returncode == 0, f"pip {args[0]}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+
+
+@contextmanager
+def installed_wheel(wheel: Path) -> Iterator[Path]:
+    """A virtualenv holding ``wheel`` and its dependencies, made as the image's build stage
+    makes it (``python -m venv``, then ``pip install`` of the wheel file, with pip's cache).
+
+    The virtualenv is kept per :func:`requirements_digest` (a virtualenv cannot be moved: its
+    scripts name its path, so it is made in place and marked complete last). Each use installs
+    this wheel into it again, without touching its dependencies, and ``pip check`` confirms
+    they satisfy the wheel. An exclusive lock is held while the virtualenv is in use, so two
+    test sessions never install into one another's; folders of other digests unused for a
+    week are removed."""
+    cache = venv_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    venv = cache / requirements_digest(wheel)
+    with (cache / f"{venv.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / COMPLETE).exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+            _pip(venv, "install", str(wheel))
+            (venv / COMPLETE).touch()
+        else:
+            _pip(venv, "install", "--no-deps", "--force-reinstall", str(wheel))
+        _pip(venv, "check")
+        os.utime(venv)  # its last use, for the pruning below
+        week_ago = time.time() - 7 * 24 * 3600
+        for other in cache.iterdir():
+            if other.is_dir() and other != venv and other.stat().st_mtime < week_ago:
+                shutil.rmtree(other, ignore_errors=True)
+        yield venv
 
 
 @dataclass(frozen=True)
