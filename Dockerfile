@@ -35,9 +35,12 @@ LABEL org.opencontainers.image.title="forwarder" \
       org.opencontainers.image.description="Scheduled and on-demand Python tasks on Kubernetes" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Same numeric user and group as the chart's podSecurityContext (runAsNonRoot needs a number).
+# /var/lib/forwarder is the user's, for a volume to keep the exported run history in
+# (FORWARDER_HISTORY_DIR, as compose.yaml sets it): a new Docker volume takes its owner.
 RUN groupadd --system --gid 10001 forwarder \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/forwarder --create-home \
-      --shell /usr/sbin/nologin forwarder
+      --shell /usr/sbin/nologin forwarder \
+ && install -d -o 10001 -g 10001 /var/lib/forwarder
 COPY --from=build /opt/forwarder /opt/forwarder
 # PYTHONSAFEPATH keeps the working directory off sys.path, so nothing in it can shadow a module.
 ENV PATH=/opt/forwarder/bin:$PATH \

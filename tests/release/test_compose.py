@@ -20,6 +20,7 @@ import pytest
 import yaml
 from forwarder_api.settings import ApiSettings
 from forwarder_worker.local.cli import build_parser, component_command
+from forwarder_worker.runs.history import HistorySettings
 from support.chart import CHART, REPO, render
 
 COMPOSE = REPO / "compose.yaml"
@@ -185,7 +186,8 @@ def test_compose_services_run_as_the_charts_user_read_only_and_healthy() -> None
 
 def test_compose_sets_only_settings_that_exist() -> None:
     """A misspelt FORWARDER_* variable would be ignored silently by pydantic-settings."""
-    known = {f"FORWARDER_{field.upper()}" for field in ApiSettings.model_fields}
+    fields = {*ApiSettings.model_fields, *HistorySettings.model_fields}
+    known = {f"FORWARDER_{field.upper()}" for field in fields}
     for name, spec in forwarder_services().items():
         for variable in spec["environment"]:
             if variable.startswith("FORWARDER_"):
@@ -200,3 +202,14 @@ def test_compose_mounts_the_schedules_folder_the_folder_source_reads() -> None:
     assert api["environment"]["FORWARDER_SCHEDULES_DIR"] == directory
     assert api["environment"]["FORWARDER_SCHEDULES_MODE"] == "local"
     assert f"./schedules:{directory}" in api["volumes"]
+
+
+def test_compose_keeps_the_exported_history_on_a_volume() -> None:
+    """The root filesystem is read-only: the history export writes under a named volume, at
+    the folder the image gives its user (a new volume takes that owner)."""
+    worker = forwarder_services()["worker"]
+    history = worker["environment"]["FORWARDER_HISTORY_DIR"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in worker["volumes"]}
+    (mounted,) = [path for path in mounts if history.startswith(f"{path}/")]
+    assert mounts[mounted] in yaml.safe_load(COMPOSE.read_text())["volumes"]
+    assert f"install -d -o 10001 -g 10001 {mounted}" in (REPO / "Dockerfile").read_text()

@@ -90,13 +90,23 @@ class Engine:
         return text.replace("$$", "$")
 
     def mounts(self, spec: dict[str, Any]) -> dict[str, str]:
-        """Container path -> host path of the service's bind mounts."""
+        """Container path -> host path of the service's mounts (a named volume is a folder
+        of the project's ``volumes/``)."""
         found = {}
         for volume in spec.get("volumes", []):
-            host, container = volume.split(":")[:2]
-            if host.startswith("/"):
-                found[container] = host
+            source, container = volume.split(":")[:2]
+            if not source.startswith("/"):
+                source = str(self.project / "volumes" / source)
+                Path(source).mkdir(parents=True, exist_ok=True)
+            found[container] = source
         return found
+
+    def host_path(self, spec: dict[str, Any], value: str) -> str:
+        """``value`` with a mounted container path (or a path below one) on the host."""
+        for container, host in self.mounts(spec).items():
+            if value == container or value.startswith(f"{container}/"):
+                return host + value[len(container) :]
+        return value
 
     def command(self, spec: dict[str, Any]) -> list[str]:
         """The service's command listening on 127.0.0.1 and local ports, with host paths."""
@@ -106,7 +116,7 @@ class Engine:
             arg = {"0.0.0.0": "127.0.0.1", "--address=0.0.0.0": "--address=127.0.0.1"}.get(arg, arg)
             if match := re.fullmatch(r"(--port=)?(7500|7501)", arg):
                 arg = f"{match[1] or ''}{self.listen[int(match[2])]}"
-            args.append(self.mounts(spec).get(arg, arg))
+            args.append(self.host_path(spec, arg))
         return args
 
     def env(self, name: str, spec: dict[str, Any]) -> dict[str, str]:
@@ -118,8 +128,7 @@ class Engine:
             "LANG": "C.UTF-8",
         } | IMAGE_ENV
         for key, value in spec.get("environment", {}).items():
-            value = self.localize(str(value))
-            env[key] = self.mounts(spec).get(value, value)
+            env[key] = self.host_path(spec, self.localize(str(value)))
         return env
 
 
@@ -254,5 +263,26 @@ def test_compose_services_run_healthy_and_fire_a_schedule(
     assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
     workers = httpx.get(f"{flower}/api/workers", auth=(user, flower_password), timeout=10)
     assert workers.status_code == 200
+    # The history export, through the API: the worker reads Flower and writes on its volume.
+    sent = httpx.post(
+        f"{api}/tasks/forwarder.collect_task_history/runs",
+        json={"kwargs": {}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert sent.status_code == 202, sent.text
+    run = httpx.get(
+        f"{api}/runs/{sent.json()['id']}?wait=30",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=40,
+    ).json()
+    assert run["state"] == "SUCCESS", run
+    history = Path(
+        engine.host_path(
+            services["worker"], services["worker"]["environment"]["FORWARDER_HISTORY_DIR"]
+        )
+    )
+    assert list(history.glob("*.jsonl")), f"nothing exported into {history}"
+
     # Every service is still running (a health check runs beside its process, not in it).
     assert [proc.name for proc in procs if not proc.alive()] == []
