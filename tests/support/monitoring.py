@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import helm_python as helm
+
 from support.chart import CHART, render
 
 DASHBOARD = CHART / "dashboards" / "forwarder.json"
