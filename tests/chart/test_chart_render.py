@@ -100,6 +100,10 @@ def test_every_schema_object_forbids_unknown_keys() -> None:
         ({"redis": {"enabled": False}}, "redis.external.url is required"),
         ({"api": {"ingress": {"enabled": True}}}, "api.ingress.hosts needs at least one host"),
         ({"config": {"taskTimeLimit": 60}}, "taskSoftTimeLimit must not exceed"),
+        (
+            {"api": {"enabled": False}, "metrics": {"prometheusRule": {"enabled": True}}},
+            "metrics.serviceMonitor and metrics.prometheusRule need api.enabled",
+        ),
     ],
 )
 def test_contradictory_values_fail_with_a_clear_message(

@@ -342,6 +342,9 @@ express.
 {{- if and .Values.redis.enabled .Values.redis.external.url }}
 {{- fail "redis.external.url is set but redis.enabled is true: set redis.enabled=false to use the external Redis" }}
 {{- end }}
+{{- if and (not .Values.api.enabled) (or .Values.metrics.serviceMonitor.enabled .Values.metrics.prometheusRule.enabled) }}
+{{- fail "metrics.serviceMonitor and metrics.prometheusRule need api.enabled: the api serves the metrics" }}
+{{- end }}
 {{- if lt (int .Values.config.taskTimeLimit) (int .Values.config.taskSoftTimeLimit) }}
 {{- fail "config.taskSoftTimeLimit must not exceed config.taskTimeLimit" }}
 {{- end }}
