@@ -120,20 +120,28 @@ def test_compose_file_holds_no_secret_and_no_default_for_one() -> None:
 
 
 @pytest.fixture(scope="module")
-def chart_commands() -> dict[str, list[str]]:
-    """Each chart Deployment's container command, by the component it runs."""
+def chart_containers() -> dict[str, dict[str, Any]]:
+    """Each chart Deployment's container (default values), by the component it runs."""
     chart = helm.Chart.load(CHART)
     try:
         rendered = render(chart)
     finally:
         chart.close()
-    commands = {}
+    containers = {}
     for deployment in rendered.of_kind("Deployment"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        command = [*container["command"], *container.get("args", [])]
-        assert command[0] == "forwarder", deployment["metadata"]["name"]
-        commands[command[1]] = command
-    return commands
+        assert container["command"][0] == "forwarder", deployment["metadata"]["name"]
+        containers[container["command"][1]] = container
+    return containers
+
+
+@pytest.fixture(scope="module")
+def chart_commands(chart_containers: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Each chart Deployment's container command, by the component it runs."""
+    return {
+        name: [*container["command"], *container.get("args", [])]
+        for name, container in chart_containers.items()
+    }
 
 
 def option_names(command: list[str]) -> list[str]:
@@ -213,3 +221,14 @@ def test_compose_keeps_the_exported_history_on_a_volume() -> None:
     (mounted,) = [path for path in mounts if history.startswith(f"{path}/")]
     assert mounts[mounted] in yaml.safe_load(COMPOSE.read_text())["volumes"]
     assert f"install -d -o 10001 -g 10001 {mounted}" in (REPO / "Dockerfile").read_text()
+
+
+def test_compose_checks_health_and_runs_redis_as_the_chart_does(
+    chart_containers: dict[str, dict[str, Any]],
+) -> None:
+    # Beat serves no port: the chart's exec probe is its health check, and the folder's.
+    probe = chart_containers["beat"]["readinessProbe"]["exec"]["command"]
+    for name in ("beat-1", "beat-2", "folder"):
+        assert services()[name]["healthcheck"]["test"] == ["CMD", *probe], name
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["redis"]["image"]
+    assert services()["redis"]["image"] == f"{values['repository']}:{values['tag']}"
