@@ -23,13 +23,18 @@ import redis.asyncio
 from forwarder_worker._redis.keys import (
     ACTIVE_RUNS,
     DUE,
+    DURATIONS,
     METRICS,
     RUN,
     SCHEDULE_RUNS,
     SCHEDULE_STATS,
     Keys,
 )
-from forwarder_worker.names import OVERLAP_SKIP
+from forwarder_worker.names import DURATION_BUCKETS, OVERLAP_SKIP
+
+# The duration histogram's buckets as a Lua table of {bound, field suffix}: the suffix spelt
+# as Python spells the bound, which the api's reader uses (Lua would write 1.0 as "1").
+_DURATION_BOUNDS = ", ".join(f"{{{bound!r}, 'le_{bound!r}'}}" for bound in DURATION_BUCKETS)
 
 # -- the run transition --------------------------------------------------------------------
 
@@ -57,6 +62,27 @@ local function pause_after_failures(prefix, schedule, failures)
     redis.call('ZREM', prefix .. '@DUE@', ekey)
     redis.call('HINCRBY', prefix .. '@METRICS@', 'suspended_after_failures', 1)
   end
+end
+
+-- A run that ran (started, then succeeded or failed) counts its duration into its task's
+-- histogram: bucket counts, sum and count, as fields of one hash, so the api's scrape reads
+-- every task's in one HGETALL and the worker pays no round trip of its own.
+local function count_duration(prefix, key, now)
+  local h = redis.call('HMGET', key, 'task', 'started', 'finished')
+  local started = tonumber(h[2])
+  if not h[1] or not started then return end
+  local seconds = math.max(0, (tonumber(h[3]) or now) - started)
+  local bucket = 'le_inf'
+  for _, bound in ipairs({@DURATION_BOUNDS@}) do
+    if seconds <= bound[1] then
+      bucket = bound[2]
+      break
+    end
+  end
+  local dkey = prefix .. '@DURATIONS@'
+  redis.call('HINCRBY', dkey, h[1] .. ' ' .. bucket, 1)
+  redis.call('HINCRBY', dkey, h[1] .. ' count', 1)
+  redis.call('HINCRBYFLOAT', dkey, h[1] .. ' sum', seconds)
 end
 
 local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, fields)
@@ -137,8 +163,16 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     if fields['slot'] and fields['slot'] ~= '' and (tonumber(fields['slot']) or 0) >
         (tonumber(redis.call('HGET', stats, 'last_schedule')) or 0) then
       redis.call('HSET', stats, 'last_schedule', fields['slot'])
+      if not old and state ~= 'SKIPPED' and fields['source'] == 'schedule' then
+        -- Written by beat's claim, in the script that puts the message on its queue: how
+        -- late this firing landed after its slot.
+        redis.call('HSET', stats, 'last_lateness', math.max(0, now - tonumber(fields['slot'])))
+      end
     end
     redis.call('SADD', ckey, schedule)
+  end
+  if (state == 'SUCCESS' or state == 'FAILURE') and old ~= state then
+    count_duration(prefix, key, now)
   end
   if final[state] and old ~= state then
     -- The final record itself, so a waiter needs no read of its own (bounded: every
@@ -153,6 +187,8 @@ end
 """.replace("@SCHEDULE_RUNS@", SCHEDULE_RUNS)
     .replace("@DUE@", DUE)
     .replace("@METRICS@", METRICS)
+    .replace("@DURATIONS@", DURATIONS)
+    .replace("@DURATION_BOUNDS@", _DURATION_BOUNDS)
     .replace("@SCHEDULE_STATS@", SCHEDULE_STATS)
     .replace("@ACTIVE_RUNS@", ACTIVE_RUNS)
     .replace("@OVERLAP@", OVERLAP_SKIP)
