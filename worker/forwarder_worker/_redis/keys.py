@@ -12,7 +12,7 @@ several installs can share a Redis. With the default prefix:
 ``forwarder::lock``                     the lock of the beat that fires
 ``forwarder::metrics``                  the scheduler's counters (hash)
 ``forwarder::durations``                run durations by task: ``<task> le_<bound>`` bucket
-                                        counts, ``<task> sum`` and ``<task> count`` (hash)
+                                        counts and ``<task> sum_us`` (hash)
 ``forwarder::workers``                  workers alive: hostname scored by its last heartbeat
                                         (zset; a worker drops itself as it stops)
 ``forwarder::run-now``                  the last run-now value handled, per entry (hash)

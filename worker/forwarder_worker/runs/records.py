@@ -449,11 +449,13 @@ class RunLog:
         return out
 
     def durations(self) -> dict[str, dict[str, float]]:
-        """Run durations by task: task -> ``le_<bound>`` bucket counts (not cumulative),
-        ``sum`` and ``count`` (the run transition writes them)."""
+        """Run durations by task: task -> ``le_<bound>`` bucket counts (not cumulative) and
+        ``sum``, as the run transition writes them (the count is the buckets' total)."""
         out: dict[str, dict[str, float]] = {}
         for name, value in self.client.hgetall(self.keys.durations).items():
             task, _, figure = name.rpartition(" ")
+            if figure == "sum_us":
+                figure, value = "sum", int(value) / 1e6
             out.setdefault(task, {})[figure] = float(value)
         return out
 
