@@ -1,15 +1,17 @@
-"""Benchmark 8, the api's ``GET /metrics`` with N schedules: how long a scrape takes.
+"""Benchmark 7, the api's ``GET /metrics`` with N schedules: how long a scrape takes.
 
-``python bench/metrics_scrape.py [--n N ...]`` (N = 1,000 and 10,000 by default; not part of
-``bench/run.py``'s set, so ``make bench`` does not run it). An empty Valkey gets N entries
-through ``ScheduleStore.upsert`` (three in four every 60 s, one in four a cron schedule, so
-the cached period matters; one in ten suspended) and, per schedule, the run records the
-workers write: a run queued by beat, started and ended (one in five failed), through
-``RunLog``'s transition script, so the stats hash and the duration histogram hold what a real
-scrape reads. The real api (``forwarder api`` under uvicorn) then answers one scrape (its
-first: the cron periods are computed) and :data:`SCRAPES` more, timed from the client with
-the body read. Reported: p50 and p99 of those, the first scrape, the response size and the
-number of series (sample lines).
+``python bench/metrics_scrape.py [--n N ...]`` (N = 1,000 and 10,000 by default), or
+``python bench/run.py --only metrics_scrape [--full]`` (1,000; 10,000 too with ``--full``).
+There is no anchor: redbeat serves no metrics.
+
+An empty Valkey gets N entries through ``ScheduleStore.upsert`` (three in four every 60 s,
+one in four a cron schedule, so the cached period matters; one in ten suspended) and, per
+schedule, the run records the workers write: a run queued by beat, started and ended (one in
+five failed), through ``RunLog``'s transition script, so the stats hash and the duration
+histogram hold what a real scrape reads. The real api (``forwarder api`` under uvicorn) then
+answers one scrape (its first: definitions parsed, cron periods computed) and
+:data:`SCRAPES` more, timed from the client with the body read. Reported: p50 and p99 of
+those, the first scrape, the response size and the number of series (sample lines).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from harness import (
     bench_env,
     eventually,
     free_port,
+    keep_other_sizes,
     redis_for,
     start,
     summarize,
@@ -166,14 +169,21 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, nargs="*", default=list(SIZES))
-    args = parser.parse_args()
-    measured = commit()
-    results = [one(n) for n in args.n]
-    write_result("metrics_scrape", {"commit": measured, "scrapes": SCRAPES, "results": results})
+def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
+    """N = 1,000 (and 10,000 with ``full``), or ``sizes``; sizes not measured keep their
+    previous figures in the result file."""
+    chosen = sizes or (list(SIZES) if full else [SIZES[0]])
+    data: dict[str, Any] = {
+        "commit": commit(),
+        "scrapes": SCRAPES,
+        "results": [one(n) for n in chosen],
+    }
+    keep_other_sizes("metrics_scrape", data, ["results"], chosen)
+    write_result("metrics_scrape", data)
+    return data
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, nargs="*", default=list(SIZES))
+    run(True, parser.parse_args().n)
