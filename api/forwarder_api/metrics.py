@@ -4,10 +4,12 @@ run, queue and worker figures read from Redis at scrape time.
 Each app gets its own registry (tests build many apps in one process). Request metrics are
 labelled with the route template, not the raw path, so ids do not explode cardinality.
 
-A scrape reads everything in a handful of pipelined round trips whatever the number of
-schedules (entries, their run stats, then the global figures): nothing is read per schedule.
-The one figure that costs a computation per schedule, a cron schedule's period, is cached by
-its timing, so a scrape recomputes only the schedules whose timing changed.
+A scrape reads everything in a handful of round trips whatever the number of schedules
+(entries, their run stats, then the global figures): nothing is read per schedule. What can
+be kept between scrapes is: the parsed definitions (by rev, :class:`EntryCache`) and a cron
+schedule's period (by its timing). The per-schedule series, a dozen per schedule, are written
+straight as text (:class:`ScheduleSeries`); the few global ones go through prometheus_client.
+docs/metrics.md lists them all.
 """
 
 from __future__ import annotations
