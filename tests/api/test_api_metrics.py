@@ -26,6 +26,7 @@ from forwarder_api.settings import ApiSettings
 from forwarder_worker import Core, Settings
 from forwarder_worker.runs.records import ScheduleRuns
 from forwarder_worker.schedules.store import Entry
+from prometheus_client.parser import text_string_to_metric_families
 from support.processes import celery_beat, celery_worker, eventually, forwarder_env
 
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -350,3 +351,31 @@ def test_queue_length_counts_every_priority_list_under_the_prefix(
     }
     client.close()
     core.close()
+
+
+def test_schedule_series_parse_as_prometheus_text(redis_url: str, tmp_path: Path) -> None:
+    """The per-schedule series are written as text by hand: Prometheus' own parser reads
+    them back, escaped label values included, with their types."""
+    core = Core.from_settings(Settings(redis_url=redis_url))
+    task = 'odd"task\\with\nnewline'
+    core.store.upsert(Entry(name="default/odd", task=task, schedule={"cron": "0 * * * *"}))
+    with TestClient(create_app(api_settings(redis_url, schedules_dir=tmp_path))) as api:
+        text = api.get("/metrics").text
+    core.close()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    kinds = {
+        "forwarder_schedule_runs": "counter",
+        "forwarder_schedule_missed_slots": "counter",
+        "forwarder_schedule_excluded_slots": "counter",
+        "forwarder_schedule_consecutive_failures": "gauge",
+        "forwarder_schedule_next_run_timestamp_seconds": "gauge",
+        "forwarder_schedule_period_seconds": "gauge",
+        "forwarder_schedule_suspended": "gauge",
+    }
+    for name, kind in kinds.items():
+        assert families[name].type == kind, name
+    (period,) = families["forwarder_schedule_period_seconds"].samples
+    assert period.labels == {"namespace": "default", "schedule": "odd", "task": task}
+    assert period.value == 3600
+    outcomes = {s.labels["outcome"]: s.value for s in families["forwarder_schedule_runs"].samples}
+    assert outcomes == {"succeeded": 0, "failed": 0, "skipped": 0}
