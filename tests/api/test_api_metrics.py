@@ -12,6 +12,7 @@ against kombu's own count, under a key prefix, with priorities.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -379,3 +380,16 @@ def test_schedule_series_parse_as_prometheus_text(redis_url: str, tmp_path: Path
     assert period.value == 3600
     outcomes = {s.labels["outcome"]: s.value for s in families["forwarder_schedule_runs"].samples}
     assert outcomes == {"succeeded": 0, "failed": 0, "skipped": 0}
+
+
+def test_without_redis_the_scrape_says_so_and_serves_the_api_own(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    with TestClient(create_app(api_settings(closed, schedules_dir=tmp_path))) as api:
+        response = api.get("/metrics")
+    assert response.status_code == 200
+    assert value(response.text, "forwarder_api_redis_up") == 0
+    assert "forwarder_api_requests_total" in response.text
+    assert "forwarder_schedule" not in response.text
+    assert "forwarder_workers" not in response.text
