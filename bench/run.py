@@ -18,7 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import arming
 import plots
 
-BENCHMARKS = ("memory", "burst", "precision", "arming", "roundtrip", "operator_scale")
+BENCHMARKS = (
+    "memory",
+    "burst",
+    "precision",
+    "arming",
+    "roundtrip",
+    "operator_scale",
+    "metrics_scrape",
+)
 
 
 def main() -> None:

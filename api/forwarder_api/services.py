@@ -69,7 +69,7 @@ class Services:
             catalog=catalog,
             schedules=schedules,
             flower=FlowerClient(settings),
-            metrics=ApiMetrics(core.store, core.metrics, lambda: watch.waiting),
+            metrics=ApiMetrics(core, lambda: watch.waiting),
             tokens=TokenSet(settings),
         )
 

@@ -29,9 +29,11 @@ from forwarder_worker._redis.scripts import AsyncScripts, RunLimits, Scripts
 from forwarder_worker.dispatch.backfill import Backfiller
 from forwarder_worker.dispatch.dispatcher import STALE_RUN_GRACE, Dispatcher
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
+from forwarder_worker.queues import QueueLengths
 from forwarder_worker.runs.records import AsyncRunLog, RunLog
 from forwarder_worker.schedules.store import ScheduleStore
 from forwarder_worker.settings import Settings
+from forwarder_worker.workers import WorkerHeartbeat, WorkerRegistry
 
 BUILTIN_TASK_MODULES = (
     "forwarder_worker.tasks.ping",
@@ -75,6 +77,8 @@ class ForwarderCelery(Celery):
             task_cls=TASK_CLASS,
         )
         self.core = core
+        # Each worker keeps itself in the core's WorkerRegistry while it runs.
+        self.steps["worker"].add(WorkerHeartbeat)
         self.conf.update(
             # JSON only: a pickled message is refused, never executed.
             task_serializer="json",
@@ -153,6 +157,7 @@ class Core:
             self.client, self.keys, self.scripts, result_limit=settings.result_max_chars
         )
         self.metrics = SchedulerMetrics(self.client, self.keys)
+        self.workers = WorkerRegistry(self.client, self.keys)
         self.dispatcher = Dispatcher(
             self.app,
             self.client,
@@ -185,6 +190,12 @@ class Core:
         """The run log on :attr:`async_client` (the api's reads, waits and submits)."""
         scripts = AsyncScripts(self.async_client, self.keys, self.limits)
         return AsyncRunLog(self.async_client, self.keys, scripts)
+
+    @functools.cached_property
+    def queue_lengths(self) -> QueueLengths:
+        """The lengths of the app's queues, named as its broker transport names them (the
+        api's ``/metrics``)."""
+        return QueueLengths(self.app, self.client)
 
     def registered_task_names(self) -> set[str]:
         """Names of the tasks the app's modules register, Celery's internal ones excluded."""

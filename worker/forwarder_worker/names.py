@@ -68,3 +68,9 @@ MAX_MISSED_RUNS = 100
 OVERLAP_SKIP = "concurrencyPolicy"
 """How the reason of a firing skipped by concurrencyPolicy (an overlap) begins; the run
 transition counts those apart (``status.skippedRunCount``)."""
+
+DURATION_BUCKETS = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0
+)  # fmt: skip
+"""Upper bounds (seconds) of the run-duration histogram (``forwarder_task_duration_seconds``):
+the run transition counts each ended run into one of them, and the api reads them back."""

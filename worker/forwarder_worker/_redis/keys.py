@@ -11,6 +11,10 @@ several installs can share a Redis. With the default prefix:
 ``forwarder::wake``                     beat's wake-up list (at most one element)
 ``forwarder::lock``                     the lock of the beat that fires
 ``forwarder::metrics``                  the scheduler's counters (hash)
+``forwarder::durations``                run durations by task: ``<task> le_<bound>`` bucket
+                                        counts and ``<task> sum_us`` (hash)
+``forwarder::workers``                  workers alive: hostname scored by its last heartbeat
+                                        (zset; a worker drops itself as it stops)
 ``forwarder::run-now``                  the last run-now value handled, per entry (hash)
 ``forwarder::resume``                   the last resume value handled, per entry (hash)
 ``forwarder::backfill``                 the last backfill annotation value handled, per entry
@@ -23,7 +27,8 @@ several installs can share a Redis. With the default prefix:
 ``forwarder:runs``                      every run by creation time (zset, capped)
 ``forwarder:runs:changed``              schedules whose runs changed since the operator looked
 ``forwarder:runs:s:<schedule>``         a schedule's runs by creation time (zset, capped)
-``forwarder:runs:stats:<schedule>``     a schedule's counters and last times (hash)
+``forwarder:runs:stats:<schedule>``     a schedule's counters, last times and the lateness of
+                                        its last firing (hash)
 ``forwarder:runs:active:<schedule>``    a schedule's runs that have not ended (set)
 ``forwarder:history:exported``          runs and Flower tasks exported to files (zset)
 ``forwarder:history:lock``              the lock of the export running
@@ -42,6 +47,7 @@ import re
 
 DUE = ":schedule"
 METRICS = ":metrics"
+DURATIONS = ":durations"
 RUN = "run:"
 SCHEDULE_RUNS = "runs:s:"
 SCHEDULE_STATS = "runs:stats:"
@@ -64,6 +70,8 @@ class Keys:
         self.wake = f"{prefix}:wake"
         self.lock = f"{prefix}:lock"
         self.metrics = f"{prefix}{METRICS}"
+        self.durations = f"{prefix}{DURATIONS}"
+        self.workers = f"{prefix}:workers"
         self.run_now = f"{prefix}:run-now"
         self.resume = f"{prefix}:resume"
         self.backfill = f"{prefix}:backfill"

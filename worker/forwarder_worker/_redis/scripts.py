@@ -23,13 +23,18 @@ import redis.asyncio
 from forwarder_worker._redis.keys import (
     ACTIVE_RUNS,
     DUE,
+    DURATIONS,
     METRICS,
     RUN,
     SCHEDULE_RUNS,
     SCHEDULE_STATS,
     Keys,
 )
-from forwarder_worker.names import OVERLAP_SKIP
+from forwarder_worker.names import DURATION_BUCKETS, OVERLAP_SKIP
+
+# The duration histogram's buckets as a Lua table of {bound, field suffix}: the suffix spelt
+# as Python spells the bound, which the api's reader uses (Lua would write 1.0 as "1").
+_DURATION_BOUNDS = ", ".join(f"{{{bound!r}, 'le_{bound!r}'}}" for bound in DURATION_BUCKETS)
 
 # -- the run transition --------------------------------------------------------------------
 
@@ -57,6 +62,27 @@ local function pause_after_failures(prefix, schedule, failures)
     redis.call('ZREM', prefix .. '@DUE@', ekey)
     redis.call('HINCRBY', prefix .. '@METRICS@', 'suspended_after_failures', 1)
   end
+end
+
+-- A run that ran (started, then succeeded or failed) counts its duration into its task's
+-- histogram: a bucket count and the sum (microseconds), fields of one hash (the count is the
+-- buckets' total), so the api's scrape reads every task's in one HGETALL and the worker pays
+-- no round trip of its own; read from the final record the announcement carries, no read.
+local function count_duration(prefix, record, now)
+  local started = tonumber(record['started'])
+  if not record['task'] or not started then return end
+  local seconds = math.max(0, (tonumber(record['finished']) or now) - started)
+  local bucket = 'le_inf'
+  for _, bound in ipairs({@DURATION_BOUNDS@}) do
+    if seconds <= bound[1] then
+      bucket = bound[2]
+      break
+    end
+  end
+  local dkey = prefix .. '@DURATIONS@'
+  redis.call('HINCRBY', dkey, record['task'] .. ' ' .. bucket, 1)
+  -- Whole microseconds: HINCRBY costs less than HINCRBYFLOAT (no float text to write).
+  redis.call('HINCRBY', dkey, record['task'] .. ' sum_us', math.floor(seconds * 1e6 + 0.5))
 end
 
 local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, fields)
@@ -137,6 +163,11 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     if fields['slot'] and fields['slot'] ~= '' and (tonumber(fields['slot']) or 0) >
         (tonumber(redis.call('HGET', stats, 'last_schedule')) or 0) then
       redis.call('HSET', stats, 'last_schedule', fields['slot'])
+      if not old and state ~= 'SKIPPED' and fields['source'] == 'schedule' then
+        -- Written by beat's claim, in the script that puts the message on its queue: how
+        -- late this firing landed after its slot.
+        redis.call('HSET', stats, 'last_lateness', math.max(0, now - tonumber(fields['slot'])))
+      end
     end
     redis.call('SADD', ckey, schedule)
   end
@@ -146,6 +177,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     local flat = redis.call('HGETALL', key)
     local record = {}
     for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    if state == 'SUCCESS' or state == 'FAILURE' then count_duration(prefix, record, now) end
     redis.call('PUBLISH', key, cjson.encode(record))
   end
   return state
@@ -153,6 +185,8 @@ end
 """.replace("@SCHEDULE_RUNS@", SCHEDULE_RUNS)
     .replace("@DUE@", DUE)
     .replace("@METRICS@", METRICS)
+    .replace("@DURATIONS@", DURATIONS)
+    .replace("@DURATION_BOUNDS@", _DURATION_BOUNDS)
     .replace("@SCHEDULE_STATS@", SCHEDULE_STATS)
     .replace("@ACTIVE_RUNS@", ACTIVE_RUNS)
     .replace("@OVERLAP@", OVERLAP_SKIP)

@@ -25,6 +25,7 @@ class SchedulerMetrics:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.key = keys.metrics
+        self.lock = keys.lock
 
     @staticmethod
     def increments(
@@ -64,3 +65,8 @@ class SchedulerMetrics:
     def read(self) -> dict[str, float]:
         """Every counter; lateness buckets as ``le_<seconds>`` (not cumulative)."""
         return {k: float(v) for k, v in self.client.hgetall(self.key).items()}
+
+    def beat_lock_held(self) -> bool:
+        """Whether a beat holds the scheduler's lock (it expires unless its holder renews it,
+        so a beat that died lets it go within ``beat_lock_timeout``)."""
+        return bool(self.client.exists(self.lock))

@@ -140,6 +140,31 @@ class ScheduleRuns:
     skipped_overlap: int = 0  # the skipped ones concurrencyPolicy skipped
 
 
+class ScheduleStats(NamedTuple):
+    """A schedule's counters and last times as its stats hash holds them (the metrics' view,
+    read for every schedule at once by :meth:`RunLog.stats`)."""
+
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    consecutive_failures: int = 0
+    last_success: float | None = None
+    last_schedule: float | None = None
+    last_lateness: float | None = None  # of its last firing from beat (seconds after the slot)
+
+
+# The stats hash's field of each ScheduleStats field, in order.
+_STATS_FIELDS = (
+    "success",
+    "failure",
+    "skipped",
+    "consecutive_failures",
+    "last_success",
+    "last_schedule",
+    "last_lateness",
+)
+
+
 def bounded(value: Any, limit: int) -> str:
     """``value`` as JSON text of at most ``limit`` characters (longer ones end in ``…``)."""
     try:
@@ -401,6 +426,38 @@ class RunLog:
             last_failure_time=num("last_failure"),
             skipped_overlap=int(stats.get("overlap", 0)),
         )
+
+    def stats(self, schedules: Sequence[str]) -> list[ScheduleStats]:
+        """The counters and last times of each of ``schedules``, in order, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for schedule in schedules:
+                pipe.hmget(self.keys.schedule_stats(schedule), _STATS_FIELDS)
+            replies = pipe.execute()
+        out = []
+        for s, f, k, c, success, schedule, lateness in replies:
+            out.append(
+                ScheduleStats(
+                    int(s or 0),
+                    int(f or 0),
+                    int(k or 0),
+                    int(c or 0),
+                    float(success) if success else None,
+                    float(schedule) if schedule else None,
+                    float(lateness) if lateness else None,
+                )
+            )
+        return out
+
+    def durations(self) -> dict[str, dict[str, float]]:
+        """Run durations by task: task -> ``le_<bound>`` bucket counts (not cumulative) and
+        ``sum``, as the run transition writes them (the count is the buckets' total)."""
+        out: dict[str, dict[str, float]] = {}
+        for name, value in self.client.hgetall(self.keys.durations).items():
+            task, _, figure = name.rpartition(" ")
+            if figure == "sum_us":
+                figure, value = "sum", int(value) / 1e6
+            out.setdefault(task, {})[figure] = float(value)
+        return out
 
     def take_changed(self) -> set[str]:
         """Schedules whose records changed since the last call (atomically emptied)."""

@@ -162,7 +162,7 @@ class Entry:
     def from_json(cls, text: str) -> Entry:
         """Read an entry written by :meth:`to_json`. Fields this version does not know (an
         entry written by a newer one during a rolling upgrade) are ignored, not fatal."""
-        known = {f.name for f in fields(cls)}
+        known = _ENTRY_FIELDS
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
     @property
@@ -219,8 +219,13 @@ class Meta:
         Fields this version does not know (a newer writer's) are ignored, as in Entry."""
         if not text:
             return cls(anchor=default_anchor)
-        known = {f.name for f in fields(cls)}
+        known = _META_FIELDS
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+# The field names from_json keeps, worked out once (a scrape reads 10,000 entries).
+_ENTRY_FIELDS = frozenset(f.name for f in fields(Entry))
+_META_FIELDS = frozenset(f.name for f in fields(Meta))
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,31 @@ def _next_due(entry: Entry, meta: Meta, resumed: bool, now: float) -> tuple[Meta
         at = float(entry.schedule["at"])
         return meta, entry.timetable(meta.anchor).next_after(math.nextafter(at, -math.inf))
     return meta, entry.timetable(meta.anchor).next_after(now)
+
+
+class EntryCache:
+    """Parsed entries by name and rev, for :meth:`ScheduleStore.entries`: a rev is bumped
+    with every definition write, in the same script, so a name and rev name one definition."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, Entry]] = {}
+
+    def get(self, name: str, rev: str) -> Entry | None:
+        """Entry ``name`` at ``rev``, if parsed before."""
+        cached = self._entries.get(name)
+        return cached[1] if cached is not None and cached[0] == rev else None
+
+    def put(self, name: str, rev: str, entry: Entry) -> None:
+        """Remember ``entry`` as entry ``name`` at ``rev``."""
+        self._entries[name] = (rev, entry)
+
+    def keep(self, names: Iterable[str]) -> None:
+        """Forget every entry but ``names`` (the others were deleted)."""
+        alive = set(names)
+        # list(): a snapshot of the names, taken in one step (concurrent scrapes share it).
+        for name in list(self._entries):
+            if name not in alive:
+                self._entries.pop(name, None)
 
 
 class ScheduleStore:
@@ -486,26 +516,80 @@ class ScheduleStore:
         """Every entry name, suspended and finished ones included."""
         return set(self.client.smembers(self.keys.index))
 
-    def entries(self) -> list[StoredEntry]:
-        """Every entry, ordered by name."""
-        return sorted(self._load(sorted(self.names())), key=lambda s: s.entry.name)
+    def entries(self, cache: EntryCache | None = None) -> list[StoredEntry]:
+        """Every entry, ordered by name.
 
-    def _load(self, names: Iterable[str]) -> Iterator[StoredEntry]:
-        for snapshot in self._snapshots(names):
+        With a ``cache`` (a reader that lists every entry again and again: the api's scrape),
+        only the firing state and rev of each entry are read, and a definition is read and
+        parsed only when its rev is new to the cache; two round trips at most."""
+        if cache is None:
+            return sorted(self._load(sorted(self.names()), every=True), key=lambda s: s.entry.name)
+        names = sorted(self.names())
+        keys = self.keys
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(keys.entry(name), "meta", "rev", "paused")
+            pipe.zrange(keys.due, 0, -1, withscores=True)
+            replies = pipe.execute()
+        scores = dict(replies.pop())
+        unknown = [
+            name
+            for name, (_, rev, _) in zip(names, replies, strict=True)
+            if rev and cache.get(name, rev) is None
+        ]
+        if unknown:
+            with self.client.pipeline(transaction=False) as pipe:
+                for name in unknown:
+                    pipe.hmget(keys.entry(name), "definition", "rev")
+                for name, (definition, rev) in zip(unknown, pipe.execute(), strict=True):
+                    if definition:
+                        cache.put(name, rev or "0", Entry.from_json(definition))
+        cache.keep(names)
+        out = []
+        for name, (meta, rev, paused) in zip(names, replies, strict=True):
+            entry = cache.get(name, rev) if rev else None
+            if entry is None:
+                continue  # deleted (or rewritten) since the listing: the next one shows it
+            due = scores.get(keys.entry(name))
+            anchor = float(due) if due is not None else time.time()
+            out.append(
+                StoredEntry(
+                    entry,
+                    Meta.from_json(meta, default_anchor=anchor),
+                    rev,
+                    due,
+                    int(paused) if paused else None,
+                )
+            )
+        return out
+
+    def _load(self, names: Iterable[str], *, every: bool = False) -> Iterator[StoredEntry]:
+        for snapshot in self._snapshots(names, every=every):
             stored = snapshot.stored()
             if stored is not None:
                 yield stored
 
-    def _snapshots(self, names: Iterable[str]) -> list[Snapshot]:
-        """The snapshots of ``names``, in order, in one round trip."""
+    def _snapshots(self, names: Iterable[str], *, every: bool = False) -> list[Snapshot]:
+        """The snapshots of ``names``, in order, in one round trip. ``every``: the names are
+        (nearly) all entries, so the whole due set is read in one command rather than one
+        score per name (half the commands of a full listing)."""
         names = list(names)
         keys = self.keys
         with self.client.pipeline(transaction=False) as pipe:
             for name in names:
                 key = keys.entry(name)
                 pipe.hmget(key, "definition", "meta", "rev", "paused")
-                pipe.zscore(keys.due, key)
+                if not every:
+                    pipe.zscore(keys.due, key)
+            if every:
+                pipe.zrange(keys.due, 0, -1, withscores=True)
             replies = pipe.execute()
+        if every:
+            scores = dict(replies.pop())
+            return [
+                Snapshot(definition, meta, rev, scores.get(keys.entry(name)), paused)
+                for name, (definition, meta, rev, paused) in zip(names, replies, strict=True)
+            ]
         snapshots = []
         for i in range(0, len(replies), 2):
             (definition, meta, rev, paused), due = replies[i], replies[i + 1]
