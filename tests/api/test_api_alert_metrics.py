@@ -50,11 +50,6 @@ def ran(stack: Any, api: httpx.Client) -> Iterator[None]:
             api.delete(f"/schedules/default/{name}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the per-schedule, worker, queue and beat-lock metrics of issue 20 are added to the "
-    "api on another branch; strict: this fails as a reminder once they all exist",
-)
 def test_every_metric_the_alerts_and_dashboard_read_is_exposed(
     ran: None, api: httpx.Client
 ) -> None:

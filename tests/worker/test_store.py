@@ -9,7 +9,7 @@ import pytest
 import redis
 from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
-from forwarder_worker.schedules.store import Entry, ScheduleStore, UpsertResult
+from forwarder_worker.schedules.store import Entry, EntryCache, ScheduleStore, UpsertResult
 
 
 def make_entry(
@@ -94,7 +94,7 @@ def test_an_upsert_from_a_stale_read_keeps_a_firing_in_between(
     assert stored is not None
     assert (stored.meta.last, stored.meta.count) == (1000.0, 1)
     assert stored.entry.kwargs == {"x": 1}
-    assert stored.rev == "2"
+    assert int(stored.rev) == int(read.rev or 0) + 1
 
 
 def test_an_upsert_from_a_stale_read_never_overwrites_a_newer_write(
@@ -150,6 +150,22 @@ def test_delete_removes_everything(store: ScheduleStore, rclient: redis.Redis) -
     assert store.names() == set()
     assert store.last_run_now("team/job") is None  # a namesake created later runs it again
     assert not store.delete("team/job")
+
+
+def test_a_re_created_entry_never_repeats_a_rev_so_a_cached_reader_sees_its_definition(
+    store: ScheduleStore,
+) -> None:
+    """The api's scrape keeps parsed definitions by (name, rev); an entry deleted and
+    re-created with another task between two scrapes must not come back as the old one."""
+    cache = EntryCache()
+    store.upsert(make_entry(task="forwarder.ping"))
+    (first,) = store.entries(cache)
+    assert first.entry.task == "forwarder.ping"
+    assert store.delete("team/job")
+    store.upsert(make_entry(uid="uid-2", task="forwarder.http"))
+    (second,) = store.entries(cache)
+    assert second.rev != first.rev
+    assert (second.entry.task, second.entry.uid) == ("forwarder.http", "uid-2")
 
 
 def test_every_change_wakes_beat(store: ScheduleStore, rclient: redis.Redis) -> None:

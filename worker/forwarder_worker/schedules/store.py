@@ -4,7 +4,9 @@ It keeps celery-redbeat's storage model (design.rst in redbeat): one hash per en
 JSON ``definition`` and a JSON ``meta``, and one sorted set (``<prefix>:schedule``) scored by
 each entry's next due time, so beat finds due work with one ZRANGEBYSCORE. What it changes:
 
-* Every hash also holds ``rev``, bumped on each definition write. Beat claims a slot with a
+* Every hash also holds ``rev``, bumped on each definition write (a new entry starts at the
+  microseconds since the epoch, :func:`next_rev`, so a deleted and re-created entry never
+  repeats a rev read before). Beat claims a slot with a
   Lua compare-and-set on ``rev`` and the due score, so a concurrent update, suspend or delete
   always wins over a firing in flight, and no slot is claimed twice (the per-slot mark). The
   claim writes the slot's run record and puts its message on its queue in the same script.
@@ -313,9 +315,20 @@ def _next_due(entry: Entry, meta: Meta, resumed: bool, now: float) -> tuple[Meta
     return meta, entry.timetable(meta.anchor).next_after(now)
 
 
+def next_rev(seen: str | None) -> int:
+    """The rev written after ``seen``: one more, or for a new entry the microseconds since
+    the epoch. Not 1: an entry deleted and re-created with another definition between two
+    reads would repeat a (name, rev) pair, so :class:`EntryCache` would keep the old
+    definition and a claim read before the delete would pass its compare-and-set. A start
+    taken from the clock is past every rev an earlier entry of the name reached (each bump
+    is one write, far fewer than one per microsecond)."""
+    return int(seen) + 1 if seen else time.time_ns() // 1000
+
+
 class EntryCache:
     """Parsed entries by name and rev, for :meth:`ScheduleStore.entries`: a rev is bumped
-    with every definition write, in the same script, so a name and rev name one definition."""
+    with every definition write, in the same script, and never repeats for a name
+    (:func:`next_rev`), so a name and rev name one definition."""
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[str, Entry]] = {}
@@ -389,7 +402,7 @@ class ScheduleStore:
                 seen=(seen.definition, seen.meta, seen.rev, seen.due),
                 definition=new_json,
                 meta=meta.to_json(),
-                rev=int(seen.rev or 0) + 1,
+                rev=next_rev(seen.rev),
                 due=due,
             )
             if written:
@@ -421,7 +434,7 @@ class ScheduleStore:
                 seen=(seen.definition, seen.meta, seen.rev, seen.due),
                 definition=seen.definition or "",
                 meta=meta.to_json(),
-                rev=int(seen.rev or 0) + 1,
+                rev=next_rev(seen.rev),
                 due=due,
             )
             if written:
