@@ -1,0 +1,165 @@
+"""The dashboard's browser tests: a real local stack and headless Chromium driving /ui.
+
+The stack is support.stack's (embedded Redis, worker, beat, Flower, the folder source, the
+API), with tracebacks shown, its folder holding the repo's samples (but the http one, whose
+target is `make up`'s API) and the schedules these tests act on. The browser is Debian's
+chromium through Playwright, which cannot download its own here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
+from support.processes import REPO, eventually
+from support.stack import TOKEN, Stack, running_stack
+
+CHROMIUM = "/usr/bin/chromium"
+# Values a page must show as text; each sets a flag on window if it ever ran as markup.
+SCRIPT_VALUE = "<script>window.__pwned = 'script'</script>"
+IMG_VALUE = "<img src=x onerror=\"window.__pwned = 'img'\">"
+
+SCHEDULES = {
+    "ui-ping.yaml": """
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata: {name: ui-ping}
+spec:
+  task: forwarder.ping
+  kwargs: {note: "from the dashboard tests"}
+  schedule: {cron: "0 4 * * *"}
+  timeZone: Europe/Helsinki
+""",
+    "ui-fail.yaml": """
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata: {name: ui-fail}
+spec:
+  task: tests.fail
+  kwargs: {message: "the database said no"}
+  schedule: {cron: "0 5 * * *"}
+""",
+    "team-a.ui-suspend.yaml": """
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata: {name: ui-suspend, namespace: team-a}
+spec:
+  task: forwarder.ping
+  schedule: {every: 1h}
+""",
+    "ui-escape.yaml": f"""
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata: {{name: ui-escape}}
+spec:
+  task: forwarder.ping
+  args: {json.dumps([SCRIPT_VALUE, IMG_VALUE])}
+  schedule: {{cron: "0 6 * * *"}}
+""",
+}
+
+
+@pytest.fixture(scope="session")
+def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("ui-stack")
+    folder = base / "schedules"
+    folder.mkdir()
+    for sample in sorted((REPO / "manifests" / "samples").glob("*.yaml")):
+        if sample.name != "http-forward.yaml":
+            shutil.copy(sample, folder / sample.name)
+    for name, text in SCHEDULES.items():
+        (folder / name).write_text(text.lstrip())
+    with running_stack(base, FORWARDER_API_SHOW_TRACEBACK="true") as stack:
+        with stack.client() as client:
+            # Loaded into the scheduler: the folder source has applied every file.
+            eventually(lambda: _loaded(client), 60, 0.2, "the dashboard tests' schedules loaded")
+        yield stack
+
+
+def _loaded(client: httpx.Client) -> bool:
+    names = ("default/ui-ping", "default/ui-fail", "team-a/ui-suspend", "default/ui-escape")
+    for key in names:
+        answer = client.get(f"/schedules/{key}")
+        if answer.status_code != 200 or not (answer.json().get("status") or {}).get("nextRunTime"):
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Watched:
+    """What a page said while a test drove it: console errors (CSP violations among them)
+    and dialogs (an alert would mean injected script ran)."""
+
+    console_errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def watched() -> Watched:
+    return Watched()
+
+
+@pytest.fixture
+def page(browser: Browser, ui_stack: Stack, watched: Watched) -> Iterator[Page]:
+    context = browser.new_context(base_url=ui_stack.api_url, viewport={"width": 1400, "height": 900})
+    opened = context.new_page()
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            watched.console_errors.append(message.text)
+
+    def on_dialog(dialog: Dialog) -> None:
+        watched.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    opened.on("console", on_console)
+    opened.on("pageerror", lambda error: watched.console_errors.append(str(error)))
+    opened.on("dialog", on_dialog)
+    opened.set_default_timeout(15_000)
+    yield opened
+    context.close()
+
+
+@pytest.fixture
+def signed_in(page: Page) -> Page:
+    """The dashboard, signed in with the stack's token, on the schedules page."""
+    page.goto("/ui/")
+    page.get_by_label("API token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#schedules")).to_be_visible()
+    return page
+
+
+@pytest.fixture
+def api_client(ui_stack: Stack) -> Iterator[httpx.Client]:
+    with ui_stack.client() as client:
+        yield client
+
+
+@pytest.fixture
+def run_now(api_client: httpx.Client) -> Callable[[str], dict[str, Any]]:
+    """Run a schedule now through the API and wait for its end: data for a page to show."""
+
+    def run(key: str) -> dict[str, Any]:
+        run_id = api_client.post(f"/schedules/{key}/trigger").json()["id"]
+        answer: dict[str, Any] = api_client.get(f"/runs/{run_id}", params={"wait": 30}).json()
+        assert answer["state"] in {"SUCCESS", "FAILURE"}, answer
+        return answer
+
+    return run

@@ -1,0 +1,146 @@
+"""The dashboard in a real browser against a real local stack: sign in, read the pages, act.
+
+Each test drives headless Chromium through /ui as a user would, and checks what the page
+shows after the API and the worker did their part (no reload: the pages update live).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from conftest import IMG_VALUE, SCRIPT_VALUE, Watched
+from playwright.sync_api import Page, expect
+from support.stack import Stack
+
+from forwarder_api.dashboard import CONTENT_SECURITY_POLICY
+
+pytestmark = pytest.mark.ui
+
+
+def test_security_headers_and_no_csp_violation(
+    ui_stack: Stack, signed_in: Page, watched: Watched
+) -> None:
+    for path in ("/ui/", "/ui/app.js", "/ui/style.css", "/ui/missing.js"):
+        answer = httpx.get(f"{ui_stack.api_url}{path}")
+        assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY, path
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+    assert httpx.get(f"{ui_stack.api_url}/ui/app.js").headers["content-type"].startswith(
+        "text/javascript"
+    )
+    redirect = httpx.get(f"{ui_stack.api_url}/ui")
+    assert redirect.status_code == 308
+    assert redirect.headers["location"] == "/ui/"
+    # Every page, with data on it, loads and renders without one console error.
+    signed_in.locator("a", has_text="ui-ping").first.click()
+    expect(signed_in.locator("#preview")).to_be_visible()
+    assert watched.console_errors == []
+
+
+def test_sign_in_refuses_a_wrong_token_with_the_apis_message(page: Page) -> None:
+    page.goto("/ui/")
+    page.get_by_label("API token").fill("not-the-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#sign-in-error")).to_have_text("401: invalid bearer token")
+    assert page.evaluate("sessionStorage.length") == 0
+    expect(page.locator("#schedules")).to_have_count(0)
+
+
+def test_schedules_then_run_now_and_watch_it_succeed(signed_in: Page) -> None:
+    page = signed_in
+    rows = page.locator("#schedules tbody tr")
+    # The repo's samples are listed, with their schedule in words.
+    sample = rows.filter(has_text="ping-every-10s")
+    expect(sample).to_have_count(1)
+    expect(sample).to_contain_text("every 10s")
+    expect(rows.filter(has_text="ui-suspend")).to_contain_text("team-a/")
+    # The filters: by namespace, then by text.
+    page.locator("#filter-namespace").select_option("team-a")
+    expect(rows).to_have_count(1)
+    page.locator("#filter-namespace").select_option("")
+    page.locator("#filter-text").fill("ui-ping")
+    expect(rows).to_have_count(1)
+
+    rows.first.get_by_role("link", name=re.compile("ui-ping")).click()
+    expect(page.locator(".page-head h1")).to_have_text("default/ui-ping")
+    expect(page.locator("#preview tbody tr")).to_have_count(10)
+    page.get_by_text("with kwargs").click()
+    page.locator("#run-kwargs").fill('{"who": "the dashboard"}')
+    page.get_by_role("button", name="Run now").click()
+    sent = page.locator(".message.info a")
+    expect(sent).to_be_visible()
+    run_id = sent.inner_text()
+    # The run appears on the timeline and succeeds there, without a reload.
+    row = page.locator(f'#timeline tr[data-run="{run_id}"]')
+    expect(row.locator(".badge")).to_have_text("SUCCESS", timeout=30_000)
+    expect(page.locator('[data-count="succeededRunCount"] .tile-value')).not_to_have_text("0")
+
+    sent.click()
+    expect(page.locator("#run-id")).to_have_text(run_id)
+    expect(page.locator("#result")).to_contain_text('"who": "the dashboard"')
+    expect(page.locator("#run-source")).to_contain_text("api")
+    expect(page.locator("#run-worker")).to_contain_text("worker")
+
+
+def test_suspend_and_resume(signed_in: Page, api_client: httpx.Client) -> None:
+    page = signed_in
+    page.goto("/ui/#/schedules/team-a/ui-suspend")
+    page.get_by_role("button", name="Suspend").click()
+    expect(page.locator(".message.info")).to_contain_text("team-a/ui-suspend suspended")
+    expect(page.locator(".page-head .badge.suspended")).to_be_visible()
+    assert api_client.get("/schedules/team-a/ui-suspend").json()["spec"]["suspend"] is True
+
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".message.info")).to_contain_text("team-a/ui-suspend resumed")
+    expect(page.locator(".page-head .badge.suspended")).to_have_count(0)
+    assert api_client.get("/schedules/team-a/ui-suspend").json()["spec"]["suspend"] is False
+
+
+def test_an_api_error_is_shown_not_swallowed(signed_in: Page) -> None:
+    page = signed_in
+    page.goto("/ui/#/schedules/default/ui-ping")
+    page.get_by_role("button", name="Backfill…").click()
+    page.locator("#backfill-start").fill("2099-01-01T00:00:00Z")
+    page.locator("#backfill-end").fill("2099-01-02T00:00:00Z")
+    page.get_by_role("button", name="Backfill window").click()
+    expect(page.locator(".message.error")).to_contain_text("422")
+    expect(page.locator(".message.error")).to_contain_text("future")
+
+
+def test_a_failed_run_shows_its_traceback(
+    signed_in: Page, run_now: Callable[[str], dict[str, Any]]
+) -> None:
+    failed = run_now("default/ui-fail")
+    assert failed["state"] == "FAILURE"
+    page = signed_in
+    page.goto(f"/ui/#/runs/{failed['id']}")
+    expect(page.locator(".page-head .badge")).to_have_text("FAILURE")
+    expect(page.locator("#run-error")).to_have_text("ValueError: the database said no")
+    expect(page.locator("#traceback")).to_contain_text("Traceback (most recent call last)")
+    expect(page.locator("#traceback")).to_contain_text("raise ValueError(message)")
+
+
+def test_markup_in_results_and_specs_is_text(
+    signed_in: Page, run_now: Callable[[str], dict[str, Any]], watched: Watched
+) -> None:
+    done = run_now("default/ui-escape")
+    assert done["result"]["args"] == [SCRIPT_VALUE, IMG_VALUE]
+    page = signed_in
+    page.goto("/ui/#/schedules/default/ui-escape")
+    expect(page.locator("#timeline .badge").first).to_have_text("SUCCESS")
+    # The spec's args, as text.
+    expect(page.get_by_text(SCRIPT_VALUE, exact=False).first).to_be_visible()
+    page.goto(f"/ui/#/runs/{done['id']}")
+    result = page.locator("#result")
+    expect(result).to_contain_text(SCRIPT_VALUE)
+    expect(result).to_contain_text(IMG_VALUE)
+    expect(page.locator("#args")).to_contain_text(IMG_VALUE)
+    # Nothing was parsed as markup, so nothing ran.
+    assert page.locator("#view script, #view img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    assert watched.dialogs == []
+    assert watched.console_errors == []
