@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from starlette.responses import RedirectResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -36,7 +37,11 @@ class DashboardFiles(StaticFiles):
     """Starlette's static files, each answer (404s included) with :data:`SECURITY_HEADERS`."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            # Starlette raises its 404/405; answered here, they keep the headers too.
+            return PlainTextResponse(exc.detail, exc.status_code, headers=SECURITY_HEADERS)
         response.headers.update(SECURITY_HEADERS)
         return response
 

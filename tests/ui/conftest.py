@@ -8,61 +8,18 @@ chromium through Playwright, which cannot download its own here.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
+from support.dashboard import SCHEDULES, Watched
 from support.processes import REPO, eventually
 from support.stack import TOKEN, Stack, running_stack
 
 CHROMIUM = "/usr/bin/chromium"
-# Values a page must show as text; each sets a flag on window if it ever ran as markup.
-SCRIPT_VALUE = "<script>window.__pwned = 'script'</script>"
-IMG_VALUE = "<img src=x onerror=\"window.__pwned = 'img'\">"
-
-SCHEDULES = {
-    "ui-ping.yaml": """
-apiVersion: forwarder.dev/v1alpha1
-kind: ScheduledTask
-metadata: {name: ui-ping}
-spec:
-  task: forwarder.ping
-  kwargs: {note: "from the dashboard tests"}
-  schedule: {cron: "0 4 * * *"}
-  timeZone: Europe/Helsinki
-""",
-    "ui-fail.yaml": """
-apiVersion: forwarder.dev/v1alpha1
-kind: ScheduledTask
-metadata: {name: ui-fail}
-spec:
-  task: tests.fail
-  kwargs: {message: "the database said no"}
-  schedule: {cron: "0 5 * * *"}
-""",
-    "team-a.ui-suspend.yaml": """
-apiVersion: forwarder.dev/v1alpha1
-kind: ScheduledTask
-metadata: {name: ui-suspend, namespace: team-a}
-spec:
-  task: forwarder.ping
-  schedule: {every: 1h}
-""",
-    "ui-escape.yaml": f"""
-apiVersion: forwarder.dev/v1alpha1
-kind: ScheduledTask
-metadata: {{name: ui-escape}}
-spec:
-  task: forwarder.ping
-  args: {json.dumps([SCRIPT_VALUE, IMG_VALUE])}
-  schedule: {{cron: "0 6 * * *"}}
-""",
-}
 
 
 @pytest.fixture(scope="session")
@@ -101,15 +58,6 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@dataclass
-class Watched:
-    """What a page said while a test drove it: console errors (CSP violations among them)
-    and dialogs (an alert would mean injected script ran)."""
-
-    console_errors: list[str] = field(default_factory=list)
-    dialogs: list[str] = field(default_factory=list)
-
-
 @pytest.fixture
 def watched() -> Watched:
     return Watched()
@@ -117,7 +65,9 @@ def watched() -> Watched:
 
 @pytest.fixture
 def page(browser: Browser, ui_stack: Stack, watched: Watched) -> Iterator[Page]:
-    context = browser.new_context(base_url=ui_stack.api_url, viewport={"width": 1400, "height": 900})
+    context = browser.new_context(
+        base_url=ui_stack.api_url, viewport={"width": 1400, "height": 900}
+    )
     opened = context.new_page()
 
     def on_console(message: ConsoleMessage) -> None:

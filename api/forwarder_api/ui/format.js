@@ -47,12 +47,14 @@ export function formatDuration(ms) {
   return `${sign}${Math.floor(s / 86_400)} d ${Math.floor((s % 86_400) / 3600)} h`;
 }
 
-/** "in 3 min" / "12 s ago" relative to now. */
+/** "in 3 min" / "12 s ago" relative to now (to the second under a minute, coarser above). */
 export function relative(iso) {
   if (!iso) return "";
   const ms = new Date(iso).getTime() - Date.now();
   if (Number.isNaN(ms)) return "";
-  const text = formatDuration(Math.abs(ms)).replace(/ \d+ (ms|s)$/, "").replace(/^\d+ ms$/, "now");
+  const seconds = Math.round(Math.abs(ms) / 1000);
+  if (seconds === 0) return "now";
+  const text = seconds < 60 ? `${seconds} s` : formatDuration(seconds * 1000).replace(/ \d+ s$/, "");
   return ms >= 0 ? `in ${text}` : `${text} ago`;
 }
 

@@ -10,10 +10,12 @@ import { actionButton, card, keyValues, messages } from "./widgets.js";
 // Under the API's longest wait (55 s) and common proxies' idle timeouts (60 s).
 const WAIT_SECONDS = 25;
 
+// What sent a run (the run record's source).
 const SOURCES = {
-  schedule: "its schedule",
-  api: "the API (run now or a submit)",
+  schedule: "fired by its schedule",
+  trigger: "run now (API or the run-now annotation)",
   backfill: "a backfill",
+  api: "submitted through the API",
 };
 
 function scheduleLink(schedule) {
