@@ -41,6 +41,15 @@ spec:
   task: forwarder.ping
   schedule: {every: 1h}
 """,
+    "ui-sleep.yaml": """
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata: {name: ui-sleep}
+spec:
+  task: tests.sleep
+  kwargs: {seconds: 30}
+  schedule: {cron: "0 7 * * *"}
+""",
     "ui-escape.yaml": f"""
 apiVersion: forwarder.dev/v1alpha1
 kind: ScheduledTask

@@ -40,8 +40,9 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _loaded(client: httpx.Client) -> bool:
-    names = ("default/ui-ping", "default/ui-fail", "team-a/ui-suspend", "default/ui-escape")
-    for key in names:
+    for key in [f"default/{n}" for n in ("ui-ping", "ui-fail", "ui-sleep", "ui-escape")] + [
+        "team-a/ui-suspend"
+    ]:
         answer = client.get(f"/schedules/{key}")
         if answer.status_code != 200 or not (answer.json().get("status") or {}).get("nextRunTime"):
             return False

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from forwarder_api.dashboard import CONTENT_SECURITY_POLICY
 from playwright.sync_api import Page, expect
+from support.api_process import start_api
 from support.dashboard import IMG_VALUE, SCRIPT_VALUE, Watched
+from support.processes import forwarder_env, free_port
 from support.stack import Stack
 
 pytestmark = pytest.mark.ui
@@ -50,6 +53,28 @@ def test_sign_in_refuses_a_wrong_token_with_the_apis_message(page: Page) -> None
     expect(page.locator("#sign-in-error")).to_have_text("401: invalid bearer token")
     assert page.evaluate("sessionStorage.length") == 0
     expect(page.locator("#schedules")).to_have_count(0)
+
+
+def test_an_api_without_tokens_is_refused_as_the_api_refuses_it(
+    ui_stack: Stack, page: Page, tmp_path: Path
+) -> None:
+    # A second API on the same Redis with no token configured: every protected route is 401.
+    port = free_port()
+    env = forwarder_env(
+        ui_stack.redis_url,
+        FORWARDER_SCHEDULES_MODE="local",
+        FORWARDER_SCHEDULES_DIR=str(ui_stack.schedules_dir),
+    )
+    api = start_api(env, tmp_path / "api.log", port, "tokenless-api")
+    try:
+        page.goto(f"http://127.0.0.1:{port}/ui/")
+        page.get_by_label("API token").fill("anything")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#sign-in-error")).to_have_text(
+            re.compile("401: no API tokens are configured on the server")
+        )
+    finally:
+        api.stop()
 
 
 def test_schedules_then_run_now_and_watch_it_succeed(signed_in: Page) -> None:
@@ -147,3 +172,16 @@ def test_markup_in_results_and_specs_is_text(
     assert page.evaluate("window.__pwned") is None
     assert watched.dialogs == []
     assert watched.console_errors == []
+
+
+def test_revoke_a_running_run_and_see_it_end(signed_in: Page, api_client: httpx.Client) -> None:
+    run_id = api_client.post("/schedules/default/ui-sleep/trigger").json()["id"]
+    page = signed_in
+    page.goto(f"/ui/#/runs/{run_id}")
+    expect(page.locator(".page-head .badge")).to_have_text("STARTED", timeout=20_000)
+    page.get_by_label("also stop it if running").check()
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.locator(".message.info")).to_contain_text("Revoke sent (terminating")
+    # The long poll brings the end in; the button goes with it.
+    expect(page.locator(".page-head .badge")).to_have_text("REVOKED", timeout=20_000)
+    expect(page.get_by_role("button", name="Revoke")).to_have_count(0)

@@ -12,7 +12,6 @@ import { errorText } from "./widgets.js";
 
 const view = document.getElementById("view");
 const signOut = document.getElementById("sign-out");
-const live = document.getElementById("live");
 let leave = () => {};
 let signInMessage = "";
 
@@ -33,7 +32,6 @@ function route() {
   window.scrollTo(0, 0);
   const hash = location.hash || "#/schedules";
   signOut.hidden = !token();
-  live.hidden = !token();
   if (!token()) {
     signInForm();
     return;

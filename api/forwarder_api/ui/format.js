@@ -34,14 +34,16 @@ export function formatTime(iso) {
   );
 }
 
-/** "1.2 s", "3 min 4 s", "2 h 5 min" (null for no duration). */
+/**
+ * "< 1 s", "42 s", "3 min 4 s", "2 h 5 min" ("—" for none). The API gives times to the
+ * second, so nothing finer is claimed.
+ */
 export function formatDuration(ms) {
   if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
   const sign = ms < 0 ? "-" : "";
-  const abs = Math.abs(ms);
-  if (abs < 1000) return `${sign}${Math.round(abs)} ms`;
-  if (abs < 60_000) return `${sign}${(abs / 1000).toFixed(abs < 10_000 ? 2 : 1)} s`;
-  const s = Math.round(abs / 1000);
+  const s = Math.round(Math.abs(ms) / 1000);
+  if (s < 1) return "< 1 s";
+  if (s < 60) return `${sign}${s} s`;
   if (s < 3600) return `${sign}${Math.floor(s / 60)} min ${s % 60} s`;
   if (s < 86_400) return `${sign}${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   return `${sign}${Math.floor(s / 86_400)} d ${Math.floor((s % 86_400) / 3600)} h`;
@@ -58,9 +60,10 @@ export function relative(iso) {
   return ms >= 0 ? `in ${text}` : `${text} ago`;
 }
 
-/** A time with its relative form beside it, both as text. */
-export function timeCell(iso) {
+/** A time with its relative form beside it; `compact`: only the relative form (for lists). */
+export function timeCell(iso, { compact = false } = {}) {
   if (!iso) return h("span", { class: "muted" }, "—");
+  if (compact) return h("span", { class: "time", title: `${formatTime(iso)} UTC` }, relative(iso));
   return h(
     "span",
     { class: "time", title: String(iso) },

@@ -36,7 +36,11 @@ function counts(status) {
     COUNTS.map(([key, label]) =>
       h(
         "div",
-        { class: `tile ${key === "failedRunCount" || key === "consecutiveFailures" ? "bad" : ""}`, "data-count": key },
+        {
+          // Failures are red only when there are some.
+          class: `tile ${(key === "failedRunCount" || key === "consecutiveFailures") && status[key] > 0 ? "bad" : ""}`,
+          "data-count": key,
+        },
         h("span", { class: "tile-value" }, status[key] ?? "—"),
         h("span", { class: "tile-label" }, label),
       ),
@@ -84,7 +88,10 @@ function previewList(preview) {
  * a coloured one from start to end (duration). Sizes are set through CSSOM, which the CSP
  * allows (it forbids style attributes).
  */
-function timeline(runs) {
+function timeline(listed) {
+  // By slot, newest first: a backfill's runs are created together but belong to their slots.
+  const slotOf = (run) => run.scheduled_at || run.created_at || "";
+  const runs = [...listed].sort((a, b) => slotOf(b).localeCompare(slotOf(a)));
   if (!runs.length) return h("p", { class: "muted", id: "timeline" }, "No runs yet.");
   const now = Date.now();
   const times = (run) => {
@@ -240,7 +247,7 @@ export function schedulePage(namespace, name) {
     const path = `/schedules/${seg(namespace)}/${seg(name)}`;
     const head = h("div", { class: "page-head" });
     const actions = h("div", { class: "actions" });
-    const condition = h("div", { class: "condition" });
+    const condition = h("div", { class: "card condition" });
     const countsBox = h("div");
     const specBox = h("div");
     const previewBox = h("div");

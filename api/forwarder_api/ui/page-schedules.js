@@ -7,6 +7,8 @@ import { Poller } from "./live.js";
 import { messages } from "./widgets.js";
 
 const POLL_MS = 5000;
+// The run record's states (forwarder_worker.runs.records.STATES), finished ones first.
+const RUN_STATES = ["SUCCESS", "FAILURE", "SKIPPED", "REVOKED", "STARTED", "RETRY", "RECEIVED", "PENDING"];
 // Kept while the user moves between pages, so coming back shows the same filter.
 const filters = { namespace: "", state: "", text: "" };
 
@@ -71,9 +73,14 @@ function row(item) {
     h("td", null, status.schedule || h("span", { class: "muted" }, "—")),
     h("td", null, item.spec?.timeZone || "UTC"),
     h("td", null, held ? h("span", { class: "badge suspended" }, held) : h("span", { class: "muted" }, "no")),
-    h("td", null, stateBadge(lastState(item))),
-    h("td", null, timeCell(status.lastScheduleTime)),
-    h("td", null, timeCell(status.nextRunTime)),
+    h(
+      "td",
+      null,
+      lastState(item)
+        ? [stateBadge(lastState(item)), " ", timeCell(status.lastScheduleTime, { compact: true })]
+        : h("span", { class: "muted" }, "never"),
+    ),
+    h("td", null, timeCell(status.nextRunTime, { compact: true })),
     h("td", null, runStrip(status.recentRuns)),
   );
 }
@@ -86,13 +93,8 @@ export function schedulesPage(view) {
     "select",
     { id: "filter-state", "aria-label": "Last state" },
     [
-      ["", "any state"],
-      ["SUCCESS", "SUCCESS"],
-      ["FAILURE", "FAILURE"],
-      ["STARTED", "STARTED"],
-      ["PENDING", "PENDING"],
-      ["SKIPPED", "SKIPPED"],
-      ["REVOKED", "REVOKED"],
+      ["", "any last state"],
+      ...RUN_STATES.map((state) => [state, state]),
       ["NEVER", "never ran"],
       ["SUSPENDED", "suspended"],
     ].map(([value, label]) => h("option", { value }, label)),
@@ -114,7 +116,7 @@ export function schedulesPage(view) {
       h(
         "tr",
         null,
-        ["Schedule", "Task", "When", "Zone", "Suspended", "Last", "Last time", "Next", "Recent runs"].map(
+        ["Schedule", "Task", "When", "Zone", "Suspended", "Last run", "Next run", "Recent runs"].map(
           (title) => h("th", null, title),
         ),
       ),
@@ -122,22 +124,27 @@ export function schedulesPage(view) {
     body,
   );
   let items = [];
+  let shownNamespaces = null;
 
   const render = () => {
     const namespaces = [...new Set(items.map((i) => i.metadata.namespace))].sort();
-    replace(
-      namespaceSelect,
-      h("option", { value: "" }, "all namespaces"),
-      namespaces.map((ns) => h("option", { value: ns }, ns)),
-    );
-    namespaceSelect.value = filters.namespace;
+    if (namespaces.join("\n") !== shownNamespaces) {
+      // Rebuilt only when they change, so a select the user has open is left alone.
+      shownNamespaces = namespaces.join("\n");
+      replace(
+        namespaceSelect,
+        h("option", { value: "" }, "all namespaces"),
+        namespaces.map((ns) => h("option", { value: ns }, ns)),
+      );
+      namespaceSelect.value = filters.namespace;
+    }
     stateSelect.value = filters.state;
     const shown = items.filter(matches);
     replace(
       body,
       shown.length
         ? shown.map(row)
-        : h("tr", null, h("td", { colspan: 9, class: "empty" }, items.length ? "No schedule matches the filter." : "No schedules.")),
+        : h("tr", null, h("td", { colspan: 8, class: "empty" }, items.length ? "No schedule matches the filter." : "No schedules.")),
     );
     replace(count, `${shown.length} of ${items.length}`);
   };
