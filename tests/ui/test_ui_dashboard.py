@@ -185,3 +185,22 @@ def test_revoke_a_running_run_and_see_it_end(signed_in: Page, api_client: httpx.
     # The long poll brings the end in; the button goes with it.
     expect(page.locator(".page-head .badge")).to_have_text("REVOKED", timeout=20_000)
     expect(page.get_by_role("button", name="Revoke")).to_have_count(0)
+
+
+HIDE = """() => {
+  Object.defineProperty(document, "hidden", { configurable: true, get: () => %s });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_lists_poll_only_while_the_tab_is_visible(signed_in: Page) -> None:
+    page = signed_in
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if r.url.endswith("/schedules") else None)
+    page.evaluate(HIDE % "true")
+    reads.clear()
+    # Longer than the list's 5 s interval: a visible tab would have read it again.
+    page.wait_for_timeout(6_500)
+    assert reads == []
+    with page.expect_request(lambda r: r.url.endswith("/schedules"), timeout=3_000):
+        page.evaluate(HIDE % "false")
