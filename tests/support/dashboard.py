@@ -50,6 +50,16 @@ spec:
   kwargs: {seconds: 30}
   schedule: {cron: "0 7 * * *"}
 """,
+    "ui-fragile.yaml": """
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata: {name: ui-fragile}
+spec:
+  task: tests.fail
+  kwargs: {message: "the upstream is down"}
+  schedule: {every: 3s}
+  suspendAfterFailures: 2
+""",
     "ui-escape.yaml": f"""
 apiVersion: forwarder.dev/v1alpha1
 kind: ScheduledTask

@@ -127,6 +127,23 @@ def test_suspend_and_resume(signed_in: Page, api_client: httpx.Client) -> None:
     assert api_client.get("/schedules/team-a/ui-suspend").json()["spec"]["suspend"] is False
 
 
+def test_resume_after_failures(signed_in: Page, api_client: httpx.Client) -> None:
+    # ui-fragile fails every 3 s and is suspended after two failures in a row.
+    page = signed_in
+    page.goto("/ui/#/schedules/default/ui-fragile")
+    badge = page.locator(".page-head .badge.suspended")
+    expect(badge).to_have_text("suspended after failures", timeout=30_000)
+    expect(page.locator('[data-count="consecutiveFailures"]')).to_have_class(re.compile("bad"))
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".message.info")).to_contain_text("default/ui-fragile resumed")
+    # It fires again, fails twice more, and the page shows it suspended again by itself.
+    runs = len(api_client.get("/runs", params={"schedule": "default/ui-fragile"}).json()["items"])
+    expect(badge).to_have_count(0)
+    expect(badge).to_have_text("suspended after failures", timeout=30_000)
+    again = api_client.get("/runs", params={"schedule": "default/ui-fragile"}).json()["items"]
+    assert len(again) >= runs + 2
+
+
 def test_an_api_error_is_shown_not_swallowed(signed_in: Page) -> None:
     page = signed_in
     page.goto("/ui/#/schedules/default/ui-ping")

@@ -44,7 +44,10 @@ function route() {
       return;
     }
   }
-  replace(view, h("div", { class: "empty" }, "No such page. ", h("a", { href: "#/schedules" }, "Schedules")));
+  replace(
+    view,
+    h("div", { class: "empty" }, "No such page. ", h("a", { href: "#/schedules" }, "Schedules")),
+  );
 }
 
 /** The sign-in form: a token is checked against a protected route before it is kept. */

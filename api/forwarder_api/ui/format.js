@@ -4,7 +4,14 @@ import { h } from "./dom.js";
 
 export const FINAL_STATES = new Set(["SUCCESS", "FAILURE", "REVOKED", "SKIPPED"]);
 const KNOWN_STATES = new Set([
-  "SUCCESS", "FAILURE", "STARTED", "RUNNING", "PENDING", "RECEIVED", "RETRY", "SKIPPED",
+  "SUCCESS",
+  "FAILURE",
+  "STARTED",
+  "RUNNING",
+  "PENDING",
+  "RECEIVED",
+  "RETRY",
+  "SKIPPED",
   "REVOKED",
 ]);
 
@@ -56,7 +63,8 @@ export function relative(iso) {
   if (Number.isNaN(ms)) return "";
   const seconds = Math.round(Math.abs(ms) / 1000);
   if (seconds === 0) return "now";
-  const text = seconds < 60 ? `${seconds} s` : formatDuration(seconds * 1000).replace(/ \d+ s$/, "");
+  const text =
+    seconds < 60 ? `${seconds} s` : formatDuration(seconds * 1000).replace(/ \d+ s$/, "");
   return ms >= 0 ? `in ${text}` : `${text} ago`;
 }
 

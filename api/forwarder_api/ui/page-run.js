@@ -28,10 +28,18 @@ function outcome(run) {
   if (run.error) {
     return card(
       "Error",
-      h("p", { class: "error-line", id: "run-error" }, `${run.error.type || "Error"}: ${run.error.message ?? ""}`),
+      h(
+        "p",
+        { class: "error-line", id: "run-error" },
+        `${run.error.type || "Error"}: ${run.error.message ?? ""}`,
+      ),
       run.error.traceback
         ? h("pre", { class: "code traceback", id: "traceback" }, run.error.traceback)
-        : h("p", { class: "muted" }, "The traceback is hidden: the API shows it only with FORWARDER_API_SHOW_TRACEBACK=true."),
+        : h(
+            "p",
+            { class: "muted" },
+            "The traceback is hidden: the API shows it only with FORWARDER_API_SHOW_TRACEBACK=true.",
+          ),
     );
   }
   if (FINAL_STATES.has(run.state) || run.result !== null) {
@@ -40,14 +48,25 @@ function outcome(run) {
       h("pre", { class: "code", id: "result" }, pretty(run.result)),
     );
   }
-  return card("Result", h("p", { class: "muted" }, "Not finished yet: this page updates when it ends."));
+  return card(
+    "Result",
+    h("p", { class: "muted" }, "Not finished yet: this page updates when it ends."),
+  );
 }
 
 function attemptsTable(attempts) {
   return h(
     "table",
     { class: "grid compact" },
-    h("thead", null, h("tr", null, ["#", "State", "Started", "Finished", "Worker", "Error"].map((t) => h("th", null, t)))),
+    h(
+      "thead",
+      null,
+      h(
+        "tr",
+        null,
+        ["#", "State", "Started", "Finished", "Worker", "Error"].map((t) => h("th", null, t)),
+      ),
+    ),
     h(
       "tbody",
       null,
@@ -105,8 +124,13 @@ export function runPage(id) {
                 actionButton(
                   "Revoke",
                   async () => {
-                    const done = await api("DELETE", `/runs/${seg(id)}?terminate=${terminate.checked}`);
-                    notes.info(`Revoke sent (${done.terminate ? "terminating" : "dropping"} a ${done.state} run).`);
+                    const done = await api(
+                      "DELETE",
+                      `/runs/${seg(id)}?terminate=${terminate.checked}`,
+                    );
+                    notes.info(
+                      `Revoke sent (${done.terminate ? "terminating" : "dropping"} a ${done.state} run).`,
+                    );
                     poller.refresh();
                   },
                   notes,
@@ -126,34 +150,55 @@ export function runPage(id) {
             "div",
             null,
             outcome(run),
-            card("Arguments", keyValues([
-              ["args", h("pre", { class: "code inline", id: "args" }, pretty(run.args))],
-              ["kwargs", h("pre", { class: "code inline", id: "kwargs" }, pretty(run.kwargs))],
-              ["run-now overrides", run.overrides == null ? undefined : h("pre", { class: "code inline" }, pretty(run.overrides))],
-            ])),
+            card(
+              "Arguments",
+              keyValues([
+                ["args", h("pre", { class: "code inline", id: "args" }, pretty(run.args))],
+                ["kwargs", h("pre", { class: "code inline", id: "kwargs" }, pretty(run.kwargs))],
+                [
+                  "run-now overrides",
+                  run.overrides == null
+                    ? undefined
+                    : h("pre", { class: "code inline" }, pretty(run.overrides)),
+                ],
+              ]),
+            ),
             run.attempts.length ? card("Attempts", attemptsTable(run.attempts)) : null,
           ),
           h(
             "div",
             { class: "side" },
-            card("Run", keyValues([
-              ["Source", h("span", { id: "run-source" }, run.source ? `${run.source} — ${SOURCES[run.source] || run.source}` : "—")],
-              ["Schedule", scheduleLink(run.schedule)],
-              ["Worker", h("span", { class: "mono", id: "run-worker" }, run.worker || "—")],
-              ["Retries", String(run.retries)],
-              ["Reason", run.reason || undefined],
-              ["Next attempt", run.next_attempt_at ? timeCell(run.next_attempt_at) : undefined],
-            ])),
-            card("Times (UTC)", keyValues([
-              ["Scheduled", timeCell(run.scheduled_at)],
-              ["Created", timeCell(run.created_at)],
-              ["Received", timeCell(run.received_at)],
-              ["Started", timeCell(started)],
-              ["Finished", timeCell(run.finished_at)],
-              ["Late", formatDuration(between(run.scheduled_at, started))],
-              ["Queued", formatDuration(between(run.created_at, started))],
-              ["Duration", formatDuration(between(started, run.finished_at))],
-            ])),
+            card(
+              "Run",
+              keyValues([
+                [
+                  "Source",
+                  h(
+                    "span",
+                    { id: "run-source" },
+                    run.source ? `${run.source} — ${SOURCES[run.source] || run.source}` : "—",
+                  ),
+                ],
+                ["Schedule", scheduleLink(run.schedule)],
+                ["Worker", h("span", { class: "mono", id: "run-worker" }, run.worker || "—")],
+                ["Retries", String(run.retries)],
+                ["Reason", run.reason || undefined],
+                ["Next attempt", run.next_attempt_at ? timeCell(run.next_attempt_at) : undefined],
+              ]),
+            ),
+            card(
+              "Times (UTC)",
+              keyValues([
+                ["Scheduled", timeCell(run.scheduled_at)],
+                ["Created", timeCell(run.created_at)],
+                ["Received", timeCell(run.received_at)],
+                ["Started", timeCell(started)],
+                ["Finished", timeCell(run.finished_at)],
+                ["Late", formatDuration(between(run.scheduled_at, started))],
+                ["Queued", formatDuration(between(run.created_at, started))],
+                ["Duration", formatDuration(between(started, run.finished_at))],
+              ]),
+            ),
           ),
         ),
       );

@@ -2,7 +2,15 @@
 
 import { api, seg } from "./api.js";
 import { h, pretty, replace } from "./dom.js";
-import { FINAL_STATES, between, formatDuration, formatTime, stateBadge, stateClass, timeCell } from "./format.js";
+import {
+  FINAL_STATES,
+  between,
+  formatDuration,
+  formatTime,
+  stateBadge,
+  stateClass,
+  timeCell,
+} from "./format.js";
 import { Poller } from "./live.js";
 import { runStrip, suspension } from "./page-schedules.js";
 import { actionButton, card, keyValues, messages } from "./widgets.js";
@@ -18,7 +26,9 @@ const COUNTS = [
   ["excludedRunCount", "excluded"],
   ["consecutiveFailures", "failures in a row"],
 ];
+const FAILURE_COUNTS = new Set(["failedRunCount", "consecutiveFailures"]);
 
+/** A run's link (ids come from data). */
 export function runHref(id) {
   return `#/runs/${encodeURIComponent(id)}`;
 }
@@ -36,9 +46,9 @@ function counts(status) {
     COUNTS.map(([key, label]) =>
       h(
         "div",
+        // Failures are red only when there are some.
         {
-          // Failures are red only when there are some.
-          class: `tile ${(key === "failedRunCount" || key === "consecutiveFailures") && status[key] > 0 ? "bad" : ""}`,
+          class: FAILURE_COUNTS.has(key) && status[key] > 0 ? "tile bad" : "tile",
           "data-count": key,
         },
         h("span", { class: "tile-value" }, status[key] ?? "—"),
@@ -66,7 +76,17 @@ function previewList(preview) {
   return h(
     "table",
     { class: "grid compact", id: "preview" },
-    h("thead", null, h("tr", null, h("th", null, `Local (${preview.timeZone})`), h("th", null, "UTC"), h("th", null, ""))),
+    h(
+      "thead",
+      null,
+      h(
+        "tr",
+        null,
+        h("th", null, `Local (${preview.timeZone})`),
+        h("th", null, "UTC"),
+        h("th", null, ""),
+      ),
+    ),
     h(
       "tbody",
       null,
@@ -95,9 +115,15 @@ function timeline(listed) {
   if (!runs.length) return h("p", { class: "muted", id: "timeline" }, "No runs yet.");
   const now = Date.now();
   const times = (run) => {
-    const start = new Date(run.started_at || run.received_at || run.created_at || run.scheduled_at).getTime();
+    const start = new Date(
+      run.started_at || run.received_at || run.created_at || run.scheduled_at,
+    ).getTime();
     const slot = new Date(run.scheduled_at || run.created_at || start).getTime();
-    const end = run.finished_at ? new Date(run.finished_at).getTime() : FINAL_STATES.has(run.state) ? start : now;
+    const end = run.finished_at
+      ? new Date(run.finished_at).getTime()
+      : FINAL_STATES.has(run.state)
+        ? start
+        : now;
     return { slot: Math.min(slot, start), start, end };
   };
   const spans = runs.map(times);
@@ -114,7 +140,8 @@ function timeline(listed) {
     ran.style.left = pct(span.start);
     ran.style.width = pct(from + Math.max(span.end - span.start, 0));
     track.append(late, ran);
-    const duration = between(run.started_at, run.finished_at ?? (run.started_at && !FINAL_STATES.has(run.state) ? new Date().toISOString() : null));
+    // A run still going has lasted until now; one that never started has no duration.
+    const duration = run.started_at ? span.end - span.start : null;
     return h(
       "tr",
       { "data-run": run.id, class: "run-row" },
@@ -122,7 +149,11 @@ function timeline(listed) {
       h("td", null, h("a", { href: runHref(run.id), class: "mono" }, run.id.slice(0, 8))),
       h("td", null, run.source || "—"),
       h("td", null, formatTime(run.scheduled_at || run.created_at)),
-      h("td", { class: "num", title: "started after its slot" }, formatDuration(between(run.scheduled_at, run.started_at))),
+      h(
+        "td",
+        { class: "num", title: "started after its slot" },
+        formatDuration(between(run.scheduled_at, run.started_at)),
+      ),
       h("td", { class: "num" }, formatDuration(duration)),
       h("td", { class: "track-cell" }, track),
     );
@@ -136,8 +167,19 @@ function timeline(listed) {
       h(
         "tr",
         null,
-        ["State", "Run", "Source", "Scheduled (UTC)", "Late", "Duration"].map((t) => h("th", null, t)),
-        h("th", null, h("span", { class: "axis" }, h("span", null, formatTime(new Date(from).toISOString())), h("span", null, formatTime(new Date(to).toISOString())))),
+        ["State", "Run", "Source", "Scheduled (UTC)", "Late", "Duration"].map((t) =>
+          h("th", null, t),
+        ),
+        h(
+          "th",
+          null,
+          h(
+            "span",
+            { class: "axis" },
+            h("span", null, formatTime(new Date(from).toISOString())),
+            h("span", null, formatTime(new Date(to).toISOString())),
+          ),
+        ),
       ),
     ),
     h("tbody", null, rows),
@@ -146,7 +188,12 @@ function timeline(listed) {
 
 /** Run now, with optional kwargs merged over the spec's. */
 function runNowForm(namespace, name, notes, poller) {
-  const kwargs = h("textarea", { id: "run-kwargs", rows: 3, placeholder: '{"key": "value"}', spellcheck: "false" });
+  const kwargs = h("textarea", {
+    id: "run-kwargs",
+    rows: 3,
+    placeholder: '{"key": "value"}',
+    spellcheck: "false",
+  });
   const run = async () => {
     const body = {};
     const text = kwargs.value.trim();
@@ -163,15 +210,25 @@ function runNowForm(namespace, name, notes, poller) {
       body.kwargs = parsed;
     }
     const done = await api("POST", `/schedules/${seg(namespace)}/${seg(name)}/trigger`, { body });
-    if (done.id) notes.info("Run ", h("a", { href: runHref(done.id), class: "mono" }, done.id), " sent.");
-    else notes.info(`Run-now requested (forwarder.dev/run-now=${done.runNow}); the operator fires it.`);
+    if (done.id)
+      notes.info("Run ", h("a", { href: runHref(done.id), class: "mono" }, done.id), " sent.");
+    else
+      notes.info(
+        `Run-now requested (forwarder.dev/run-now=${done.runNow}); the operator fires it.`,
+      );
     poller.refresh();
   };
   return h(
     "div",
     { class: "action" },
     actionButton("Run now", run, notes, { kind: "primary" }),
-    h("details", null, h("summary", null, "with kwargs"), h("label", { for: "run-kwargs" }, "kwargs (JSON object, merged over the spec's)"), kwargs),
+    h(
+      "details",
+      null,
+      h("summary", null, "with kwargs"),
+      h("label", { for: "run-kwargs" }, "kwargs (JSON object, merged over the spec's)"),
+      kwargs,
+    ),
   );
 }
 
@@ -179,14 +236,26 @@ function runNowForm(namespace, name, notes, poller) {
 function backfillForm(namespace, name, notes, poller) {
   const now = new Date();
   now.setUTCMinutes(0, 0, 0);
-  const start = h("input", { type: "text", id: "backfill-start", value: rfc3339(new Date(now.getTime() - 6 * 3600_000)), "aria-label": "start" });
-  const end = h("input", { type: "text", id: "backfill-end", value: rfc3339(now), "aria-label": "end" });
+  const start = h("input", {
+    type: "text",
+    id: "backfill-start",
+    value: rfc3339(new Date(now.getTime() - 6 * 3600_000)),
+    "aria-label": "start",
+  });
+  const end = h("input", {
+    type: "text",
+    id: "backfill-end",
+    value: rfc3339(now),
+    "aria-label": "end",
+  });
   const send = async () => {
     const done = await api("POST", `/schedules/${seg(namespace)}/${seg(name)}/backfill`, {
       body: { start: start.value.trim(), end: end.value.trim() },
     });
     if (done.backfill) {
-      notes.info(`Backfill requested (forwarder.dev/backfill=${done.backfill}); the operator reports it as an Event.`);
+      notes.info(
+        `Backfill requested (forwarder.dev/backfill=${done.backfill}); the operator reports it as an Event.`,
+      );
     } else {
       notes.info(
         `Backfill ${done.window}: ${done.slots} slots, ${done.sent.length} sent, ` +
@@ -256,7 +325,13 @@ export function schedulePage(namespace, name) {
 
     replace(
       view,
-      h("nav", { class: "crumbs" }, h("a", { href: "#/schedules" }, "Schedules"), " / ", `${namespace}/${name}`),
+      h(
+        "nav",
+        { class: "crumbs" },
+        h("a", { href: "#/schedules" }, "Schedules"),
+        " / ",
+        `${namespace}/${name}`,
+      ),
       head,
       polling.element,
       notes.element,
@@ -275,14 +350,24 @@ export function schedulePage(namespace, name) {
       async (signal) => {
         // One request at a time: the schedule, then its runs, then the preview.
         const item = await api("GET", path, { signal });
-        const runs = await api("GET", `/runs?schedule=${seg(`${namespace}/${name}`)}&limit=${TIMELINE_RUNS}`, { signal });
+        const runs = await api(
+          "GET",
+          `/runs?schedule=${seg(`${namespace}/${name}`)}&limit=${TIMELINE_RUNS}`,
+          { signal },
+        );
         const preview = await api("GET", `${path}/preview?count=10`, { signal });
         const status = item.status || {};
         replace(
           head,
           h("h1", null, h("span", { class: "ns" }, `${namespace}/`), name),
           h("span", { class: "mono muted" }, item.spec.task),
-          suspension(item) ? h("span", { class: "badge suspended" }, `suspended ${suspension(item) === "after failures" ? "after failures" : ""}`.trim()) : null,
+          suspension(item)
+            ? h(
+                "span",
+                { class: "badge suspended" },
+                `suspended ${suspension(item) === "after failures" ? "after failures" : ""}`.trim(),
+              )
+            : null,
           runStrip(status.recentRuns),
         );
         const ready = (status.conditions || []).find((c) => c.type === "Ready");
@@ -291,8 +376,22 @@ export function schedulePage(namespace, name) {
           keyValues([
             ["When", status.schedule || "—"],
             ["Zone", item.spec.timeZone || "UTC"],
-            ["Ready", ready ? `${ready.status} · ${ready.reason}${ready.message ? ` — ${ready.message}` : ""}` : "—"],
-            ["Last run", h("span", null, stateBadge(status.lastRun?.state), " ", timeCell(status.lastScheduleTime))],
+            [
+              "Ready",
+              ready
+                ? `${ready.status} · ${ready.reason}${ready.message ? ` — ${ready.message}` : ""}`
+                : "—",
+            ],
+            [
+              "Last run",
+              h(
+                "span",
+                null,
+                stateBadge(status.lastRun?.state),
+                " ",
+                timeCell(status.lastScheduleTime),
+              ),
+            ],
             ["Next run", timeCell(status.nextRunTime)],
             ["File", item.metadata.file || undefined],
           ]),
@@ -301,7 +400,12 @@ export function schedulePage(namespace, name) {
         const key = `${item.spec.suspend}|${suspension(item)}`;
         if (key !== shownActions) {
           shownActions = key;
-          replace(actions, runNowForm(namespace, name, notes, poller), suspendButton(item, notes, poller), backfillForm(namespace, name, notes, poller));
+          replace(
+            actions,
+            runNowForm(namespace, name, notes, poller),
+            suspendButton(item, notes, poller),
+            backfillForm(namespace, name, notes, poller),
+          );
         }
         replace(countsBox, counts(status));
         replace(specBox, specTable(item.spec));

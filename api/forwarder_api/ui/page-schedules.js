@@ -8,7 +8,16 @@ import { messages } from "./widgets.js";
 
 const POLL_MS = 5000;
 // The run record's states (forwarder_worker.runs.records.STATES), finished ones first.
-const RUN_STATES = ["SUCCESS", "FAILURE", "SKIPPED", "REVOKED", "STARTED", "RETRY", "RECEIVED", "PENDING"];
+const RUN_STATES = [
+  "SUCCESS",
+  "FAILURE",
+  "SKIPPED",
+  "REVOKED",
+  "STARTED",
+  "RETRY",
+  "RECEIVED",
+  "PENDING",
+];
 // Kept while the user moves between pages, so coming back shows the same filter.
 const filters = { namespace: "", state: "", text: "" };
 
@@ -51,7 +60,11 @@ function matches(item) {
   if (filters.namespace && namespace !== filters.namespace) return false;
   if (filters.state === "NEVER" && lastState(item)) return false;
   if (filters.state === "SUSPENDED" && !suspension(item)) return false;
-  if (filters.state && !["NEVER", "SUSPENDED"].includes(filters.state) && lastState(item) !== filters.state) {
+  if (
+    filters.state &&
+    !["NEVER", "SUSPENDED"].includes(filters.state) &&
+    lastState(item) !== filters.state
+  ) {
     return false;
   }
   if (filters.text) {
@@ -68,11 +81,24 @@ function row(item) {
   return h(
     "tr",
     { "data-schedule": `${namespace}/${name}` },
-    h("td", null, h("a", { href: scheduleHref(namespace, name), class: "name" }, h("span", { class: "ns" }, `${namespace}/`), name)),
+    h(
+      "td",
+      null,
+      h(
+        "a",
+        { href: scheduleHref(namespace, name), class: "name" },
+        h("span", { class: "ns" }, `${namespace}/`),
+        name,
+      ),
+    ),
     h("td", { class: "mono" }, item.spec?.task || "—"),
     h("td", null, status.schedule || h("span", { class: "muted" }, "—")),
     h("td", null, item.spec?.timeZone || "UTC"),
-    h("td", null, held ? h("span", { class: "badge suspended" }, held) : h("span", { class: "muted" }, "no")),
+    h(
+      "td",
+      null,
+      held ? h("span", { class: "badge suspended" }, held) : h("span", { class: "muted" }, "no"),
+    ),
     h(
       "td",
       null,
@@ -116,9 +142,16 @@ export function schedulesPage(view) {
       h(
         "tr",
         null,
-        ["Schedule", "Task", "When", "Zone", "Suspended", "Last run", "Next run", "Recent runs"].map(
-          (title) => h("th", null, title),
-        ),
+        [
+          "Schedule",
+          "Task",
+          "When",
+          "Zone",
+          "Suspended",
+          "Last run",
+          "Next run",
+          "Recent runs",
+        ].map((title) => h("th", null, title)),
       ),
     ),
     body,
@@ -144,7 +177,15 @@ export function schedulesPage(view) {
       body,
       shown.length
         ? shown.map(row)
-        : h("tr", null, h("td", { colspan: 8, class: "empty" }, items.length ? "No schedule matches the filter." : "No schedules.")),
+        : h(
+            "tr",
+            null,
+            h(
+              "td",
+              { colspan: 8, class: "empty" },
+              items.length ? "No schedule matches the filter." : "No schedules.",
+            ),
+          ),
     );
     replace(count, `${shown.length} of ${items.length}`);
   };
