@@ -49,8 +49,10 @@ def _loaded(client: httpx.Client) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Per module, not per session: while Playwright's sync API is running, the main thread has
+    # an event loop, and the asyncio tests of later modules could not start theirs.
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
