@@ -7,7 +7,12 @@ STAMP := $(VENV)/.installed
 # The sample http schedule forwards to the local API's health endpoint; allow exactly that.
 UP_HTTP_ALLOW ?= 127.0.0.1:7500
 
-.PHONY: tools up test lint typecheck imports pytest install clean bench manifests image test-operator test-faults controlplane test-cluster
+# The release: pyproject.toml's version is the only source (the chart's appVersion and the
+# Dockerfile's FORWARDER_VERSION are checked against it by tests/release/).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+DIST ?= dist
+
+.PHONY: tools up test lint typecheck imports pytest install clean bench manifests image test-operator test-faults controlplane test-cluster dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +41,10 @@ pytest: $(STAMP) controlplane tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # System tools the suite drives: Debian's chromium (the dashboard's browser tests, through
-# Playwright, which cannot download browsers here) and promtool (from the prometheus package:
-# checks and unit-tests the chart's alert rules). Installed with apt when missing; CI runs as root.
-SYSTEM_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus
+# Playwright, which cannot download browsers here), promtool (from the prometheus package:
+# checks and unit-tests the chart's alert rules) and docker-compose (validates compose.yaml
+# offline; no engine needed). Installed with apt when missing; CI runs as root.
+SYSTEM_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus /usr/bin/docker-compose:docker-compose
 tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do [ -x "$${t%%:*}" ] || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -60,7 +66,16 @@ test-cluster: $(STAMP) controlplane
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache
+
+# The release artifacts in $(DIST)/: the sdist, the wheel built from it (so the sdist is known to
+# be complete), both checked with twine, and the chart's package (Helm's own packager, from
+# helm-python-sdk).
+dist: $(STAMP)
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(BIN)/python -m build --quiet --outdir $(DIST) .
+	$(BIN)/twine check --strict $(DIST)/*
+	$(BIN)/python -c 'import sys, helm_python; print(helm_python.package("charts/forwarder", destination=sys.argv[1]))' $(DIST)
 
 # The install manifest (the chart rendered with defaults) and the chart README's values table.
 manifests: $(STAMP)
@@ -70,7 +85,7 @@ manifests: $(STAMP)
 # The container image of every component (needs a Docker engine).
 IMAGE ?= forwarder:dev
 image:
-	docker build -t $(IMAGE) .
+	docker build --build-arg FORWARDER_VERSION=$(VERSION) -t $(IMAGE) .
 
 # The operator's suite only: the real kopf operator, as its own ServiceAccount, against the real
 # control plane (make controlplane), with the real kubectl.

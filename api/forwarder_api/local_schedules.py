@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,20 @@ class LocalSchedules:
 
     # -- writing files ------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """503 with the reason when the folder cannot be written (a read-only mount, a
+        folder owned by another user, a full disk): the api's configuration is at fault,
+        not the request, and nothing was changed."""
+        try:
+            yield
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise Unavailable(
+                f"cannot write the schedules folder {self.folder}: {reason} "
+                f"({exc.filename or self.folder}); the api needs write access to it"
+            ) from exc
+
     def _write(self, path: Path, documents: list[Any]) -> None:
         """Replace ``path`` atomically; the temp file's name is one the folder source skips."""
         text = yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True)
@@ -248,8 +263,9 @@ class LocalSchedules:
             path = self.folder / file_name(namespace, name)
             if path.exists():
                 raise Conflict(f"{path.name} already exists and declares other schedules")
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._write(path, [document])
+            with self._writing():
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._write(path, [document])
         return self.get(namespace, name)
 
     def patch(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> ScheduleView:
@@ -264,17 +280,19 @@ class LocalSchedules:
             )
             documents = list(found.documents)
             documents[found.index] = {**found.document, "spec": spec}
-            self._write(found.path, documents)
+            with self._writing():
+                self._write(found.path, documents)
         return self.get(namespace, name)
 
     def delete(self, namespace: str, name: str) -> None:
         with self._lock:
             found = self._find(namespace, name)
             rest = [d for i, d in enumerate(found.documents) if i != found.index]
-            if any(d is not None for d in rest):
-                self._write(found.path, rest)
-            else:
-                found.path.unlink()
+            with self._writing():
+                if any(d is not None for d in rest):
+                    self._write(found.path, rest)
+                else:
+                    found.path.unlink()
 
     def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:
         self._find(namespace, name)

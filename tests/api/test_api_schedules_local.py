@@ -4,15 +4,20 @@ applies them, beat and the worker run them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 import yaml
+from fastapi.testclient import TestClient
+from forwarder_api.main import create_app
+from forwarder_api.settings import ApiSettings
 from forwarder_worker.schedules.files import MAX_FILE_BYTES
 from forwarder_worker.schedules.model import InvalidSpec
 from forwarder_worker.schedules.reconcile import validate
+from pydantic import SecretStr
 from support.processes import eventually
 
 Wait = Callable[..., dict[str, Any]]
@@ -215,3 +220,20 @@ def test_files_the_folder_source_refuses_are_not_served(stack: Any, api: httpx.C
     finally:
         (stack.schedules_dir / "huge.yaml").unlink()
         (stack.schedules_dir / "latin.yaml").unlink()
+
+
+def test_a_folder_the_api_cannot_write_is_503_with_the_reason(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Tests run as root, whom permissions do not stop, so the folder is a regular file: the
+    same OSError path a read-only mount or a folder owned by another user takes."""
+    folder = tmp_path / "schedules"
+    folder.write_text("not a folder\n")
+    settings = ApiSettings(redis_url=redis_url, api_tokens=[SecretStr("t")], schedules_dir=folder)
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer t"}) as api:
+        spec = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
+        reply = api.post("/schedules", json={"metadata": {"name": "hourly"}, "spec": spec})
+        assert reply.status_code == 503, reply.text
+        assert f"cannot write the schedules folder {folder}" in reply.json()["detail"]
+        assert "the api needs write access" in reply.json()["detail"]
+    assert folder.read_text() == "not a folder\n"

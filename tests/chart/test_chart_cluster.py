@@ -30,6 +30,9 @@ INSTALL_MANIFEST = REPO / "manifests" / "install" / "forwarder.yaml"
 # KEDA's ScaledObject and TriggerAuthentication are served only where KEDA is installed, and
 # this control plane has no KEDA: the keda scenario renders them, nothing here can admit them.
 NEEDS_KEDA = {"keda"}
+# Likewise the Prometheus Operator's ServiceMonitor and PrometheusRule (their shape is checked
+# offline in test_chart_alerts.py).
+NEEDS_PROMETHEUS_OPERATOR = {"monitoring"}
 
 
 def offline_refs(values: dict[str, Any], name: str, namespace: str) -> set[Ref]:
@@ -145,7 +148,9 @@ def test_install_upgrade_and_uninstall(crds: ControlPlane, namespace: str) -> No
         plane.kubectl("get", "crd", "scheduledtasks.forwarder.dev")
 
 
-@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - NEEDS_KEDA))
+@pytest.mark.parametrize(
+    "scenario", sorted(set(SCENARIOS) - NEEDS_KEDA - NEEDS_PROMETHEUS_OPERATOR)
+)
 def test_every_ci_scenario_installs(crds: ControlPlane, namespace: str, scenario: str) -> None:
     values = load_values(scenario)
     for each in values.get("watchNamespaces", []):

@@ -21,8 +21,16 @@ from support.chart import CHART, NAMESPACE, Rendered, load_values, render
 KUBE_VERSIONS = ("1.29", "1.37")
 # Kinds no Kubernetes release defines. KEDA ships no offline schema, so its objects are checked
 # for shape in test_keda_scales_workers_on_each_queue instead; kopf's peering objects are
-# admitted by the real apiserver with the chart's CRDs (test_chart_cluster.py).
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "KopfPeering", "ClusterKopfPeering"}
+# admitted by the real apiserver with the chart's CRDs (test_chart_cluster.py); the Prometheus
+# Operator's kinds are checked for shape in test_chart_alerts.py.
+CUSTOM_KINDS = {
+    "ScaledObject",
+    "TriggerAuthentication",
+    "KopfPeering",
+    "ClusterKopfPeering",
+    "ServiceMonitor",
+    "PrometheusRule",
+}
 FORWARDER_COMPONENTS = {"operator", "beat", "worker", "api", "flower"}
 TOKEN_MOUNTERS = {"operator", "api"}
 
@@ -92,6 +100,10 @@ def test_every_schema_object_forbids_unknown_keys() -> None:
         ({"redis": {"enabled": False}}, "redis.external.url is required"),
         ({"api": {"ingress": {"enabled": True}}}, "api.ingress.hosts needs at least one host"),
         ({"config": {"taskTimeLimit": 60}}, "taskSoftTimeLimit must not exceed"),
+        (
+            {"api": {"enabled": False}, "metrics": {"prometheusRule": {"enabled": True}}},
+            "metrics.serviceMonitor and metrics.prometheusRule need api.enabled",
+        ),
     ],
 )
 def test_contradictory_values_fail_with_a_clear_message(
@@ -346,6 +358,9 @@ def test_no_password_or_token_has_a_default(chart: helm.Chart, rendered: Rendere
         for container in containers(spec):
             for env in container.get("env", []):
                 if re.search(r"PASSWORD|TOKEN|SECRET|AUTH", env["name"]) and "value" in env:
+                    # A switch (FORWARDER_API_METRICS_AUTH) is no credential.
+                    if env["value"] in ("true", "false"):
+                        continue
                     assert re.fullmatch(r"(\$\([A-Z_]+\):?)+", env["value"]), (where, env)
 
 

@@ -547,6 +547,36 @@ def test_rendered_api_is_ready_and_passes_the_helm_test(
         assert api.alive(), api.output()[-3000:]
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("forwarder_api.main") is None, reason="forwarder_api not installed"
+)
+def test_rendered_api_serves_metrics_to_the_service_monitor_with_its_token(
+    chart: helm.Chart, workdir: Path
+) -> None:
+    # The monitoring scenario: /metrics needs a token, which the ServiceMonitor reads from a
+    # Secret. What it names (port, path, Secret key) must reach the rendered api and pass.
+    rendered = render(chart, load_values("monitoring"))
+    (monitor,) = rendered.of_kind("ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    service = rendered.get("Service", "forwarder-api")
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    container = rendered.get("Deployment", "forwarder-api")["spec"]["template"]["spec"]
+    (target,) = [p for p in container["containers"][0]["ports"] if p["name"] == port["targetPort"]]
+    with serving(rendered) as (cluster, ports):
+        api = start(cluster, "forwarder-api", workdir, ports)
+        with running(api):
+            base = f"http://127.0.0.1:{ports[target['containerPort']]}"
+            eventually(lambda: _status(f"{base}/readyz") == 200, timeout=60, interval=0.5)
+            url = f"{base}{endpoint['path']}"
+            assert _status(url) == 401
+            credentials = endpoint["authorization"]["credentials"]
+            token = cluster.secret(credentials["name"], credentials["key"])
+            scraped = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert scraped.status_code == 200, scraped.text
+            assert re.search(r"^forwarder_api_redis_up 1\.0$", scraped.text, re.MULTILINE)
+            assert api.alive(), api.output()[-3000:]
+
+
 def _status(url: str, **kwargs: Any) -> int:
     try:
         return httpx.get(url, timeout=10, **kwargs).status_code

@@ -5,10 +5,10 @@ Components with the password: ``forwarder worker``, ``forwarder beat``, ``forwar
 ``forwarder api``, the folder source and ``forwarder status``; a schedule fires end to end,
 Flower sees the worker and the API is ready and lists the runs; ``forwarder operator``, on the
 real API server as its own ServiceAccount, stores a ScheduledTask's entry and marks it Ready.
-Without it: ``forwarder worker|beat|flower|api|operator``, ``forwarder status`` and
+Without it: ``forwarder worker|beat|flower|api|operator|folder``, ``forwarder status`` and
 ``forwarder up --redis-url`` exit at once with one line naming the setting to fix. Processes
-that wait for Redis by design (the folder source, and ``celery worker`` run directly as the
-chart does) log the refusal in one line per attempt, with no traceback.
+that wait for Redis by design (the folder source run as a module, as ``forwarder up`` runs
+it, and ``celery worker`` run directly as the chart does) log the refusal in one line per attempt, with no traceback.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_without_the_password_each_component_stops_with_one_line(
     wrong = forwarder_env(
         server.url, FORWARDER_REDIS_PASSWORD="not-it", FLOWER_BASIC_AUTH="admin:pw"
     )
-    for component in ("worker", "beat", "flower", "api", "operator"):
+    for component in ("worker", "beat", "flower", "api", "operator", "folder"):
         _one_line_failure(_forwarder(component), missing, says="set FORWARDER_REDIS_PASSWORD")
     # A wrong password is caught by the same check (one component is enough to show it).
     _one_line_failure(_forwarder("beat"), wrong, says="check FORWARDER_REDIS_PASSWORD")

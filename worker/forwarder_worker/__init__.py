@@ -20,6 +20,8 @@ The sub-packages, one job each:
 and the run log make (``lint-imports`` keeps the operator and the api out of it).
 """
 
+from importlib.metadata import version
+
 from forwarder_worker.core import Core
 from forwarder_worker.dispatch.dispatcher import Firing, Outcome
 from forwarder_worker.runs.records import RunRecord, ScheduleRuns
@@ -28,7 +30,10 @@ from forwarder_worker.schedules.reconcile import ApplyResult, apply_schedule, va
 from forwarder_worker.schedules.store import Entry, StoredEntry
 from forwarder_worker.settings import FlowerSettings, Settings, get_settings
 
-__version__ = "0.1.0"
+# The one source of the version is pyproject.toml; the installed distribution's metadata carries
+# it here, to `forwarder --version` and the API's OpenAPI document. The chart's appVersion and
+# the image's label are checked against it by tests/test_release.py.
+__version__ = version("forwarder")
 
 __all__ = [
     "ApplyResult",

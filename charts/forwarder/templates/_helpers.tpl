@@ -342,6 +342,9 @@ express.
 {{- if and .Values.redis.enabled .Values.redis.external.url }}
 {{- fail "redis.external.url is set but redis.enabled is true: set redis.enabled=false to use the external Redis" }}
 {{- end }}
+{{- if and (not .Values.api.enabled) (or .Values.metrics.serviceMonitor.enabled .Values.metrics.prometheusRule.enabled) }}
+{{- fail "metrics.serviceMonitor and metrics.prometheusRule need api.enabled: the api serves the metrics" }}
+{{- end }}
 {{- if lt (int .Values.config.taskTimeLimit) (int .Values.config.taskSoftTimeLimit) }}
 {{- fail "config.taskSoftTimeLimit must not exceed config.taskTimeLimit" }}
 {{- end }}
@@ -372,4 +375,34 @@ expansion from Kubernetes.
 - sh
 - -c
 - exec celery -A forwarder_worker.app inspect ping --timeout=10 --destination="worker@${POD_NAME}"
+{{- end }}
+
+{{/*
+forwarder.metricsSelector: the PromQL label matchers that select this release's api series in
+the alert rules: metrics.prometheusRule.selector, or the job the ServiceMonitor gives them (the
+api Service's name).
+*/}}
+{{- define "forwarder.metricsSelector" -}}
+{{- default (printf "job=%q" (include "forwarder.componentName" (dict "root" . "component" "api"))) .Values.metrics.prometheusRule.selector }}
+{{- end }}
+
+{{/*
+forwarder.alertLabels: the labels of an alert: its severity plus metrics.prometheusRule.alertLabels.
+Call with (dict "root" $ "severity" "warning").
+*/}}
+{{- define "forwarder.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .root.Values.metrics.prometheusRule.alertLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+forwarder.runbookUrl: an alert's runbook_url annotation, "<runbookUrl>#<alert in lower case>"
+(nothing when metrics.prometheusRule.runbookUrl is empty). Call with (dict "root" $ "alert" "NoWorkers").
+*/}}
+{{- define "forwarder.runbookUrl" -}}
+{{- with .root.Values.metrics.prometheusRule.runbookUrl }}
+runbook_url: {{ printf "%s#%s" . (lower $.alert) | quote }}
+{{- end }}
 {{- end }}

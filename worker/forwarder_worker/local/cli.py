@@ -7,9 +7,10 @@ a prefix and kept in a log file. Ctrl-C or SIGTERM stops every child, Redis incl
 ``forwarder status``, ``backfill``, ``trigger`` and ``resume`` act on that Redis (or the one
 named), as the API's local mode does; ``forwarder preview`` needs no Redis.
 
-The component subcommands (``worker``, ``beat``, ``flower``, ``api``, ``operator``) run the same
-commands the Helm chart runs, so both stay one code path. They are started by module name,
-which keeps this core package free of imports of the operator and the api.
+The component subcommands (``worker``, ``beat``, ``flower``, ``api``, ``operator``, ``folder``)
+run the same commands the Helm chart and compose.yaml run, so all three stay one code path.
+They are started by module name, which keeps this core package free of imports of the
+operator and the api.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import redis
 
+from forwarder_worker import __version__
 from forwarder_worker._redis.clients import RedisCredentialsRejected, check_credentials
 from forwarder_worker.core import SCHEDULER, Core
 from forwarder_worker.dispatch.backfill import (
@@ -50,7 +52,7 @@ from forwarder_worker.settings import Settings, get_settings
 CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
 STATE_DIR = Path(".forwarder")
 # Components that connect to Redis, checked for a refused password before they start.
-REDIS_COMPONENTS = ("worker", "beat", "flower", "api", "operator")
+REDIS_COMPONENTS = ("worker", "beat", "flower", "api", "operator", "folder")
 INSECURE_FLOWER = "--insecure-no-auth"
 
 
@@ -439,6 +441,7 @@ def cmd_component(args: argparse.Namespace, extra: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forwarder", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole stack locally (embedded Redis, samples)")
     up.add_argument(
@@ -484,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     for on_redis in (backfill, trigger, resume):
         on_redis.add_argument("--redis-url")
         on_redis.add_argument("--state-dir", default=str(STATE_DIR))
-    for name in ("worker", "beat", "flower", "api", "operator"):
+    for name in REDIS_COMPONENTS:
         sub.add_parser(name, help=f"run the {name} (extra arguments are passed on)", add_help=False)
     return parser
 
