@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,20 @@ def test_resume_after_failures(signed_in: Page, api_client: httpx.Client) -> Non
     expect(badge).to_have_text("suspended after failures", timeout=30_000)
     again = api_client.get("/runs", params={"schedule": "default/ui-fragile"}).json()["items"]
     assert len(again) >= runs + 2
+
+
+def test_backfill_a_window_and_see_its_runs(signed_in: Page) -> None:
+    # ui-escape fires daily at 06:00 UTC: a window of the last three days holds two or three.
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    page = signed_in
+    page.goto("/ui/#/schedules/default/ui-escape")
+    page.locator("summary", has_text="Backfill").click()
+    page.locator("#backfill-start").fill(f"{(hour - timedelta(days=3)):%Y-%m-%dT%H:%M:%SZ}")
+    page.locator("#backfill-end").fill(f"{hour:%Y-%m-%dT%H:%M:%SZ}")
+    page.get_by_role("button", name="Backfill window").click()
+    expect(page.locator(".message.info")).to_contain_text(re.compile(r"Backfill .*: [23] slots"))
+    backfilled = page.locator("#timeline tr", has_text="backfill")
+    expect(backfilled.first.locator(".badge")).to_have_text("SUCCESS", timeout=30_000)
 
 
 def test_an_api_error_is_shown_not_swallowed(signed_in: Page) -> None:
