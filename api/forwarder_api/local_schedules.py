@@ -153,6 +153,8 @@ class LocalSchedules:
                 ready_condition(False, reason, str(exc), None, None, time.time())
             ]
             return status
+        # In words, as the operator writes it into a resource's status (printer columns).
+        status["schedule"] = spec.schedule.describe()
         if stored is None:
             condition = ready_condition(
                 False,

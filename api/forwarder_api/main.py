@@ -17,6 +17,7 @@ from fastapi.telemetry import TelemetryConfig
 from forwarder_worker import __version__
 
 from forwarder_api.body_errors import install_auth_first_handlers
+from forwarder_api.dashboard import install_dashboard
 from forwarder_api.errors import install_error_handlers
 from forwarder_api.limits import BodySizeLimit
 from forwarder_api.metrics import MetricsMiddleware
@@ -29,7 +30,8 @@ log = logging.getLogger("forwarder.api")
 
 DESCRIPTION = """Submit, inspect and cancel Forwarder task runs, manage ScheduledTasks, and
 look at workers and task history. Every route but `/healthz`, `/readyz` (and `/metrics`
-unless configured) needs `Authorization: Bearer <token>`.
+unless configured) needs `Authorization: Bearer <token>`. A dashboard that uses these routes
+is served at [`/ui`](/ui/).
 
 To wait for a run's outcome, as Celery's `AsyncResult.get()` does, long-poll it:
 `GET /runs/{id}?wait=30` answers as soon as the run has ended (or, after 30 s, with the state
@@ -77,6 +79,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     for module in (health, tasks, runs, schedules, workers, monitor, logs, metrics):
         app.include_router(module.router)
+    install_dashboard(app)
     return app
 
 

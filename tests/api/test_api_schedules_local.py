@@ -57,6 +57,8 @@ def test_create_get_patch_delete_through_files(stack: Any, api: httpx.Client) ->
 
     body = ready(api, "default", "nightly", "Scheduled")
     assert body["status"]["nextRunTime"].endswith("T03:00:00Z")
+    # The schedule in words, as the operator's status has it.
+    assert body["status"]["schedule"] == "cron 0 3 * * *"
     assert body["spec"] == spec
     names = [
         (s["metadata"]["namespace"], s["metadata"]["name"])

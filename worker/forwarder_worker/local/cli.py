@@ -179,6 +179,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"API:    http://127.0.0.1:{args.api_port}/docs "
                 f"(Authorization: Bearer {api_token})",
             )
+            supervisor.say(
+                "up", f"UI:     http://127.0.0.1:{args.api_port}/ui/ (sign in with that token)"
+            )
         supervisor.say(
             "up",
             f"Flower: http://127.0.0.1:{args.flower_port} "
