@@ -119,11 +119,13 @@ class Run(BaseModel):
     result: Any = None
     result_truncated: bool = False
     error: RunError | None = None
-    scheduled_at: str | None = None
-    created_at: str | None = None
-    received_at: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
+    scheduled_at: str | None = Field(
+        default=None, description="The slot it ran for (RFC 3339 UTC, to the millisecond)"
+    )
+    created_at: str | None = Field(default=None, description="RFC 3339 UTC, to the millisecond")
+    received_at: str | None = Field(default=None, description="RFC 3339 UTC, to the millisecond")
+    started_at: str | None = Field(default=None, description="RFC 3339 UTC, to the millisecond")
+    finished_at: str | None = Field(default=None, description="RFC 3339 UTC, to the millisecond")
 
 
 class RunPage(BaseModel):

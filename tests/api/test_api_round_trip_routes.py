@@ -54,24 +54,24 @@ ANSWERS = {
     "pending": b'{"id":"pending","task":"forwarder.ping","state":"PENDING","schedule":null,'
     b'"source":"api","worker":null,"retries":0,"attempts":[],"next_attempt_at":null,"reason":null,"args":[1,"a"],"kwargs":{"k":null},'
     b'"overrides":null,"result":null,"result_truncated":false,"error":null,"scheduled_at":null,'
-    b'"created_at":"2017-07-14T02:40:00Z","received_at":null,"started_at":null,'
+    b'"created_at":"2017-07-14T02:40:00.250Z","received_at":null,"started_at":null,'
     b'"finished_at":null}',
     "ok": b'{"id":"ok","task":"forwarder.ping","state":"SUCCESS","schedule":null,"source":"api",'
     b'"worker":"w@h","retries":0,"attempts":[],"next_attempt_at":null,"reason":null,"args":null,"kwargs":null,"overrides":null,'
     b'"result":{"pong":true},'
     b'"result_truncated":false,"error":null,"scheduled_at":null,'
-    b'"created_at":"2017-07-14T02:40:00Z","received_at":"2017-07-14T02:40:01Z",'
-    b'"started_at":"2017-07-14T02:40:01Z","finished_at":"2017-07-14T02:40:02Z"}',
+    b'"created_at":"2017-07-14T02:40:00.250Z","received_at":"2017-07-14T02:40:01.000Z",'
+    b'"started_at":"2017-07-14T02:40:01.500Z","finished_at":"2017-07-14T02:40:02.000Z"}',
     "failed": b'{"id":"failed","task":"forwarder.ping","state":"FAILURE","schedule":null,'
     b'"source":"api","worker":null,"retries":2,"attempts":[],"next_attempt_at":null,"reason":null,"args":null,"kwargs":null,'
     b'"overrides":null,"result":null,"result_truncated":false,'
     b'"error":{"type":"ValueError","message":"nope","traceback":null},"scheduled_at":null,'
-    b'"created_at":"2017-07-14T02:40:00Z","received_at":null,"started_at":null,'
-    b'"finished_at":"2017-07-14T02:40:02Z"}',
+    b'"created_at":"2017-07-14T02:40:00.250Z","received_at":null,"started_at":null,'
+    b'"finished_at":"2017-07-14T02:40:02.000Z"}',
     "unicode": '{"id":"unicode","task":"forwarder.ping","state":"SUCCESS","schedule":null,'
     '"source":"api","worker":null,"retries":0,"attempts":[],"next_attempt_at":null,"reason":null,"args":[1.5,1e+300,0],"kwargs":null,'
     '"overrides":null,"result":"h\u00e9llo \u2603","result_truncated":false,"error":null,"scheduled_at":null,'
-    '"created_at":"2017-07-14T02:40:00Z","received_at":null,"started_at":null,'
+    '"created_at":"2017-07-14T02:40:00.250Z","received_at":null,"started_at":null,'
     '"finished_at":null}'.encode(),
 }
 

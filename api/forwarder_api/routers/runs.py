@@ -58,13 +58,16 @@ def attempts_of(record: RunRecord) -> list[Attempt]:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("attempt"), int):
             continue
-        started, finished = item.get("started"), item.get("finished")
+        started, finished = (
+            utc_iso(t, ms=True) if isinstance(t, (int, float)) else None
+            for t in (item.get("started"), item.get("finished"))
+        )
         out.append(
             Attempt(
                 attempt=item["attempt"],
                 state=str(item.get("state") or ""),
-                started_at=utc_iso(started) if isinstance(started, (int, float)) else None,
-                finished_at=utc_iso(finished) if isinstance(finished, (int, float)) else None,
+                started_at=started,
+                finished_at=finished,
                 worker=item.get("worker") if isinstance(item.get("worker"), str) else None,
                 error=item.get("error") if isinstance(item.get("error"), str) else None,
             )
@@ -99,11 +102,11 @@ def to_run(record: RunRecord, *, show_traceback: bool) -> Run:
         result=result,
         result_truncated=truncated,
         error=error,
-        scheduled_at=utc_iso(record.slot),
-        created_at=utc_iso(record.created),
-        received_at=utc_iso(record.received),
-        started_at=utc_iso(record.started),
-        finished_at=utc_iso(record.finished),
+        scheduled_at=utc_iso(record.slot, ms=True),
+        created_at=utc_iso(record.created, ms=True),
+        received_at=utc_iso(record.received, ms=True),
+        started_at=utc_iso(record.started, ms=True),
+        finished_at=utc_iso(record.finished, ms=True),
     )
 
 

@@ -42,14 +42,17 @@ export function formatTime(iso) {
 }
 
 /**
- * "< 1 s", "42 s", "3 min 4 s", "2 h 5 min" ("—" for none). The API gives times to the
- * second, so nothing finer is claimed.
+ * "420 ms", "1.4 s", "42 s", "3 min 4 s", "2 h 5 min" ("—" for none). A run's times, its
+ * slot included, come to the millisecond, so durations and lateness under ten seconds are
+ * shown finer.
  */
 export function formatDuration(ms) {
   if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
   const sign = ms < 0 ? "-" : "";
-  const s = Math.round(Math.abs(ms) / 1000);
-  if (s < 1) return "< 1 s";
+  const abs = Math.abs(ms);
+  if (abs < 1000) return `${sign}${Math.round(abs)} ms`;
+  if (abs < 9950) return `${sign}${(abs / 1000).toFixed(1)} s`;
+  const s = Math.round(abs / 1000);
   if (s < 60) return `${sign}${s} s`;
   if (s < 3600) return `${sign}${Math.floor(s / 60)} min ${s % 60} s`;
   if (s < 86_400) return `${sign}${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;

@@ -237,8 +237,11 @@ def parse_dates(values: Iterable[str]) -> frozenset[date]:
     return frozenset(found)
 
 
-def utc_iso(ts: float | None) -> str | None:
-    """An epoch instant as RFC 3339 UTC with a ``Z``, as Kubernetes writes times."""
+def utc_iso(ts: float | None, *, ms: bool = False) -> str | None:
+    """An epoch instant as RFC 3339 UTC with a ``Z``, as Kubernetes writes times: to the
+    second, or with ``ms`` to the millisecond (a run's times, whose gaps are durations and
+    lateness, mostly under a second)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    spec = "milliseconds" if ms else "seconds"
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec=spec).replace("+00:00", "Z")
