@@ -1,7 +1,8 @@
 """Fixtures shared by every suite: an embedded Redis per test, a Core on it (the store, run log
 and dispatcher every process builds), a scratch log folder, and the real Kubernetes control
 plane (one per session, a namespace per test, and the ScheduledTasks a test makes there
-removed after it)."""
+removed after it), with charts/forwarder installed by Helm for the tests that run the api and the
+operator as the chart's ServiceAccounts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from forwarder_worker import Core, Settings
+from support.chart_release import Release, installed
 from support.controlplane import ControlPlane, running
 from support.processes import eventually
 from support.redis_server import client_for, embedded_redis
@@ -125,6 +127,40 @@ def every_namespace(scheduled_tasks: ScheduledTasks) -> ScheduledTasks:
     ScheduledTask of an earlier test, of any suite, is left anywhere for it to reconcile."""
     remove_scheduled_tasks(scheduled_tasks.http)
     return scheduled_tasks
+
+
+# -- the chart in the control plane (the cluster schedules backend) -------------------------
+
+
+@pytest.fixture
+def chart_release(crds: ControlPlane, namespace: str) -> Iterator[Release]:
+    """charts/forwarder with its defaults, release ``api`` in the test's namespace: the api's
+    and the operator's ServiceAccounts with the chart's ClusterRoles (every namespace)."""
+    with installed(crds, namespace, "api") as release:
+        yield release
+
+
+@pytest.fixture
+def watch_namespaces(crds: ControlPlane, namespace: str) -> Iterator[list[str]]:
+    """Two namespaces for ``watchNamespaces`` (and a third, ``<namespace>-c``, outside it).
+    Their ScheduledTasks are deleted after the test: the control plane is the session's, and
+    a cluster-wide operator of a later test would take them on."""
+    names = [f"{namespace}-a", f"{namespace}-b", f"{namespace}-c"]
+    for name in names:
+        crds.create_namespace(name)
+    yield names[:2]
+    for name in names:
+        crds.kubectl("delete", "scheduledtasks", "--all", "-n", name, "--wait=false")
+
+
+@pytest.fixture
+def scoped_release(
+    crds: ControlPlane, namespace: str, watch_namespaces: list[str]
+) -> Iterator[Release]:
+    """charts/forwarder with ``watchNamespaces``, release ``api`` in the test's namespace: the
+    api's ServiceAccount has Roles in the watched namespaces only."""
+    with installed(crds, namespace, "api", {"watchNamespaces": watch_namespaces}) as release:
+        yield release
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

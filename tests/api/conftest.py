@@ -6,8 +6,8 @@ mode's folder source and the API itself, all against the same Redis. Tests use d
 ids and schedule names, so they can share it.
 
 The cluster backend's tests get charts/forwarder installed by Helm into the control plane
-(:func:`chart_release`, :func:`scoped_release`): the api and the operator then authenticate
-with tokens of the chart's own ServiceAccounts and hold exactly the chart's RBAC.
+(``chart_release``, ``scoped_release``, in tests/conftest.py): the api and the operator then
+authenticate with tokens of the chart's own ServiceAccounts and hold exactly the chart's RBAC.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support.chart_release import Release, installed
-from support.controlplane import ControlPlane
 from support.processes import eventually
 from support.stack import Stack, running_stack
 
@@ -51,35 +49,3 @@ def wait_run(api: httpx.Client) -> Callable[..., dict[str, Any]]:
         return result
 
     return wait
-
-
-# -- the chart in the control plane (the cluster schedules backend) -------------------------
-
-
-@pytest.fixture
-def chart_release(crds: ControlPlane, namespace: str) -> Iterator[Release]:
-    """charts/forwarder with its defaults, release ``api`` in the test's namespace: the api's
-    and the operator's ServiceAccounts with the chart's ClusterRoles (every namespace)."""
-    with installed(crds, namespace, "api") as release:
-        yield release
-
-
-@pytest.fixture
-def watched(crds: ControlPlane, namespace: str) -> Iterator[list[str]]:
-    """Two namespaces for ``watchNamespaces`` (and a third, ``<namespace>-c``, outside it).
-    Their ScheduledTasks are deleted after the test: the control plane is the session's, and
-    a cluster-wide operator of a later test would take them on."""
-    names = [f"{namespace}-a", f"{namespace}-b", f"{namespace}-c"]
-    for name in names:
-        crds.create_namespace(name)
-    yield names[:2]
-    for name in names:
-        crds.kubectl("delete", "scheduledtasks", "--all", "-n", name, "--wait=false")
-
-
-@pytest.fixture
-def scoped_release(crds: ControlPlane, namespace: str, watched: list[str]) -> Iterator[Release]:
-    """charts/forwarder with ``watchNamespaces``, release ``api`` in the test's namespace: the
-    api's ServiceAccount has Roles in the watched namespaces only."""
-    with installed(crds, namespace, "api", {"watchNamespaces": watched}) as release:
-        yield release

@@ -241,17 +241,17 @@ def served_namespaces(release: Release) -> list[str]:
 
 
 def test_served_namespaces_only(
-    redis_url: str, crds: ControlPlane, watched: list[str], scoped_release: Release
+    redis_url: str, crds: ControlPlane, watch_namespaces: list[str], scoped_release: Release
 ) -> None:
     """With the chart's ``watchNamespaces``, the api (its settings as the chart sets them, its
     Roles in those namespaces only) lists, writes and triggers there, and answers 403 with the
     reason anywhere else."""
     served = served_namespaces(scoped_release)
-    assert served == watched
-    outside = watched[0].removesuffix("-a") + "-c"
+    assert served == watch_namespaces
+    outside = watch_namespaces[0].removesuffix("-a") + "-c"
     settings = cluster_settings(redis_url, scoped_release.kubeconfig("api"), api_namespaces=served)
     with api_client(settings) as api:
-        for each in watched:
+        for each in watch_namespaces:
             created = api.post(
                 "/schedules", json={"metadata": {"name": "job", "namespace": each}, "spec": SPEC}
             )
@@ -269,13 +269,18 @@ def test_served_namespaces_only(
         assert listed.status_code == 200, listed.text
         assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed.json()[
             "items"
-        ]] == [(each, "job") for each in watched]  # fmt: skip
-        assert len(api.get("/schedules", params={"namespace": watched[1]}).json()["items"]) == 1
+        ]] == [(each, "job") for each in watch_namespaces]  # fmt: skip
+        assert (
+            len(api.get("/schedules", params={"namespace": watch_namespaces[1]}).json()["items"])
+            == 1
+        )
         # The Roles allow every verb the api uses.
-        patched = api.patch(f"/schedules/{watched[0]}/job", json={"spec": {"suspend": True}})
+        patched = api.patch(
+            f"/schedules/{watch_namespaces[0]}/job", json={"spec": {"suspend": True}}
+        )
         assert patched.status_code == 200, patched.text
-        assert api.post(f"/schedules/{watched[0]}/job/trigger").status_code == 202
-        assert api.delete(f"/schedules/{watched[0]}/job").status_code == 204
+        assert api.post(f"/schedules/{watch_namespaces[0]}/job/trigger").status_code == 202
+        assert api.delete(f"/schedules/{watch_namespaces[0]}/job").status_code == 204
 
         for method, path, body in (
             ("GET", f"/schedules?namespace={outside}", None),
@@ -300,20 +305,21 @@ def test_served_namespaces_only(
 
 
 def test_what_the_rbac_refuses_is_a_403_with_the_apiservers_reason(
-    redis_url: str, crds: ControlPlane, watched: list[str], scoped_release: Release
+    redis_url: str, crds: ControlPlane, watch_namespaces: list[str], scoped_release: Release
 ) -> None:
     """The api's Roles are in the watched namespaces only. Without FORWARDER_API_NAMESPACES
     (an api set up by hand), what they do not allow comes back from the apiserver as 403, and
     the api answers 403 with that reason, never a 5xx: a cluster-wide list, another
     namespace's resources."""
-    outside = watched[0].removesuffix("-a") + "-c"
+    outside = watch_namespaces[0].removesuffix("-a") + "-c"
     account = f"system:serviceaccount:{scoped_release.namespace}:{scoped_release.account('api')}"
     with api_client(cluster_settings(redis_url, scoped_release.kubeconfig("api"))) as api:
         created = api.post(
-            "/schedules", json={"metadata": {"name": "job", "namespace": watched[0]}, "spec": SPEC}
+            "/schedules",
+            json={"metadata": {"name": "job", "namespace": watch_namespaces[0]}, "spec": SPEC},
         )
         assert created.status_code == 201, created.text
-        assert api.get(f"/schedules/{watched[0]}/job").status_code == 200
+        assert api.get(f"/schedules/{watch_namespaces[0]}/job").status_code == 200
 
         listed = api.get("/schedules")
         assert listed.status_code == 403, listed.text

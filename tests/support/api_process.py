@@ -1,4 +1,5 @@
-"""The Forwarder API (and Flower) as real subprocesses for the fault and security suites."""
+"""The Forwarder API (and Flower) as real subprocesses: for the fault and security suites, and
+the dashboard's browser tests on a cluster (the api in cluster mode)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,21 @@ def api_env(env: dict[str, str], *, flower_port: int, logs: Path, **extra: str) 
 
 
 def start_api(env: dict[str, str], log: Path, port: int, name: str = "api") -> Proc:
-    """``uvicorn --factory forwarder_api.main:create_app`` on 127.0.0.1:``port``, ready."""
+    """``uvicorn --factory forwarder_api.main:create_app`` on 127.0.0.1:``port``, ready (or
+    stopped again, if it never answers)."""
     proc = start(
         component_command("api", ["--host", "127.0.0.1", "--port", str(port)]),
         env,
         log,
         name,
     )
-    eventually(lambda: _answers(proc, f"http://127.0.0.1:{port}/healthz"), 90, 0.2, message=name)
+    try:
+        eventually(
+            lambda: _answers(proc, f"http://127.0.0.1:{port}/healthz"), 90, 0.2, message=name
+        )
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 

@@ -10,15 +10,22 @@ a test leaves there stays for the session, and an operator that watches every na
 would reconcile it. :meth:`ScheduledTasks.remove_all` (each test's teardown) and
 :func:`remove_scheduled_tasks` (before a cluster-wide operator starts) delete them, taking
 the finalizer off when no operator is left to release it.
+
+:func:`kubectl_apply` and :func:`kubectl_get` do the same through the real kubectl, as a user
+at a terminal would.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from support.processes import eventually
+
+if TYPE_CHECKING:
+    from support.controlplane import ControlPlane
 
 GROUP_VERSION = "forwarder.dev/v1alpha1"
 API = f"/apis/{GROUP_VERSION}"
@@ -137,3 +144,16 @@ class ScheduledTasks:
         """Delete every ScheduledTask in the namespaces this client created some in."""
         for namespace in sorted(self.touched | {self.namespace}):
             remove_scheduled_tasks(self.http, namespace)
+
+
+def kubectl_apply(plane: ControlPlane, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """``kubectl apply`` ScheduledTask ``namespace/name`` with ``spec``, as the admin."""
+    document = {"apiVersion": GROUP_VERSION, "kind": "ScheduledTask", "metadata": {"name": name}}
+    plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps({**document, "spec": spec}))
+
+
+def kubectl_get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
+    """ScheduledTask ``namespace/name`` as ``kubectl get -o json`` shows the admin, or None."""
+    reply = plane.kubectl("get", "st", name, "-n", namespace, "-o", "json", "--ignore-not-found")
+    found: dict[str, Any] | None = json.loads(reply.stdout) if reply.stdout.strip() else None
+    return found

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
-from support.dashboard import SCHEDULES, Watched
+from playwright.sync_api import Browser, Page, sync_playwright
+from support.dashboard import SCHEDULES, Watched, opened_page, sign_in
 from support.processes import REPO, eventually
 from support.stack import TOKEN, Stack, running_stack
 
@@ -68,35 +68,14 @@ def watched() -> Watched:
 
 @pytest.fixture
 def page(browser: Browser, ui_stack: Stack, watched: Watched) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=ui_stack.api_url, viewport={"width": 1400, "height": 900}
-    )
-    opened = context.new_page()
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            watched.console_errors.append(message.text)
-
-    def on_dialog(dialog: Dialog) -> None:
-        watched.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    opened.on("console", on_console)
-    opened.on("pageerror", lambda error: watched.console_errors.append(str(error)))
-    opened.on("dialog", on_dialog)
-    opened.set_default_timeout(15_000)
-    yield opened
-    context.close()
+    with opened_page(browser, ui_stack.api_url, watched) as opened:
+        yield opened
 
 
 @pytest.fixture
 def signed_in(page: Page) -> Page:
     """The dashboard, signed in with the stack's token, on the schedules page."""
-    page.goto("/ui/")
-    page.get_by_label("API token").fill(TOKEN)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#schedules")).to_be_visible()
-    return page
+    return sign_in(page, TOKEN)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from forwarder_api.dashboard import CONTENT_SECURITY_POLICY
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 from support.api_process import start_api
 from support.dashboard import IMG_VALUE, SCRIPT_VALUE, Watched
 from support.processes import forwarder_env, free_port
@@ -209,8 +209,15 @@ def test_markup_in_results_and_specs_is_text(
 def test_revoke_a_running_run_and_see_it_end(signed_in: Page, api_client: httpx.Client) -> None:
     run_id = api_client.post("/schedules/default/ui-sleep/trigger").json()["id"]
     page = signed_in
+
+    # As if the page were opened before the worker took the run: its first read says PENDING.
+    # The start shows within seconds all the same (a long poll would answer only at the end).
+    def queued(route: Route) -> None:
+        route.fulfill(json={**route.fetch().json(), "state": "PENDING", "started_at": None})
+
+    page.route(re.compile(rf"/runs/{run_id}\?wait=0$"), queued)
     page.goto(f"/ui/#/runs/{run_id}")
-    expect(page.locator(".page-head .badge")).to_have_text("STARTED", timeout=20_000)
+    expect(page.locator(".page-head .badge")).to_have_text("STARTED", timeout=10_000)
     page.get_by_label("also stop it if running").check()
     page.get_by_role("button", name="Revoke").click()
     expect(page.locator(".message.info")).to_contain_text("Revoke sent (terminating")

@@ -9,6 +9,8 @@ import { actionButton, card, keyValues, messages } from "./widgets.js";
 
 // Under the API's longest wait (55 s) and common proxies' idle timeouts (60 s).
 const WAIT_SECONDS = 25;
+// Before the run has started (queued, or waiting to retry).
+const QUEUED_WAIT_SECONDS = 2;
 
 // What sent a run (the run record's source).
 const SOURCES = {
@@ -206,13 +208,13 @@ export function runPage(id) {
     };
 
     // A long poll: the API answers as soon as the run ends, so no round is wasted while it
-    // runs, and polling stops once it has ended.
-    let first = true;
+    // runs, and polling stops once it has ended. The API answers a wait only at the end, so
+    // until the run has started a short one, or its start would show only after WAIT_SECONDS.
+    let wait = 0;
     const poller = new Poller(
       async (signal) => {
-        const wait = first ? 0 : WAIT_SECONDS;
-        first = false;
         const run = await api("GET", `/runs/${seg(id)}?wait=${wait}`, { signal });
+        wait = run.state === "STARTED" ? WAIT_SECONDS : QUEUED_WAIT_SECONDS;
         return render(run) ? false : 0;
       },
       { interval: 2000, onError: (error) => polling.error(error), onOk: () => polling.clear() },

@@ -288,8 +288,13 @@ function suspendButton(item, notes, poller) {
     return actionButton(
       "Resume",
       async () => {
-        await api("POST", `${path}/resume`);
-        notes.info(`${namespace}/${name} resumed: it fires again from its next slot.`);
+        const done = await api("POST", `${path}/resume`);
+        // In a cluster the API only sets the annotation; the operator resumes it.
+        if (done.resume)
+          notes.info(
+            `Resume requested (forwarder.dev/resume=${done.resume}); the operator resumes it.`,
+          );
+        else notes.info(`${namespace}/${name} resumed: it fires again from its next slot.`);
         poller.refresh();
       },
       notes,
