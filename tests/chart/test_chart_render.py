@@ -474,6 +474,22 @@ def test_pod_disruption_budgets_cover_replicated_components(rendered: Rendered) 
 # -- scenarios ---------------------------------------------------------------------------------
 
 
+def test_digests_pin_every_image(chart: helm.Chart) -> None:
+    """``image.digest`` and ``redis.image.digest`` replace the tags (checkov's CKV_K8S_43 is
+    skipped for the defaults only because they cannot know a digest)."""
+    ours, valkey = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    rendered = render(chart, {"image": {"digest": ours}, "redis": {"image": {"digest": valkey}}})
+    images = {
+        f"{where}:{c['name']}": c["image"]
+        for where, spec in rendered.pod_specs()
+        for c in containers(spec)
+    }
+    assert images["StatefulSet/forwarder-redis:redis"] == f"docker.io/valkey/valkey@{valkey}"
+    others = {name: image for name, image in images.items() if "redis" not in name}
+    assert others
+    assert set(others.values()) == {f"ghcr.io/forwarder-dev/forwarder@{ours}"}, others
+
+
 def test_external_redis_replaces_the_bundled_one(chart: helm.Chart) -> None:
     values = load_values("external-redis")
     rendered = render(chart, values)
