@@ -216,15 +216,25 @@ def test_replace_revokes_a_retrying_run(api: httpx.Client, wait_run: Wait) -> No
         ).json()["items"]
         return items
 
-    first = eventually(lambda: runs() and runs()[-1], 30, 0.1, "the first run")
-    # It fails at once and waits 6 s for its retry; the next slot, 2 s on, replaces it (the
-    # worker holding the retry drops it when it falls due).
-    wait_run(first["id"], {"RETRY"}, 10)
-    revoked = wait_run(first["id"], timeout=20)
+    # A run fails at once and waits 6 s for its retry; the next slot, 2 s on, replaces it (the
+    # worker holding the retry drops it when it falls due). Under load a run can be replaced
+    # while still queued, before it ever fails, so the first run that reached RETRY is the one
+    # followed, not the first run.
+    retrying = eventually(
+        lambda: next((r for r in runs() if r["state"] == "RETRY"), None),
+        30,
+        0.1,
+        "a run waiting for its retry",
+    )
+    revoked = wait_run(retrying["id"], timeout=20)
     api.patch("/schedules/default/replaced", json={"spec": {"suspend": True}})
     assert revoked["state"] == "REVOKED", revoked
     assert [(a["attempt"], a["state"]) for a in revoked["attempts"]] == [(1, "RETRY")]
     assert revoked["retries"] == 1  # the retry never ran
-    later = [r for r in runs() if r["id"] != first["id"]]
-    assert later and later[-1]["created_at"] <= revoked["finished_at"]
+    # The run that replaced it came after it and before it was revoked (times to the ms).
+    assert any(
+        retrying["created_at"] < r["created_at"] <= revoked["finished_at"]
+        for r in runs()
+        if r["id"] != retrying["id"]
+    )
     assert api.delete("/schedules/default/replaced").status_code == 204
