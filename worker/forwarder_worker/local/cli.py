@@ -63,7 +63,11 @@ def component_command(name: str, extra: Sequence[str] = ()) -> list[str]:
         "beat": [*CELERY, "beat", "--loglevel=INFO", "-S", SCHEDULER],
         # Flower reads its credentials from FLOWER_BASIC_AUTH, never from the command line.
         "flower": [*CELERY, "flower"],
-        "api": [sys.executable, "-m", "uvicorn", "--factory", "forwarder_api.main:create_app"],
+        # The API's own HTTP protocol: uvicorn's, with head size and read time limits.
+        "api": [
+            *(sys.executable, "-m", "uvicorn", "--factory", "forwarder_api.main:create_app"),
+            *("--http", "forwarder_api.http_guard:GuardedHttpToolsProtocol"),
+        ],
         "operator": [sys.executable, "-m", "forwarder_operator"],
         "folder": [sys.executable, "-m", "forwarder_operator.folder"],
     }
