@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from forwarder_worker.dispatch.backfill import Window, parse_instant
 from forwarder_worker.names import API_VERSION, KIND, NAME_PATTERN, NAMESPACE_PATTERN
 from forwarder_worker.runs.records import STATES
-from forwarder_worker.values import MAX_DEPTH, check_json_value
+from forwarder_worker.values import ENVELOPE_DEPTH, MAX_DEPTH, check_json_value
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -24,8 +24,6 @@ from starlette.responses import Response
 RunState = Literal[STATES]  # type: ignore[valid-type]
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 MAX_DELAY_SECONDS = 30 * 24 * 3600
-BODY_ENVELOPE = 4
-"""Levels a body may add around the args and kwargs it carries (``{"spec": {"kwargs": ...``)."""
 
 
 class _Body(BaseModel):
@@ -37,7 +35,7 @@ class _Body(BaseModel):
     def _bounded_body(cls, data: Any) -> Any:
         # Every string, number and level of a body, labels and ignored fields included, is
         # one the api can store and answer with; args and kwargs get their own exact depth.
-        check_json_value(data, max_depth=MAX_DEPTH + BODY_ENVELOPE)
+        check_json_value(data, max_depth=MAX_DEPTH + ENVELOPE_DEPTH)
         return data
 
 

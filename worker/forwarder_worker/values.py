@@ -17,6 +17,9 @@ from typing import Any
 
 MAX_DEPTH = 32
 """Deepest nesting of lists and mappings in a value (``{"a": [1]}`` is 2 deep)."""
+ENVELOPE_DEPTH = 4
+"""Levels a request body or a YAML document may add around the args and kwargs it carries
+(``{"spec": {"kwargs": ...``): the whole is checked against ``MAX_DEPTH + ENVELOPE_DEPTH``."""
 MAX_VALUES = 100_000
 """Most values (containers, keys, items, scalars) in one value, counted as JSON would write
 them out: an alias counts again each time it is used."""

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from forwarder_worker.names import API_VERSION, KIND, NAME, NAMESPACE
-from forwarder_worker.values import check_json_value
+from forwarder_worker.values import ENVELOPE_DEPTH, MAX_DEPTH, check_json_value
 
 MAX_FILE_BYTES = 1024 * 1024
 """Larger files are refused unread: a folder is edited by hand, not filled with data."""
@@ -73,7 +73,7 @@ def read_documents(path: Path) -> list[Any]:
         try:
             # Aliases are shared when loaded, so a "billion laughs" file loads small and only
             # explodes when written out as JSON: refuse it here, before anything does.
-            check_json_value(document)
+            check_json_value(document, max_depth=MAX_DEPTH + ENVELOPE_DEPTH)
         except ValueError as exc:
             raise FileError(f"document {index + 1} {exc}") from None
     return documents
