@@ -134,6 +134,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.body_timeout, "body")
         super().on_headers_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection is the websocket protocol's from here on: no HTTP deadline on it.
+        self._disarm()
+        super().handle_websocket_upgrade()
+
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()

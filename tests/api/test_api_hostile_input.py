@@ -99,7 +99,7 @@ def test_hostile_schedule_gets_422(api: httpx.Client, body: bytes) -> None:
     assert api.get("/schedules/default/hostile").status_code == 404
 
 
-def test_hostile_trigger_kwargs_get_422(api: httpx.Client, stack: Stack) -> None:
+def test_hostile_trigger_kwargs_get_422(api: httpx.Client) -> None:
     # The run-now route takes args and kwargs too, under the same bounds.
     response = api.post(
         "/schedules/default/no-such-schedule/trigger",
@@ -157,8 +157,7 @@ def guarded_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def connect(address: str) -> socket.socket:
     host, port = address.split(":")
-    sock = socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT + 10)
-    return sock
+    return socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT + 10)
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -174,7 +173,8 @@ def answers_quickly(address: str) -> None:
     started = time.monotonic()
     response = httpx.get(f"http://{address}/healthz", timeout=5)
     assert response.status_code == 200
-    assert time.monotonic() - started < 1
+    # Well under any client's timeout; slack for a CI machine's shared cores.
+    assert time.monotonic() - started < 2
 
 
 def head(extra: str = "", path: str = SUBMIT) -> bytes:
@@ -206,16 +206,23 @@ def test_oversized_url_gets_431(guarded_api: str) -> None:
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
-def trickle(sock: socket.socket, data: bytes, until: float) -> None:
-    """Send ``data`` a byte at a time, one every 0.2 s, until the deadline or it is all sent."""
+def trickled_until_answered(address: str, sock: socket.socket, data: bytes) -> bytes:
+    """Send ``data`` a byte every 0.2 s, checking that another client is answered at once
+    after each, until the server answers this one; then everything it sends until it closes.
+    Sending it all without an answer fails the test."""
+    sock.settimeout(0.05)
     for byte in data:
-        if time.monotonic() > until:
-            return
+        sock.sendall(bytes([byte]))
+        answers_quickly(address)
         try:
-            sock.sendall(bytes([byte]))
-        except OSError:  # the server closed the connection: what the test waits for
-            return
-        time.sleep(0.2)
+            answer = sock.recv(65536)
+            break
+        except TimeoutError:
+            time.sleep(0.15)
+    else:
+        pytest.fail("all of it was trickled in without a timeout")
+    sock.settimeout(5)
+    return answer + read_all(sock)
 
 
 def test_a_silent_connection_gets_408_and_is_closed(guarded_api: str) -> None:
@@ -230,20 +237,7 @@ def test_a_silent_connection_gets_408_and_is_closed(guarded_api: str) -> None:
 def test_a_trickled_head_gets_408_and_others_are_served(guarded_api: str) -> None:
     started = time.monotonic()
     with connect(guarded_api) as sock:
-        sock.settimeout(0.05)
-        data = head("X-Slow: " + "s" * 100)
-        for byte in data:
-            sock.sendall(bytes([byte]))
-            answers_quickly(guarded_api)
-            try:
-                answer = sock.recv(65536)
-                break
-            except TimeoutError:
-                time.sleep(0.15)
-        else:
-            pytest.fail("the whole head was trickled in without a timeout")
-        sock.settimeout(5)
-        answer += read_all(sock)
+        answer = trickled_until_answered(guarded_api, sock, head("X-Slow: " + "s" * 100))
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert time.monotonic() - started < HEAD_TIMEOUT + 3
 
@@ -253,19 +247,7 @@ def test_a_trickled_body_gets_408_and_others_are_served(guarded_api: str) -> Non
     with connect(guarded_api) as sock:
         sock.sendall(head(f"Content-Length: {len(body)}\r\n\r\n"))
         started = time.monotonic()
-        sock.settimeout(0.05)
-        for byte in body:
-            sock.sendall(bytes([byte]))
-            answers_quickly(guarded_api)
-            try:
-                answer = sock.recv(65536)
-                break
-            except TimeoutError:
-                time.sleep(0.15)
-        else:
-            pytest.fail("the whole body was trickled in without a timeout")
-        sock.settimeout(5)
-        answer += read_all(sock)
+        answer = trickled_until_answered(guarded_api, sock, body)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert time.monotonic() - started < BODY_TIMEOUT + 3
 
