@@ -12,7 +12,7 @@ UP_HTTP_ALLOW ?= 127.0.0.1:7500
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 DIST ?= dist
 
-.PHONY: tools up test lint typecheck imports pytest install clean bench manifests image test-operator test-faults controlplane test-cluster dist
+.PHONY: tools up test lint typecheck imports scan pytest install clean bench manifests image test-operator test-faults controlplane test-cluster dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,26 @@ tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: lint typecheck imports pytest
+test: lint typecheck imports scan pytest
+
+# checkov, the chart's scanner, has a virtualenv of its own: its pins would downgrade packaging
+# and importlib-metadata under build, twine and pip in .venv. Pinned in
+# scripts/checkov-requirements.txt.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_STAMP): scripts/checkov-requirements.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r scripts/checkov-requirements.txt
+	touch $(CHECKOV_STAMP)
+
+# The security scanners (docs/testing.md): bandit on the product code, then checkov, offline, on
+# the chart rendered with its defaults and every CI scenario and on manifests/ (.checkov.yaml).
+# Any finding fails; each accepted one is suppressed where it occurs, with its reason.
+scan: $(STAMP) $(CHECKOV_STAMP)
+	$(BIN)/bandit -q -r worker/forwarder_worker operator/forwarder_operator api/forwarder_api
+	PYTHONPATH=tests $(BIN)/python scripts/scan_kubernetes.py
 
 # The test control plane (kube-apiserver and etcd), built with Go from the pinned module in
 # tests/controlplane/ into ~/.cache/forwarder/controlplane/ (FORWARDER_CONTROLPLANE_CACHE), once
@@ -66,7 +85,7 @@ test-cluster: $(STAMP) controlplane
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) build dist *.egg-info .mypy_cache .ruff_cache
 
 # The release artifacts in $(DIST)/: the sdist, the wheel built from it (so the sdist is known to
 # be complete), both checked with twine, and the chart's package (Helm's own packager, from

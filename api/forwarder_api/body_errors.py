@@ -44,7 +44,8 @@ async def _unauthorized_first(request: Request) -> JSONResponse | None:
 
 async def validation_error(request: Request, exc: Exception) -> Response:
     """422 for a bad body, once the caller is known to hold a valid token."""
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):
+        raise TypeError(f"validation_error handles RequestValidationError, not {exc!r}")
     errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
     return await _unauthorized_first(request) or JSONResponse(
         {"detail": jsonable_encoder(errors)}, status_code=422
@@ -53,7 +54,8 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's own HTTP errors (a body it cannot parse is a 400), after the same check."""
-    assert isinstance(exc, StarletteHTTPException)
+    if not isinstance(exc, StarletteHTTPException):
+        raise TypeError(f"http_error handles HTTPException, not {exc!r}")
     return await _unauthorized_first(request) or await http_exception_handler(request, exc)
 
 

@@ -38,7 +38,10 @@ from forwarder_api.settings import ApiSettings
 def services_of(request: Request) -> Services:
     """The app's services (built by ``create_app``)."""
     services = request.app.state.services
-    assert isinstance(services, Services)
+    if not isinstance(services, Services):
+        raise TypeError(
+            f"app.state.services is {services!r}, not Services: build the app with create_app()"
+        )
     return services
 
 

@@ -39,7 +39,10 @@ def _api_client() -> kubernetes.client.ApiClient:
 
 def _items(reply: object) -> list[ScheduledTask]:
     # Custom objects come back as plain dicts: there is no generated model for them.
-    assert isinstance(reply, dict)
+    if not isinstance(reply, dict):
+        raise TypeError(
+            f"a list of ScheduledTasks came back as {type(reply).__name__}, not an object"
+        )
     return [ScheduledTask.model_validate(item) for item in reply.get("items", [])]
 
 
@@ -148,7 +151,10 @@ class KubeClient:
             if exc.status == 404:
                 return None
             raise
-        assert isinstance(reply, dict)
+        if not isinstance(reply, dict):
+            raise TypeError(
+                f"the status patch of {namespace}/{name} came back as {type(reply).__name__}"
+            )
         return ObjectMeta.model_validate(reply["metadata"])
 
     def close(self) -> None:

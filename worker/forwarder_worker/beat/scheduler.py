@@ -105,7 +105,7 @@ def plan_firing(stored: StoredEntry, now: float, grace: float = 10.0) -> FiringP
     The meta counts the missed slots and the excluded slots stepped over, not the firings:
     whether a slot is sent is known only after concurrencyPolicy (:func:`settle`)."""
     entry, meta = stored.entry, stored.meta
-    assert stored.due is not None
+    read_due = stored.due_time()
     timetable = entry.timetable(meta.anchor)
 
     def in_time(slot: float) -> bool:
@@ -113,7 +113,7 @@ def plan_firing(stored: StoredEntry, now: float, grace: float = 10.0) -> FiringP
 
     # The due time is a slot, or a checkpoint in a long exclusion (timing.MAX_EXCLUDED_WALK)
     # that only moves the walk on.
-    latest: float | None = stored.due if timetable.fires(stored.due) else None
+    latest: float | None = read_due if timetable.fires(read_due) else None
     walked = 0  # passed slots after the first
     # For All: the latest passed slots within the deadline, and how many there were.
     recent: deque[float] = deque(maxlen=MAX_MISSED_RUNS)
@@ -121,7 +121,7 @@ def plan_firing(stored: StoredEntry, now: float, grace: float = 10.0) -> FiringP
         recent.append(latest)
     in_time_count = len(recent)
     dropped: float | None = None
-    step = timetable.step(stored.due)
+    step = timetable.step(read_due)
     excluded = step.excluded
     steps = 0
     while step.slot is not None and step.slot <= now and steps < _MAX_MISSED_WALK:
@@ -198,9 +198,8 @@ def claim_of(
 ) -> Claim:
     """The claim of ``stored``'s slot as read, leaving it with ``meta`` and due at ``due``
     (None: out of the due set), and writing ``record`` and ``pushes`` if it wins."""
-    assert stored.due is not None  # read from the due set
     return Claim(
-        stored.entry.name, stored.rev, stored.due, meta.to_json(), due, record, pushes, more
+        stored.entry.name, stored.rev, stored.due_time(), meta.to_json(), due, record, pushes, more
     )
 
 

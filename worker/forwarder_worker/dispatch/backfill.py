@@ -83,9 +83,8 @@ def parse_instant(text: str, what: str) -> float:
         # Python reads at most microseconds: a longer fraction is cut, not refused.
         head, _, rest = text.partition(".")
         if rest:
-            digits = re.match(r"\d+", rest)
-            assert digits is not None
-            text = f"{head}.{digits.group()[:6]}{rest[digits.end() :]}"
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
         ts = datetime.fromisoformat(text.replace("z", "Z")).timestamp()
         # In UTC too it must be a date Python can write back (years 1 to 9999).
         datetime.fromtimestamp(ts, UTC)

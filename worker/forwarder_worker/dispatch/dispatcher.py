@@ -230,7 +230,8 @@ class Dispatcher:
     def plan(self, firing: Firing, now: float) -> tuple[float, float | None]:
         """The jitter delay and the expiry (epoch seconds, None: none) of a firing sent now."""
         entry, slot = firing.entry, firing.slot
-        delay = random.uniform(0, entry.jitter) if entry.jitter else 0.0  # noqa: S311
+        # Jitter only spreads the load: it needs no unpredictable random numbers.
+        delay = random.uniform(0, entry.jitter) if entry.jitter else 0.0  # noqa: S311  # nosec B311
         # The starting deadline counts from the slot (plus its jitter), as CronJob's does: a
         # firing published late has that much less time to start. A backfilled slot is past
         # on purpose: its deadline counts from now, or it could never start.

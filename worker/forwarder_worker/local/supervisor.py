@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404  # it runs forwarder's own component commands, never a shell
 import sys
 import threading
 import time
@@ -52,7 +52,8 @@ class Supervisor:
 
     def start(self, name: str, command: list[str], env: dict[str, str]) -> Child:
         # Each child leads its own process group, so stopping it also stops its pool workers.
-        popen = subprocess.Popen(
+        # The command is one of ours (forwarder_worker.local.cli), an argv list with no shell.
+        popen = subprocess.Popen(  # nosec B603
             command,
             env=env,
             stdout=subprocess.PIPE,
@@ -67,7 +68,8 @@ class Supervisor:
         return child
 
     def _relay(self, name: str, popen: subprocess.Popen[bytes]) -> None:
-        assert popen.stdout is not None
+        if popen.stdout is None:
+            raise ValueError(f"{name}: its output is not a pipe to relay")
         with (self.logs_dir / f"{name}.log").open("ab") as log:
             for raw in popen.stdout:
                 log.write(raw)

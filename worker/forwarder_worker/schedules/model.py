@@ -133,8 +133,13 @@ class ScheduleSpec(_Strict):
             return f"every {self.every}s"
         if self.cron is not None:
             return f"cron {self.cron}"
-        assert self.at is not None
-        return f"at {self.at.astimezone(UTC).isoformat().replace('+00:00', 'Z')}"
+        return f"at {self.one_off().astimezone(UTC).isoformat().replace('+00:00', 'Z')}"
+
+    def one_off(self) -> datetime:
+        """The instant of an ``at`` schedule; ValueError for an ``every`` or ``cron`` one."""
+        if self.at is None:
+            raise ValueError(f"a schedule with {self.kind} is not a one-off 'at' schedule")
+        return self.at
 
 
 class ExclusionsSpec(_Strict):
@@ -287,14 +292,14 @@ class ScheduledTaskSpec(_Strict):
                 f"endTime: {self.end_time.isoformat()} is not after startTime "
                 f"{self.start_time.isoformat()}"
             )
-        if self.schedule.at is not None:
-            if self.schedule.at.tzinfo is None:
+        at = self.schedule.at
+        if at is not None:
+            if at.tzinfo is None:
                 # A naive `at` is read in the spec's zone, as a cron would be.
-                local = self.schedule.at.replace(tzinfo=ZoneInfo(self.time_zone))
-                object.__setattr__(self, "schedule", self.schedule.model_copy(update={"at": local}))
-            assert self.schedule.at is not None
-            if not context.get("allow_past_at") and self.schedule.at.timestamp() <= now:
-                raise ValueError(f"schedule.at: {self.schedule.at.isoformat()} is in the past")
+                at = at.replace(tzinfo=ZoneInfo(self.time_zone))
+                object.__setattr__(self, "schedule", self.schedule.model_copy(update={"at": at}))
+            if not context.get("allow_past_at") and at.timestamp() <= now:
+                raise ValueError(f"schedule.at: {at.isoformat()} is in the past")
         if self.schedule.cron is not None:
             try:
                 upcoming = self.timetable().next_after(now)
@@ -308,14 +313,13 @@ class ScheduledTaskSpec(_Strict):
         """When this spec fires; ``anchor`` is the first slot of an interval schedule."""
         schedule = self.schedule
         if schedule.every is not None:
-            assert isinstance(schedule.every, int)
+            # A str only before validation: the validator makes every duration whole seconds.
             return IntervalTimetable(
                 float(schedule.every), time.time() if anchor is None else anchor
             )
         if schedule.cron is not None:
             return CronTimetable(schedule.cron, self.time_zone)
-        assert schedule.at is not None
-        return OneOffTimetable(schedule.at.timestamp())
+        return OneOffTimetable(schedule.one_off().timestamp())
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

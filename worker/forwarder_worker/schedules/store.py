@@ -126,8 +126,7 @@ class Entry:
         elif sched.cron is not None:
             schedule = {"cron": sched.cron}
         else:
-            assert sched.at is not None
-            schedule = {"at": sched.at.timestamp()}
+            schedule = {"at": sched.one_off().timestamp()}
         return cls(
             name=name,
             task=spec.task,
@@ -239,6 +238,12 @@ class StoredEntry:
     rev: str
     due: float | None
     paused: int | None = None  # suspended after this many failed runs in a row
+
+    def due_time(self) -> float:
+        """The due time it was read with; ValueError if it was read outside the due set."""
+        if self.due is None:
+            raise ValueError(f"entry {self.entry.name!r} was not read from the due set")
+        return self.due
 
 
 @dataclass(frozen=True)
