@@ -1,5 +1,6 @@
 """The bounds on free-form values (forwarder_worker.values), and the doors that use them
-without a process around them: the run-now overrides annotation the operator reads."""
+without a process around them: the run-now overrides annotation the operator reads, and
+``forwarder trigger --args/--kwargs``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 from forwarder_worker.dispatch.dispatcher import parse_overrides
+from forwarder_worker.local.cli import Refused, _json_option
 from forwarder_worker.values import MAX_DEPTH, MAX_VALUES, check_json_value
 
 
@@ -70,3 +72,16 @@ def test_a_hostile_run_now_overrides_annotation_is_a_value_error(text: str, says
     # The operator turns a ValueError into one RunNowFailed Warning Event for that value.
     with pytest.raises(ValueError, match=says):
         parse_overrides(text, "1")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "--args is not JSON"),
+        ("[Infinity]", "--args inf is not a finite number"),
+        (json.dumps([nested(MAX_DEPTH)]), "--args is nested more"),
+    ],
+)
+def test_forwarder_trigger_refuses_hostile_args(text: str, says: str) -> None:
+    with pytest.raises(Refused, match=says):
+        _json_option(text, "--args", list)

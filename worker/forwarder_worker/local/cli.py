@@ -44,6 +44,7 @@ from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
 from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.files import FileError, declared
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
+from forwarder_worker.values import check_json_value
 from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview, upcoming
 from forwarder_worker.schedules.store import Entry
 from forwarder_worker.schedules.timing import utc_iso
@@ -371,10 +372,14 @@ def _json_option(text: str | None, option: str, kind: type) -> Any:
         return None
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise Refused(f"{option} is not JSON: {exc}") from None
     if not isinstance(value, kind):
         raise Refused(f"{option} must be a JSON {'array' if kind is list else 'object'}")
+    try:
+        check_json_value(value)  # what the api's trigger takes, no more
+    except ValueError as exc:
+        raise Refused(f"{option} {exc}") from None
     return value
 
 
