@@ -44,11 +44,11 @@ from forwarder_worker.local.supervisor import Supervisor, start_embedded_redis
 from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.files import FileError, declared
 from forwarder_worker.schedules.model import InvalidSpec, ScheduledTaskSpec, parse_spec
-from forwarder_worker.values import check_json_value
 from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, preview, upcoming
 from forwarder_worker.schedules.store import Entry
 from forwarder_worker.schedules.timing import utc_iso
 from forwarder_worker.settings import Settings, get_settings
+from forwarder_worker.values import check_json_value
 
 CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
 STATE_DIR = Path(".forwarder")
