@@ -23,6 +23,7 @@ from forwarder_operator.folder import FolderSource
 from forwarder_worker import Core
 from forwarder_worker.schedules.files import MAX_FILE_BYTES
 from forwarder_worker.values import MAX_DEPTH, MAX_VALUES
+from support.hostile_yaml import deep_kwargs, laughs_kwargs
 from support.processes import BIN, eventually, forwarder_env, running, start
 
 GOOD = """\
@@ -39,18 +40,6 @@ spec:
 
 def _with_kwargs(name: str, kwargs: str) -> bytes:
     return (GOOD.format(name=name, every="1s") + f"  kwargs:\n{kwargs}").encode()
-
-
-def _laughs() -> str:
-    """kwargs whose last alias expands to 10**9 strings: tiny as YAML, a billion as JSON."""
-    lines = ['    l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    for level in range(1, 10):
-        lines.append(f"    l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 10)}]")
-    return "\n".join(lines) + "\n"
-
-
-def _deep_flow(depth: int) -> str:
-    return "    a: " + "[" * depth + "]" * depth + "\n"
 
 
 BAD_FILES: dict[str, bytes] = {
@@ -71,9 +60,9 @@ BAD_FILES: dict[str, bytes] = {
     .encode(),
     # Hostile YAML (docs/reliability.md, "Hostile input"): each refused before any of it is
     # written out as JSON or validated.
-    "laughs.yaml": _with_kwargs("laughs", _laughs()),
-    "deep-yaml.yaml": _with_kwargs("deep-yaml", _deep_flow(1000)),
-    "deep-kwargs.yaml": _with_kwargs("deep-kwargs", _deep_flow(MAX_DEPTH + 1)),
+    "laughs.yaml": _with_kwargs("laughs", laughs_kwargs()),
+    "deep-yaml.yaml": _with_kwargs("deep-yaml", deep_kwargs(1000)),
+    "deep-kwargs.yaml": _with_kwargs("deep-kwargs", deep_kwargs(MAX_DEPTH + 1)),
     "huge-int.yaml": _with_kwargs("huge-int", f"    a: {'9' * 5000}\n"),
     "infinity.yaml": _with_kwargs("infinity", "    a: .inf\n"),
 }

@@ -32,6 +32,7 @@ from forwarder_worker.schedules.reconcile import validate
 from forwarder_worker.values import MAX_DEPTH
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.hostile_yaml import deep_kwargs, laughs_kwargs
 from support.operator_process import operator_env, running_operator
 from support.processes import celery_beat, celery_worker, eventually, running
 from support.scheduled_tasks import ScheduledTasks
@@ -227,3 +228,32 @@ def test_random_specs_through_the_operator(
         assert _handler_lines(operator.output(), namespace) == before
         assert operator.alive()
         assert "Traceback" not in operator.output()
+
+
+def _yaml_resource(name: str, namespace: str, kwargs: str) -> bytes:
+    return (
+        "apiVersion: forwarder.dev/v1alpha1\nkind: ScheduledTask\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+        "spec:\n  task: forwarder.ping\n  schedule: {every: 1s}\n"
+        f"  kwargs:\n{kwargs}"
+    ).encode()
+
+
+@pytest.mark.cluster
+def test_yaml_bombs_never_reach_the_operator(scheduled_tasks: ScheduledTasks) -> None:
+    """What ``kubectl apply`` of a hostile file sends: YAML, decoded by the API server itself.
+    An aliases bomb ("excessive aliasing") and nesting of 10,000 levels are refused there
+    with 400, before anything is stored, so the operator never sees them."""
+    kube, namespace = scheduled_tasks, scheduled_tasks.namespace
+    bombs = {
+        "laughs": laughs_kwargs(),
+        "deep": deep_kwargs(10_000),
+    }
+    for name, kwargs in bombs.items():
+        reply = kube.http.post(
+            kube.path(namespace),
+            content=_yaml_resource(name, namespace, kwargs),
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert reply.status_code == 400, (name, reply.status_code, reply.text[:300])
+        assert kube.get(name) is None, name
