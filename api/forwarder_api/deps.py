@@ -308,5 +308,6 @@ async def _body(field: ModelField, request: Request) -> Any:
         return _INVALID
     try:
         return _value(field, json.loads(raw))
-    except ValueError:
+    except (ValueError, RecursionError):
+        # Not JSON, or nested past the decoder's recursion limit: FastAPI answers 400.
         return _INVALID

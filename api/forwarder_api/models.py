@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from forwarder_worker.dispatch.backfill import Window, parse_instant
 from forwarder_worker.names import API_VERSION, KIND, NAME_PATTERN, NAMESPACE_PATTERN
 from forwarder_worker.runs.records import STATES
+from forwarder_worker.values import ENVELOPE_DEPTH, MAX_DEPTH, check_json_value
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -27,12 +30,30 @@ class _Body(BaseModel):
     # Unknown fields are mistakes; NaN and Infinity are not times.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_body(cls, data: Any) -> Any:
+        # Every string, number and level of a body, labels and ignored fields included, is
+        # one the api can store and answer with; args and kwargs get their own exact depth.
+        check_json_value(data, max_depth=MAX_DEPTH + ENVELOPE_DEPTH)
+        return data
+
+
+def _bounded(value: Any) -> Any:
+    """A run's args or kwargs within what the broker, the worker and the record carry."""
+    check_json_value(value)
+    return value
+
+
+Args = Annotated[list[Any], AfterValidator(_bounded)]
+Kwargs = Annotated[dict[str, Any], AfterValidator(_bounded)]
+
 
 class RunRequest(_Body):
     """What to run: arguments and Celery options (all optional)."""
 
-    args: list[Any] = Field(default_factory=list, description="Positional arguments")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments")
+    args: Args = Field(default_factory=list, description="Positional arguments")
+    kwargs: Kwargs = Field(default_factory=dict, description="Keyword arguments")
     queue: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=QUEUE_PATTERN, description="Queue"
     )
@@ -47,10 +68,26 @@ class RunRequest(_Body):
     )
     priority: int | None = Field(default=None, ge=0, le=9, description="0 (lowest) to 9")
 
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _seconds_or_instant(cls, value: Any) -> Any:
+        # A number is seconds from now; pydantic would read one out of range as an epoch
+        # timestamp instead (-5: 1969, expired before it is sent).
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and not 0 < value <= MAX_DELAY_SECONDS:
+            raise ValueError(
+                f"seconds must be more than 0 and at most {MAX_DELAY_SECONDS} "
+                "(or give an RFC 3339 instant)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_delay(self) -> RunRequest:
         if self.countdown is not None and self.eta is not None:
             raise ValueError("give countdown or eta, not both")
+        # A worker holds a message with an eta in memory until it is due: not for years.
+        if self.eta is not None and self.eta.timestamp() - time.time() > MAX_DELAY_SECONDS:
+            raise ValueError(f"eta: more than {MAX_DELAY_SECONDS} s from now")
         return self
 
 
@@ -205,8 +242,8 @@ class TriggerRequest(_Body):
     """A run-now's own arguments (both optional): ``args`` replace the spec's, ``kwargs`` are
     merged over the spec's. The run record keeps them as ``overrides``."""
 
-    args: list[Any] | None = Field(default=None, description="Replace the spec's args")
-    kwargs: dict[str, Any] | None = Field(default=None, description="Merged over the spec's kwargs")
+    args: Args | None = Field(default=None, description="Replace the spec's args")
+    kwargs: Kwargs | None = Field(default=None, description="Merged over the spec's kwargs")
 
 
 class TriggerOut(BaseModel):

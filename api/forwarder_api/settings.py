@@ -40,6 +40,18 @@ class ApiSettings(Settings, FlowerSettings):
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413."""
 
+    api_max_header_bytes: int = Field(default=32 * 1024, ge=4096)
+    """Largest request line plus headers accepted; a larger head gets 431 and a closed
+    connection (uvicorn's httptools protocol has no limit of its own)."""
+
+    api_header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a client may take to send a request's line and headers (from the connection,
+    or a kept-alive request's first byte); a slower one gets 408 and a closed connection."""
+
+    api_body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a client may take to send a request's body after its headers; a slower one gets
+    408 and a closed connection (a full body at the limit then needs about 35 KB/s)."""
+
     api_show_traceback: bool = False
     """Whether ``GET /runs/{id}`` includes a failed run's traceback (it may reveal internals)."""
 

@@ -1,7 +1,11 @@
 """The local folder source under bad input: each bad file is reported, none stops the source.
 
 Bad files: malformed YAML, a wrong kind, a list instead of a mapping, the same name declared in
-two files, a file over the size limit, binary junk, an invalid spec and an unknown task. The
+two files, a file over the size limit, binary junk, an invalid spec, an unknown task, and
+hostile YAML: an aliases bomb ("billion laughs"), nesting past PyYAML's recursion, kwargs one
+level too deep, a 5000-digit integer and ``.inf``. (A document of more than ``MAX_VALUES``
+values written out one by one is refused the same way as the bomb, but takes PyYAML's pure
+Python loader seconds to read: ``tests/worker/test_values.py`` covers that bound.) The
 good schedules next to them are applied, a file added afterwards is applied, a bad file that
 is fixed is applied, and a good file that breaks keeps its schedule. Checked both on
 ``FolderSource.sync`` (exact messages) and on the real ``python -m forwarder_operator.folder``
@@ -18,6 +22,8 @@ import pytest
 from forwarder_operator.folder import FolderSource
 from forwarder_worker import Core
 from forwarder_worker.schedules.files import MAX_FILE_BYTES
+from forwarder_worker.values import MAX_DEPTH, MAX_VALUES
+from support.hostile_yaml import deep_kwargs, laughs_kwargs
 from support.processes import BIN, eventually, forwarder_env, running, start
 
 GOOD = """\
@@ -30,6 +36,11 @@ spec:
   schedule:
     every: {every}
 """
+
+
+def _with_kwargs(name: str, kwargs: str) -> bytes:
+    return (GOOD.format(name=name, every="1s") + f"  kwargs:\n{kwargs}").encode()
+
 
 BAD_FILES: dict[str, bytes] = {
     "malformed.yaml": b"apiVersion: forwarder.dev/v1alpha1\nkind: [unclosed\n  spec: {\n",
@@ -47,6 +58,13 @@ BAD_FILES: dict[str, bytes] = {
     "unknown-task.yaml": GOOD.replace("forwarder.ping", "nobody.has.this")
     .format(name="unknown-task", every="1s")
     .encode(),
+    # Hostile YAML (docs/reliability.md, "Hostile input"): each refused before any of it is
+    # written out as JSON or validated.
+    "laughs.yaml": _with_kwargs("laughs", laughs_kwargs()),
+    "deep-yaml.yaml": _with_kwargs("deep-yaml", deep_kwargs(1000)),
+    "deep-kwargs.yaml": _with_kwargs("deep-kwargs", deep_kwargs(MAX_DEPTH + 1)),
+    "huge-int.yaml": _with_kwargs("huge-int", f"    a: {'9' * 5000}\n"),
+    "infinity.yaml": _with_kwargs("infinity", "    a: .inf\n"),
 }
 
 # What each bad file's report must say.
@@ -59,6 +77,11 @@ REPORTS = {
     "junk.yaml": "is not UTF-8 text",
     "bad-cron.yaml": "InvalidSpec: spec.schedule.cron: '61 * * * *' is not a valid cron",
     "unknown-task.yaml": "UnknownTask",
+    "laughs.yaml": f"document 1 holds more than {MAX_VALUES} values",
+    "deep-yaml.yaml": "is not usable YAML: nested too deeply",
+    "deep-kwargs.yaml": f"InvalidSpec: spec.kwargs: is nested more than {MAX_DEPTH} levels deep",
+    "huge-int.yaml": "is not usable YAML: Exceeds the limit (4300 digits)",
+    "infinity.yaml": "document 1 inf is not a finite number",
 }
 
 

@@ -2,7 +2,8 @@
 the real operator.
 
 Hypothesis generates specs field by field: good values, wrong types, out-of-range numbers,
-bad durations and cron lines, unknown zones and tasks, extra and missing fields. Each is
+bad durations and cron lines, unknown zones and tasks, extra and missing fields; and a few
+hostile ones always run (``HOSTILE``: deep, huge and odd args and kwargs). Each is
 POSTed to the API server, which refuses what the CRD's schema and CEL rule can tell is wrong
 (422 with a message) and stores the rest with its defaults filled in and unknown fields
 pruned; the operator process (as its own ServiceAccount, with a worker and a beat running)
@@ -28,8 +29,10 @@ import redis
 from forwarder_worker import Core
 from forwarder_worker.schedules.model import InvalidSpec
 from forwarder_worker.schedules.reconcile import validate
-from hypothesis import HealthCheck, given, settings
+from forwarder_worker.values import MAX_DEPTH
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.hostile_yaml import deep_kwargs, laughs_kwargs
 from support.operator_process import operator_env, running_operator
 from support.processes import celery_beat, celery_worker, eventually, running
 from support.scheduled_tasks import ScheduledTasks
@@ -103,6 +106,24 @@ admissible = st.fixed_dictionaries(
 specs = st.integers(0, 3).flatmap(lambda pick: anything if pick == 0 else admissible)
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Hostile values the schema's preserve-unknown-fields args and kwargs let through (see
+# docs/reliability.md, "Hostile input"): nested one level past the core's limit and far past
+# it, an integer past int64, and a big value.
+HOSTILE = [
+    {"task": "forwarder.ping", "schedule": {"every": "1s"}, "kwargs": {"a": _nested(MAX_DEPTH)}},
+    {"task": "forwarder.ping", "schedule": {"every": "1s"}, "args": [_nested(300)]},
+    {"task": "forwarder.ping", "schedule": {"every": "1s"}, "args": [10**30, -(10**30)]},
+    {"task": "forwarder.ping", "schedule": {"every": "1s"}, "kwargs": {"big": "x" * 200_000}},
+]
+
+
 def _verdict(spec: Any) -> bool:
     try:
         validate(spec, KNOWN_TASKS)
@@ -143,6 +164,10 @@ def test_random_specs_through_the_operator(
     with running(worker, beat), running_operator(env, logs / "operator.log") as operator:
 
         @given(spec=specs)
+        @example(spec=HOSTILE[0])
+        @example(spec=HOSTILE[1])
+        @example(spec=HOSTILE[2])
+        @example(spec=HOSTILE[3])
         @settings(
             max_examples=EXAMPLES,
             deadline=None,
@@ -203,3 +228,32 @@ def test_random_specs_through_the_operator(
         assert _handler_lines(operator.output(), namespace) == before
         assert operator.alive()
         assert "Traceback" not in operator.output()
+
+
+def _yaml_resource(name: str, namespace: str, kwargs: str) -> bytes:
+    return (
+        "apiVersion: forwarder.dev/v1alpha1\nkind: ScheduledTask\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+        "spec:\n  task: forwarder.ping\n  schedule: {every: 1s}\n"
+        f"  kwargs:\n{kwargs}"
+    ).encode()
+
+
+@pytest.mark.cluster
+def test_yaml_bombs_never_reach_the_operator(scheduled_tasks: ScheduledTasks) -> None:
+    """What ``kubectl apply`` of a hostile file sends: YAML, decoded by the API server itself.
+    An aliases bomb ("excessive aliasing") and nesting of 10,000 levels are refused there
+    with 400, before anything is stored, so the operator never sees them."""
+    kube, namespace = scheduled_tasks, scheduled_tasks.namespace
+    bombs = {
+        "laughs": laughs_kwargs(),
+        "deep": deep_kwargs(10_000),
+    }
+    for name, kwargs in bombs.items():
+        reply = kube.http.post(
+            kube.path(namespace),
+            content=_yaml_resource(name, namespace, kwargs),
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert reply.status_code == 400, (name, reply.status_code, reply.text[:300])
+        assert kube.get(name) is None, name

@@ -41,6 +41,7 @@ from forwarder_worker.names import (
 )
 from forwarder_worker.runs.records import FINAL_STATES, ActiveRun, RunLog
 from forwarder_worker.schedules.store import Entry
+from forwarder_worker.values import check_json_value
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ def parse_overrides(text: str, value: str) -> Overrides | None:
     wrong with a malformed one."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: nested past the decoder's limit, which an annotation's 256 KB allows.
         raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION} is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION} must be a JSON object")
@@ -94,6 +96,11 @@ def parse_overrides(text: str, value: str) -> Overrides | None:
         raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION}: args must be a JSON array")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION}: kwargs must be a JSON object")
+    for name, part in (("args", args), ("kwargs", kwargs)):
+        try:
+            check_json_value(part)  # the bounds the api's trigger and a spec's own keep
+        except ValueError as exc:
+            raise ValueError(f"{RUN_NOW_OVERRIDES_ANNOTATION}: {name} {exc}") from None
     return Overrides(args, kwargs)
 
 

@@ -48,6 +48,7 @@ from forwarder_worker.schedules.preview import MAX_PREVIEW, describe_slot, previ
 from forwarder_worker.schedules.store import Entry
 from forwarder_worker.schedules.timing import utc_iso
 from forwarder_worker.settings import Settings, get_settings
+from forwarder_worker.values import check_json_value
 
 CELERY = [sys.executable, "-m", "celery", "-A", "forwarder_worker.app"]
 STATE_DIR = Path(".forwarder")
@@ -63,7 +64,11 @@ def component_command(name: str, extra: Sequence[str] = ()) -> list[str]:
         "beat": [*CELERY, "beat", "--loglevel=INFO", "-S", SCHEDULER],
         # Flower reads its credentials from FLOWER_BASIC_AUTH, never from the command line.
         "flower": [*CELERY, "flower"],
-        "api": [sys.executable, "-m", "uvicorn", "--factory", "forwarder_api.main:create_app"],
+        # The API's own HTTP protocol: uvicorn's, with head size and read time limits.
+        "api": [
+            *(sys.executable, "-m", "uvicorn", "--factory", "forwarder_api.main:create_app"),
+            *("--http", "forwarder_api.http_guard:GuardedHttpToolsProtocol"),
+        ],
         "operator": [sys.executable, "-m", "forwarder_operator"],
         "folder": [sys.executable, "-m", "forwarder_operator.folder"],
     }
@@ -367,10 +372,14 @@ def _json_option(text: str | None, option: str, kind: type) -> Any:
         return None
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise Refused(f"{option} is not JSON: {exc}") from None
     if not isinstance(value, kind):
         raise Refused(f"{option} must be a JSON {'array' if kind is list else 'object'}")
+    try:
+        check_json_value(value)  # what the api's trigger takes, no more
+    except ValueError as exc:
+        raise Refused(f"{option} {exc}") from None
     return value
 
 

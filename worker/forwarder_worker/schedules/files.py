@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from forwarder_worker.names import API_VERSION, KIND, NAME, NAMESPACE
+from forwarder_worker.values import ENVELOPE_DEPTH, MAX_DEPTH, check_json_value
 
 MAX_FILE_BYTES = 1024 * 1024
 """Larger files are refused unread: a folder is edited by hand, not filled with data."""
@@ -51,16 +52,31 @@ def schedule_files(folder: Path) -> list[Path]:
 
 def read_documents(path: Path) -> list[Any]:
     """Every YAML document in ``path`` as written (an empty one is None), or FileError
-    naming the problem: too large, not UTF-8, not YAML. OSError passes through."""
+    naming the problem: too large, not UTF-8, not YAML, nested too deeply or expanding to
+    too many values (:mod:`forwarder_worker.values`). OSError passes through."""
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise FileError(f"{size} bytes is more than the {MAX_FILE_BYTES}-byte limit")
     try:
-        return list(yaml.safe_load_all(path.read_bytes().decode("utf-8")))
+        documents = list(yaml.safe_load_all(path.read_bytes().decode("utf-8")))
     except UnicodeDecodeError:
         raise FileError("is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise FileError(f"is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        # PyYAML composes nested nodes recursively: thousands of levels exhaust the stack.
+        raise FileError("is not usable YAML: nested too deeply") from None
+    except ValueError as exc:
+        # A constructor's own refusal, e.g. an integer past Python's 4300-digit limit.
+        raise FileError(f"is not usable YAML: {exc}") from None
+    for index, document in enumerate(documents):
+        try:
+            # Aliases are shared when loaded, so a "billion laughs" file loads small and only
+            # explodes when written out as JSON: refuse it here, before anything does.
+            check_json_value(document, max_depth=MAX_DEPTH + ENVELOPE_DEPTH)
+        except ValueError as exc:
+            raise FileError(f"document {index + 1} {exc}") from None
+    return documents
 
 
 def is_scheduled_task(document: Any) -> bool:

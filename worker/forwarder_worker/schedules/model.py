@@ -33,6 +33,7 @@ from forwarder_worker.schedules.timing import (
     Timetable,
     parse_dates,
 )
+from forwarder_worker.values import check_json_value
 
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
 TASK_NAME = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
@@ -256,6 +257,12 @@ class ScheduledTaskSpec(_Strict):
     missed_run_policy: Literal["Latest", "All", "Skip"] = Field(
         default="Latest", alias="missedRunPolicy"
     )
+
+    @field_validator("args", "kwargs")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        check_json_value(value)
+        return value
 
     @field_validator("time_zone")
     @classmethod
