@@ -246,7 +246,7 @@ def sentinel_set(
                         "127.0.0.1",
                         str(master_port),
                         *common,
-                    ],  # fmt: skip
+                    ],
                     replica_port,
                     password=password,
                 )
