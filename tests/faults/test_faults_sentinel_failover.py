@@ -101,7 +101,7 @@ def _flower_sees_worker(port: int) -> bool:
         )
     except httpx.HTTPError:
         return False
-    return reply.status_code == 200 and any(n.startswith("ha@") for n in reply.json())
+    return reply.status_code == 200 and any(n.startswith("ha-") for n in reply.json())
 
 
 @pytest.mark.slow
