@@ -28,7 +28,15 @@ import pytest
 import redis
 from forwarder_worker import Core, Settings
 from forwarder_worker.runs.records import RunLog
-from support.api_process import TOKEN, api_env, start_api, start_flower
+from support.api_process import (
+    FLOWER_PASSWORD,
+    FLOWER_USER,
+    TOKEN,
+    api_env,
+    flower_sees_worker,
+    start_api,
+    start_flower,
+)
 from support.processes import (
     BIN,
     celery_beat,
@@ -92,18 +100,6 @@ def _slots(runs: RunLog) -> list[float]:
         return []
 
 
-def _flower_sees_worker(port: int) -> bool:
-    try:
-        reply = httpx.get(
-            f"http://127.0.0.1:{port}/api/workers?refresh=1",
-            auth=("flower-admin", "flower-pw-for-tests"),
-            timeout=10,
-        )
-    except httpx.HTTPError:
-        return False
-    return reply.status_code == 200 and any(n.startswith("ha-") for n in reply.json())
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_sentinel_failover_every_component_follows_and_no_slot_fires_twice(
@@ -149,7 +145,12 @@ def test_sentinel_failover_every_component_follows_and_no_slot_fires_twice(
         with running(*procs):
             eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
             eventually(lambda: len(_slots(runs)) >= 5, 60, message="the schedule firing")
-            eventually(lambda: _flower_sees_worker(flower_port), 60, 1.0, message="flower")
+            eventually(
+                lambda: flower_sees_worker(flower_port, (FLOWER_USER, FLOWER_PASSWORD), "ha-"),
+                60,
+                1.0,
+                message="flower",
+            )
             pids = [p.pid for p in procs]
             submitter.start()
             time.sleep(5)
@@ -166,7 +167,12 @@ def test_sentinel_failover_every_component_follows_and_no_slot_fires_twice(
                 0.2,
                 message="the schedule firing after the failover",
             )
-            eventually(lambda: _flower_sees_worker(flower_port), 60, 1.0, message="flower after")
+            eventually(
+                lambda: flower_sees_worker(flower_port, (FLOWER_USER, FLOWER_PASSWORD), "ha-"),
+                60,
+                1.0,
+                message="flower after",
+            )
             eventually(
                 lambda: len([a for a in submitter.acked if a[0] > promoted_at]) >= 20,
                 60,

@@ -16,10 +16,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from forwarder_worker import Core, Settings
-from support.processes import BIN, eventually, forwarder_env, free_port, running, start
+from support.components import check_every_component, forwarder
+from support.processes import forwarder_env
 from support.redis_ha import RedisNode, redis_binaries_missing, started, tls_server
 from support.tls_certs import TlsFiles, make_tls_files
 
@@ -58,10 +58,6 @@ def _tls_env(server: RedisNode, tls: TlsFiles, ca: Path, **extra: str) -> dict[s
     )
 
 
-def _forwarder(*args: str) -> list[str]:
-    return [str(BIN / "forwarder"), *args]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_every_component_works_over_tls_with_a_client_certificate(
@@ -71,34 +67,6 @@ def test_every_component_works_over_tls_with_a_client_certificate(
     folder.mkdir()
     (folder / "encrypted.yaml").write_text(SCHEDULE)
     env = _tls_env(server, tls, tls.ca, FLOWER_BASIC_AUTH="admin:pw")
-    flower_port, api_port = free_port(), free_port()
-    worker = start(
-        _forwarder(
-            "worker", "--concurrency=1", "--without-gossip", "--without-mingle", "-n", "tls@%h"
-        ),
-        env,
-        logs / "worker.log",
-        "worker",
-    )
-    beat = start(_forwarder("beat"), env, logs / "beat.log", "beat")
-    source = start(
-        [str(BIN / "python"), "-m", "forwarder_operator.folder", "--dir", str(folder)],
-        env,
-        logs / "folder.log",
-        "folder",
-    )
-    flower = start(
-        _forwarder("flower", "--address=127.0.0.1", f"--port={flower_port}"),
-        env,
-        logs / "flower.log",
-        "flower",
-    )
-    api = start(
-        _forwarder("api", "--host", "127.0.0.1", "--port", str(api_port)),
-        {**env, "FORWARDER_API_TOKENS": "t0ken-for-tests", "FORWARDER_SCHEDULES_DIR": str(folder)},
-        logs / "api.log",
-        "api",
-    )
     core = Core.from_settings(
         Settings(
             redis_url=f"rediss://127.0.0.1:{server.port}/0",
@@ -107,50 +75,7 @@ def test_every_component_works_over_tls_with_a_client_certificate(
             redis_tls_key_file=tls.client_key,
         )
     )
-    with running(worker, beat, source, flower, api):
-        runs = core.runs
-        eventually(lambda: runs.summary("default/encrypted").succeeded >= 2, 120, message="runs")
-        status = subprocess.run(
-            _forwarder("status"), env=env, capture_output=True, text=True, timeout=60
-        )
-        assert status.returncode == 0, status.stderr
-        assert "default/encrypted" in status.stdout
-
-        def flower_sees_worker() -> bool:
-            try:
-                reply = httpx.get(
-                    f"http://127.0.0.1:{flower_port}/api/workers?refresh=1",
-                    auth=("admin", "pw"),
-                    timeout=10,
-                )
-            except httpx.HTTPError:
-                return False
-            return reply.status_code == 200 and any(n.startswith("tls@") for n in reply.json())
-
-        eventually(flower_sees_worker, 90, 1.0, message="Flower seeing the worker")
-
-        def api_ready() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=5).is_success
-            except httpx.HTTPError:
-                return False
-
-        eventually(api_ready, 90, 0.5, message="the API ready (it reaches Redis)")
-        headers = {"Authorization": "Bearer t0ken-for-tests"}
-        submitted = httpx.post(
-            f"http://127.0.0.1:{api_port}/tasks/forwarder.ping/runs",
-            json={},
-            headers=headers,
-            timeout=10,
-        )
-        assert submitted.status_code == 202, submitted.text
-        run_id = submitted.json()["id"]
-        eventually(
-            lambda: (record := runs.get(run_id)) is not None and record.state == "SUCCESS",
-            60,
-            0.2,
-            message="a run submitted through the API",
-        )
+    check_every_component(env, core, folder, logs, schedule="default/encrypted", worker="tls")
     core.close()
 
 
@@ -160,9 +85,7 @@ def test_a_wrong_ca_stops_each_component_with_one_line(
     server: RedisNode, tls: TlsFiles, component: str
 ) -> None:
     env = _tls_env(server, tls, tls.other_ca, FLOWER_BASIC_AUTH="admin:pw")
-    done = subprocess.run(
-        _forwarder(component), env=env, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run(forwarder(component), env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -29,6 +29,15 @@ def split_csv(value: object) -> object:
     return [item.strip() for item in stripped.split(",") if item.strip()]
 
 
+def secret_value(value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret given in an env var, else read from its mounted file, else None."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text().strip()
+    return None
+
+
 class Settings(BaseSettings):
     """Settings shared by every Forwarder process."""
 
@@ -145,11 +154,7 @@ class Settings(BaseSettings):
 
     def redis_sentinel_password_value(self) -> str | None:
         """The sentinels' password from the env var or the mounted file, if any."""
-        if self.redis_sentinel_password is not None:
-            return self.redis_sentinel_password.get_secret_value()
-        if self.redis_sentinel_password_file is not None:
-            return self.redis_sentinel_password_file.read_text().strip()
-        return None
+        return secret_value(self.redis_sentinel_password, self.redis_sentinel_password_file)
 
     @property
     def uses_tls(self) -> bool:
@@ -161,11 +166,7 @@ class Settings(BaseSettings):
 
     def redis_password_value(self) -> str | None:
         """The Redis password from the env var or the mounted file, if any."""
-        if self.redis_password is not None:
-            return self.redis_password.get_secret_value()
-        if self.redis_password_file is not None:
-            return self.redis_password_file.read_text().strip()
-        return None
+        return secret_value(self.redis_password, self.redis_password_file)
 
     @property
     def effective_redis_url(self) -> str:
@@ -233,9 +234,7 @@ class FlowerSettings(BaseSettings):
 
     def flower_auth(self) -> tuple[str, str] | None:
         """Flower's basic-auth credentials, if configured."""
-        password = self.flower_password.get_secret_value() if self.flower_password else None
-        if password is None and self.flower_password_file is not None:
-            password = self.flower_password_file.read_text().strip()
+        password = secret_value(self.flower_password, self.flower_password_file)
         if self.flower_user is None or password is None:
             return None
         return self.flower_user, password
