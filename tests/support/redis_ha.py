@@ -107,6 +107,28 @@ def started(node: RedisNode) -> Iterator[RedisNode]:
         node.kill()
 
 
+def _tls_args(tls: TlsFiles, *, auth_clients: bool) -> list[str]:
+    """A server's TLS options: its certificate, the CA it trusts (for client certificates and
+    its own TLS links to a master), and TLS for replication."""
+    return [
+        "--tls-cert-file", str(tls.server_cert),
+        "--tls-key-file", str(tls.server_key),
+        "--tls-ca-cert-file", str(tls.ca),
+        "--tls-auth-clients", "yes" if auth_clients else "no",
+        "--tls-replication", "yes",
+    ]  # fmt: skip
+
+
+def _tls_client(tls: TlsFiles) -> dict[str, Any]:
+    """A test client's TLS options (it presents the client certificate)."""
+    return {
+        "ssl": True,
+        "ssl_ca_certs": str(tls.ca),
+        "ssl_certfile": str(tls.client_cert),
+        "ssl_keyfile": str(tls.client_key),
+    }
+
+
 def tls_server(directory: Path, tls: TlsFiles, *, auth_clients: bool = False) -> RedisNode:
     """A redis-server that speaks only TLS, with ``tls``'s server certificate; with
     ``auth_clients`` it requires a client certificate signed by the CA."""
@@ -119,20 +141,9 @@ def tls_server(directory: Path, tls: TlsFiles, *, auth_clients: bool = False) ->
         "--save", "",
         "--appendonly", "no",
         "--dir", str(directory),
-        "--tls-cert-file", str(tls.server_cert),
-        "--tls-key-file", str(tls.server_key),
-        "--tls-ca-cert-file", str(tls.ca),
-        "--tls-auth-clients", "yes" if auth_clients else "no",
+        *_tls_args(tls, auth_clients=auth_clients),
     ]  # fmt: skip
-    return _node(
-        directory,
-        args,
-        port,
-        ssl=True,
-        ssl_ca_certs=str(tls.ca),
-        ssl_certfile=str(tls.client_cert),
-        ssl_keyfile=str(tls.client_key),
-    )
+    return _node(directory, args, port, **_tls_client(tls))
 
 
 @dataclass
@@ -181,9 +192,17 @@ def _sentinel_conf(
     sentinel_password: str | None,
     down_after_ms: int,
     failover_timeout_ms: int,
+    tls: TlsFiles | None,
 ) -> None:
+    listen = [f"port {port}"]
+    if tls is not None:
+        # Only TLS, to clients, to the master and replica, and between sentinels.
+        args = _tls_args(tls, auth_clients=False)
+        listen = ["port 0", f"tls-port {port}"] + [
+            f"{args[i].lstrip('-')} {args[i + 1]}" for i in range(0, len(args), 2)
+        ]
     lines = [
-        f"port {port}",
+        *listen,
         "bind 127.0.0.1",
         f"dir {path.parent}",
         f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2",
@@ -207,12 +226,21 @@ def sentinel_set(
     sentinel_password: str | None = None,
     down_after_ms: int = 1000,
     failover_timeout_ms: int = 3000,
+    tls: TlsFiles | None = None,
 ) -> Iterator[SentinelSet]:
     """A master and a replica (``password`` on both), and three sentinels (``sentinel_password``
-    if given) watching them with short timeouts; every process killed on exit."""
+    if given) watching them with short timeouts, all speaking only TLS when ``tls`` is given;
+    every process killed on exit."""
     auth = ["--requirepass", password, "--masterauth", password] if password else []
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *auth]
+    client_tls = _tls_client(tls) if tls is not None else {}
     master_port, replica_port = free_port(), free_port()
+
+    def listen(port: int) -> list[str]:
+        if tls is None:
+            return ["--port", str(port)]
+        return ["--port", "0", "--tls-port", str(port), *_tls_args(tls, auth_clients=False)]
+
     with ExitStack() as stack:
         master = stack.enter_context(
             started(
@@ -220,14 +248,14 @@ def sentinel_set(
                     base / "master",
                     [
                         REDIS_SERVER,
-                        "--port",
-                        str(master_port),
+                        *listen(master_port),
                         "--dir",
                         str(base / "master"),
                         *common,
                     ],
                     master_port,
                     password=password,
+                    **client_tls,
                 )
             )
         )
@@ -238,8 +266,7 @@ def sentinel_set(
                     replica_dir,
                     [
                         REDIS_SERVER,
-                        "--port",
-                        str(replica_port),
+                        *listen(replica_port),
                         "--dir",
                         str(replica_dir),
                         "--replicaof",
@@ -249,6 +276,7 @@ def sentinel_set(
                     ],
                     replica_port,
                     password=password,
+                    **client_tls,
                 )
             )
         )
@@ -267,12 +295,17 @@ def sentinel_set(
                 sentinel_password=sentinel_password,
                 down_after_ms=down_after_ms,
                 failover_timeout_ms=failover_timeout_ms,
+                tls=tls,
             )
             sentinels.append(
                 stack.enter_context(
                     started(
                         _node(
-                            directory, [REDIS_SENTINEL, str(conf)], port, password=sentinel_password
+                            directory,
+                            [REDIS_SENTINEL, str(conf)],
+                            port,
+                            password=sentinel_password,
+                            **client_tls,
                         )
                     )
                 )
