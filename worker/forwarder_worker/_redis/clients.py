@@ -77,17 +77,14 @@ def _tls_refusal(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _refusal(settings: Settings, exc: redis.RedisError, where: str) -> str | None:
+def _refusal(exc: redis.RedisError, password_setting: str, password: str | None) -> str | None:
     """One line saying which setting to fix, when ``exc`` is a refusal rather than an
-    outage."""
+    outage; ``password_setting`` names the password the server asked for."""
     if isinstance(exc, redis.AuthenticationError):
-        if where == "sentinel":
-            names = "FORWARDER_REDIS_SENTINEL_PASSWORD or FORWARDER_REDIS_SENTINEL_PASSWORD_FILE"
-            missing = settings.redis_sentinel_password_value() is None
-        else:
-            names = "FORWARDER_REDIS_PASSWORD or FORWARDER_REDIS_PASSWORD_FILE"
-            missing = settings.redis_password_value() is None
-        return f"refused the connection ({exc}); {'set' if missing else 'check'} {names}"
+        verb = "set" if password is None else "check"
+        return (
+            f"refused the connection ({exc}); {verb} {password_setting} or {password_setting}_FILE"
+        )
     if (tls := _tls_refusal(exc)) is not None:
         return (
             f"failed TLS verification ({tls.reason or tls}); check FORWARDER_REDIS_TLS_CA_FILE"
@@ -108,13 +105,19 @@ def check_credentials(settings: Settings) -> None:
             try:
                 sentinel.ping()
             except redis.RedisError as exc:
-                if (line := _refusal(settings, exc, "sentinel")) is not None:
+                line = _refusal(
+                    exc,
+                    "FORWARDER_REDIS_SENTINEL_PASSWORD",
+                    settings.redis_sentinel_password_value(),
+                )
+                if line is not None:
                     raise RedisCredentialsRejected(f"Redis sentinel {host}:{port} {line}") from None
     client = redis_client(settings)
     try:
         client.ping()
     except redis.RedisError as exc:
-        if (line := _refusal(settings, exc, "redis")) is not None:
+        line = _refusal(exc, "FORWARDER_REDIS_PASSWORD", settings.redis_password_value())
+        if line is not None:
             raise RedisCredentialsRejected(
                 f"Redis at {settings.redacted_redis_url} {line}"
             ) from None
@@ -163,6 +166,14 @@ def redis_client(settings: Settings, *, blocking: bool = False) -> redis.Redis:
     return redis.Redis.from_url(settings.effective_redis_url, **options)
 
 
+class BlockingSentinelConnectionPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+):
+    """redis-py's sentinel-managed asyncio pool that waits for a free connection, as the
+    URL mode's :class:`redis.asyncio.BlockingConnectionPool` does, instead of failing with
+    "Too many connections" (redis-py offers the two separately)."""
+
+
 # The asyncio client's pool: at most this many connections; a request beyond them waits up
 # to ASYNC_POOL_WAIT seconds for one instead of failing with "Too many connections".
 ASYNC_POOL_SIZE = 100
@@ -197,11 +208,3 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
         return client
     pool = redis.asyncio.BlockingConnectionPool.from_url(settings.effective_redis_url, **options)
     return redis.asyncio.Redis.from_pool(pool)
-
-
-class BlockingSentinelConnectionPool(
-    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
-):
-    """redis-py's sentinel-managed asyncio pool that waits for a free connection, as the
-    URL mode's :class:`redis.asyncio.BlockingConnectionPool` does, instead of failing with
-    "Too many connections" (redis-py offers the two separately)."""
