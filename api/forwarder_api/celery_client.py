@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from forwarder_worker import Settings
 from kombu.transport import redis as kombu_redis
 
@@ -33,6 +33,10 @@ class SubmitOnlyRedisBackend(RedisBackend):
 
     def on_task_call(self, producer: Any, task_id: str) -> dict[str, Any]:
         return {}
+
+
+class SubmitOnlySentinelBackend(SubmitOnlyRedisBackend, SentinelBackend):
+    """:class:`SubmitOnlyRedisBackend` on Celery's Sentinel backend (Sentinel mode)."""
 
 
 class ReusedClientChannel(kombu_redis.Channel):
@@ -64,12 +68,16 @@ class ReusedClientTransport(kombu_redis.Transport):
 
 def submit_conf(settings: Settings) -> dict[str, Any]:
     """The api's settings of the core's Celery app (``Core.from_settings(conf=...)``):
-    :class:`SubmitOnlyRedisBackend` and, on a ``redis://`` or ``rediss://`` broker,
-    :class:`ReusedClientTransport`."""
-    backend = f"{SubmitOnlyRedisBackend.__module__}:{SubmitOnlyRedisBackend.__qualname__}"
+    :class:`SubmitOnlyRedisBackend` (:class:`SubmitOnlySentinelBackend` with sentinels) and,
+    on a ``redis://`` or ``rediss://`` broker, :class:`ReusedClientTransport` (kombu's
+    sentinel transport keeps its own channels)."""
+    cls = SubmitOnlySentinelBackend if settings.sentinel_mode else SubmitOnlyRedisBackend
     # Celery's "<backend class>+<url>" form: this class, on the configured Redis.
-    conf: dict[str, Any] = {"result_backend": f"{backend}+{settings.effective_redis_url}"}
-    if settings.effective_redis_url.startswith(("redis://", "rediss://")):
+    backend = f"{cls.__module__}:{cls.__qualname__}"
+    conf: dict[str, Any] = {"result_backend": f"{backend}+{settings.celery_redis_url}"}
+    if not settings.sentinel_mode and settings.celery_redis_url.startswith(
+        ("redis://", "rediss://")
+    ):
         transport = ReusedClientTransport
         conf["broker_transport"] = f"{transport.__module__}:{transport.__qualname__}"
     return conf

@@ -97,7 +97,32 @@ def test_every_schema_object_forbids_unknown_keys() -> None:
             {"worker": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},
             "worker.autoscaling and worker.keda cannot both be enabled",
         ),
-        ({"redis": {"enabled": False}}, "redis.external.url is required"),
+        (
+            {"redis": {"enabled": False}},
+            "redis.external.url (or redis.external.sentinel.hosts) is required",
+        ),
+        (
+            {
+                "redis": {
+                    "enabled": False,
+                    "external": {"url": "redis://r:6379/0", "sentinel": {"hosts": ["s:26379"]}},
+                }
+            },
+            "set redis.external.url or redis.external.sentinel.hosts, not both",
+        ),
+        (
+            {"redis": {"external": {"sentinel": {"hosts": ["s:26379"]}}}},
+            "redis.external is set but redis.enabled is true",
+        ),
+        (
+            {
+                "redis": {
+                    "enabled": False,
+                    "external": {"url": "rediss://r:6379/0", "tls": {"clientCertificate": True}},
+                }
+            },
+            "redis.external.tls.clientCertificate needs redis.external.tls.existingSecret",
+        ),
         ({"api": {"ingress": {"enabled": True}}}, "api.ingress.hosts needs at least one host"),
         ({"config": {"taskTimeLimit": 60}}, "taskSoftTimeLimit must not exceed"),
         (
@@ -645,3 +670,61 @@ def test_keda_reaches_an_external_redis(
     # No password Secret for this Redis: no TriggerAuthentication, no reference to one.
     assert rendered.of_kind("TriggerAuthentication") == []
     assert "authenticationRef" not in trigger
+
+
+def test_external_sentinels_with_tls_reach_every_component(chart: helm.Chart) -> None:
+    sentinels = [f"redis-node-{i}.redis-headless.redis.svc:26379" for i in range(3)]
+    values = {
+        "redis": {
+            "enabled": False,
+            "external": {
+                "existingSecret": "redis-auth",
+                "sentinel": {
+                    "hosts": sentinels,
+                    "masterName": "mymaster",
+                    "db": 2,
+                    "existingSecret": "sentinel-auth",
+                },
+                "tls": {"enabled": True, "existingSecret": "redis-tls", "clientCertificate": True},
+            },
+        },
+        "worker": {"keda": {"enabled": True}},
+    }
+    rendered = render(chart, values)
+    config = rendered.get("ConfigMap", "forwarder")["data"]
+    assert "FORWARDER_REDIS_URL" not in config
+    assert config["FORWARDER_REDIS_SENTINELS"] == ",".join(sentinels)
+    assert config["FORWARDER_REDIS_SENTINEL_MASTER"] == "mymaster"
+    assert config["FORWARDER_REDIS_SENTINEL_DB"] == "2"
+    assert config["FORWARDER_REDIS_TLS"] == "true"
+    assert config["FORWARDER_REDIS_TLS_CA_FILE"] == "/etc/forwarder/redis-tls/ca.crt"
+    assert config["FORWARDER_REDIS_TLS_CERT_FILE"] == "/etc/forwarder/redis-tls/tls.crt"
+    assert config["FORWARDER_REDIS_TLS_KEY_FILE"] == "/etc/forwarder/redis-tls/tls.key"
+    deployments = rendered.of_kind("Deployment")
+    assert {d["metadata"]["name"] for d in deployments} >= {
+        f"forwarder-{c}" for c in ("worker", "beat", "api", "operator", "flower")
+    }
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["FORWARDER_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "sentinel-auth",
+            "key": "password",
+        }
+        assert {"name": "redis-tls", "secret": {"secretName": "redis-tls"}} in pod["volumes"]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "redis-tls", "mountPath": "/etc/forwarder/redis-tls", "readOnly": True} in (
+            mounts
+        )
+    (scaled,) = rendered.of_kind("ScaledObject")
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "redis-sentinel"
+        assert trigger["metadata"]["addresses"] == ",".join(sentinels)
+        assert trigger["metadata"]["sentinelMaster"] == "mymaster"
+        assert trigger["metadata"]["databaseIndex"] == "2"
+        assert trigger["metadata"]["enableTLS"] == "true"
+    (auth,) = rendered.of_kind("TriggerAuthentication")
+    assert [p["parameter"] for p in auth["spec"]["secretTargetRef"]] == [
+        "password",
+        "sentinelPassword",
+    ]

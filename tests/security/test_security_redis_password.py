@@ -17,11 +17,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from forwarder_worker import Core, Settings
+from support.components import check_every_component, forwarder
 from support.operator_process import operator_env, running_operator
-from support.processes import BIN, eventually, forwarder_env, free_port, running, start
+from support.processes import BIN, eventually, forwarder_env, running, start
 from support.scheduled_tasks import ScheduledTasks
 from support.valkey_process import ValkeyProcess, valkey
 
@@ -44,10 +44,6 @@ def server(tmp_path: Path) -> Iterator[ValkeyProcess]:
         yield started
 
 
-def _forwarder(*args: str) -> list[str]:
-    return [str(BIN / "forwarder"), *args]
-
-
 @pytest.mark.slow
 def test_every_component_connects_with_the_password(
     server: ValkeyProcess, tmp_path: Path, logs: Path
@@ -55,72 +51,9 @@ def test_every_component_connects_with_the_password(
     folder = tmp_path / "schedules"
     folder.mkdir()
     (folder / "guarded.yaml").write_text(SCHEDULE)
-    flower_port = free_port()
     env = forwarder_env(server.url, FORWARDER_REDIS_PASSWORD=PASSWORD, FLOWER_BASIC_AUTH="admin:pw")
-    worker = start(
-        _forwarder(
-            "worker", "--concurrency=1", "--without-gossip", "--without-mingle", "-n", "pw@%h"
-        ),
-        env,
-        logs / "worker.log",
-        "worker",
-    )
-    beat = start(_forwarder("beat"), env, logs / "beat.log", "beat")
-    source = start(
-        [str(BIN / "python"), "-m", "forwarder_operator.folder", "--dir", str(folder)],
-        env,
-        logs / "folder.log",
-        "folder",
-    )
-    flower = start(
-        _forwarder("flower", "--address=127.0.0.1", f"--port={flower_port}"),
-        env,
-        logs / "flower.log",
-        "flower",
-    )
-    api_port = free_port()
-    api = start(
-        _forwarder("api", "--host", "127.0.0.1", "--port", str(api_port)),
-        {**env, "FORWARDER_API_TOKENS": "t0ken-for-tests", "FORWARDER_SCHEDULES_DIR": str(folder)},
-        logs / "api.log",
-        "api",
-    )
     core = Core.from_settings(Settings(redis_url=server.url, redis_password=PASSWORD))
-    with running(worker, beat, source, flower, api):
-        runs = core.runs
-        eventually(lambda: runs.summary("default/guarded").succeeded >= 2, 90, message="runs")
-        status = subprocess.run(
-            _forwarder("status"), env=env, capture_output=True, text=True, timeout=60
-        )
-        assert status.returncode == 0, status.stderr
-        assert "default/guarded" in status.stdout
-
-        def flower_sees_worker() -> bool:
-            try:
-                reply = httpx.get(
-                    f"http://127.0.0.1:{flower_port}/api/workers?refresh=1",
-                    auth=("admin", "pw"),
-                    timeout=10,
-                )
-            except httpx.HTTPError:
-                return False
-            return reply.status_code == 200 and any(n.startswith("pw@") for n in reply.json())
-
-        eventually(flower_sees_worker, 90, 1.0, message="Flower seeing the worker")
-
-        def api_ready() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=5).is_success
-            except httpx.HTTPError:
-                return False
-
-        eventually(api_ready, 90, 0.5, message="the API ready (it reaches Redis)")
-        reply = httpx.get(
-            f"http://127.0.0.1:{api_port}/runs",
-            headers={"Authorization": "Bearer t0ken-for-tests"},
-            timeout=10,
-        )
-        assert reply.status_code == 200 and reply.json()["items"], reply.text
+    check_every_component(env, core, folder, logs, schedule="default/guarded", worker="pw")
     core.close()
 
 
@@ -165,13 +98,13 @@ def test_without_the_password_each_component_stops_with_one_line(
         server.url, FORWARDER_REDIS_PASSWORD="not-it", FLOWER_BASIC_AUTH="admin:pw"
     )
     for component in ("worker", "beat", "flower", "api", "operator", "folder"):
-        _one_line_failure(_forwarder(component), missing, says="set FORWARDER_REDIS_PASSWORD")
+        _one_line_failure(forwarder(component), missing, says="set FORWARDER_REDIS_PASSWORD")
     # A wrong password is caught by the same check (one component is enough to show it).
-    _one_line_failure(_forwarder("beat"), wrong, says="check FORWARDER_REDIS_PASSWORD")
+    _one_line_failure(forwarder("beat"), wrong, says="check FORWARDER_REDIS_PASSWORD")
     folder = tmp_path / "schedules"
     folder.mkdir()
     _one_line_failure(
-        _forwarder(
+        forwarder(
             "up",
             "--redis-url",
             server.url,
@@ -184,7 +117,7 @@ def test_without_the_password_each_component_stops_with_one_line(
         says="set FORWARDER_REDIS_PASSWORD",
     )
     status = subprocess.run(
-        _forwarder("status"), env=missing, capture_output=True, text=True, timeout=60
+        forwarder("status"), env=missing, capture_output=True, text=True, timeout=60
     )
     assert status.returncode == 1
     assert status.stderr.strip().count("\n") == 0 and "Authentication required" in status.stderr

@@ -85,3 +85,21 @@ def _answers(proc: Proc, url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def flower_sees_worker(port: int, auth: tuple[str, str], prefix: str) -> bool:
+    """Whether Flower on ``port`` lists a worker whose name starts with ``prefix`` (asking
+    the workers afresh)."""
+    try:
+        reply = httpx.get(f"http://127.0.0.1:{port}/api/workers?refresh=1", auth=auth, timeout=10)
+    except httpx.HTTPError:
+        return False
+    return reply.status_code == 200 and any(name.startswith(prefix) for name in reply.json())
+
+
+def api_ready(port: int) -> bool:
+    """Whether the api on ``port`` answers ``/readyz`` with 200 (it reaches Redis)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).is_success
+    except httpx.HTTPError:
+        return False

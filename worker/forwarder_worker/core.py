@@ -23,7 +23,12 @@ import redis.asyncio
 from celery import Celery
 
 from forwarder_worker import broker_fixes
-from forwarder_worker._redis.clients import async_redis_client, redis_client, ssl_options
+from forwarder_worker._redis.clients import (
+    async_redis_client,
+    celery_transport_options,
+    redis_client,
+    ssl_options,
+)
 from forwarder_worker._redis.keys import Keys
 from forwarder_worker._redis.scripts import AsyncScripts, RunLimits, Scripts
 from forwarder_worker.dispatch.backfill import Backfiller
@@ -43,8 +48,10 @@ BUILTIN_TASK_MODULES = (
 # Imported by Celery with the task modules (the worker imports them as it starts), which
 # connects the receivers that record every run: importing the core itself connects nothing.
 RECORDING_MODULES = ("forwarder_worker.recording.signals",)
-# Celery's "<backend class>+<url>" form: its Redis backend, recording SUCCESS with the result.
+# Celery's "<backend class>+<url>" form: its Redis backend, recording SUCCESS with the result
+# (its Sentinel backend's twin when the master is found through sentinels).
 RESULT_BACKEND = "forwarder_worker.recording.result_backend:RecordingRedisBackend"
+SENTINEL_RESULT_BACKEND = "forwarder_worker.recording.result_backend:RecordingSentinelBackend"
 SCHEDULER = "forwarder_worker.beat.scheduler:ForwarderScheduler"
 # Every task's base class: applies a schedule's retry policy with Celery's own retry.
 TASK_CLASS = "forwarder_worker.tasks.base:ForwarderTask"
@@ -68,11 +75,15 @@ class ForwarderCelery(Celery):
 
     def __init__(self, core: Core, conf: Mapping[str, Any]) -> None:
         settings = core.settings
-        url = settings.effective_redis_url
+        url = settings.celery_redis_url
+        backend = SENTINEL_RESULT_BACKEND if settings.sentinel_mode else RESULT_BACKEND
+        # In Sentinel mode: kombu's and Celery's sentinel:// URLs, plus master_name and how
+        # to reach the sentinels in both transport options.
+        sentinel = celery_transport_options(settings)
         super().__init__(
             "forwarder",
             broker=url,
-            backend=f"{RESULT_BACKEND}+{url}",
+            backend=f"{backend}+{url}",
             set_as_current=False,
             task_cls=TASK_CLASS,
         )
@@ -104,8 +115,9 @@ class ForwarderCelery(Celery):
             broker_transport_options={
                 "visibility_timeout": settings.task_time_limit * 2 + 60,
                 "global_keyprefix": settings.key_prefix,
+                **sentinel,
             },
-            result_backend_transport_options={"global_keyprefix": settings.key_prefix},
+            result_backend_transport_options={"global_keyprefix": settings.key_prefix, **sentinel},
             broker_connection_retry_on_startup=True,
             worker_cancel_long_running_tasks_on_connection_loss=True,
             beat_scheduler=SCHEDULER,

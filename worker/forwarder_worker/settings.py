@@ -29,6 +29,15 @@ def split_csv(value: object) -> object:
     return [item.strip() for item in stripped.split(",") if item.strip()]
 
 
+def secret_value(value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret given in an env var, else read from its mounted file, else None."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text().strip()
+    return None
+
+
 class Settings(BaseSettings):
     """Settings shared by every Forwarder process."""
 
@@ -45,8 +54,39 @@ class Settings(BaseSettings):
     """A file holding the Redis password (a mounted Secret); read when ``redis_password`` is
     not set."""
 
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Redis Sentinel addresses (``FORWARDER_REDIS_SENTINELS=host:26379,host2:26379``). When
+    set, every client asks them for the master of ``redis_sentinel_master`` and follows a
+    failover; ``redis_url`` is not used."""
+
+    redis_sentinel_master: str = "mymaster"
+    """The name the sentinels monitor the master under."""
+
+    redis_sentinel_db: int = Field(default=0, ge=0)
+    """The database number on the master, in Sentinel mode (``redis_url`` carries it
+    otherwise)."""
+
+    redis_sentinel_password: SecretStr | None = None
+    """The sentinels' own password (their ``requirepass``), when they ask for one; the master
+    keeps using ``redis_password``."""
+
+    redis_sentinel_password_file: Path | None = None
+    """A file holding the sentinels' password (a mounted Secret), read when
+    ``redis_sentinel_password`` is not set."""
+
+    redis_tls: bool = False
+    """TLS to the sentinels and the master in Sentinel mode. In URL mode a ``rediss://`` URL
+    turns TLS on."""
+
     redis_tls_ca_file: Path | None = None
-    """CA bundle that verifies a ``rediss://`` server; the system store when unset."""
+    """CA bundle that verifies the Redis server (and the sentinels); the system store when
+    unset."""
+
+    redis_tls_cert_file: Path | None = None
+    """A client certificate (PEM) for servers that require one (``tls-auth-clients yes``)."""
+
+    redis_tls_key_file: Path | None = None
+    """The private key of ``redis_tls_cert_file``, when it is not in the same file."""
 
     key_prefix: str = "forwarder:"
     """Prefix of every key Forwarder writes, so several installs can share one Redis."""
@@ -88,18 +128,45 @@ class Settings(BaseSettings):
     beat_batch_size: int = Field(default=500, ge=1)
     """Due entries handled per dispatch batch (one pipelined round trip per stage)."""
 
-    @field_validator("task_modules", "http_allow", mode="before")
+    @field_validator("task_modules", "http_allow", "redis_sentinels", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"sentinel address {address!r} is not host:port")
+        return value
+
+    @property
+    def sentinel_mode(self) -> bool:
+        """True when the master is found through ``redis_sentinels``."""
+        return bool(self.redis_sentinels)
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``redis_sentinels`` as (host, port) pairs."""
+        pairs = (address.rpartition(":") for address in self.redis_sentinels)
+        return [(host.strip("[]"), int(port)) for host, _, port in pairs]
+
+    def redis_sentinel_password_value(self) -> str | None:
+        """The sentinels' password from the env var or the mounted file, if any."""
+        return secret_value(self.redis_sentinel_password, self.redis_sentinel_password_file)
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether Redis is reached over TLS: ``redis_tls`` with sentinels, ``rediss://``
+        without."""
+        if self.sentinel_mode:
+            return self.redis_tls
+        return self.redis_url.startswith("rediss://")
+
     def redis_password_value(self) -> str | None:
         """The Redis password from the env var or the mounted file, if any."""
-        if self.redis_password is not None:
-            return self.redis_password.get_secret_value()
-        if self.redis_password_file is not None:
-            return self.redis_password_file.read_text().strip()
-        return None
+        return secret_value(self.redis_password, self.redis_password_file)
 
     @property
     def effective_redis_url(self) -> str:
@@ -115,8 +182,29 @@ class Settings(BaseSettings):
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
     @property
+    def celery_redis_url(self) -> str:
+        """The URL Celery's broker and result backend are given: ``effective_redis_url``, or
+        in Sentinel mode kombu's and Celery's ``sentinel://[:password@]host:port/db`` list
+        (``;``-separated), whose password is the master's; never log this value."""
+        if not self.sentinel_mode:
+            return self.effective_redis_url
+        password = self.redis_password_value()
+        auth = f":{quote(password, safe='')}@" if password is not None else ""
+        return ";".join(
+            f"sentinel://{auth}{address}/{self.redis_sentinel_db}"
+            for address in self.redis_sentinels
+        )
+
+    @property
     def redacted_redis_url(self) -> str:
-        """``redis_url`` fit for logs: any password replaced by ``***``."""
+        """Where Redis is, fit for logs: ``redis_url`` with any password replaced by ``***``,
+        or the sentinels and the master's name."""
+        if self.sentinel_mode:
+            return (
+                f"sentinel master {self.redis_sentinel_master!r} via "
+                + ",".join(self.redis_sentinels)
+                + f" db {self.redis_sentinel_db}"
+            )
         parts = urlsplit(self.redis_url)
         if parts.password is None:
             return self.redis_url
@@ -146,9 +234,7 @@ class FlowerSettings(BaseSettings):
 
     def flower_auth(self) -> tuple[str, str] | None:
         """Flower's basic-auth credentials, if configured."""
-        password = self.flower_password.get_secret_value() if self.flower_password else None
-        if password is None and self.flower_password_file is not None:
-            password = self.flower_password_file.read_text().strip()
+        password = secret_value(self.flower_password, self.flower_password_file)
         if self.flower_user is None or password is None:
             return None
         return self.flower_user, password

@@ -119,7 +119,7 @@ from a Secret). Fails when the bundled Redis is off and no external URL is given
 {{- if .Values.redis.enabled }}
 {{- printf "redis://%s:6379/0" (include "forwarder.redisHost" .) }}
 {{- else }}
-{{- required "redis.external.url is required when redis.enabled is false" .Values.redis.external.url }}
+{{- .Values.redis.external.url }}
 {{- end }}
 {{- end }}
 
@@ -256,6 +256,14 @@ Redis Secret (nothing when an external Redis has no password).
       name: {{ $secret }}
       key: {{ include "forwarder.redisSecretKey" . }}
 {{- end }}
+{{- $sentinel := .Values.redis.external.sentinel }}
+{{- if and (not .Values.redis.enabled) $sentinel.existingSecret }}
+- name: FORWARDER_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sentinel.existingSecret }}
+      key: {{ $sentinel.existingSecretPasswordKey }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -316,6 +324,30 @@ forwarder.tmpMount: the volumeMount of forwarder.tmpVolume.
 {{- end }}
 
 {{/*
+forwarder.redisTlsVolume: the Secret of redis.external.tls (CA, and the client certificate
+when asked), when one is named.
+*/}}
+{{- define "forwarder.redisTlsVolume" -}}
+{{- with .Values.redis.external.tls.existingSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+forwarder.redisTlsMount: the volumeMount of forwarder.redisTlsVolume, read-only at
+/etc/forwarder/redis-tls (the files FORWARDER_REDIS_TLS_*_FILE name).
+*/}}
+{{- define "forwarder.redisTlsMount" -}}
+{{- if .Values.redis.external.tls.existingSecret }}
+- name: redis-tls
+  mountPath: /etc/forwarder/redis-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
 forwarder.podScheduling: nodeSelector, tolerations and affinity of a component's pods.
 Call with the component's values (for example .Values.worker).
 */}}
@@ -352,11 +384,18 @@ express.
 {{- if and .Values.worker.autoscaling.enabled .Values.worker.keda.enabled }}
 {{- fail "worker.autoscaling and worker.keda cannot both be enabled: KEDA creates its own HorizontalPodAutoscaler" }}
 {{- end }}
-{{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) }}
-{{- fail "redis.external.url is required when redis.enabled is false" }}
+{{- $external := .Values.redis.external }}
+{{- if and (not .Values.redis.enabled) (not $external.url) (not $external.sentinel.hosts) }}
+{{- fail "redis.external.url (or redis.external.sentinel.hosts) is required when redis.enabled is false" }}
 {{- end }}
-{{- if and .Values.redis.enabled .Values.redis.external.url }}
-{{- fail "redis.external.url is set but redis.enabled is true: set redis.enabled=false to use the external Redis" }}
+{{- if and .Values.redis.enabled (or $external.url $external.sentinel.hosts) }}
+{{- fail "redis.external is set but redis.enabled is true: set redis.enabled=false to use the external Redis" }}
+{{- end }}
+{{- if and $external.url $external.sentinel.hosts }}
+{{- fail "set redis.external.url or redis.external.sentinel.hosts, not both: with sentinels the url is not used" }}
+{{- end }}
+{{- if and $external.tls.clientCertificate (not $external.tls.existingSecret) }}
+{{- fail "redis.external.tls.clientCertificate needs redis.external.tls.existingSecret (holding tls.crt and tls.key)" }}
 {{- end }}
 {{- if and (not .Values.api.enabled) (or .Values.metrics.serviceMonitor.enabled .Values.metrics.prometheusRule.enabled) }}
 {{- fail "metrics.serviceMonitor and metrics.prometheusRule need api.enabled: the api serves the metrics" }}

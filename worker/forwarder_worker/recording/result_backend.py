@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 
 from forwarder_worker.core import core_of
 from forwarder_worker.runs.records import RunLog
@@ -72,3 +72,8 @@ class RecordingRedisBackend(RedisBackend):
                 raise reply
         if not isinstance(replies[-1], Exception):
             runs.note_with_result(task_id)
+
+
+class RecordingSentinelBackend(RecordingRedisBackend, SentinelBackend):
+    """:class:`RecordingRedisBackend` on Celery's Sentinel backend, which finds the master
+    through the sentinels (``sentinel://`` URLs) and follows a failover."""
