@@ -248,4 +248,3 @@ def test_dst_day_on_an_injected_clock(
     assert slots == [start + k * 3600 for k in range(5)]
     for name in [*names.values(), "dst/hourly"]:
         shared.store.delete(name)
-        shared.runs.forget_schedule(name)

@@ -467,13 +467,6 @@ class RunLog:
             changed, _ = pipe.execute()
         return set(changed)
 
-    def forget_schedule(self, schedule: str) -> None:
-        """Drop a deleted schedule's history, counters and active set."""
-        keys = self.keys
-        self.client.delete(
-            keys.schedule_runs(schedule), keys.schedule_stats(schedule), keys.active_runs(schedule)
-        )
-
 
 class AsyncRunLog:
     """Run records read and written from an event loop: the api reads a run, waits for its
