@@ -61,6 +61,24 @@ def footprint(core: Core, runs: int, began: float) -> Footprint:
     return Footprint(runs, int(core.client.dbsize()), int(memory), time.monotonic() - began)
 
 
+def expired(core: Core, runs: int, began: float, timeout: float = 60.0) -> Footprint:
+    """Redis's footprint once every run record and Celery result has expired (waited for:
+    one record ttl, then until none is left)."""
+    client, prefix = core.client, core.settings.key_prefix
+    time.sleep(core.settings.result_expires + 1)
+
+    def gone() -> bool:
+        # SCAN also expires the keys it meets, so this does not wait for Redis's own cycle.
+        return not any(
+            True
+            for pattern in (f"{prefix}run:*", f"{prefix}celery-task-meta-*")
+            for _ in client.scan_iter(match=pattern, count=1000)
+        )
+
+    eventually(gone, timeout, 0.5, message="run records and results expired")
+    return footprint(core, runs, began)
+
+
 class Load:
     """Fires runs of ``names`` round robin, ``batch`` at a time, never more than ``backlog``
     waiting on the queue."""

@@ -18,11 +18,13 @@ import pytest
 import redis
 from forwarder_worker import Core
 from forwarder_worker._redis.keys import glob_escape
+from forwarder_worker._redis.scripts import RunWrite
 from forwarder_worker.dispatch.dispatcher import Firing
+from forwarder_worker.local.cli import flower_limits
 from forwarder_worker.runs.records import RunRecord
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.settings import Settings
-from support.bounded_load import Footprint, Load, create_schedules, footprint
+from support.bounded_load import Load, create_schedules, expired
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
 
 PREFIX = "forwarder:"
@@ -53,33 +55,16 @@ def worker(redis_url: str, logs: Path) -> Iterator[Proc]:
         yield proc
 
 
-def settled(core: Core, runs: int, began: float) -> Footprint:
-    """Redis's footprint once every run record and Celery result of the load has expired."""
-    client = core.client
-    time.sleep(TTL + 1)
-
-    def expired() -> bool:
-        # SCAN also expires the keys it meets, so the count does not wait for Redis's cycle.
-        return not any(
-            True
-            for pattern in (f"{PREFIX}run:*", f"{PREFIX}celery-task-meta-*")
-            for _ in client.scan_iter(match=pattern, count=1000)
-        )
-
-    eventually(expired, 30, 0.5, message="run records and results expired")
-    return footprint(core, runs, began)
-
-
 def test_keys_and_memory_level_off(worker: Proc, limited: Core) -> None:
     names = create_schedules(limited, 3)
     load = Load(limited, names)
     began = time.monotonic()
     load.fire(RUNS)
     load.drain()
-    first = settled(limited, RUNS, began)
+    first = expired(limited, RUNS, began)
     load.fire(RUNS)
     load.drain()
-    second = settled(limited, 2 * RUNS, began)
+    second = expired(limited, 2 * RUNS, began)
     assert second.keys <= first.keys + 2, (first, second)
     assert second.used_memory <= first.used_memory * 1.1, (first, second)
     client = limited.client
@@ -124,3 +109,54 @@ def test_a_deleted_schedule_leaves_no_key_even_when_its_run_ends_after(
         assert not [m for m in members if name in m], key
     for key in (core.keys.run_now, core.keys.resume, core.keys.backfill):
         assert not rclient.hexists(key, name)
+
+
+def test_histories_drop_ids_older_than_the_record_ttl(redis_url: str) -> None:
+    core = Core.from_settings(Settings(redis_url=redis_url, result_expires=60))
+    try:
+        raw = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
+        assert apply_schedule(core.store, "team", "aging", raw, uid="u").ready
+        fields = ["task", "forwarder.ping", "schedule", "team/aging", "source", "trigger"]
+        core.scripts.transition(RunWrite("old", "PENDING", fields), 1000.0)
+        core.scripts.transition(RunWrite("new", "PENDING", fields), 1061.0)
+        assert core.client.zrange(core.keys.runs, 0, -1) == ["new"]
+        assert core.client.zrange(core.keys.schedule_runs("team/aging"), 0, -1) == ["new"]
+        # The schedule's history and active set go a ttl after its last run was created.
+        assert 0 < core.client.ttl(core.keys.schedule_runs("team/aging")) <= 60
+        assert 0 < core.client.ttl(core.keys.active_runs("team/aging")) <= 60
+    finally:
+        core.close()
+
+
+def test_the_durations_hash_holds_at_most_duration_task_limit_tasks_worth(
+    redis_url: str,
+) -> None:
+    core = Core.from_settings(Settings(redis_url=redis_url, duration_task_limit=1))
+    try:
+        tasks = [f"task{i}" for i in range(30)]
+        for i, task in enumerate([*tasks, "task0"]):
+            core.runs.queued(f"r{i}", task, source="api")
+            core.runs.transition(f"r{i}", "STARTED", started=10.0)
+            core.runs.transition(f"r{i}", "SUCCESS", finished=10.0 + i)
+        fields = core.client.hlen(core.keys.durations)
+        assert 0 < fields <= core.limits.duration_fields
+        durations = core.runs.durations()
+        assert "task29" not in durations  # first seen once the hash was full
+        assert sum(v for k, v in durations["task0"].items() if k.startswith("le_")) == 2
+        assert core.runs.get("r29") is not None  # the run itself is recorded
+    finally:
+        core.close()
+
+
+def test_a_heartbeat_prunes_workers_dead_for_long(core: Core, rclient: redis.Redis) -> None:
+    rclient.zadd(core.keys.workers, {"killed@pod-1": time.time() - 3600})
+    core.workers.beat("alive@pod-2")
+    assert rclient.zrange(core.keys.workers, 0, -1) == ["alive@pod-2"]
+
+
+def test_flower_keeps_at_most_the_tasks_and_workers_settings_say() -> None:
+    settings = Settings(flower_max_tasks=500, flower_max_workers=7)
+    assert flower_limits(settings, ()) == ["--max_tasks=500", "--max_workers=7"]
+    # An operator's own value on the command line wins.
+    assert flower_limits(settings, ["--max-tasks=9"]) == ["--max_workers=7"]
+    assert flower_limits(Settings(), ()) == ["--max_tasks=10000", "--max_workers=100"]

@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     """Runs kept in the global history that ``GET /runs`` reads."""
 
     duration_task_limit: int = Field(default=200, ge=1)
-    """Tasks whose run durations are counted (``forwarder_task_duration_seconds``); a task
-    first seen after that many is not counted, so renamed tasks cannot pile up for ever."""
+    """Tasks whose run durations the durations hash has room for
+    (``forwarder_task_duration_seconds``), each with all its buckets; a task first seen once
+    the hash is full is not counted, so renamed tasks cannot pile up for ever."""
 
     flower_max_tasks: int = Field(default=10000, ge=1)
     """Tasks Flower keeps in memory (its ``--max_tasks``; the oldest go first)."""

@@ -68,15 +68,20 @@ end
 -- histogram: a bucket count and the sum (microseconds), fields of one hash (the count is the
 -- buckets' total), so the api's scrape reads every task's in one HGETALL and the worker pays
 -- no round trip of its own; read from the final record the announcement carries, no read.
--- At most `dcap` fields: a task first seen once the hash is full is not counted (task names
--- are the workers' registered ones, but renamed tasks would pile up for ever).
+-- At most `dcap` fields: a task's first run writes all its fields (zeros), so the hash holds
+-- whole tasks, and a task first seen once it is full is not counted (task names are the
+-- workers' registered ones, but renamed tasks would pile up for ever).
 local function count_duration(prefix, record, now, dcap)
   local started = tonumber(record['started'])
   if not record['task'] or not started then return end
   local dkey = prefix .. '@DURATIONS@'
   local sum_field = record['task'] .. ' sum_us'
-  if redis.call('HEXISTS', dkey, sum_field) == 0 and redis.call('HLEN', dkey) >= dcap then
-    return
+  if redis.call('HEXISTS', dkey, sum_field) == 0 then
+    if redis.call('HLEN', dkey) >= dcap then return end
+    redis.call('HSET', dkey, sum_field, 0, record['task'] .. ' le_inf', 0)
+    for _, bound in ipairs({@DURATION_BOUNDS@}) do
+      redis.call('HSET', dkey, record['task'] .. ' ' .. bound[2], 0)
+    end
   end
   local seconds = math.max(0, (tonumber(record['finished']) or now) - started)
   local bucket = 'le_inf'
