@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     the hash is full is not counted, so renamed tasks cannot pile up for ever."""
 
     flower_max_tasks: int = Field(default=10000, ge=1)
-    """Tasks Flower keeps in memory (its ``--max_tasks``; the oldest go first)."""
+    """Tasks Flower keeps in memory (its ``--max_tasks``; the least recently updated go)."""
 
     flower_max_workers: int = Field(default=100, ge=1)
     """Workers Flower keeps in memory (its ``--max_workers``): a worker pod's restart is a new

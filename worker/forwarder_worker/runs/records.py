@@ -12,7 +12,10 @@ expires with results), ``runs`` (global zset of ids by creation time), ``runs:s:
 ``runs:active:<schedule>`` (runs not yet final, for concurrencyPolicy) and ``runs:changed``
 (schedules whose records changed since the operator last looked, so its status loop touches
 only those). Every write is one transition script (:mod:`forwarder_worker._redis.scripts`),
-whoever writes it.
+whoever writes it, and it keeps every one of these bounded (docs/reliability.md, "Bounded
+storage"): records expire, histories are capped and trimmed by age, and a schedule's keys are
+written only while its entry exists, so a run that ends after its schedule was deleted brings
+none back (the store's delete removes them).
 
 A run that reaches a final state is announced on the pub/sub channel named like its hash,
 ``run:<id>``, so a client waiting for it (the api's long poll) is woken at once instead of
