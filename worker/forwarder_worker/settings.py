@@ -69,7 +69,8 @@ class Settings(BaseSettings):
 
     result_expires: int = Field(default=7 * 24 * 3600, ge=1)
     """Seconds Celery results and run records are kept (a record: after its last change); the
-    histories drop ids created longer ago. The bound on everything kept per run."""
+    histories drop ids created longer ago. The bound on everything kept per run; keep it well
+    above the longest run (and the backfill window wanted). Seconds are allowed for tests."""
 
     result_max_chars: int = Field(default=2048, ge=64)
     """Characters of a task's result kept in its run record."""
