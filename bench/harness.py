@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -73,8 +74,23 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, data: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` with the machine info and a UTC timestamp."""
+def commit() -> str:
+    """The commit measured (``+dirty`` when the tree has changes)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def write_result(name: str, data: dict[str, Any], *, compact: bool = False) -> Path:
+    """Write ``bench/results/<name>.json`` with the machine info and a UTC timestamp
+    (``compact``: on one line, for results with long series of samples)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
@@ -83,7 +99,8 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
         "machine": machine_info(),
         **data,
     }
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(payload, separators=(",", ":")) if compact else json.dumps(payload, indent=2)
+    path.write_text(text + "\n")
     return path
 
 
@@ -233,8 +250,9 @@ def start_beat(stack: Stack, redis_url: str, log: Path) -> Proc:
     return proc
 
 
-def start_worker(redis_url: str, log: Path, concurrency: int = 2) -> Proc:
-    """A Forwarder worker (prefork) running the bench tasks; waits until it is ready."""
+def start_worker(redis_url: str, log: Path, concurrency: int = 2, **env: str) -> Proc:
+    """A Forwarder worker (prefork) running the bench tasks, with ``env`` added to its
+    environment; waits until it is ready."""
     proc = start(
         [
             str(BIN / "celery"),
@@ -251,7 +269,7 @@ def start_worker(redis_url: str, log: Path, concurrency: int = 2) -> Proc:
             "-n",
             f"bench-{os.getpid()}-{time.monotonic_ns()}@%h",
         ],
-        bench_env(redis_url),
+        bench_env(redis_url, **env),
         log,
         "worker",
     )

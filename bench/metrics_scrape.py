@@ -17,7 +17,6 @@ those, the first scrape, the response size and the number of series (sample line
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +29,7 @@ from forwarder_worker.schedules.store import Entry
 from harness import (
     PREFIX,
     bench_env,
+    commit,
     eventually,
     free_port,
     keep_other_sizes,
@@ -153,20 +153,6 @@ def _scrape(client: httpx.Client) -> tuple[float, str]:
     took = time.perf_counter() - began
     response.raise_for_status()
     return took, text
-
-
-def commit() -> str:
-    """The commit measured (``+dirty`` when the tree has changes)."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return head + ("+dirty" if dirty else "")
 
 
 def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:

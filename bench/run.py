@@ -26,6 +26,7 @@ BENCHMARKS = (
     "roundtrip",
     "operator_scale",
     "metrics_scrape",
+    "bounded_storage",
 )
 
 

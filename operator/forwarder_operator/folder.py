@@ -25,7 +25,6 @@ import redis
 import watchfiles
 from forwarder_worker import Core, get_settings
 from forwarder_worker.names import LOCAL_UID_PREFIX
-from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.files import Declared, FileError, declared, schedule_files
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.store import ScheduleStore
@@ -42,9 +41,6 @@ class FolderSource:
     folder: Path
     store: ScheduleStore
     known_tasks: Collection[str] | None = None
-    # The run log: a removed entry's run history, counters and active set go with it, as the
-    # operator's do (None, in tests of the store alone: they stay).
-    runs: RunLog | None = None
     # What each readable file declared last time: kept while a file is broken.
     _by_file: dict[Path, list[Declared]] = field(default_factory=dict)
     # The last message reported per file or entry, so a steady state logs nothing.
@@ -103,8 +99,6 @@ class FolderSource:
             )
         for name in self._owned_entries() - set(owner):
             self.store.delete(name)
-            if self.runs is not None:
-                self.runs.forget_schedule(name)
             self._reported.pop(name, None)
             log.info("removed %s: its file is gone", name)
         return outcome
@@ -146,9 +140,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     core = Core.from_settings(get_settings())
-    source = FolderSource(
-        args.dir, core.store, known_tasks=core.registered_task_names(), runs=core.runs
-    )
+    source = FolderSource(args.dir, core.store, known_tasks=core.registered_task_names())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

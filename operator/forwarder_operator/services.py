@@ -121,9 +121,8 @@ class Services:
         return done
 
     def forget(self, entry_name: str) -> None:
-        """Remove a deleted schedule's entry (with its run-now marker) and run history."""
+        """Remove a deleted schedule's entry with every key kept for it (run history too)."""
         self.store.delete(entry_name)
-        self.runs.forget_schedule(entry_name)
 
 
 def services_of(memo: Any) -> Services:

@@ -21,6 +21,7 @@ from forwarder_worker.runs.records import RunLog
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.store import Entry
 from support.processes import celery_beat, celery_worker, eventually, forwarder_env, running
+from support.scheduler_harness import stop_firing
 
 LOCK_TIMEOUT = 3.0
 NAMES = [f"default/tick-{i}" for i in range(3)]
@@ -84,7 +85,7 @@ def test_standby_takes_over_without_double_or_lost_slots(
             message="firing after the takeover",
         )
         for name in NAMES:
-            store.delete(name)
+            stop_firing(store, name)
         standby.stop()
         eventually(lambda: not any(runs.active(NAMES).values()), 60, message="every run finished")
 

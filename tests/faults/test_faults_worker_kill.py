@@ -39,6 +39,7 @@ from support.processes import (
     forwarder_env,
     running,
 )
+from support.scheduler_harness import stop_firing
 
 FORBID = "default/exclusive"
 
@@ -98,7 +99,7 @@ def test_pool_child_killed_mid_task_is_redelivered_and_forbid_never_overlaps(
         assert "WorkerLostError" in worker.output() or "exited" in worker.output()
         # Keep firing a few more seconds, then compare every Forbid run's span.
         time.sleep(4)
-        store.delete(FORBID)
+        stop_firing(store, FORBID)
         eventually(lambda: not runs.active([FORBID])[FORBID], 30, message="Forbid runs drained")
     records = runs.recent(schedule=FORBID, limit=1000)
     assert sum(r.state == "SKIPPED" for r in records) >= 2, "Forbid never had to skip"

@@ -55,7 +55,6 @@ def beat_at(shared: Harness) -> Iterator[tuple[ForwarderScheduler, FakeClock]]:
     core.close()
     for name in shared.store.names():
         shared.store.delete(name)
-        shared.runs.forget_schedule(name)
 
 
 def walk(scheduler: ForwarderScheduler, clock: FakeClock, until: float, step: float) -> None:

@@ -21,7 +21,7 @@ from forwarder_worker.schedules.store import Entry
 from forwarder_worker.schedules.timing import utc_iso
 from forwarder_worker.settings import Settings
 from support.processes import Proc, eventually
-from support.scheduler_harness import Harness
+from support.scheduler_harness import Harness, stop_firing
 
 StartBeat = Callable[..., Proc]
 
@@ -96,7 +96,7 @@ def test_forbid_skips_firings_while_a_run_is_active(shared: Harness, beat_of: St
         return len(done) >= 2 and len(skipped) >= 2
 
     eventually(enough, 40, 0.2, "two runs and two skips")
-    shared.store.delete("policy/forbid")
+    stop_firing(shared.store, "policy/forbid")
     time.sleep(0.2)
     runs = shared.records("policy/forbid")
     skipped = [r for r in runs if r.state == "SKIPPED"]
@@ -128,7 +128,7 @@ def test_replace_terminates_the_active_run_and_starts_the_new_one(
 
     try:
         eventually(replaced_twice, 40, 0.2, "two replacements")
-        shared.store.delete("policy/replace")
+        stop_firing(shared.store, "policy/replace")
         runs = shared.fired("policy/replace")
         last = runs[-1]
         if last.state != "STARTED":
@@ -248,4 +248,3 @@ def test_dst_day_on_an_injected_clock(
     assert slots == [start + k * 3600 for k in range(5)]
     for name in [*names.values(), "dst/hourly"]:
         shared.store.delete(name)
-        shared.runs.forget_schedule(name)

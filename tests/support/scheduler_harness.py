@@ -3,18 +3,28 @@ readers for entries, run records, metrics and Redis command counts."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import redis
 from forwarder_worker import Core, Settings
 from forwarder_worker.runs.records import RunRecord
-from forwarder_worker.schedules.store import Entry
+from forwarder_worker.schedules.store import Entry, ScheduleStore
 
 from support.processes import Proc, celery_beat, celery_worker, eventually, forwarder_env
 
 PREFIX = "forwarder:"
 TASK_MODULES = "support.sample_tasks,support.scheduler_tasks"
+
+
+def stop_firing(store: ScheduleStore, name: str) -> None:
+    """Suspend entry ``name``: beat fires it no more, and its runs' history stays readable
+    (a delete would take the history with it)."""
+    stored = store.get(name)
+    if stored is None:
+        raise LookupError(f"no entry {name}")
+    store.upsert(dataclasses.replace(stored.entry, suspend=True))
 
 
 class Harness:

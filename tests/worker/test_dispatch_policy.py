@@ -23,6 +23,8 @@ NAME = "team/nightly"
 @pytest.fixture
 def dispatcher(redis_url: str) -> Iterator[Dispatcher]:
     core = Core.from_settings(Settings(redis_url=redis_url, task_time_limit=60))
+    # Stored: a schedule's run keys (its active set, history) are kept only while it exists.
+    core.store.upsert(forbid_entry())
     yield core.dispatcher
     core.close()
 

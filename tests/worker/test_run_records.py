@@ -12,6 +12,7 @@ import redis
 from celery import Celery
 from forwarder_worker import Core
 from forwarder_worker.runs.records import RunLog, RunRecord
+from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.settings import Settings
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
 
@@ -101,8 +102,12 @@ def test_revoking_a_queued_task_records_revoked(worker: Proc, app: Celery, runs:
 
 
 def test_scheduled_runs_feed_per_schedule_history_and_counters(
-    worker: Proc, app: Celery, runs: RunLog
+    worker: Proc, app: Celery, core: Core
 ) -> None:
+    runs = core.runs
+    # A schedule's keys are kept only while its entry exists (no beat runs it here).
+    raw = {"task": "forwarder.ping", "schedule": {"every": "1h"}}
+    assert apply_schedule(core.store, "team", "job", raw, uid="u").ready
     ids = []
     for task in ("forwarder.ping", "tests.fail", "forwarder.ping"):
         run_id = str(uuid.uuid4())

@@ -162,6 +162,7 @@ class Core:
             ttl=settings.result_expires,
             global_limit=settings.global_history_limit,
             schedule_limit=settings.run_history_limit,
+            duration_tasks=settings.duration_task_limit,
         )
         self.scripts = Scripts(self.client, self.keys, self.limits)
         self.store = ScheduleStore(self.client, self.keys, self.scripts)

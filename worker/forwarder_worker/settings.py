@@ -107,8 +107,10 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=540, ge=1)
     """Soft time limit per task (raises inside the task), in seconds."""
 
-    result_expires: int = Field(default=7 * 24 * 3600, ge=60)
-    """Seconds Celery results and run records are kept."""
+    result_expires: int = Field(default=7 * 24 * 3600, ge=1)
+    """Seconds Celery results and run records are kept (a record: after its last change); the
+    histories drop ids created longer ago. The bound on everything kept per run; keep it well
+    above the longest run (and the backfill window wanted). Seconds are allowed for tests."""
 
     result_max_chars: int = Field(default=2048, ge=64)
     """Characters of a task's result kept in its run record."""
@@ -118,6 +120,18 @@ class Settings(BaseSettings):
 
     global_history_limit: int = Field(default=10000, ge=10)
     """Runs kept in the global history that ``GET /runs`` reads."""
+
+    duration_task_limit: int = Field(default=200, ge=1)
+    """Tasks whose run durations the durations hash has room for
+    (``forwarder_task_duration_seconds``), each with all its buckets; a task first seen once
+    the hash is full is not counted, so renamed tasks cannot pile up for ever."""
+
+    flower_max_tasks: int = Field(default=10000, ge=1)
+    """Tasks Flower keeps in memory (its ``--max_tasks``; the least recently updated go)."""
+
+    flower_max_workers: int = Field(default=100, ge=1)
+    """Workers Flower keeps in memory (its ``--max_workers``): a worker pod's restart is a new
+    hostname, so the stopped ones would otherwise be kept."""
 
     beat_lock_timeout: float = Field(default=10.0, gt=0.5)
     """Seconds before a standby beat takes over from a holder that stopped renewing."""

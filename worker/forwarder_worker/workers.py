@@ -5,8 +5,8 @@ broadcast and a wait for replies, too slow and too costly for a scrape every few
 So each worker keeps its hostname in one sorted set, scored by its last heartbeat: a bootstep
 writes it as the worker starts, again every :data:`HEARTBEAT_SECONDS` from the worker's own
 timer (one ZADD, no thread of its own), and removes it as the worker stops. A worker killed
-without a stop ages out: a reader counts only those seen within :data:`ALIVE_WITHIN` seconds
-and prunes the rest.
+without a stop ages out: a reader counts only those seen within :data:`ALIVE_WITHIN` seconds,
+and the reader and each heartbeat prune the rest.
 """
 
 from __future__ import annotations
@@ -36,8 +36,13 @@ class WorkerRegistry:
         self.key = keys.workers
 
     def beat(self, hostname: str) -> None:
-        """Worker ``hostname`` is alive now."""
-        self.client.zadd(self.key, {hostname: time.time()})
+        """Worker ``hostname`` is alive now; the workers dead for long are pruned in the same
+        round trip, so the set stays bounded even when nothing reads it (no api scrapes)."""
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.key, {hostname: now})
+            pipe.zremrangebyscore(self.key, "-inf", f"({now - ALIVE_WITHIN!r}")
+            pipe.execute()
 
     def leave(self, hostname: str) -> None:
         """Worker ``hostname`` is stopping."""

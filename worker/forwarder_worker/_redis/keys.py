@@ -12,9 +12,11 @@ several installs can share a Redis. With the default prefix:
 ``forwarder::lock``                     the lock of the beat that fires
 ``forwarder::metrics``                  the scheduler's counters (hash)
 ``forwarder::durations``                run durations by task: ``<task> le_<bound>`` bucket
-                                        counts and ``<task> sum_us`` (hash)
+                                        counts and ``<task> sum_us`` (hash; at most
+                                        ``duration_task_limit`` tasks)
 ``forwarder::workers``                  workers alive: hostname scored by its last heartbeat
-                                        (zset; a worker drops itself as it stops)
+                                        (zset; a worker drops itself as it stops, and each
+                                        heartbeat prunes the dead)
 ``forwarder::run-now``                  the last run-now value handled, per entry (hash)
 ``forwarder::resume``                   the last resume value handled, per entry (hash)
 ``forwarder::backfill``                 the last backfill annotation value handled, per entry
@@ -22,17 +24,25 @@ several installs can share a Redis. With the default prefix:
 ``forwarder:backfilled:<schedule>``     a schedule's backfilled slots (zset scored by slot;
                                         trimmed to ``result_expires`` and
                                         ``BACKFILL_MEMORY_SLOTS``, and expiring)
-``forwarder:run:<id>``                  one run's record (hash; also the channel announcing its
-                                        end)
-``forwarder:runs``                      every run by creation time (zset, capped)
+``forwarder:run:<id>``                  one run's record (hash, expiring ``result_expires``
+                                        after its last change; also the channel announcing
+                                        its end)
+``forwarder:runs``                      every run by creation time (zset, capped, and ids
+                                        older than ``result_expires`` dropped)
 ``forwarder:runs:changed``              schedules whose runs changed since the operator looked
-``forwarder:runs:s:<schedule>``         a schedule's runs by creation time (zset, capped)
+                                        (set; only schedules whose entry exists)
+``forwarder:runs:s:<schedule>``         a schedule's runs by creation time (zset, capped and
+                                        trimmed like ``runs``; expiring)
 ``forwarder:runs:stats:<schedule>``     a schedule's counters, last times and the lateness of
                                         its last firing (hash)
-``forwarder:runs:active:<schedule>``    a schedule's runs that have not ended (set)
+``forwarder:runs:active:<schedule>``    a schedule's runs that have not ended (set; expiring)
 ``forwarder:history:exported``          runs and Flower tasks exported to files (zset)
 ``forwarder:history:lock``              the lock of the export running
 ======================================  =========================================================
+
+Every key named after a schedule is written only while its entry exists (the run transition
+checks) and removed with it (``ScheduleStore.delete``). The limits are in docs/reliability.md
+("Bounded storage").
 
 Entry names are ``<namespace>/<name>``; a namespace holds neither ``:`` nor ``/``, so an
 entry's key never collides with the ``<prefix>:...`` bookkeeping keys or the run keys. The

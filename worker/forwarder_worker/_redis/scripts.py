@@ -68,9 +68,21 @@ end
 -- histogram: a bucket count and the sum (microseconds), fields of one hash (the count is the
 -- buckets' total), so the api's scrape reads every task's in one HGETALL and the worker pays
 -- no round trip of its own; read from the final record the announcement carries, no read.
-local function count_duration(prefix, record, now)
+-- At most `dcap` fields: a task's first run writes all its fields (zeros), so the hash holds
+-- whole tasks, and a task first seen once it is full is not counted (task names are the
+-- workers' registered ones, but renamed tasks would pile up for ever).
+local function count_duration(prefix, record, now, dcap)
   local started = tonumber(record['started'])
   if not record['task'] or not started then return end
+  local dkey = prefix .. '@DURATIONS@'
+  local sum_field = record['task'] .. ' sum_us'
+  if redis.call('HEXISTS', dkey, sum_field) == 0 then
+    if redis.call('HLEN', dkey) >= dcap then return end
+    redis.call('HSET', dkey, sum_field, 0, record['task'] .. ' le_inf', 0)
+    for _, bound in ipairs({@DURATION_BOUNDS@}) do
+      redis.call('HSET', dkey, record['task'] .. ' ' .. bound[2], 0)
+    end
+  end
   local seconds = math.max(0, (tonumber(record['finished']) or now) - started)
   local bucket = 'le_inf'
   for _, bound in ipairs({@DURATION_BOUNDS@}) do
@@ -79,13 +91,13 @@ local function count_duration(prefix, record, now)
       break
     end
   end
-  local dkey = prefix .. '@DURATIONS@'
   redis.call('HINCRBY', dkey, record['task'] .. ' ' .. bucket, 1)
   -- Whole microseconds: HINCRBY costs less than HINCRBYFLOAT (no float text to write).
-  redis.call('HINCRBY', dkey, record['task'] .. ' sum_us', math.floor(seconds * 1e6 + 0.5))
+  redis.call('HINCRBY', dkey, sum_field, math.floor(seconds * 1e6 + 0.5))
 end
 
-local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, fields)
+local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, dcap,
+    fields)
   local old = redis.call('HGET', key, 'state')
   local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
   if old and final[old] and not final[state] then return old end
@@ -123,6 +135,9 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
   if not old then
     redis.call('HSET', key, 'id', id, 'created', now)
     redis.call('ZADD', gkey, now, id)
+    -- Ids created longer than ttl ago have (nearly all) lost their records: they go, and
+    -- then all but the newest gcap.
+    redis.call('ZREMRANGEBYSCORE', gkey, '-inf', '(' .. (now - ttl))
     redis.call('ZREMRANGEBYRANK', gkey, 0, -gcap - 1)
   end
   for k, v in pairs(fields) do
@@ -131,11 +146,16 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
   redis.call('HSET', key, 'state', state, 'updated', now)
   redis.call('EXPIRE', key, ttl)
   local schedule = redis.call('HGET', key, 'schedule')
-  if schedule and schedule ~= '' then
+  -- A schedule's keys are written only while its entry exists: a run that ends after its
+  -- schedule was deleted must not bring back the keys the delete removed.
+  if schedule and schedule ~= '' and redis.call('EXISTS', prefix .. schedule) == 1 then
     local skey = prefix .. '@SCHEDULE_RUNS@' .. schedule
     if not old then
       redis.call('ZADD', skey, now, id)
+      redis.call('ZREMRANGEBYSCORE', skey, '-inf', '(' .. (now - ttl))
       redis.call('ZREMRANGEBYRANK', skey, 0, -scap - 1)
+      -- A schedule that created no run for ttl holds only expired ids.
+      redis.call('EXPIRE', skey, ttl)
     end
     local stats = prefix .. '@SCHEDULE_STATS@' .. schedule
     local active = prefix .. '@ACTIVE_RUNS@' .. schedule
@@ -158,6 +178,9 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
       end
     else
       redis.call('SADD', active, id)
+      -- A run that never ends (its message lost) stays a member; the set goes once its
+      -- schedule started no run for ttl, when every member's record has expired.
+      redis.call('EXPIRE', active, ttl)
     end
     -- The latest slot only: a backfilled slot is in the past, and must not move it back.
     if fields['slot'] and fields['slot'] ~= '' and (tonumber(fields['slot']) or 0) >
@@ -177,7 +200,9 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     local flat = redis.call('HGETALL', key)
     local record = {}
     for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-    if state == 'SUCCESS' or state == 'FAILURE' then count_duration(prefix, record, now) end
+    if state == 'SUCCESS' or state == 'FAILURE' then
+      count_duration(prefix, record, now, dcap)
+    end
     redis.call('PUBLISH', key, cjson.encode(record))
   end
   return state
@@ -193,14 +218,14 @@ end
 )
 
 # KEYS: run hash, global zset, changed set.  ARGV: prefix, id, state, now, ttl, global cap,
-# per-schedule cap, then field/value pairs. Returns the state recorded.
+# per-schedule cap, durations field cap, then field/value pairs. Returns the state recorded.
 TRANSITION = (
     TRANSITION_FUNCTION
     + """
 local fields = {}
-for i = 8, #ARGV, 2 do fields[ARGV[i]] = ARGV[i + 1] end
+for i = 9, #ARGV, 2 do fields[ARGV[i]] = ARGV[i + 1] end
 return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
-  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), fields)
+  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), fields)
 """
 )
 
@@ -215,18 +240,18 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber
 # was never sent. The earliest due time after the claims is returned last, so beat needs
 # no separate read for it.
 # KEYS: due set, global runs zset, runs:changed.  ARGV: key prefix, now, ttl, global cap,
-# per-schedule cap, count, then per entry: hash key, rev, due score read, new meta, new due
-# ('' leaves the due set), run id ('' claims only), run state, field count, field/value pairs,
-# push count, (list key, payload) pairs, then the count of more runs of the same claim (the
-# missed slots missedRunPolicy All fires with it) and each one's run id, state, field count,
-# field/value pairs, push count and pairs. Returns 1 or 0 per entry (won or lost), then the
-# earliest due score ('' when the due set is empty).
+# per-schedule cap, durations field cap, count, then per entry: hash key, rev, due score read,
+# new meta, new due ('' leaves the due set), run id ('' claims only), run state, field count,
+# field/value pairs, push count, (list key, payload) pairs, then the count of more runs of the
+# same claim (the missed slots missedRunPolicy All fires with it) and each one's run id, state,
+# field count, field/value pairs, push count and pairs. Returns 1 or 0 per entry (won or
+# lost), then the earliest due score ('' when the due set is empty).
 CLAIM = (
     TRANSITION_FUNCTION
     + """
-local out, i = {}, 7
+local out, i = {}, 8
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-local gcap, scap = tonumber(ARGV[4]), tonumber(ARGV[5])
+local gcap, scap, dcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 -- One run (id, state, fields, pushes) read from ARGV at i: where it starts and its parts.
 local function run_at(at)
   local id, state, nf = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
@@ -239,13 +264,13 @@ end
 local function write_run(run)
   if run.id ~= '' then
     transition(ARGV[1] .. '@RUN@' .. run.id, KEYS[2], KEYS[3], ARGV[1], run.id, run.state, now,
-      ttl, gcap, scap, run.fields)
+      ttl, gcap, scap, dcap, run.fields)
   end
   for j = 0, run.np - 1 do
     redis.call('LPUSH', ARGV[run.pushes + 2 * j], ARGV[run.pushes + 1 + 2 * j])
   end
 end
-for n = 1, tonumber(ARGV[6]) do
+for n = 1, tonumber(ARGV[7]) do
   local key, rev, due, meta, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local runs, run = {}, nil
   run, i = run_at(i + 5)
@@ -351,19 +376,19 @@ return out
 # A new run's record, then its message's Redis commands, atomically; nothing if the run was
 # recorded already (a retried command: run ids are fresh uuid4s, so the first try landed).
 # KEYS: run hash, global zset, changed set, then one key per message command.
-# ARGV: the transition's 7 parameters, the number of field/value pairs, the pairs, then one
+# ARGV: the transition's 8 parameters, the number of field/value pairs, the pairs, then one
 # (command, payload) pair per message command: 'lpush' (a queue's list) or 'publish' (a
 # channel). Returns 0 if the run was recorded already (nothing done), else 1.
 SUBMIT = (
     TRANSITION_FUNCTION
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local nfields = tonumber(ARGV[8])
+local nfields = tonumber(ARGV[9])
 local fields = {}
-for i = 9, 8 + 2 * nfields, 2 do fields[ARGV[i]] = ARGV[i + 1] end
+for i = 10, 9 + 2 * nfields, 2 do fields[ARGV[i]] = ARGV[i + 1] end
 transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
-  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), fields)
-local first = 9 + 2 * nfields
+  tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), fields)
+local first = 10 + 2 * nfields
 for k = 4, #KEYS do
   local at = first + 2 * (k - 4)
   if ARGV[at] == 'lpush' then
@@ -433,21 +458,21 @@ return out
 # trimmed: slots before ARGV[7] and all but the latest ARGV[8] go, and it expires ARGV[5]
 # seconds (the run records' ttl) after the last backfill.
 # KEYS: entry hash, due set, backfilled set, the schedule's runs zset, global runs zset,
-# runs:changed.  ARGV: key prefix, since, now, ttl, global cap, per-schedule cap, oldest slot
-# kept, most slots kept, count, then per slot: slot, run id, state, field count, field/value
-# pairs, push count, (list key, payload) pairs. Returns {-1} when the entry is gone, else per
-# slot 0 (claimed: recorded and sent), 1 (done) or 2 (beat's).
+# runs:changed.  ARGV: key prefix, since, now, ttl, global cap, per-schedule cap, durations
+# field cap, oldest slot kept, most slots kept, count, then per slot: slot, run id, state,
+# field count, field/value pairs, push count, (list key, payload) pairs. Returns {-1} when the
+# entry is gone, else per slot 0 (claimed: recorded and sent), 1 (done) or 2 (beat's).
 BACKFILL_CLAIM = (
     TRANSITION_FUNCTION
     + BACKFILL_FUNCTION
     + """
 if redis.call('HEXISTS', KEYS[1], 'definition') == 0 then return {-1} end
 local prefix, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
-local gcap, scap = tonumber(ARGV[5]), tonumber(ARGV[6])
+local gcap, scap, dcap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
 local ran = ran_slots(prefix, KEYS[4], ARGV[2])
-local out, i = {}, 10
-for n = 1, tonumber(ARGV[9]) do
+local out, i = {}, 11
+for n = 1, tonumber(ARGV[10]) do
   local slot, id, state, nf = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local fields = {}
   for j = 0, nf - 1 do fields[ARGV[i + 4 + 2 * j]] = ARGV[i + 5 + 2 * j] end
@@ -458,14 +483,14 @@ for n = 1, tonumber(ARGV[9]) do
   if out[n] == 0 then
     redis.call('ZADD', KEYS[3], slot, slot)
     transition(prefix .. '@RUN@' .. id, KEYS[5], KEYS[6], prefix, id, state, now, ttl, gcap,
-      scap, fields)
+      scap, dcap, fields)
     for j = 0, np - 1 do
       redis.call('LPUSH', ARGV[pushes + 2 * j], ARGV[pushes + 1 + 2 * j])
     end
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[8]) - 1)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[8])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[9]) - 1)
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
 return out
 """.replace("@RUN@", RUN)
@@ -486,6 +511,13 @@ class RunLimits(NamedTuple):
     ttl: int
     global_limit: int
     schedule_limit: int
+    duration_tasks: int = 200  # tasks whose durations are counted (the rest are not)
+
+    @property
+    def duration_fields(self) -> int:
+        """The durations hash's most fields: a count per bucket, ``le_inf`` and the sum, per
+        task."""
+        return self.duration_tasks * (len(DURATION_BUCKETS) + 2)
 
 
 class RunWrite(NamedTuple):
@@ -541,7 +573,7 @@ def _optional(value: float | None) -> str:
 def _transition_params(
     keys: Keys, limits: RunLimits, write: RunWrite, now: float
 ) -> tuple[list[str], list[Any]]:
-    """The run transition's KEYS and its seven leading ARGV (the fields follow them)."""
+    """The run transition's KEYS and its eight leading ARGV (the fields follow them)."""
     return [keys.run(write.run_id), keys.runs, keys.changed], [
         keys.prefix,
         write.run_id,
@@ -550,6 +582,7 @@ def _transition_params(
         limits.ttl,
         limits.global_limit,
         limits.schedule_limit,
+        limits.duration_fields,
     ]
 
 
@@ -597,6 +630,7 @@ class Scripts:
             limits.ttl,
             limits.global_limit,
             limits.schedule_limit,
+            limits.duration_fields,
             len(claims),
         ]
         for claim in claims:
@@ -685,6 +719,7 @@ class Scripts:
             limits.ttl,
             limits.global_limit,
             limits.schedule_limit,
+            limits.duration_fields,
             repr(keep_after),
             keep,
             len(slots),

@@ -104,6 +104,20 @@ def flower_arguments(extra: Sequence[str], environ: Mapping[str, str]) -> list[s
     )
 
 
+def flower_limits(settings: Settings, extra: Sequence[str]) -> list[str]:
+    """Flower's ``--max_tasks`` and ``--max_workers`` from settings, each unless ``extra``
+    gives it: Flower keeps every task event in memory, and would keep 100,000 of them."""
+    limits = {
+        "--max_tasks": settings.flower_max_tasks,
+        "--max_workers": settings.flower_max_workers,
+    }
+    return [
+        f"{option}={value}"
+        for option, value in limits.items()
+        if not any(arg.startswith((option, option.replace("_", "-"))) for arg in extra)
+    ]
+
+
 def _default_schedules() -> Path:
     return Path("manifests/samples")
 
@@ -169,7 +183,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.start("beat", component_command("beat"), env)
         supervisor.start(
             "flower",
-            component_command("flower", ["--address=127.0.0.1", f"--port={args.flower_port}"]),
+            component_command(
+                "flower",
+                [
+                    "--address=127.0.0.1",
+                    f"--port={args.flower_port}",
+                    *flower_limits(get_settings(), ()),
+                ],
+            ),
             env,
         )
         supervisor.start("folder", component_command("folder", ["--dir", str(schedules)]), env)
@@ -435,7 +456,7 @@ def cmd_component(args: argparse.Namespace, extra: list[str]) -> int:
     """Replace this process with one component (what the chart's containers run)."""
     try:
         if args.command == "flower":
-            extra = flower_arguments(extra, os.environ)
+            extra = [*flower_arguments(extra, os.environ), *flower_limits(get_settings(), extra)]
         if args.command in REDIS_COMPONENTS:
             check_credentials(get_settings())
     except (FlowerAuthMissing, RedisCredentialsRejected) as exc:

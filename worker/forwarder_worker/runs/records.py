@@ -12,7 +12,10 @@ expires with results), ``runs`` (global zset of ids by creation time), ``runs:s:
 ``runs:active:<schedule>`` (runs not yet final, for concurrencyPolicy) and ``runs:changed``
 (schedules whose records changed since the operator last looked, so its status loop touches
 only those). Every write is one transition script (:mod:`forwarder_worker._redis.scripts`),
-whoever writes it.
+whoever writes it, and it keeps every one of these bounded (docs/reliability.md, "Bounded
+storage"): records expire, histories are capped and trimmed by age, and a schedule's keys are
+written only while its entry exists, so a run that ends after its schedule was deleted brings
+none back (the store's delete removes them).
 
 A run that reaches a final state is announced on the pub/sub channel named like its hash,
 ``run:<id>``, so a client waiting for it (the api's long poll) is woken at once instead of
@@ -466,13 +469,6 @@ class RunLog:
             pipe.delete(self.keys.changed)
             changed, _ = pipe.execute()
         return set(changed)
-
-    def forget_schedule(self, schedule: str) -> None:
-        """Drop a deleted schedule's history, counters and active set."""
-        keys = self.keys
-        self.client.delete(
-            keys.schedule_runs(schedule), keys.schedule_stats(schedule), keys.active_runs(schedule)
-        )
 
 
 class AsyncRunLog:

@@ -447,8 +447,12 @@ class ScheduleStore:
             seen = self.snapshot(name)
 
     def delete(self, name: str) -> bool:
-        """Remove entry ``name`` (and its run-now, resume and backfill markers, and the slots
-        it backfilled); True if it existed."""
+        """Remove entry ``name`` and every key kept for it: its run-now, resume and backfill
+        markers, the slots it backfilled, and its runs' history, counters and active set
+        (the run records themselves expire with results); True if it existed.
+
+        One transaction, so a run's transition lands wholly before it (and its keys go too)
+        or after it, when the entry is gone and the script writes no key of the schedule."""
         keys = self.keys
         key = keys.entry(name)
         with self.client.pipeline() as pipe:
@@ -458,7 +462,13 @@ class ScheduleStore:
             pipe.hdel(keys.run_now, name)
             pipe.hdel(keys.resume, name)
             pipe.hdel(keys.backfill, name)
-            pipe.delete(keys.backfilled(name))
+            pipe.delete(
+                keys.backfilled(name),
+                keys.schedule_runs(name),
+                keys.schedule_stats(name),
+                keys.active_runs(name),
+            )
+            pipe.srem(keys.changed, name)
             self._wake(pipe)
             existed, *_ = pipe.execute()
         return bool(existed)
