@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -125,37 +122,3 @@ def test_dockerignore_keeps_the_context_to_the_packages() -> None:
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, flags=re.MULTILINE):
         for path in copied.split():
             assert Path(path).name.rstrip("/") in allowed, path
-
-
-@pytest.mark.slow
-def test_docker_build_context_builds_a_wheel_with_every_module(tmp_path: Path) -> None:
-    # What the image's build stage does, from only what .dockerignore lets into the context.
-    context = tmp_path / "context"
-    context.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, context / name)
-    for name in ("worker", "operator", "api"):
-        shutil.copytree(REPO / name, context / name, ignore=ignore)
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", "dist", "."],
-        cwd=context,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    (wheel,) = (context / "dist").glob("forwarder-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for folder in ("worker", "operator", "api"):
-        for source in (REPO / folder).rglob("*.py"):
-            module = source.relative_to(REPO / folder).as_posix()
-            assert module in names, f"{module} is missing from the wheel"
-        (package,) = [p.name for p in (REPO / folder).iterdir() if p.is_dir() and p.name[0] != "."]
-        assert f"{package}/py.typed" in names
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert (
-        "forwarder = forwarder_worker.local.cli:main"
-        in zipfile.ZipFile(wheel).read(entry_points).decode()
-    )

@@ -106,6 +106,11 @@ def test_build_stage_builds_a_complete_wheel_of_the_version(tmp_path: Path) -> N
         for path in (context / folder).rglob("*"):
             if path.is_file():
                 assert path.relative_to(context / folder).as_posix() in names, path
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "forwarder = forwarder_worker.local.cli:main"
+        in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
 
     # Another version asked of the build: the stage's check refuses this wheel.
     (check,) = [step for step in steps if step.startswith("test -f")]
