@@ -107,7 +107,7 @@ def run(full: bool, sizes: list[int] | None = None, ttl: int = TTL) -> dict[str,
     """30,000 runs (100,000 with ``full``), or ``sizes[0]``."""
     runs = sizes[0] if sizes else (FULL_RUNS if full else QUICK_RUNS)
     data = {"commit": commit(), **measure(runs, ttl)}
-    write_result("bounded_storage", data, compact=True)
+    write_result("bounded_storage", data)
     return data
 
 

@@ -88,9 +88,30 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def write_result(name: str, data: dict[str, Any], *, compact: bool = False) -> Path:
-    """Write ``bench/results/<name>.json`` with the machine info and a UTC timestamp
-    (``compact``: on one line, for results with long series of samples)."""
+def _samples(value: Any) -> bool:
+    return isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value)
+
+
+def result_json(value: Any, indent: str = "") -> str:
+    """``value`` as JSON whose summaries read like ``indent=2`` while each run of raw samples
+    (a list of numbers, strings or nulls, or of such lists: a curve's points) stays on one
+    line: a few thousand samples make a line, not thousands of lines, so a result file stays
+    readable in a diff."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {result_json(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and value:
+        if _samples(value) or all(_samples(v) for v in value):
+            return json.dumps(value, separators=(",", ":"))
+        items = [inner + result_json(v, inner) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    return json.dumps(value)
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` with the machine info and a UTC timestamp, in
+    :func:`result_json`'s layout."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
@@ -99,8 +120,7 @@ def write_result(name: str, data: dict[str, Any], *, compact: bool = False) -> P
         "machine": machine_info(),
         **data,
     }
-    text = json.dumps(payload, separators=(",", ":")) if compact else json.dumps(payload, indent=2)
-    path.write_text(text + "\n")
+    path.write_text(result_json(payload) + "\n")
     return path
 
 
