@@ -15,6 +15,12 @@ protocol closes those doors:
 
 ``forwarder api`` runs uvicorn with ``--http forwarder_api.http_guard:GuardedHttpToolsProtocol``
 (see ``forwarder_worker.local.cli.component_command``).
+
+Uvicorn has no public setting for any of this (``h11_max_incomplete_event_size`` bounds only
+the h11 protocol, ``timeout_keep_alive`` only the idle time between requests), so this module
+extends its protocol class and its parser callbacks, which are not a public API. It is the
+one place that does: ``tests/api/test_api_hostile_input.py`` runs the real ``forwarder api``
+against each limit and fails if a uvicorn release changes what this relies on.
 """
 
 from __future__ import annotations
