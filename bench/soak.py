@@ -13,7 +13,9 @@ of docs/reliability.md are checked on what it saw (``SoakChecker``):
   are counted apart, ``appendfsync everysec`` being the reason);
 * every schedule fires again within its deadline after each recovery: a record created
   within interval + beat lock timeout + slack after the restarted component was ready;
-* each component's RSS stays level: first and last third compared, slope per hour.
+* each component's RSS stays level: first and last third compared, slope per hour;
+* and, reported beside them, runs REVOKED though nothing revoked them (only Replace does):
+  a run received and then never completed breaks at-least-once.
 
 The result is ``bench/results/soak.json`` (summary and downsampled series) and
 ``bench/results/soak.txt``. Every process is started in its own process group and stopped at
@@ -109,12 +111,13 @@ class Schedule:
 
 def make_schedules(rng: random.Random) -> list[Schedule]:
     """200 schedules every 1 to 30 s, a quarter Forbid and a quarter Replace, sleeping up to
-    0.2 s; four of them run longer than their interval so Forbid skips and Replace revokes."""
+    0.2 s; the first four (Forbid, Replace and two Allow) run 4 s every 3 s, so Forbid skips,
+    Replace revokes and Allow runs overlap all the time."""
     schedules = []
     for i in range(SCHEDULES):
         policy = ("Forbid", "Replace", "Allow", "Allow")[i % 4]
         every, sleep = rng.randint(1, 30), round(rng.uniform(0.0, 0.2), 3)
-        if i < 4:  # overlapping: s-000 and s-002 Forbid... policy follows i % 4
+        if i < 4:
             every, sleep = 3, 4.0
         schedules.append(Schedule(f"s-{i:03d}", every, policy, sleep))
     return schedules
@@ -687,7 +690,15 @@ def report(
         for i, (r, at) in checker.lost_final.items()
         if i not in lost_final_window
     ]
+    policy_of = {s.key: s.policy for s in schedules}
     not_final = [r for r in checker.records.values() if not r.final]
+    # Only Replace revokes a run; any other REVOKED run was received and then never ran to
+    # completion (at-least-once broken), e.g. cancelled by a worker that lost Redis.
+    revoked_otherwise = [
+        r
+        for r in checker.records.values()
+        if r.state == "REVOKED" and policy_of.get(r.schedule or "") != "Replace"
+    ]
     checks, misses, worst = deadline_misses(
         events, schedules, checker.created_by_schedule(), observed_until
     )
@@ -703,7 +714,6 @@ def report(
         for name in kills
     }
     scheduled = [r for r in checker.records.values() if r.schedule]
-    policy_of = {s.key: s.policy for s in schedules}
     by_policy: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for record in scheduled:
         by_policy[policy_of.get(record.schedule or "", "?")][record.state] += 1
@@ -764,6 +774,21 @@ def report(
                 "misses": misses[:20],
                 "miss_count": len(misses),
                 "worst_fraction_of_deadline": round(worst, 2),
+            },
+            "revoked_not_by_replace": {
+                "ok": not revoked_otherwise,
+                "count": len(revoked_otherwise),
+                "runs": [
+                    {
+                        "id": r.id,
+                        "schedule": r.schedule,
+                        "reason": r.reason,
+                        "received": r.received,
+                        "finished": r.finished,
+                        "worker": r.worker,
+                    }
+                    for r in revoked_otherwise[:20]
+                ],
             },
             "rss_level": rss.summary(),
         },
@@ -829,6 +854,9 @@ def summary_text(result: dict[str, Any]) -> str:
         f"({inv['fires_after_recovery']['checks']} checks, "
         f"{inv['fires_after_recovery']['miss_count']} misses, worst "
         f"{inv['fires_after_recovery']['worst_fraction_of_deadline']} of the deadline)",
+        f"revoked, not by Replace: "
+        f"{'OK' if inv['revoked_not_by_replace']['ok'] else 'VIOLATED'} "
+        f"({inv['revoked_not_by_replace']['count']})",
         "not final at end: " + json.dumps(result["not_final_at_end"]),
         "redis used memory (MiB) and keys, first -> last: " + json.dumps(result["redis_memory"]),
         "RSS (MiB, process tree) first third -> last third, slope per hour; whole series "
