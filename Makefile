@@ -12,7 +12,7 @@ UP_HTTP_ALLOW ?= 127.0.0.1:7500
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 DIST ?= dist
 
-.PHONY: tools up test lint typecheck imports scan pytest install clean bench manifests image test-operator test-faults controlplane test-cluster dist
+.PHONY: tools up test lint typecheck imports scan pytest install clean bench manifests image test-operator test-faults controlplane test-cluster dist soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -134,3 +134,12 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 
 bench: $(BENCH_STAMP) controlplane
 	$(BIN)/python bench/run.py $(if $(FULL),--full) $(BENCH_ARGS)
+
+# The chaos soak (bench/soak.py, not in CI): 200 schedules and API clients while every
+# component is SIGKILLed and restarted at random, Redis (AOF) once; invariants checked
+# throughout, figures in bench/results/soak.json and docs/reliability.md. 20 minutes unless
+# SOAK_MINUTES says otherwise.
+SOAK_MINUTES ?= 20
+
+soak: $(BENCH_STAMP)
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
