@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from forwarder_worker import Core, Settings  # noqa: E402
 from forwarder_worker.local.cli import component_command  # noqa: E402
 from forwarder_worker.runs.records import RunRecord  # noqa: E402
-from harness import machine_info  # noqa: E402
+from harness import machine_info, result_json  # noqa: E402
 from support.api_process import api_env, client, start_api  # noqa: E402
 from support.processes import (  # noqa: E402
     Proc,
@@ -879,7 +879,7 @@ def main() -> int:
     with interrupts_raise():
         result = run_soak(args.minutes, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, separators=(",", ":")) + "\n")
+    args.out.write_text(result_json(result) + "\n")
     text = summary_text(result)
     args.out.with_suffix(".txt").write_text(text + "\n")
     print(text)
