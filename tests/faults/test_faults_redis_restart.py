@@ -25,6 +25,7 @@ from forwarder_worker.schedules.store import Entry, ScheduleStore
 from forwarder_worker.settings import Settings
 from support.processes import (
     BIN,
+    STEADY_SCHEDULE,
     celery_beat,
     celery_worker,
     eventually,
@@ -33,17 +34,6 @@ from support.processes import (
     start,
 )
 from support.valkey_process import ValkeyProcess, valkey
-
-SCHEDULE = """\
-apiVersion: forwarder.dev/v1alpha1
-kind: ScheduledTask
-metadata:
-  name: steady
-spec:
-  task: forwarder.ping
-  schedule:
-    every: 1s
-"""
 
 
 def _succeeded(runs: RunLog, name: str) -> int:
@@ -58,7 +48,7 @@ def _succeeded(runs: RunLog, name: str) -> int:
 def test_restart_without_persistence_everything_reconnects(tmp_path: Path, logs: Path) -> None:
     folder = tmp_path / "schedules"
     folder.mkdir()
-    (folder / "steady.yaml").write_text(SCHEDULE)
+    (folder / "steady.yaml").write_text(STEADY_SCHEDULE)
     with valkey(tmp_path / "redis") as server:
         env = forwarder_env(server.url)
         worker = celery_worker(env, logs / "worker.log")

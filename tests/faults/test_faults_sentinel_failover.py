@@ -42,6 +42,7 @@ from support.api_process import (
 )
 from support.processes import (
     BIN,
+    STEADY_SCHEDULE,
     celery_beat,
     celery_worker,
     eventually,
@@ -58,16 +59,6 @@ PASSWORD = "master-pass-for-tests"
 SENTINEL_PASSWORD = "sentinel-pass-for-tests"
 LOCK_TIMEOUT = 5.0
 NAME = "default/steady"
-SCHEDULE = """\
-apiVersion: forwarder.dev/v1alpha1
-kind: ScheduledTask
-metadata:
-  name: steady
-spec:
-  task: forwarder.ping
-  schedule:
-    every: 1s
-"""
 
 
 class Submitter(threading.Thread):
@@ -115,7 +106,7 @@ def test_sentinel_failover_every_component_follows_and_no_slot_fires_twice(
     lose."""
     folder = tmp_path / "schedules"
     folder.mkdir()
-    (folder / "steady.yaml").write_text(SCHEDULE)
+    (folder / "steady.yaml").write_text(STEADY_SCHEDULE)
     with sentinel_set(
         tmp_path / "ha", password=PASSWORD, sentinel_password=SENTINEL_PASSWORD
     ) as ha:

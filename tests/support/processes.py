@@ -20,6 +20,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
+# A ping every second in default/steady, as a folder source reads it (steady.yaml): the fault
+# suites watch its firings carry on across what they break.
+STEADY_SCHEDULE = """\
+apiVersion: forwarder.dev/v1alpha1
+kind: ScheduledTask
+metadata:
+  name: steady
+spec:
+  task: forwarder.ping
+  schedule:
+    every: 1s
+"""
+
 
 def forwarder_env(redis_url: str, **overrides: str) -> dict[str, str]:
     """Environment for a Forwarder process against ``redis_url``, with test task modules."""
