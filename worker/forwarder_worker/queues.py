@@ -3,7 +3,7 @@
 kombu's redis transport keeps a queue in one list per priority step: the queue's own name
 for step 0 and ``<queue>\\x06\\x16<step>`` for the others (``priority_steps``, [0, 3, 6, 9] by
 default), every key under the transport's ``global_keyprefix``. A length that reads only the
-queue's own key, or forgets the prefix (Flower's broker page does both), is wrong. The names
+queue's own key, or forgets the prefix (as Flower before 2.0 did), is wrong. The names
 are worked out here once, from the transport class and options the app really uses, and the
 lengths are then read in one pipelined round trip.
 """
