@@ -193,3 +193,57 @@ def test_worker_survives_a_restart_while_a_task_is_in_flight(tmp_path: Path, log
             assert "Unrecoverable error" not in worker.output()
             app.close()
         client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("seconds", "downtime"),
+    [(4.0, 1.0), (1.0, 2.5)],
+    ids=["redis-back-before-the-run-ends", "run-ends-while-redis-is-down"],
+)
+def test_a_run_in_flight_when_redis_is_killed_still_ends_in_success(
+    tmp_path: Path, logs: Path, seconds: float, downtime: float
+) -> None:
+    # At least once across a Redis crash: a run executing when Redis is SIGKILLed (AOF with
+    # fsync always, so nothing Redis acknowledged is lost) must still succeed, by finishing
+    # where it runs or by redelivery. Cancelling it on the connection loss, as Celery's
+    # worker_cancel_long_running_tasks_on_connection_loss does, recorded it REVOKED and
+    # acknowledged its message, so it never ran again (found by the chaos soak). A run that
+    # ends while Redis is still down must wait to store its end: Celery's default retries
+    # only the result's SET, and the read before it made such a run FAILURE.
+    with valkey(tmp_path / "redis", appendonly=True, appendfsync="always") as server:
+        env = forwarder_env(server.url, FORWARDER_TASK_TIME_LIMIT="30")
+        worker = celery_worker(env, logs / "worker.log", concurrency=1)
+        with running(worker):
+            eventually(lambda: " ready." in worker.output(), 90, message="worker ready")
+            core = Core.from_settings(Settings(redis_url=server.url))
+            sent = core.app.send_task("tests.sleep", kwargs={"seconds": seconds})
+            eventually(
+                lambda: (r := core.runs.get(sent.id)) is not None and r.state == "STARTED",
+                30,
+                0.05,
+                message="the run started",
+            )
+            server.restart(downtime=downtime)
+            record = eventually(
+                lambda: (r := core.runs.get(sent.id)) is not None and r.final and r,
+                # The visibility timeout (2 x the 30 s time limit + 60 s) bounds a redelivery.
+                150,
+                0.5,
+                message="the run ended",
+            )
+            assert record.state == "SUCCESS", (record, worker.output()[-3000:])
+            assert worker.alive(), worker.output()[-3000:]
+            # ...and it ran once: its message is acknowledged, neither left unacked (to be
+            # redelivered after the visibility timeout) nor put back on the queue.
+            plain = redis.Redis.from_url(server.url)
+            eventually(
+                lambda: not plain.exists("forwarder:unacked", "forwarder:default"),
+                10,
+                0.1,
+                message="the message acknowledged",
+            )
+            assert worker.output().count(" received") == 1, worker.output()[-3000:]
+            plain.close()
+            core.close()

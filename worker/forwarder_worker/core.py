@@ -57,6 +57,11 @@ SCHEDULER = "forwarder_worker.beat.scheduler:ForwarderScheduler"
 TASK_CLASS = "forwarder_worker.tasks.base:ForwarderTask"
 
 
+# How many times a worker tries again to store a run's end while Redis is unreachable (see
+# result_backend_always_retry below).
+RESULT_STORE_RETRIES = 20
+
+
 class ForwarderCelery(Celery):
     """The Celery app of every Forwarder process: JSON only, late acks, events and limits,
     and the :class:`Core` it belongs to.
@@ -119,7 +124,18 @@ class ForwarderCelery(Celery):
             },
             result_backend_transport_options={"global_keyprefix": settings.key_prefix, **sentinel},
             broker_connection_retry_on_startup=True,
-            worker_cancel_long_running_tasks_on_connection_loss=True,
+            # A run executing when the worker loses Redis finishes where it runs; its ack may
+            # fail, and then the message is redelivered after the visibility timeout (at least
+            # once). Celery's cancel-on-loss instead terminated it, recorded it REVOKED and
+            # acknowledged its message once Redis was back, so it never ran again
+            # (tests/faults/test_faults_redis_restart.py, found by the chaos soak).
+            worker_cancel_long_running_tasks_on_connection_loss=False,
+            # A run that ends while Redis is away (a restart, a Sentinel failover) waits for it
+            # to store its result: Celery retries only the result's SET by default, not the
+            # read before it, so such a run was recorded FAILURE with a ConnectionError.
+            # Exponential backoff from 10 ms up to 10 s between tries, about a minute in all.
+            result_backend_always_retry=True,
+            result_backend_max_retries=RESULT_STORE_RETRIES,
             beat_scheduler=SCHEDULER,
             beat_max_loop_interval=settings.beat_max_loop_interval,
             include=[*BUILTIN_TASK_MODULES, *RECORDING_MODULES, *settings.task_modules],
