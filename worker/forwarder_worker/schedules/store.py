@@ -51,6 +51,8 @@ from forwarder_worker.schedules.timing import (
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
 _TIMEOUT_SLACK = 0.11
+# How often the end of an exact wait (its last _TIMEOUT_SLACK) looks for a change, in seconds.
+_SLICE_POLL = 0.004
 
 
 def fair_share(items: list[str], limit: int, *, key: Callable[[str], str]) -> list[str]:
@@ -696,18 +698,33 @@ class ScheduleStore:
         due time after the claims (None: the due set is empty)."""
         return self.scripts.claim(claims, time.time())
 
-    def wait_for_change(self, timeout: float, client: redis.Redis | None = None) -> bool:
-        """Block until the store changes or ``timeout`` seconds pass; True if woken."""
+    def wait_for_change(
+        self, timeout: float, client: redis.Redis | None = None, *, exact: bool = True
+    ) -> bool:
+        """Block until the store changes or ``timeout`` seconds pass; True if woken.
+
+        ``exact``: the wait ends at a due time, so it must not overshoot (see below); False
+        when ending a little late is harmless (a lock renewal well inside its lease)."""
         if timeout <= 0:
             return False
+        blocking = client or self.client
+        if not exact:
+            return bool(blocking.blpop([self.keys.wake], timeout=max(timeout, 0.01)))
         deadline = time.monotonic() + timeout
         # Redis expires blocking timeouts on its `hz` clock (10/s by default), so a BLPOP can
-        # overshoot by ~100 ms. Block for all but the last slice, then sleep that slice here:
-        # firings stay on time, and a change arriving in the slice waits at most that long.
+        # overshoot by ~100 ms. Block for all but the last slice, then spend that slice here:
+        # firings stay on time. The slice checks the wake list every _SLICE_POLL seconds, so
+        # a change arriving in it (a new entry due at once) waits that long at most, not the
+        # whole slice (it was the long tail of store write -> first publish).
         coarse = timeout - _TIMEOUT_SLACK
-        if coarse >= 0.01 and (client or self.client).blpop([self.keys.wake], timeout=coarse):
+        if coarse >= 0.01 and blocking.blpop([self.keys.wake], timeout=coarse):
             return True
         remaining = deadline - time.monotonic()
+        while remaining > _SLICE_POLL:
+            if self.client.lpop(self.keys.wake) is not None:
+                return True
+            time.sleep(_SLICE_POLL)
+            remaining = deadline - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
         return False
