@@ -36,7 +36,7 @@ from typing import Any
 import redis
 
 from forwarder_worker._redis.keys import Keys
-from forwarder_worker._redis.scripts import BackfillSlot, Claim, Scripts
+from forwarder_worker._redis.scripts import BackfillSlot, Claim, DueEntry, Scripts
 from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.model import ScheduledTaskSpec
 from forwarder_worker.schedules.timing import (
@@ -651,14 +651,10 @@ class ScheduleStore:
             keys = earliest + [k for k in reversed(latest) if k not in seen]
             if len(keys) > limit:
                 keys = fair_share(keys, limit, key=lambda k: name_of(k).partition("/")[0])
-        if not keys:
-            return []
-        loaded = {s.entry.name: s for s in self._load(name_of(k) for k in keys)}
-        missing = [k for k in keys if name_of(k) not in loaded]
-        if missing:
-            # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
-            self.client.zrem(due_key, *missing)
-        return [loaded[name_of(k)] for k in keys if name_of(k) in loaded]
+        # Entries that left the due set or moved past now since the range was read (claimed
+        # by another beat, rewritten) are not due: dropped here, not fired early.
+        rows = [row for row in self.scripts.load_due(keys) if not row.due > now]
+        return self._due_entries(rows)
 
     def read_due(
         self, now: float, limit: int, metrics: Sequence[tuple[str, int | float]] = ()
@@ -673,8 +669,15 @@ class ScheduleStore:
         rows, first = self.scripts.read_due(now, limit, metrics)
         if rows is None:
             return None, first
+        return self._due_entries(rows), first
+
+    def _due_entries(self, rows: Sequence[DueEntry]) -> list[StoredEntry]:
+        """The entries of beat's read ``rows``, parsed; rows without a due score (it left
+        the due set) are skipped, and those without a hash are dropped from the due set."""
         loaded, missing = [], []
         for row in rows:
+            if math.isnan(row.due):
+                continue
             if not row.definition:
                 missing.append(self.keys.entry(row.name))
                 continue
@@ -689,7 +692,7 @@ class ScheduleStore:
         if missing:
             # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
             self.client.zrem(self.keys.due, *missing)
-        return loaded, first
+        return loaded
 
     def claim(self, claims: Sequence[Claim]) -> tuple[list[bool], float | None]:
         """Claim each due slot and store its entry's new state and due time, writing the
