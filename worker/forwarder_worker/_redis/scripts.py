@@ -789,7 +789,6 @@ class Scripts:
             )
         ], first
 
-
     def load_due(self, keys: Sequence[str]) -> list[DueEntry]:
         """The entries at hash ``keys`` with their due scores, in one round trip; each
         :class:`DueEntry` has '' fields where the entry is gone, and a due of NaN where it

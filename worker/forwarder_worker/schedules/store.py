@@ -52,7 +52,7 @@ from forwarder_worker.schedules.timing import (
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
 _TIMEOUT_SLACK = 0.11
 # How often the end of an exact wait (its last _TIMEOUT_SLACK) looks for a change, in seconds.
-_SLICE_POLL = 0.004
+_SLICE_POLL = 0.01
 
 
 def fair_share(items: list[str], limit: int, *, key: Callable[[str], str]) -> list[str]:
@@ -628,8 +628,16 @@ class ScheduleStore:
 
     # -- beat's side ----------------------------------------------------------------------
 
-    def due(self, now: float, limit: int, *, window: int | None = None) -> list[StoredEntry]:
-        """Up to ``limit`` entries due at ``now``, loaded in one round trip.
+    def due(
+        self,
+        now: float,
+        limit: int,
+        *,
+        window: int | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> list[StoredEntry]:
+        """Up to ``limit`` entries due at ``now``, loaded in one round trip, leaving out the
+        entries named in ``exclude`` (being claimed: beat's batch in flight).
 
         Without ``window`` they are the earliest due. With a ``window``, the candidates are the
         ``window`` earliest due plus the ``limit`` latest due (those that just fell due behind
@@ -638,13 +646,18 @@ class ScheduleStore:
         namespace's entry by one batch, not by the rest of the burst.
         """
         due_key, name_of = self.keys.due, self.keys.entry_name
+        skip = {self.keys.entry(name) for name in exclude}
         if window is None:
-            keys = self.client.zrangebyscore(due_key, "-inf", now, start=0, num=limit)
+            keys = self.client.zrangebyscore(due_key, "-inf", now, start=0, num=limit + len(skip))
+            keys = [k for k in keys if k not in skip][:limit]
         else:
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(due_key, "-inf", now, start=0, num=max(window, limit))
-                pipe.zrevrangebyscore(due_key, now, "-inf", start=0, num=limit)
+                pipe.zrevrangebyscore(due_key, now, "-inf", start=0, num=limit + len(skip))
                 earliest, latest = pipe.execute()
+            if skip:
+                earliest = [k for k in earliest if k not in skip]
+                latest = [k for k in latest if k not in skip]
             seen = set(earliest)
             # The latest due all score after the earliest window, so appending them in
             # ascending order keeps the candidates ordered by due time.
@@ -716,11 +729,16 @@ class ScheduleStore:
         deadline = time.monotonic() + timeout
         # Redis expires blocking timeouts on its `hz` clock (10/s by default), so a BLPOP can
         # overshoot by ~100 ms. Block for all but the last slice, then spend that slice here:
-        # firings stay on time. The slice checks the wake list every _SLICE_POLL seconds, so
-        # a change arriving in it (a new entry due at once) waits that long at most, not the
-        # whole slice (it was the long tail of store write -> first publish).
+        # firings stay on time. After a blocking wait, the slice checks the wake list every
+        # _SLICE_POLL seconds, so a change arriving in it (a new entry due at once) waits that
+        # long at most, not the whole slice. A wait shorter than the slice (due times closer
+        # together than that) only sleeps: a change then waits for the next due time, which
+        # is sooner than the slice, and a busy beat makes no more round trips than it fires.
         coarse = timeout - _TIMEOUT_SLACK
-        if coarse >= 0.01 and blocking.blpop([self.keys.wake], timeout=coarse):
+        if coarse < 0.01:
+            time.sleep(timeout)
+            return False
+        if blocking.blpop([self.keys.wake], timeout=coarse):
             return True
         remaining = deadline - time.monotonic()
         while remaining > _SLICE_POLL:
