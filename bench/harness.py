@@ -174,10 +174,10 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 def ratio(anchor: float, ours: float, unit: str = "") -> float:
     """How many times better Forwarder is: anchor / ours for times and sizes, ours / anchor
-    for rates (unit ``/s``). Above 1 means Forwarder is better."""
+    for rates and shares (unit ``/s`` or ``%``). Above 1 means Forwarder is better."""
     if not ours or not anchor or math.isnan(ours) or math.isnan(anchor):
         return math.nan
-    return ours / anchor if unit == "/s" else anchor / ours
+    return ours / anchor if unit in ("/s", "%") else anchor / ours
 
 
 def show(title: str, rows: Sequence[tuple[str, float, float, str]]) -> None:

@@ -14,6 +14,7 @@ module knows the order of the arguments.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -371,6 +372,23 @@ end
 return out
 """
 
+# The hash fields and due score of the entries a backlog batch picked (ScheduleStore.due), in
+# one command: one EVALSHA of a batch's keys packs and parses in a fraction of the time of a
+# pipeline of an HMGET and a ZSCORE per entry.
+# KEYS: due set.  ARGV: entry hash keys. Returns score, definition, meta, rev per key ('' for
+# a missing field or score: the entry was deleted or left the due set while being read).
+LOAD_DUE = """
+local out = {}
+for j = 1, #ARGV do
+  local h = redis.call('HMGET', ARGV[j], 'definition', 'meta', 'rev')
+  out[#out + 1] = redis.call('ZSCORE', KEYS[1], ARGV[j]) or ''
+  out[#out + 1] = h[1] or ''
+  out[#out + 1] = h[2] or ''
+  out[#out + 1] = h[3] or ''
+end
+return out
+"""
+
 # -- the api's submission ------------------------------------------------------------------
 
 # A new run's record, then its message's Redis commands, atomically; nothing if the run was
@@ -597,6 +615,7 @@ class Scripts:
         self._claim = client.register_script(CLAIM)
         self._upsert = client.register_script(UPSERT)
         self._read_due = client.register_script(READ_DUE)
+        self._load_due = client.register_script(LOAD_DUE)
         self._backfill_check = client.register_script(BACKFILL_CHECK)
         self._backfill_claim = client.register_script(BACKFILL_CLAIM)
 
@@ -769,6 +788,21 @@ class Scripts:
                 reply[j : j + 5] for j in range(2, len(reply), 5)
             )
         ], first
+
+    def load_due(self, keys: Sequence[str]) -> list[DueEntry]:
+        """The entries at hash ``keys`` with their due scores, in one round trip; each
+        :class:`DueEntry` has '' fields where the entry is gone, and a due of NaN where it
+        left the due set meanwhile."""
+        if not keys:
+            return []
+        reply = self._load_due(keys=[self.keys.due], args=list(keys))
+        name_of = self.keys.entry_name
+        return [
+            DueEntry(name_of(key), float(score) if score != "" else math.nan, *fields)
+            for key, (score, *fields) in zip(
+                keys, (reply[j : j + 4] for j in range(0, len(reply), 4)), strict=True
+            )
+        ]
 
 
 class AsyncScripts:

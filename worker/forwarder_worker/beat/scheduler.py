@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -46,6 +47,7 @@ from kombu.exceptions import OperationalError
 from forwarder_worker._redis.scripts import Claim, RunWrite
 from forwarder_worker.core import require_core
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome, Push, Send
+from forwarder_worker.dispatch.messages import MessageBatch
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
 from forwarder_worker.names import MAX_MISSED_RUNS
 from forwarder_worker.schedules.store import Meta, StoredEntry
@@ -203,6 +205,22 @@ def claim_of(
     )
 
 
+class _Prepared(NamedTuple):
+    """A batch ready to claim (:meth:`ForwarderScheduler._prepare`): its plans, its planned
+    slots (plan index, outcome, record, send), their captured messages, the claims, the
+    message batch holding their task-sent events, the producer it was built on and the
+    scope holding that producer, and the names of its entries."""
+
+    plans: list[FiringPlan]
+    rows: list[tuple[int, Outcome, RunWrite, Send | None]]
+    pushes: list[Push | None]
+    claims: list[Claim]
+    built: MessageBatch | None
+    producer: Any
+    scope: contextlib.ExitStack
+    names: frozenset[str]
+
+
 def _no_result_subscription(producer: Any, task_id: str) -> None:
     """Stands in for the result backend's ``on_task_call`` in beat (see ``__init__``)."""
 
@@ -238,6 +256,10 @@ class ForwarderScheduler(Scheduler):
         self._metrics: dict[str, int | float] = {}
         # Whether the last pass took a full batch (a burst is being drained).
         self._draining = False
+        # A full batch prepared by the last pass, claimed by the next one (see _tick), and the
+        # thread that claims it.
+        self._pending: _Prepared | None = None
+        self._claim_thread: ThreadPoolExecutor | None = None
         kwargs.setdefault("max_interval", self.settings.beat_max_loop_interval)
         super().__init__(app, *args, **kwargs)
 
@@ -283,6 +305,18 @@ class ForwarderScheduler(Scheduler):
             return self._backoff
 
     def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            # Prepared, never claimed: fire it now rather than leave it to the next holder.
+            try:
+                with contextlib.suppress(redis.RedisError, OperationalError, BATCH_PUBLISH_ERROR):
+                    claimed, _ = self.store.claim(pending.claims)
+                    self._finish(pending, claimed)
+            finally:
+                pending.scope.close()
+        if self._claim_thread is not None:
+            self._claim_thread.shutdown()
+            self._claim_thread = None
         with contextlib.suppress(redis.RedisError):
             self._flush_metrics()
         if self.holding:
@@ -324,6 +358,12 @@ class ForwarderScheduler(Scheduler):
             max(0.05, min(ttl_ms / 1000 + 0.01 if ttl_ms > 0 else 0.05, self.max_interval))
         )
 
+    def _claimer(self) -> ThreadPoolExecutor:
+        """The thread that runs a drained batch's claim while the next one is prepared."""
+        if self._claim_thread is None:
+            self._claim_thread = ThreadPoolExecutor(1, thread_name_prefix="forwarder-claim")
+        return self._claim_thread
+
     def _take_metrics(self) -> list[tuple[str, int | float]]:
         pending, self._metrics = self._metrics, {}
         return list(pending.items())
@@ -343,31 +383,69 @@ class ForwarderScheduler(Scheduler):
         """One pass, in three Redis round trips when a few entries are due: one Lua read (the
         due entries, loaded, the earliest due time, and the previous pass's metrics), one Lua
         claim (claims, run records, messages and the next due time) and one pipeline for the
-        task-sent events."""
-        if not self._hold_lock():
-            return self._standby_wait()
-        now = self.clock()
-        size = self.settings.beat_batch_size
-        # A lost reply may or may not have been applied: drop those metrics, never count twice.
-        batch, next_due = self.store.read_due(now, size, self._take_metrics())
-        limit = size
-        if batch is None:
-            # A backlog: drain it in fair batches, the first of them small (FIRST_BATCH).
-            limit = size if self._draining else min(size, FIRST_BATCH)
-            batch = self.store.due(now, limit, window=size * FAIR_WINDOW_BATCHES)
-        self._draining = bool(batch) and len(batch) == limit
-        if batch:
-            next_due = self.fire_batch(batch, now)
-            if self._draining:
+        task-sent events.
+
+        A backlog is drained a batch a pass, and each full batch's claim is sent in the next
+        pass, after that pass has read its own batch (leaving out the entries being claimed)
+        and while it prepares it: Redis runs the claim script while beat builds the next
+        batch's messages, instead of each waiting for the other."""
+        pending, self._pending = self._pending, None
+        prepared: _Prepared | None = None
+        try:
+            if not self._hold_lock():
+                return self._standby_wait()  # a pending batch is dropped: still due, unclaimed
+            now = self.clock()
+            size = self.settings.beat_batch_size
+            next_due: float | None = None
+            batch: list[StoredEntry] | None = None
+            if pending is None:
+                # A lost reply may or may not have been applied: drop those metrics, never
+                # count twice.
+                batch, next_due = self.store.read_due(now, size, self._take_metrics())
+            limit = size
+            if batch is None:
+                # A backlog: drain it in fair batches, the first of them small (FIRST_BATCH).
+                limit = size if self._draining else min(size, FIRST_BATCH)
+                batch = self.store.due(
+                    now,
+                    limit,
+                    window=size * FAIR_WINDOW_BATCHES,
+                    exclude=pending.names if pending is not None else frozenset(),
+                )
+            self._draining = bool(batch) and len(batch) == limit
+            if pending is not None:
+                claim = self._claimer().submit(self.store.claim, pending.claims)
+                try:
+                    if batch:
+                        prepared = self._prepare(batch, now)
+                finally:
+                    claimed, next_due = claim.result()
+                self._finish(pending, claimed)
+            elif batch:
+                prepared = self._prepare(batch, now)
+            if prepared is not None and self._draining and limit == size:
+                # A full batch (not the small head, which goes out at once): claimed by the
+                # next pass, while it prepares the batch after.
+                self._pending, prepared = prepared, None
                 return 0.0  # more may be due: take the next batch straight away
+            if prepared is not None:
+                claimed, next_due = self.store.claim(prepared.claims)
+                self._finish(prepared, claimed)
+        finally:
+            for unclaimed in (pending, prepared):
+                if unclaimed is not None:
+                    unclaimed.scope.close()
         wait = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)
         wait = min(wait, self.max_interval)
-        if next_due is not None:
-            wait = min(wait, next_due - self.clock())
+        # Only a wait that ends at a due time must end on time; one that ends to renew the
+        # lock (a third into its lease) may end ~0.1 s late (see ScheduleStore.wait_for_change).
+        exact = False
+        if next_due is not None and next_due - self.clock() <= wait:
+            wait, exact = next_due - self.clock(), True
         if wait > 0:
             if wait >= METRICS_FLUSH_WAIT:
                 self._flush_metrics()
-            self.store.wait_for_change(wait, self.waiter)
+            self.store.wait_for_change(wait, self.waiter, exact=exact)
         return 0.0
 
     def fire_batch(self, batch: list[StoredEntry], now: float) -> float | None:
@@ -379,6 +457,18 @@ class ForwarderScheduler(Scheduler):
         concurrencyPolicy Forbid or Replace are policed before the claim (their active runs
         read, the runs to replace revoked). A message that cannot be built ahead
         (:meth:`Dispatcher.capture` declines it) is published right after the claim."""
+        prepared = self._prepare(batch, now)
+        try:
+            claimed, next_due = self.store.claim(prepared.claims)
+            self._finish(prepared, claimed)
+        finally:
+            prepared.scope.close()
+        return next_due
+
+    def _prepare(self, batch: list[StoredEntry], now: float) -> _Prepared:
+        """Everything of :meth:`fire_batch` before the claim: plan, police, record and build
+        the messages of ``batch``; the producer that holds their events stays acquired
+        until :meth:`_finish` (the caller closes ``scope``)."""
         plans: list[FiringPlan] = []
         deferred: list[Claim] = []
         for stored in batch:
@@ -446,7 +536,9 @@ class ForwarderScheduler(Scheduler):
                         reason=outcome.reason or "skipped",
                     )
                     rows.append((index, outcome, record, None))
-        with self.app.producer_or_acquire() as producer:
+        scope = contextlib.ExitStack()
+        producer = scope.enter_context(self.app.producer_or_acquire())
+        try:
             sends = [send for *_, send in rows if send is not None]
             captured, built = self.dispatcher.capture(producer, sends)
             in_order = iter(captured)
@@ -464,33 +556,47 @@ class ForwarderScheduler(Scheduler):
                     continue
                 (first, first_push), *more = runs
                 claims.append(claim_of(plan.stored, meta, due, first, first_push, more))
-            claimed, next_due = self.store.claim([*claims, *deferred])
-            won: list[Outcome] = []
-            sent: list[tuple[Send, Push | None]] = []
-            lost: set[str] = set()
-            skipped = missed = excluded = 0
-            for plan, claim_won in zip(plans, claimed, strict=False):
-                if claim_won:
-                    missed += plan.missed  # slots walked past or out of time, not fired
-                    excluded += plan.meta.excluded - plan.stored.meta.excluded
-            for (index, outcome, _record, send), push in zip(rows, pushes, strict=True):
-                if not claimed[index]:  # rewritten or claimed by another beat meanwhile
-                    lost.add(outcome.run_id)
-                    continue
-                won.append(outcome)
-                if send is None:
-                    skipped += not (outcome.reason or "").startswith(MISSED)
-                else:
-                    sent.append((send, push))
-            if built is not None:
-                built.drop_events(lost)
-            lateness = self.dispatcher.complete(
-                producer, sent, built, first_flush=FIRST_BATCH, clock=self.clock
-            )
+        except BaseException:
+            scope.close()
+            raise
+        names = frozenset(plan.stored.entry.name for plan in plans)
+        return _Prepared(plans, rows, pushes, [*claims, *deferred], built, producer, scope, names)
+
+    def _finish(self, prepared: _Prepared, claimed: list[bool]) -> None:
+        """Everything of :meth:`fire_batch` after the claim (``claimed``: won per claim):
+        publish what the claim could not, flush the task-sent events, count and log."""
+        plans, rows, pushes, built, producer = (
+            prepared.plans,
+            prepared.rows,
+            prepared.pushes,
+            prepared.built,
+            prepared.producer,
+        )
+        won: list[Outcome] = []
+        sent: list[tuple[Send, Push | None]] = []
+        lost: set[str] = set()
+        skipped = missed = excluded = 0
+        for plan, claim_won in zip(plans, claimed, strict=False):
+            if claim_won:
+                missed += plan.missed  # slots walked past or out of time, not fired
+                excluded += plan.meta.excluded - plan.stored.meta.excluded
+        for (index, outcome, _record, send), push in zip(rows, pushes, strict=True):
+            if not claimed[index]:  # rewritten or claimed by another beat meanwhile
+                lost.add(outcome.run_id)
+                continue
+            won.append(outcome)
+            if send is None:
+                skipped += not (outcome.reason or "").startswith(MISSED)
+            else:
+                sent.append((send, push))
+        if built is not None:
+            built.drop_events(lost)
+        lateness = self.dispatcher.complete(
+            producer, sent, built, first_flush=FIRST_BATCH, clock=self.clock
+        )
         self._add_metrics(
             SchedulerMetrics.increments(
                 fired=lateness, skipped=skipped, missed=missed, excluded=excluded
             )
         )
         Dispatcher.log_outcomes(won)
-        return next_due

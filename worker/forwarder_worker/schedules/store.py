@@ -36,7 +36,7 @@ from typing import Any
 import redis
 
 from forwarder_worker._redis.keys import Keys
-from forwarder_worker._redis.scripts import BackfillSlot, Claim, Scripts
+from forwarder_worker._redis.scripts import BackfillSlot, Claim, DueEntry, Scripts
 from forwarder_worker.names import ENTRY_NAME
 from forwarder_worker.schedules.model import ScheduledTaskSpec
 from forwarder_worker.schedules.timing import (
@@ -51,6 +51,8 @@ from forwarder_worker.schedules.timing import (
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
 _TIMEOUT_SLACK = 0.11
+# How often the end of an exact wait (its last _TIMEOUT_SLACK) looks for a change, in seconds.
+_SLICE_POLL = 0.01
 
 
 def fair_share(items: list[str], limit: int, *, key: Callable[[str], str]) -> list[str]:
@@ -626,8 +628,16 @@ class ScheduleStore:
 
     # -- beat's side ----------------------------------------------------------------------
 
-    def due(self, now: float, limit: int, *, window: int | None = None) -> list[StoredEntry]:
-        """Up to ``limit`` entries due at ``now``, loaded in one round trip.
+    def due(
+        self,
+        now: float,
+        limit: int,
+        *,
+        window: int | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> list[StoredEntry]:
+        """Up to ``limit`` entries due at ``now``, loaded in one round trip, leaving out the
+        entries named in ``exclude`` (being claimed: beat's batch in flight).
 
         Without ``window`` they are the earliest due. With a ``window``, the candidates are the
         ``window`` earliest due plus the ``limit`` latest due (those that just fell due behind
@@ -636,27 +646,28 @@ class ScheduleStore:
         namespace's entry by one batch, not by the rest of the burst.
         """
         due_key, name_of = self.keys.due, self.keys.entry_name
+        skip = {self.keys.entry(name) for name in exclude}
         if window is None:
-            keys = self.client.zrangebyscore(due_key, "-inf", now, start=0, num=limit)
+            keys = self.client.zrangebyscore(due_key, "-inf", now, start=0, num=limit + len(skip))
+            keys = [k for k in keys if k not in skip][:limit]
         else:
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(due_key, "-inf", now, start=0, num=max(window, limit))
-                pipe.zrevrangebyscore(due_key, now, "-inf", start=0, num=limit)
+                pipe.zrevrangebyscore(due_key, now, "-inf", start=0, num=limit + len(skip))
                 earliest, latest = pipe.execute()
+            if skip:
+                earliest = [k for k in earliest if k not in skip]
+                latest = [k for k in latest if k not in skip]
             seen = set(earliest)
             # The latest due all score after the earliest window, so appending them in
             # ascending order keeps the candidates ordered by due time.
             keys = earliest + [k for k in reversed(latest) if k not in seen]
             if len(keys) > limit:
                 keys = fair_share(keys, limit, key=lambda k: name_of(k).partition("/")[0])
-        if not keys:
-            return []
-        loaded = {s.entry.name: s for s in self._load(name_of(k) for k in keys)}
-        missing = [k for k in keys if name_of(k) not in loaded]
-        if missing:
-            # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
-            self.client.zrem(due_key, *missing)
-        return [loaded[name_of(k)] for k in keys if name_of(k) in loaded]
+        # Entries that left the due set or moved past now since the range was read (claimed
+        # by another beat, rewritten) are not due: dropped here, not fired early.
+        rows = [row for row in self.scripts.load_due(keys) if not row.due > now]
+        return self._due_entries(rows)
 
     def read_due(
         self, now: float, limit: int, metrics: Sequence[tuple[str, int | float]] = ()
@@ -671,8 +682,15 @@ class ScheduleStore:
         rows, first = self.scripts.read_due(now, limit, metrics)
         if rows is None:
             return None, first
+        return self._due_entries(rows), first
+
+    def _due_entries(self, rows: Sequence[DueEntry]) -> list[StoredEntry]:
+        """The entries of beat's read ``rows``, parsed; rows without a due score (it left
+        the due set) are skipped, and those without a hash are dropped from the due set."""
         loaded, missing = [], []
         for row in rows:
+            if math.isnan(row.due):
+                continue
             if not row.definition:
                 missing.append(self.keys.entry(row.name))
                 continue
@@ -687,7 +705,7 @@ class ScheduleStore:
         if missing:
             # A due-set member without its hash (deleted mid-read): drop it, as redbeat does.
             self.client.zrem(self.keys.due, *missing)
-        return loaded, first
+        return loaded
 
     def claim(self, claims: Sequence[Claim]) -> tuple[list[bool], float | None]:
         """Claim each due slot and store its entry's new state and due time, writing the
@@ -696,18 +714,38 @@ class ScheduleStore:
         due time after the claims (None: the due set is empty)."""
         return self.scripts.claim(claims, time.time())
 
-    def wait_for_change(self, timeout: float, client: redis.Redis | None = None) -> bool:
-        """Block until the store changes or ``timeout`` seconds pass; True if woken."""
+    def wait_for_change(
+        self, timeout: float, client: redis.Redis | None = None, *, exact: bool = True
+    ) -> bool:
+        """Block until the store changes or ``timeout`` seconds pass; True if woken.
+
+        ``exact``: the wait ends at a due time, so it must not overshoot (see below); False
+        when ending a little late is harmless (a lock renewal well inside its lease)."""
         if timeout <= 0:
             return False
+        blocking = client or self.client
+        if not exact:
+            return bool(blocking.blpop([self.keys.wake], timeout=max(timeout, 0.01)))
         deadline = time.monotonic() + timeout
         # Redis expires blocking timeouts on its `hz` clock (10/s by default), so a BLPOP can
-        # overshoot by ~100 ms. Block for all but the last slice, then sleep that slice here:
-        # firings stay on time, and a change arriving in the slice waits at most that long.
+        # overshoot by ~100 ms. Block for all but the last slice, then spend that slice here:
+        # firings stay on time. After a blocking wait, the slice checks the wake list every
+        # _SLICE_POLL seconds, so a change arriving in it (a new entry due at once) waits that
+        # long at most, not the whole slice. A wait shorter than the slice (due times closer
+        # together than that) only sleeps: a change then waits for the next due time, which
+        # is sooner than the slice, and a busy beat makes no more round trips than it fires.
         coarse = timeout - _TIMEOUT_SLACK
-        if coarse >= 0.01 and (client or self.client).blpop([self.keys.wake], timeout=coarse):
+        if coarse < 0.01:
+            time.sleep(timeout)
+            return False
+        if blocking.blpop([self.keys.wake], timeout=coarse):
             return True
         remaining = deadline - time.monotonic()
+        while remaining > _SLICE_POLL:
+            if self.client.lpop(self.keys.wake) is not None:
+                return True
+            time.sleep(_SLICE_POLL)
+            remaining = deadline - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
         return False
