@@ -2,7 +2,9 @@
 
 Forwarder: ``POST /tasks/forwarder.ping/runs``, then ``GET /runs/{id}?wait=30`` until SUCCESS
 (the API's long poll, its documented way to wait for a run: answered when the run ends, as
-``.get()`` is), through a real uvicorn running ``forwarder_api.main:create_app``. Anchor: raw
+``.get()`` is), through the server as ``forwarder api`` (the chart's command) runs it:
+uvicorn with ``forwarder_api.main:create_app`` and the api's own HTTP protocol
+(``forwarder_api.http_guard``), at the chart's log level. Anchor: raw
 Celery ``app.send_task("forwarder.ping").get()`` (the Redis result backend notifies by
 pub/sub). Both use the same Valkey and the same Forwarder worker (prefork, concurrency 2).
 A third row per client count is a client that cannot long-poll: it GETs ``/runs/{id}`` every
@@ -29,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forwarder_worker.local.cli import component_command
 from harness import (
     BENCH,
-    BIN,
     bench_env,
     cpu_seconds,
     eventually,
@@ -50,6 +52,9 @@ TOKEN = "bench-token-not-a-secret"  # noqa: S105  (a throwaway token for a local
 CLIENTS = (1, 8, 32)
 PATHS = ("raw celery", "api", "api long-poll")
 PARTS = ("post", "get", "gets_per_run")
+LOG_LEVEL = "info"
+"""The api's log level: the chart's default (``config.logLevel``), at which uvicorn writes an
+access-log line per request."""
 SLICE = 4.0
 """Seconds of one path's turn: each path's time is taken in slices of about this length,
 the three paths in turn (see run())."""
@@ -148,16 +153,12 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
     with redis_for("roundtrip") as url:
         worker = start_worker(url, logs / "worker.log")
         port = free_port()
+        # The server as `forwarder api` (the chart's command) runs it: uvicorn with the
+        # api's own HTTP protocol (forwarder_api.http_guard).
         api = start(
-            [
-                str(BIN / "uvicorn"),
-                "--factory",
-                "forwarder_api.main:create_app",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            component_command(
+                "api", ["--host", "127.0.0.1", "--port", str(port), "--log-level", LOG_LEVEL]
+            ),
             bench_env(url, FORWARDER_API_TOKENS=TOKEN),
             logs / "api.log",
             "api",

@@ -58,21 +58,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_timeout = settings.api_header_timeout
         self.body_timeout = settings.api_body_timeout
         self.head_bytes = 0
-        self.read_deadline: asyncio.TimerHandle | None = None
+        # The deadline of the head or body being read (None: nothing is being read), and
+        # what it is for. One timer per connection enforces it lazily: setting a deadline
+        # and clearing it, three times per request, are attribute writes; the timer, when
+        # it fires, moves itself to a later deadline instead of acting. A timer per request
+        # part (scheduled and cancelled three times a request) cost more than all the rest
+        # of this protocol.
+        self.deadline: float | None = None
+        self.deadline_of: tuple[str, float] = ("head", self.head_timeout)
+        self.timer: asyncio.TimerHandle | None = None
         self.refusal: tuple[int, str] | None = None
 
-    # The deadline: one timer, for the head and then for the body of the request being read.
+    # The deadline: for the head and then for the body of the request being read.
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        self.read_deadline = self.loop.call_later(seconds, self._read_too_slow, what, seconds)
+        self.deadline = deadline = self.loop.time() + seconds
+        self.deadline_of = (what, seconds)
+        if self.timer is not None and self.timer.when() > deadline:
+            self.timer.cancel()  # an earlier deadline than the timer's (a shorter timeout)
+            self.timer = None
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _disarm(self) -> None:
-        if self.read_deadline is not None:
-            self.read_deadline.cancel()
-            self.read_deadline = None
+        self.deadline = None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.deadline is None:
+            return  # nothing is being read: the next _arm schedules anew
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        self.deadline = None
+        self._read_too_slow(*self.deadline_of)
 
     def _read_too_slow(self, what: str, seconds: float) -> None:
-        self.read_deadline = None
         if self.transport.is_closing():
             return
         log.warning("%s: %s not received within %g s; closing", self._peer(), what, seconds)
@@ -111,12 +131,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_bytes = 0
-        if self.read_deadline is None:  # a kept-alive connection's next request
+        if self.deadline is None:  # a kept-alive connection's next request
             self._arm(self.head_timeout, "head")
 
     def _count(self, size: int) -> None:
