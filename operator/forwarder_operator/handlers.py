@@ -26,7 +26,7 @@ from typing import Any
 
 import kopf
 import redis
-from forwarder_worker.names import GROUP, PLURAL, VERSION
+from forwarder_worker.names import FINALIZER, GROUP, PLURAL, VERSION
 
 from forwarder_operator import loops, reconciler
 from forwarder_operator.resource import ScheduledTask
@@ -38,6 +38,22 @@ HANDLER = "scheduledtask"
 """The event handler's id, as kopf's log lines name it."""
 RECONCILED = "forwarder.reconciled"
 """Key in kopf's per-object memo: this process has reconciled the object once."""
+FINALIZER_ASKED = "forwarder.finalizer_asked"
+"""Key in kopf's per-object memo: when (event loop time) this process last asked for our
+finalizer on the object, until an event shows it on."""
+FINALIZER_PATIENCE = 30.0
+"""Seconds after asking for the finalizer during which an event without it is taken for an
+echo of our own writes, not a reason to ask again.
+
+kopf sends a handler's status merge-patch first and its finalizer JSON-patch (tested against
+the version the status patch made) second, so the watch event of the status write shows the
+object without the finalizer. Asking again on it sent a third PATCH per new object, which
+failed 422 on the version test every time: a third of the operator's requests at a start
+(bench/REPORT.md, operator scale). A JSON-patch that kopf could not apply stays in kopf's
+per-object patch and is sent again with the next event, so nothing waits on our re-asking;
+after this long (an API error lost the patch, say) the next event asks again. A finalizer
+taken off later (``kubectl replace``) is put back at once: the ask is forgotten as soon as an
+event shows the finalizer on."""
 GC_THRESHOLDS = (50_000, 20, 10)
 """The cyclic garbage collector's thresholds in the operator (CPython's default: 700, 10, 10).
 
@@ -224,4 +240,12 @@ async def scheduledtask(
         logger.exception("reconcile failed, retrying in %.0fs", delay)
         return
     memo[RECONCILED] = True
+    if FINALIZER in metadata.finalizers:
+        memo.pop(FINALIZER_ASKED, None)
+    elif plan.add_finalizer:
+        asked = memo.get(FINALIZER_ASKED)
+        if asked is not None and loop.time() - asked < FINALIZER_PATIENCE:
+            plan.add_finalizer = False
+        else:
+            memo[FINALIZER_ASKED] = loop.time()
     writer.write(plan)
