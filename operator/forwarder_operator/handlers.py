@@ -65,7 +65,7 @@ collections), with no more memory (bench/REPORT.md, operator scale). Reference c
 still collected, just in larger batches."""
 GC_BEFORE = "gc_thresholds_before"
 """Key in kopf's memo: the thresholds to put back when the operator stops."""
-WORKER_LIMIT = 200
+WORKER_LIMIT = 100
 """At most this many of kopf's per-object workers at once (kopf's default: no limit).
 
 Unbounded, a start with N resources runs N workers together, each sending its status PATCH
@@ -75,10 +75,17 @@ with a Retry-After it doubles while the drops go on, up to 32 s; kopf honours it
 objects became Ready in waves about 30 s apart. At N = 10,000 on the test control plane:
 all Ready after 174 s, 24,600 429s, operator RSS 1.1 GiB (an in-flight request, a TLS
 connection and a task per object). With 200 workers: 129 s, no 429, 342 MiB. Workers past
-the limit wait in kopf's scheduler with their events queued; the watch stream is not held."""
-WORKER_IDLE = 0.5
+the limit wait in kopf's scheduler with their events queued; the watch stream is not held.
+Each busy worker costs memory (about 0.3 MiB: its request, connection and body), and with
+:data:`WORKER_IDLE` short a slot is busy only while its object is handled, so 100 are as fast
+as 200 were: 59 s and 222 MiB at N = 10,000, where 200 with 0.5 s idle took 72 s and 262 MiB
+(bench/REPORT.md, operator scale)."""
+WORKER_IDLE = 0.05
 """Seconds an idle per-object worker waits for more events before it frees its slot (kopf's
-default: 5 s, which with a limit would hold each slot 5 s after its object is done)."""
+default: 5 s, which with a limit would hold each slot 5 s after its object is done). kopf
+keeps a worker until the watch event of its own last PATCH arrives anyway; after that, the
+idle wait only held the slot (0.5 s was half of each slot's time at a start). An event after
+the worker ends starts a new one."""
 EXECUTOR = "executor"
 """Key in kopf's memo: kopf's thread pool for sync work (``settings.execution.executor``)."""
 
