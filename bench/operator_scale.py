@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -164,6 +166,29 @@ class ReadyWatch:
         return str(metadata.get("resourceVersion") or "") or None
 
 
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def requests_served(plane: ControlPlane) -> Counter[str]:
+    """The API server's own count of the requests it has answered on ScheduledTasks and
+    Events (``apiserver_request_total``), by verb, subresource and code: what the operator
+    costs the server, counted where it is spent (the bench's own watch is one WATCH)."""
+    with plane.http() as http:
+        text = http.get("/metrics").text
+    counts: Counter[str] = Counter()
+    for match in _SAMPLE.finditer(text):
+        labels = dict(_LABEL.findall(match["labels"]))
+        if labels.get("resource") not in ("scheduledtasks", "events"):
+            continue
+        resource = labels["resource"]
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        key = f"{labels.get('verb', '')} {resource} {labels.get('code', '')}"
+        counts[key] += int(float(match["value"]))
+    return counts
+
+
 def _operator(env: dict[str, str], log: Any) -> Proc:
     return start([str(BIN / "python"), "-m", "forwarder_operator"], env, log, "operator")
 
@@ -180,6 +205,7 @@ def scale(n: int, cap: float) -> dict[str, Any]:
         create_seconds = time.time() - created
         env = bench_env(url, **kube_env)
         servers = {"apiserver": plane.apiserver.popen.pid, "etcd": plane.etcd.popen.pid}
+        served0 = requests_served(plane)
         server_cpu0 = {name: cpu_seconds(pid) for name, pid in servers.items()}
         began = time.time()
         operator = _operator(env, logs / "operator.log")
@@ -200,12 +226,15 @@ def scale(n: int, cap: float) -> dict[str, Any]:
                 time.sleep(0.5)
             watch.__exit__()
             list_timeouts = watch.errors
+            served = requests_served(plane)
+            served.subtract(served0)
             server_cpu = {
                 name: cpu_seconds(pid) - server_cpu0[name] for name, pid in servers.items()
             }
             phase = time.time() - began
             if not operator.alive():
                 raise RuntimeError(f"operator exited:\n{operator.output()[-3000:]}")
+            operator_cpu = cpu_seconds(operator.pid)
             forbidden = operator.output().count("Forbidden")
             time.sleep(5)
             rss_idle = rss_bytes(operator.pid)
@@ -241,6 +270,9 @@ def scale(n: int, cap: float) -> dict[str, Any]:
         "ready_watch_errors": list_timeouts,
         "ready_at_end": ready,
         "forbidden_in_operator_log": forbidden,
+        "operator_cpu_seconds_until_ready": operator_cpu,
+        "requests_until_ready": {k: v for k, v in sorted(served.items()) if v},
+        "requests_per_resource_until_ready": sum(served.values()) / n,
         "apiserver_cpu_seconds_until_ready": server_cpu["apiserver"],
         "etcd_cpu_seconds_until_ready": server_cpu["etcd"],
         "apiserver_cpu_share_until_ready": server_cpu["apiserver"] / phase,
@@ -340,7 +372,9 @@ def run(full: bool, sizes: list[int] | None = None) -> dict[str, Any]:
             f"   N={r['n']}: all stored {when(r['seconds_to_all_stored'], r['stored_at_end'])}, "
             f"all Ready {when(r['seconds_to_all_ready'], r['ready_at_end'])} (apiserver busy "
             f"{r['apiserver_cpu_share_until_ready']:.0%} and etcd "
-            f"{r['etcd_cpu_share_until_ready']:.0%} of a core; RSS "
+            f"{r['etcd_cpu_share_until_ready']:.0%} of a core, operator "
+            f"{r['operator_cpu_seconds_until_ready']:.1f} CPU-s, "
+            f"{r['requests_per_resource_until_ready']:.2f} requests per resource; RSS "
             f"{r['apiserver_rss_mib_steady']:.0f} / {r['etcd_rss_mib_steady']:.0f} MiB), "
             f"operator RSS {r['rss_mib_steady_idle']:.0f} MiB idle / "
             f"{r['rss_mib_steady_firing']:.0f} MiB firing, status cycle "

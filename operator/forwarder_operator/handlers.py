@@ -26,7 +26,7 @@ from typing import Any
 
 import kopf
 import redis
-from forwarder_worker.names import GROUP, PLURAL, VERSION
+from forwarder_worker.names import FINALIZER, GROUP, PLURAL, VERSION
 
 from forwarder_operator import loops, reconciler
 from forwarder_operator.resource import ScheduledTask
@@ -38,6 +38,22 @@ HANDLER = "scheduledtask"
 """The event handler's id, as kopf's log lines name it."""
 RECONCILED = "forwarder.reconciled"
 """Key in kopf's per-object memo: this process has reconciled the object once."""
+FINALIZER_ASKED = "forwarder.finalizer_asked"
+"""Key in kopf's per-object memo: when (event loop time) this process last asked for our
+finalizer on the object, until an event shows it on."""
+FINALIZER_PATIENCE = 30.0
+"""Seconds after asking for the finalizer during which an event without it is taken for an
+echo of our own writes, not a reason to ask again.
+
+kopf sends a handler's status merge-patch first and its finalizer JSON-patch (tested against
+the version the status patch made) second, so the watch event of the status write shows the
+object without the finalizer. Asking again on it sent a third PATCH per new object, which
+failed 422 on the version test every time: a third of the operator's requests at a start
+(bench/REPORT.md, operator scale). A JSON-patch that kopf could not apply stays in kopf's
+per-object patch and is sent again with the next event, so nothing waits on our re-asking;
+after this long (an API error lost the patch, say) the next event asks again. A finalizer
+taken off later (``kubectl replace``) is put back at once: the ask is forgotten as soon as an
+event shows the finalizer on."""
 GC_THRESHOLDS = (50_000, 20, 10)
 """The cyclic garbage collector's thresholds in the operator (CPython's default: 700, 10, 10).
 
@@ -49,7 +65,7 @@ collections), with no more memory (bench/REPORT.md, operator scale). Reference c
 still collected, just in larger batches."""
 GC_BEFORE = "gc_thresholds_before"
 """Key in kopf's memo: the thresholds to put back when the operator stops."""
-WORKER_LIMIT = 200
+WORKER_LIMIT = 100
 """At most this many of kopf's per-object workers at once (kopf's default: no limit).
 
 Unbounded, a start with N resources runs N workers together, each sending its status PATCH
@@ -59,10 +75,17 @@ with a Retry-After it doubles while the drops go on, up to 32 s; kopf honours it
 objects became Ready in waves about 30 s apart. At N = 10,000 on the test control plane:
 all Ready after 174 s, 24,600 429s, operator RSS 1.1 GiB (an in-flight request, a TLS
 connection and a task per object). With 200 workers: 129 s, no 429, 342 MiB. Workers past
-the limit wait in kopf's scheduler with their events queued; the watch stream is not held."""
-WORKER_IDLE = 0.5
+the limit wait in kopf's scheduler with their events queued; the watch stream is not held.
+Each busy worker costs memory (about 0.3 MiB: its request, connection and body), and with
+:data:`WORKER_IDLE` short a slot is busy only while its object is handled, so 100 are as fast
+as 200 were: 59 s and 222 MiB at N = 10,000, where 200 with 0.5 s idle took 72 s and 262 MiB
+(bench/REPORT.md, operator scale)."""
+WORKER_IDLE = 0.05
 """Seconds an idle per-object worker waits for more events before it frees its slot (kopf's
-default: 5 s, which with a limit would hold each slot 5 s after its object is done)."""
+default: 5 s, which with a limit would hold each slot 5 s after its object is done). kopf
+keeps a worker until the watch event of its own last PATCH arrives anyway; after that, the
+idle wait only held the slot (0.5 s was half of each slot's time at a start). An event after
+the worker ends starts a new one."""
 EXECUTOR = "executor"
 """Key in kopf's memo: kopf's thread pool for sync work (``settings.execution.executor``)."""
 
@@ -224,4 +247,12 @@ async def scheduledtask(
         logger.exception("reconcile failed, retrying in %.0fs", delay)
         return
     memo[RECONCILED] = True
+    if FINALIZER in metadata.finalizers:
+        memo.pop(FINALIZER_ASKED, None)
+    elif plan.add_finalizer:
+        asked = memo.get(FINALIZER_ASKED)
+        if asked is not None and loop.time() - asked < FINALIZER_PATIENCE:
+            plan.add_finalizer = False
+        else:
+            memo[FINALIZER_ASKED] = loop.time()
     writer.write(plan)
