@@ -202,6 +202,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (a prefork worker's pool processes)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -270,29 +279,29 @@ def start_beat(stack: Stack, redis_url: str, log: Path) -> Proc:
     return proc
 
 
+def worker_args(app: str = "forwarder_worker.app", concurrency: int = 2) -> list[str]:
+    """The command of a bench worker (prefork) of Celery app ``app`` on queue ``default``."""
+    return [
+        str(BIN / "celery"),
+        "-A",
+        app,
+        "worker",
+        "--loglevel=WARNING",
+        f"--concurrency={concurrency}",
+        "-Q",
+        "default",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"bench-{os.getpid()}-{time.monotonic_ns()}@%h",
+    ]
+
+
 def start_worker(redis_url: str, log: Path, concurrency: int = 2, **env: str) -> Proc:
     """A Forwarder worker (prefork) running the bench tasks, with ``env`` added to its
     environment; waits until it is ready."""
-    proc = start(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "forwarder_worker.app",
-            "worker",
-            "--loglevel=WARNING",
-            f"--concurrency={concurrency}",
-            "-Q",
-            "default",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"bench-{os.getpid()}-{time.monotonic_ns()}@%h",
-        ],
-        bench_env(redis_url, **env),
-        log,
-        "worker",
-    )
+    proc = start(worker_args(concurrency=concurrency), bench_env(redis_url, **env), log, "worker")
     # No log line at WARNING says "ready"; the worker's pidbox queue binding does.
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:

@@ -27,6 +27,7 @@ BENCHMARKS = (
     "operator_scale",
     "metrics_scrape",
     "bounded_storage",
+    "worker_throughput",
 )
 
 

@@ -1,6 +1,7 @@
-"""The workers' result backend records a run's SUCCESS in the result's own round trip, so
-whoever hears the result finds the record final; if that write fails, the result is stored
-as Celery stores it and the task_success receiver records the run as before."""
+"""The workers' result backend records a run's STARTED with Celery's STARTED state and its
+SUCCESS in the result's own round trip, so whoever hears the result finds the record final;
+if that write fails, the state is stored as Celery stores it and the run is recorded as
+before (a STARTED at once, a SUCCESS by the task_success receiver)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from celery.app.task import Context
 from forwarder_worker import Core
 from forwarder_worker.core import require_core
 from forwarder_worker.recording.result_backend import RecordingRedisBackend
+from forwarder_worker.runs.records import RunLog
 from forwarder_worker.settings import Settings
 from support.broker_messages import subscribed
 from support.processes import Proc, celery_worker, eventually, forwarder_env, running
@@ -58,6 +60,48 @@ def test_a_success_is_recorded_with_its_result(app: Celery, rclient: redis.Redis
     assert runs.get(other) is None and not runs.recorded_with_result(other)
 
 
+def start(runs: RunLog, run_id: str) -> None:
+    """What the task_prerun receiver does when Celery stores STARTED next."""
+    runs.defer(
+        runs.build(run_id, "STARTED", task="forwarder.ping", started=time.time(), worker="w")
+    )
+
+
+def test_a_start_is_recorded_with_celerys_started_state(app: Celery, rclient: redis.Redis) -> None:
+    backend, runs = app.backend, require_core(app).runs
+    request = Context(task="forwarder.ping")
+    run_id = str(uuid.uuid4())
+    runs.queued(run_id, "forwarder.ping", source="api")
+    start(runs, run_id)
+    backend.store_result(run_id, {"pid": 1}, "STARTED", request=request)
+    record = runs.get(run_id)
+    assert record is not None and record.state == "STARTED" and record.worker == "w"
+    assert record.started and runs.take_deferred(run_id) is None  # sent, once
+    assert app.AsyncResult(run_id).state == "STARTED"
+    # Redis lost its scripts (a restart): the state is stored and the start still recorded.
+    rclient.script_flush()
+    again = str(uuid.uuid4())
+    runs.queued(again, "forwarder.ping", source="api")
+    start(runs, again)
+    backend.store_result(again, {"pid": 1}, "STARTED", request=request)
+    record = runs.get(again)
+    assert record is not None and record.state == "STARTED" and record.started
+    assert app.AsyncResult(again).state == "STARTED"
+
+
+def test_a_start_nobody_sent_is_written_before_the_runs_next_transition(
+    app: Celery, rclient: redis.Redis
+) -> None:
+    runs = require_core(app).runs
+    run_id = str(uuid.uuid4())
+    runs.queued(run_id, "forwarder.ping", source="api")
+    start(runs, run_id)  # Celery's STARTED never stored (its store failed, say)
+    runs.transition(run_id, "FAILURE", task="forwarder.ping", finished=time.time())
+    record = runs.get(run_id)
+    assert record is not None and record.state == "FAILURE"
+    assert record.started and record.worker == "w"
+
+
 def test_when_the_record_cannot_be_written_the_result_still_is(
     app: Celery, rclient: redis.Redis
 ) -> None:
@@ -80,17 +124,24 @@ def test_whoever_hears_a_result_finds_the_run_final(
             app.send_task("forwarder.ping", task_id=run_id)
             ids.append(run_id)
         heard: dict[str, str | None] = {}
+        started: dict[str, str | None] = {}
         deadline = time.monotonic() + 60
         while len(heard) < len(ids) and time.monotonic() < deadline:
             message = pubsub.get_message(timeout=1)
             if message is None or message["type"] != "pmessage":
                 continue
             meta = json.loads(message["data"])
+            if meta["status"] == "STARTED":
+                # Written in the same transaction as Celery's STARTED state.
+                record = runs.get(meta["task_id"])
+                started[meta["task_id"]] = record.state if record else None
             if meta["status"] == "SUCCESS":
                 # Read at once: the record was written in the same transaction.
                 record = runs.get(meta["task_id"])
                 heard[meta["task_id"]] = record.state if record else None
         assert heard == dict.fromkeys(ids, "SUCCESS")
+        assert set(started) == set(ids)
+        assert all(state in ("STARTED", "SUCCESS") for state in started.values()), started
         # Recorded once: the receiver wrote nothing more (one final transition, one count).
         for run_id in ids:
             record = runs.get(run_id)

@@ -99,24 +99,26 @@ end
 
 local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, dcap,
     fields)
-  local old = redis.call('HGET', key, 'state')
+  -- What the record holds, read at once: each redis.call costs more than its command.
+  local held = redis.call('HMGET', key, 'state', 'schedule', 'slot', 'attempts', 'retries',
+    'started', 'worker', 'reason')
+  local old = held[1] or nil
   local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
   if old and final[old] and not final[state] then return old end
   if old == 'STARTED' and state == 'RECEIVED' then state = old end
   if state == 'RETRY' and fields['retries'] and fields['retries'] ~= '' then
     -- A late RETRY, once the attempt it announces has started: that attempt's STARTED
     -- (retries as high) stays.
-    local seen = tonumber(redis.call('HGET', key, 'retries') or '0') or 0
+    local seen = tonumber(held[5] or '0') or 0
     if seen >= tonumber(fields['retries']) then return old end
   end
   if old == 'STARTED' and (state == 'RETRY' or
-      (final[state] and redis.call('HEXISTS', key, 'attempts') == 1)) then
+      (final[state] and held[4])) then
     -- An attempt ended: append it to the run's attempts (a JSON array), kept only for runs
     -- that retried. The error is this attempt's own: the retry's reason, or the failure.
-    local h = redis.call('HMGET', key, 'retries', 'started', 'worker')
-    local item = {attempt = (tonumber(h[1]) or 0) + 1, state = state, finished = now}
-    if h[2] then item['started'] = tonumber(h[2]) end
-    if h[3] then item['worker'] = h[3] end
+    local item = {attempt = (tonumber(held[5]) or 0) + 1, state = state, finished = now}
+    if held[6] then item['started'] = tonumber(held[6]) end
+    if held[7] then item['worker'] = held[7] end
     local err = fields['reason']
     if state == 'FAILURE' then
       err = (fields['error_type'] or 'Error') .. ': ' .. (fields['error'] or '')
@@ -125,7 +127,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     if err and err ~= '' then item['error'] = err end
     local text = cjson.encode(item)
-    local attempts = redis.call('HGET', key, 'attempts')
+    local attempts = held[4]
     if attempts then
       attempts = string.sub(attempts, 1, -2) .. ',' .. text .. ']'
     else
@@ -133,8 +135,11 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     redis.call('HSET', key, 'attempts', attempts)
   end
+  -- Every field in one HSET: the id and creation time of a new record, then the fields
+  -- given, then the state (later pairs win, as separate writes in this order did).
+  local pairs_ = {}
   if not old then
-    redis.call('HSET', key, 'id', id, 'created', now)
+    pairs_ = {'id', id, 'created', now}
     redis.call('ZADD', gkey, now, id)
     -- Ids created longer than ttl ago have (nearly all) lost their records: they go, and
     -- then all but the newest gcap.
@@ -142,11 +147,19 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     redis.call('ZREMRANGEBYRANK', gkey, 0, -gcap - 1)
   end
   for k, v in pairs(fields) do
-    if v ~= '' then redis.call('HSET', key, k, v) end
+    if v ~= '' then
+      pairs_[#pairs_ + 1] = k
+      pairs_[#pairs_ + 1] = v
+    end
   end
-  redis.call('HSET', key, 'state', state, 'updated', now)
+  pairs_[#pairs_ + 1] = 'state'
+  pairs_[#pairs_ + 1] = state
+  pairs_[#pairs_ + 1] = 'updated'
+  pairs_[#pairs_ + 1] = now
+  redis.call('HSET', key, unpack(pairs_))
   redis.call('EXPIRE', key, ttl)
-  local schedule = redis.call('HGET', key, 'schedule')
+  local schedule = held[2] or nil
+  if fields['schedule'] and fields['schedule'] ~= '' then schedule = fields['schedule'] end
   -- A schedule's keys are written only while its entry exists: a run that ends after its
   -- schedule was deleted must not bring back the keys the delete removed.
   if schedule and schedule ~= '' and redis.call('EXISTS', prefix .. schedule) == 1 then
@@ -165,7 +178,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
       if old ~= state then
         if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
         redis.call('HINCRBY', stats, string.lower(state), 1)
-        local reason = fields['reason'] or redis.call('HGET', key, 'reason') or ''
+        local reason = fields['reason'] or held[8] or ''
         if state == 'SKIPPED' and string.sub(reason, 1, #'@OVERLAP@') == '@OVERLAP@' then
           redis.call('HINCRBY', stats, 'overlap', 1)
         end
@@ -177,14 +190,17 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
           pause_after_failures(prefix, schedule, failures)
         end
       end
-    else
+    elseif not old then
+      -- A member from its creation to its end (a later non-final state adds nothing). A run
+      -- that never ends (its message lost) stays a member; the set goes once its schedule
+      -- created no run for ttl, when every member's record has expired.
       redis.call('SADD', active, id)
-      -- A run that never ends (its message lost) stays a member; the set goes once its
-      -- schedule started no run for ttl, when every member's record has expired.
       redis.call('EXPIRE', active, ttl)
     end
-    -- The latest slot only: a backfilled slot is in the past, and must not move it back.
-    if fields['slot'] and fields['slot'] ~= '' and (tonumber(fields['slot']) or 0) >
+    -- The latest slot only: a backfilled slot is in the past, and must not move it back. A
+    -- later transition repeating the slot its record was created with cannot move it.
+    if fields['slot'] and fields['slot'] ~= '' and fields['slot'] ~= held[3] and
+        (tonumber(fields['slot']) or 0) >
         (tonumber(redis.call('HGET', stats, 'last_schedule')) or 0) then
       redis.call('HSET', stats, 'last_schedule', fields['slot'])
       if not old and state ~= 'SKIPPED' and fields['source'] == 'schedule' then
@@ -630,13 +646,14 @@ class Scripts:
         keys, args = self._transition_call(write, now)
         return self._transition(keys=keys, args=args, client=client or self.client)
 
-    def transition_whole(self, pipe: Any, write: RunWrite, now: float) -> None:
-        """Queue ``write`` on ``pipe`` as an EVAL of the whole script, not EVALSHA: for a
-        client that prefixes keys (Celery's result backend adds ``global_keyprefix`` to the
-        first key of an EVALSHA, while these keys are complete and EVAL's are left alone).
-        Redis caches the script by its digest either way."""
+    def transition_on(self, pipe: Any, write: RunWrite, now: float) -> None:
+        """Queue ``write`` on ``pipe``, a pipeline of another client (Celery's result
+        backend's), as an EVALSHA of the script's digest: its reply is ``NoScriptError`` if
+        Redis does not hold the script (it restarted), and the caller then records the run
+        with :meth:`transition`, which loads it. Not EVAL: Redis would hash the whole script
+        text, sent each time, on every run."""
         keys, args = self._transition_call(write, now)
-        pipe.execute_command("EVAL", TRANSITION, len(keys), *keys, *args)
+        pipe.execute_command("EVALSHA", self._transition.sha, len(keys), *keys, *args)
 
     def claim(self, claims: Sequence[Claim], now: float) -> tuple[list[bool], float | None]:
         """Claim each slot of ``claims``, writing its record and pushes where it wins, in

@@ -4,9 +4,11 @@ Connected when this module is imported: a Forwarder app lists it with its task m
 a worker imports it as it starts. They run in the worker (received, revoked, unknown) and in
 its pool processes (started, retried, succeeded, failed), each through the run log of the
 task's app (:func:`~forwarder_worker.core.core_of`); tasks of other apps are left alone. A
-receiver that fails is logged by Celery and never fails the task. A success is usually
-recorded already, with the result (:mod:`forwarder_worker.recording.result_backend`); its
-receiver then writes nothing.
+receiver that fails is logged by Celery and never fails the task. A start and a success go
+in the round trips of Celery's own STARTED state and result where Celery stores them
+(:mod:`forwarder_worker.recording.result_backend`): the ``task_prerun`` receiver leaves its
+transition to the result backend, and the ``task_success`` receiver then finds the run
+recorded already and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from celery import signals
+from celery.app.task import get_actual_ignore_result
 
 from forwarder_worker.core import core_of
 from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT
+from forwarder_worker.recording.result_backend import RecordingRedisBackend
 from forwarder_worker.runs.records import RunLog, bounded
 
 
@@ -50,12 +54,24 @@ def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
     )
 
 
+def _stores_started(task: Any) -> bool:
+    """Whether Celery stores ``task``'s STARTED state through our result backend right after
+    ``task_prerun`` (its trace's own test: ``task_track_started``, not eager, a result kept)."""
+    request = task.request
+    return (
+        isinstance(task.backend, RecordingRedisBackend)
+        and bool(task.track_started)
+        and not request.is_eager
+        and not get_actual_ignore_result(task, request)
+    )
+
+
 @signals.task_prerun.connect
 def _started(task_id: str = "", task: Any = None, **_: Any) -> None:
     log = run_log(task.app) if task is not None else None
     if log is None:
         return
-    log.transition(
+    write = log.build(
         task_id,
         "STARTED",
         task=task.name,
@@ -64,6 +80,10 @@ def _started(task_id: str = "", task: Any = None, **_: Any) -> None:
         retries=task.request.retries or 0,
         **_schedule_fields(task.request.headers),
     )
+    if _stores_started(task):
+        log.defer(write)  # written with Celery's STARTED state, in its round trip
+    else:
+        log.write(write)
 
 
 @signals.task_success.connect

@@ -200,20 +200,53 @@ class RunLog:
         # Runs whose SUCCESS a worker's result backend wrote in the result's own round trip
         # (recording.result_backend); the task_success receiver asks, and writes nothing.
         self._with_result: set[str] = set()
-        self._with_result_lock = threading.Lock()
+        # STARTED transitions left for the result backend to write with Celery's STARTED
+        # state, in its round trip (recording.signals defers them), by run id.
+        self._deferred: dict[str, RunWrite] = {}
+        self._lock = threading.Lock()
 
     # -- writes ---------------------------------------------------------------------------
 
     def transition(self, run_id: str, state: str, *, client: Any = None, **fields: Any) -> Any:
         """Record that run ``run_id`` reached ``state``, with extra ``fields``.
 
-        Fields set to None are left as they were. Pass a pipeline as ``client`` to batch.
+        Fields set to None are left as they were. Pass a pipeline as ``client`` to batch. A
+        transition of the run deferred in this process (:meth:`defer`) and not written yet is
+        written first.
         """
-        return self.write(RunWrite(run_id, state, self._fields(**fields)), client=client)
+        deferred = self.take_deferred(run_id)
+        if deferred is not None:
+            self.write(deferred, client=client)
+        return self.write(self.build(run_id, state, **fields), client=client)
+
+    def build(self, run_id: str, state: str, **fields: Any) -> RunWrite:
+        """The transition of run ``run_id`` to ``state`` with ``fields`` (None: left as they
+        were), to write later."""
+        return RunWrite(run_id, state, self._fields(**fields))
 
     def write(self, write: RunWrite, *, client: Any = None) -> Any:
         """Record a transition built ahead (:meth:`queued_write`, :meth:`skipped_write`)."""
         return self.scripts.transition(write, time.time(), client)
+
+    def write_on(self, pipe: Any, write: RunWrite) -> None:
+        """Queue ``write`` on ``pipe``, a transaction of another client (the result backend's):
+        its reply is the state recorded, or an error (``NoScriptError`` once Redis lost its
+        scripts), and then the caller writes it with :meth:`write`, which loads the script."""
+        self.scripts.transition_on(pipe, write, time.time())
+
+    def defer(self, write: RunWrite) -> None:
+        """Keep ``write`` for the result backend to send with the state Celery stores next for
+        its run, in the same round trip (:meth:`take_deferred`); if nothing takes it, the
+        run's next :meth:`transition` in this process writes it first."""
+        with self._lock:
+            self._deferred[write.run_id] = write
+
+    def take_deferred(self, run_id: str) -> RunWrite | None:
+        """Run ``run_id``'s deferred transition (:meth:`defer`), now the caller's to write."""
+        if not self._deferred:
+            return None
+        with self._lock:
+            return self._deferred.pop(run_id, None)
 
     @staticmethod
     def _fields(**fields: Any) -> list[str]:
@@ -298,25 +331,27 @@ class RunLog:
         )
         return RunWrite(run_id, "SKIPPED", fields)
 
-    def success_with_result(self, pipe: Any, run_id: str, task: str, result: Any) -> None:
-        """Queue run ``run_id``'s SUCCESS on ``pipe``, a transaction of the result backend's
-        own client (which prefixes keys: the script goes whole, see
-        :meth:`~forwarder_worker._redis.scripts.Scripts.transition_whole`). Once it has
-        landed, say so with :meth:`note_with_result`."""
-        fields = self._fields(
-            task=task, finished=time.time(), result=bounded(result, self.result_limit)
+    def success_write(self, run_id: str, task: str, result: Any) -> RunWrite:
+        """Run ``run_id``'s SUCCESS with its ``result`` (bounded), for the result backend to
+        queue with the result (:meth:`write_on`); once it has landed, say so with
+        :meth:`note_with_result`."""
+        return self.build(
+            run_id,
+            "SUCCESS",
+            task=task,
+            finished=time.time(),
+            result=bounded(result, self.result_limit),
         )
-        self.scripts.transition_whole(pipe, RunWrite(run_id, "SUCCESS", fields), time.time())
 
     def note_with_result(self, run_id: str) -> None:
-        """Run ``run_id``'s SUCCESS was recorded with its result (:meth:`success_with_result`)."""
-        with self._with_result_lock:
+        """Run ``run_id``'s SUCCESS was recorded with its result (:meth:`success_write`)."""
+        with self._lock:
             self._with_result.add(run_id)
 
     def recorded_with_result(self, run_id: str) -> bool:
         """Whether run ``run_id``'s SUCCESS was recorded with its result in this process
         (asked once: the id is forgotten)."""
-        with self._with_result_lock:
+        with self._lock:
             if run_id in self._with_result:
                 self._with_result.discard(run_id)
                 return True
