@@ -50,7 +50,7 @@ from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome, Pu
 from forwarder_worker.dispatch.messages import MessageBatch
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
 from forwarder_worker.names import MAX_MISSED_RUNS
-from forwarder_worker.schedules.store import Meta, StoredEntry
+from forwarder_worker.schedules.store import TIMEOUT_SLACK, Meta, StoredEntry
 
 log = logging.getLogger("forwarder.beat")
 
@@ -437,11 +437,17 @@ class ForwarderScheduler(Scheduler):
                     unclaimed.scope.close()
         wait = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)
         wait = min(wait, self.max_interval)
-        # Only a wait that ends at a due time must end on time; one that ends to renew the
-        # lock (a third into its lease) may end ~0.1 s late (see ScheduleStore.wait_for_change).
+        # Only a wait followed by a due time must end on time; one that ends to renew the
+        # lock (a third into its lease) with nothing due soon after may end ~0.1 s late (see
+        # ScheduleStore.wait_for_change). A firing due within that overshoot of the renewal
+        # would be late by it: that wait is exact too.
         exact = False
-        if next_due is not None and next_due - self.clock() <= wait:
-            wait, exact = next_due - self.clock(), True
+        if next_due is not None:
+            until_due = next_due - self.clock()
+            if until_due <= wait:
+                wait, exact = until_due, True
+            elif until_due <= wait + TIMEOUT_SLACK:
+                exact = True
         if wait > 0:
             if wait >= METRICS_FLUSH_WAIT:
                 self._flush_metrics()

@@ -50,8 +50,8 @@ from forwarder_worker.schedules.timing import (
 )
 
 # How much earlier than asked a blocking wait returns, to absorb Redis's timeout granularity.
-_TIMEOUT_SLACK = 0.11
-# How often the end of an exact wait (its last _TIMEOUT_SLACK) looks for a change, in seconds.
+TIMEOUT_SLACK = 0.11
+# How often the end of an exact wait (its last TIMEOUT_SLACK) looks for a change, in seconds.
 _SLICE_POLL = 0.01
 
 
@@ -734,7 +734,7 @@ class ScheduleStore:
         # long at most, not the whole slice. A wait shorter than the slice (due times closer
         # together than that) only sleeps: a change then waits for the next due time, which
         # is sooner than the slice, and a busy beat makes no more round trips than it fires.
-        coarse = timeout - _TIMEOUT_SLACK
+        coarse = timeout - TIMEOUT_SLACK
         if coarse < 0.01:
             time.sleep(timeout)
             return False
