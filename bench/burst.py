@@ -53,6 +53,16 @@ REPEATS = 3
 # by then: it cannot keep up there, and a full pass would only take longer to say so.
 CAPPED_N = 100_000
 CAP_SECONDS = 60.0
+# Seconds between the beat's start and T0: room to start it (about a second at N = 1,000;
+# redbeat reads every entry first, which is added per entry). Both beats idle until T0, so the
+# margin is not measured, but it is most of a pass's time at N = 1,000. When the machine is
+# so loaded that a beat takes longer, the pass is run again with the slow margin.
+MARGIN = 3.0
+SLOW_MARGIN = 10.0
+
+
+class NotReady(RuntimeError):
+    """The beat was not up well before T0: the pass would measure its start."""
 
 
 def _load(stack: Stack, redis_url: str, n: int, due: float) -> None:
@@ -77,7 +87,18 @@ def one_pass(
     stack: Stack, n: int, with_worker: bool, repeat: int = 0, cap: float = 900
 ) -> dict[str, Any]:
     """Load N entries due at T0, start the beat (and worker), time from T0 to the goal (None
-    if not reached within ``cap`` seconds)."""
+    if not reached within ``cap`` seconds); once more with a longer margin if the beat was
+    not up in time."""
+    try:
+        return _timed_pass(stack, n, with_worker, repeat, cap, MARGIN)
+    except NotReady as exc:
+        print(f"   {exc}: running the pass again with a {SLOW_MARGIN:.0f} s margin", flush=True)
+        return _timed_pass(stack, n, with_worker, repeat, cap, SLOW_MARGIN)
+
+
+def _timed_pass(
+    stack: Stack, n: int, with_worker: bool, repeat: int, cap: float, margin: float
+) -> dict[str, Any]:
     logs = work_dir("burst")
     tag = f"{stack.label}-{n}-{'e2e' if with_worker else 'publish'}-{repeat}"
     with redis_for(tag) as url:
@@ -85,19 +106,17 @@ def one_pass(
         worker = start_worker(url, logs / f"worker-{tag}.log") if with_worker else None
         per_entry = _load_rate(url, stack)
         # Room to write every entry and to start the beat before T0 (start_beat returns once
-        # the beat is up: about a second at N = 1,000, several at 10,000, where redbeat reads
-        # its entries first; over 5 s next to a starting worker when other engineers load
-        # the machine, hence 8 s); a whole second, because redbeat keeps due times in whole
-        # seconds (its to_timestamp). Both beats idle until T0, so the margin is not measured.
-        # Forwarder's beat reads no entry before T0, so it needs no more time at 100,000.
+        # the beat is up); a whole second, because redbeat keeps due times in whole seconds
+        # (its to_timestamp). Forwarder's beat reads no entry before T0, so it needs no more
+        # time at 100,000.
         startup = n / 1000 if stack.kind == "redbeat" else 0.0  # redbeat reads every entry first
-        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + 8 + startup))
+        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + margin + startup))
         _load(stack, url, n, t0)
         beat = start_beat(stack, url, logs / f"beat-{tag}.log")
         try:
             ready_margin = t0 - time.time()
             if ready_margin < 0.5:
-                raise RuntimeError(f"{tag}: beat ready only {ready_margin:.2f}s before T0")
+                raise NotReady(f"{tag}: beat ready only {ready_margin:.2f}s before T0")
             time.sleep(max(0.0, t0 - time.time() - 0.3))
             cpu0 = cpu_seconds(beat.pid)
             if with_worker:

@@ -67,7 +67,7 @@ def scenario(stack: Stack, n: int, minutes: int) -> dict[str, Any]:
         memory0 = _used_memory(url)
         # redbeat reads every entry as it starts (seconds at 10,000, a minute at 100,000).
         startup = n / 2000 if stack.kind == "redbeat" else 0.0
-        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + 15 + startup))
+        t0 = float(math.ceil(time.time() + per_entry * n * 1.5 + 8 + startup))
 
         def due(i: int) -> float:
             return t0 + i * EVERY / n
