@@ -20,8 +20,8 @@ import redis
 import redis.connection
 from forwarder_worker import Core
 from forwarder_worker._redis.scripts import Claim
-from forwarder_worker.beat.scheduler import FIRST_BATCH, ForwarderScheduler, claim_of
-from forwarder_worker.schedules.store import Entry
+from forwarder_worker.beat.scheduler import FIRST_BATCH, ForwarderScheduler, claim_of, plan_wait
+from forwarder_worker.schedules.store import TIMEOUT_SLACK, Entry
 from forwarder_worker.settings import Settings
 from support.broker_messages import queued, raw_events
 from support.crash import killed_at_next_publish
@@ -220,3 +220,22 @@ def test_a_lost_claim_sends_no_message_and_no_event(
     assert [m["headers"]["forwarder_schedule"] for m in messages.values()] == ["lost/kept"]
     assert [event["uuid"] for _, envelope in events for event in envelope["body"]] == list(messages)
     assert runs.recent(schedule="lost/rewritten") == []
+
+
+@pytest.mark.parametrize(
+    ("renew_in", "until_due", "planned"),
+    [
+        # A due time before the renewal: wait for it, and end on time.
+        (1.0, 0.4, (0.4, True)),
+        # Due just after the renewal, within how late a lax wait may end: a lax wait to the
+        # renewal would make that firing late by up to ~0.1 s, so this wait is exact too.
+        (1.0, 1.0 + TIMEOUT_SLACK / 2, (1.0, True)),
+        # Due well after the renewal, or nothing due: the wait to renew may end a little late.
+        (1.0, 1.0 + TIMEOUT_SLACK * 3, (1.0, False)),
+        (1.0, None, (1.0, False)),
+    ],
+)
+def test_only_a_wait_followed_soon_by_a_due_time_must_end_on_time(
+    renew_in: float, until_due: float | None, planned: tuple[float, bool]
+) -> None:
+    assert plan_wait(renew_in, until_due) == pytest.approx(planned)

@@ -225,6 +225,22 @@ def _no_result_subscription(producer: Any, task_id: str) -> None:
     """Stands in for the result backend's ``on_task_call`` in beat (see ``__init__``)."""
 
 
+def plan_wait(renew_in: float, until_due: float | None) -> tuple[float, bool]:
+    """How long the beat waits after a pass, and whether that wait must end on time.
+
+    ``renew_in``: seconds until the lock must be renewed (a third into its lease) or the
+    loop's longest sleep; ``until_due``: seconds until the next due time, None if nothing is
+    due. Only a wait followed by a due time must end on time; one that ends to renew the lock
+    with nothing due soon after may end ~0.1 s late (ScheduleStore.wait_for_change). A firing
+    due within that overshoot of the renewal would be late by it: that wait is exact too.
+    """
+    if until_due is None:
+        return renew_in, False
+    if until_due <= renew_in:
+        return until_due, True
+    return renew_in, until_due <= renew_in + TIMEOUT_SLACK
+
+
 class ForwarderScheduler(Scheduler):
     """Celery Beat scheduler on Forwarder's Redis store (see the module docstring)."""
 
@@ -435,19 +451,11 @@ class ForwarderScheduler(Scheduler):
             for unclaimed in (pending, prepared):
                 if unclaimed is not None:
                     unclaimed.scope.close()
-        wait = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)
-        wait = min(wait, self.max_interval)
-        # Only a wait followed by a due time must end on time; one that ends to renew the
-        # lock (a third into its lease) with nothing due soon after may end ~0.1 s late (see
-        # ScheduleStore.wait_for_change). A firing due within that overshoot of the renewal
-        # would be late by it: that wait is exact too.
-        exact = False
-        if next_due is not None:
-            until_due = next_due - self.clock()
-            if until_due <= wait:
-                wait, exact = until_due, True
-            elif until_due <= wait + TIMEOUT_SLACK:
-                exact = True
+        renew_in = self.lock_timeout / 3 - (time.monotonic() - self._last_renew)
+        wait, exact = plan_wait(
+            min(renew_in, self.max_interval),
+            None if next_due is None else next_due - self.clock(),
+        )
         if wait > 0:
             if wait >= METRICS_FLUSH_WAIT:
                 self._flush_metrics()
