@@ -374,12 +374,20 @@ class QueueProbe:
 
     It stands in for a worker that is always waiting, so the stamp is the publish time plus
     one LPUSH-to-BLPOP hand-off (well under a millisecond on localhost).
+
+    The loop only stamps and keeps each raw message (a str: no object the cyclic GC tracks);
+    they are parsed when :attr:`landed` is read. Parsing in the loop kept a dict per message
+    alive, and at 1,700 messages a second (precision at N = 100,000) this process's
+    generation-2 collections over those dicts grew to 0.3 s pauses in which nothing was
+    stamped: most of that run's p99 was the probe's own lateness, not beat's.
     """
 
     def __init__(self, redis_url: str, key: str = QUEUE_KEY) -> None:
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
         self.key = key
-        self.landed: list[Landed] = []
+        self._at: list[float] = []
+        self._raw: list[str] = []
+        self._landed: list[Landed] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -403,27 +411,35 @@ class QueueProbe:
             more = self.client.lpop(self.key, 500)
             if more:
                 raws.extend(more)
-            for raw in raws:
-                message = json.loads(raw)
-                headers = message.get("headers", {})
-                self.landed.append(
-                    Landed(
-                        now,
-                        headers.get("task", ""),
-                        headers.get("id", ""),
-                        headers.get("argsrepr", ""),
-                        headers,
-                    )
+            # The stamp first: a reader takes only raws whose stamp is already there.
+            self._at.extend([now] * len(raws))
+            self._raw.extend(raws)
+
+    @property
+    def landed(self) -> list[Landed]:
+        """Every message stamped so far, parsed (each once)."""
+        for k in range(len(self._landed), len(self._raw)):
+            message = json.loads(self._raw[k])
+            headers = message.get("headers", {})
+            self._landed.append(
+                Landed(
+                    self._at[k],
+                    headers.get("task", ""),
+                    headers.get("id", ""),
+                    headers.get("argsrepr", ""),
+                    headers,
                 )
+            )
+        return self._landed
 
     def wait_for(self, count: int, timeout: float) -> bool:
         """Wait until ``count`` messages landed; False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(self.landed) >= count:
+            if len(self._raw) >= count:
                 return True
             time.sleep(0.01)
-        return len(self.landed) >= count
+        return len(self._raw) >= count
 
 
 def sample_until(

@@ -28,6 +28,7 @@ why it is not a subclass of it:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import time
@@ -278,6 +279,11 @@ class ForwarderScheduler(Scheduler):
         self._claim_thread: ThreadPoolExecutor | None = None
         kwargs.setdefault("max_interval", self.settings.beat_max_loop_interval)
         super().__init__(app, *args, **kwargs)
+        # Everything loaded so far (Celery, kombu, redis, the app) lives as long as beat: move
+        # it out of the cyclic GC's reach. Otherwise each generation-2 collection walks it all
+        # and stops the beat ~40 ms, and firings due meanwhile go out that late (precision at
+        # N = 100,000: the run's max lateness).
+        gc.freeze()
 
     # Celery's Scheduler API ----------------------------------------------------------------
 
