@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ def main() -> None:
         slow.start()
     for name in chosen:
         started = time.monotonic()
+        # The machine is shared: the load each benchmark started under goes with its figures.
+        print(f"\n## {name} (load average {os.getloadavg()[0]:.2f})", flush=True)
         module = importlib.import_module(name)
         kwargs = dict(extra, slow=slow) if name == "arming" else dict(extra)
         module.run(args.full, **kwargs)
