@@ -2,7 +2,7 @@
 real worker, and after.
 
 ``python bench/bounded_storage.py [--runs N] [--ttl S]`` (N = 100,000, S = 60 by default), or
-``python bench/run.py --only bounded_storage [--full]`` (quick: 6,000 runs kept 10 s, enough
+``python bench/run.py --only bounded_storage [--full]`` (quick: 6,000 runs kept 5 s, enough
 to reach and show the plateau within the quick mode's 10 minutes; 100,000 kept 60 s with
 ``--full``). There is no anchor: the question is whether the figures level off.
 
@@ -35,7 +35,7 @@ from support.bounded_load import (
 )
 
 QUICK_RUNS = 6_000
-QUICK_TTL = 10
+QUICK_TTL = 5
 FULL_RUNS = 100_000
 TTL = 60
 SCHEDULES = 10
@@ -106,7 +106,7 @@ def measure(runs: int, ttl: int) -> dict[str, Any]:
 
 
 def run(full: bool, sizes: list[int] | None = None, ttl: int | None = None) -> dict[str, Any]:
-    """6,000 runs kept 10 s (100,000 kept 60 s with ``full``), or ``sizes[0]``."""
+    """6,000 runs kept 5 s (100,000 kept 60 s with ``full``), or ``sizes[0]``."""
     runs = sizes[0] if sizes else (FULL_RUNS if full else QUICK_RUNS)
     ttl = ttl or (TTL if full else QUICK_TTL)
     data = {"commit": commit(), "mode": "full" if full else "quick", **measure(runs, ttl)}
