@@ -52,6 +52,12 @@ def burst() -> None:
         for col, with_worker in enumerate((False, True)):
             ax = axes[row][col]
             labelled: set[str] = set()
+            if not any(p["n"] == n and p["with_worker"] == with_worker for p in data["passes"]):
+                # N = 100,000 has no pass with a worker (burst.CAPPED_N): say so, not an
+                # empty frame.
+                ax.set_title(f"N={n}: not run with a worker pool")
+                ax.axis("off")
+                continue
             for p in data["passes"]:
                 if p["n"] != n or p["with_worker"] != with_worker:
                     continue
