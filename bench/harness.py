@@ -75,12 +75,27 @@ def machine_info() -> dict[str, Any]:
 
 
 def commit() -> str:
-    """The commit measured (``+dirty`` when the tree has changes)."""
+    """The commit measured (``+dirty`` when the tree has changes other than the results a
+    run writes: a benchmark that follows another in one run would otherwise always be
+    marked dirty by its predecessor's result files)."""
     head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
+    outside_results = [".", f":(exclude){RESULTS.relative_to(REPO)}"]
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            *outside_results,
+        ],
         capture_output=True,
         text=True,
         check=True,
