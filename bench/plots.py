@@ -96,7 +96,11 @@ def precision() -> None:
         for r in data["results"]:
             if r["n"] == n:
                 _cdf(ax, r["lateness_samples"], r["scheduler"])
-        ax.axvline(50, color="grey", linestyle="--", linewidth=1, label="target p99 (50 ms)")
+        # Issue 22's target at 100,000 (about 1,700 firings a second) is 100 ms; 50 ms below.
+        target = 100 if n >= 100_000 else 50
+        ax.axvline(
+            target, color="grey", linestyle="--", linewidth=1, label=f"target p99 ({target} ms)"
+        )
         ax.set_xscale("log")
         # redbeat's own due time is estimated from its previous landing, so a few of its
         # firings come out at or below zero: shown at the left edge.
