@@ -3,6 +3,7 @@ and upserts decided from a read that a firing or another writer has since made s
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -45,6 +46,40 @@ def test_the_same_spec_twice_changes_nothing(store: ScheduleStore, rclient: redi
     result, due = store.upsert(make_entry(), now=5000.0)
     assert result is UpsertResult.UNCHANGED
     assert due == 1000.0  # the next due time did not move
+    assert rclient.hgetall("forwarder:team/job") == before
+
+
+def test_a_stored_definition_leaves_out_the_options_at_their_defaults(
+    store: ScheduleStore, rclient: redis.Redis
+) -> None:
+    """Redis holds every entry's definition: options a schedule does not use cost no memory,
+    and the entry reads back whole."""
+    entry = make_entry(kwargs={"x": 1})
+    store.upsert(entry, now=1000.0)
+    stored = json.loads(rclient.hget("forwarder:team/job", "definition"))
+    assert "kwargs" in stored
+    assert not {"args", "suspend", "deadline", "retries", "exclude_cron", "max_runs"} & set(stored)
+    got = store.get("team/job")
+    assert got is not None
+    assert got.entry == entry
+
+
+def test_an_entry_stored_with_every_field_is_unchanged_by_the_same_spec(
+    store: ScheduleStore, rclient: redis.Redis
+) -> None:
+    """An entry written by a version that stored every field (defaults included) is the same
+    entry: re-applying its spec after an upgrade is no update and moves nothing."""
+    entry = make_entry()
+    store.upsert(entry, now=1000.0)
+    rclient.hset(
+        "forwarder:team/job",
+        "definition",
+        json.dumps(vars(entry), sort_keys=True, separators=(",", ":")),
+    )
+    before = rclient.hgetall("forwarder:team/job")
+    result, due = store.upsert(make_entry(), now=5000.0)
+    assert result is UpsertResult.UNCHANGED
+    assert due == 1000.0
     assert rclient.hgetall("forwarder:team/job") == before
 
 

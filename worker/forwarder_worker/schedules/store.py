@@ -30,8 +30,8 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, cast
 
 import redis
 
@@ -157,9 +157,18 @@ class Entry:
         )
 
     def to_json(self) -> str:
-        """Canonical JSON: equal entries give equal strings, which makes upsert idempotent."""
+        """Canonical JSON: equal entries give equal strings, which makes upsert idempotent.
+
+        Fields at their defaults are left out (:meth:`from_json` puts them back): most
+        entries use few of the schedule's options, and writing every one of them made the
+        definition 446 bytes where redbeat's is 243, in Redis's memory for every entry."""
         # vars(): the fields are plain JSON values, so asdict()'s recursive copy is not needed.
-        return json.dumps(vars(self), sort_keys=True, separators=(",", ":"))
+        data = {
+            k: v
+            for k, v in vars(self).items()
+            if k not in _ENTRY_DEFAULTS or v != _ENTRY_DEFAULTS[k]
+        }
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Entry:
@@ -228,6 +237,12 @@ class Meta:
 
 # The field names from_json keeps, worked out once (a scrape reads 10,000 entries).
 _ENTRY_FIELDS = frozenset(f.name for f in fields(Entry))
+# Each field's default, as Entry.to_json leaves it out.
+_ENTRY_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not MISSING else cast(Callable[[], Any], f.default_factory)()
+    for f in fields(Entry)
+    if f.default is not MISSING or f.default_factory is not MISSING
+}
 _META_FIELDS = frozenset(f.name for f in fields(Meta))
 
 
@@ -393,7 +408,9 @@ class ScheduleStore:
                 and stored.entry.generation > entry.generation
             ):
                 return UpsertResult.STALE, seen.due
-            if seen.definition == new_json:
+            # The same entry stored in an older layout (every field written) is unchanged too:
+            # an upgrade must not count as an update of every entry.
+            if seen.definition == new_json or (stored is not None and stored.entry == entry):
                 return UpsertResult.UNCHANGED, seen.due
             keep = stored is not None and stored.entry.uid == entry.uid
             meta = Meta.from_json(seen.meta if keep else None, default_anchor=at)
