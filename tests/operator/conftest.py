@@ -11,12 +11,12 @@ default deployment).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from forwarder_worker.schedules.store import Entry
 from support.operator_process import operator_env as make_operator_env
 from support.scheduled_tasks import ScheduledTasks
 
@@ -47,10 +47,11 @@ def operator_env(redis_url: str, env_for: Callable[..., dict[str, str]]) -> dict
 
 @pytest.fixture
 def entry_of(rclient: Any) -> Callable[[str], dict[str, Any] | None]:
-    """The stored schedule entry ``<namespace>/<name>`` as a dict, or None."""
+    """The stored schedule entry ``<namespace>/<name>`` as a dict, or None: read as the
+    store reads it (the stored definition leaves out fields at their defaults)."""
 
     def read(name: str) -> dict[str, Any] | None:
         definition = rclient.hget(f"forwarder:{name}", "definition")
-        return None if definition is None else dict(json.loads(definition))
+        return None if definition is None else dict(vars(Entry.from_json(definition)))
 
     return read
