@@ -246,6 +246,42 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber
 """
 )
 
+# A task's state as Celery's result backend stores it, with its run's transitions (the
+# workers' result backend, forwarder_worker.recording.result_backend). Celery reads the stored
+# state before each store (one round trip of its own) and stores nothing over a SUCCESS, so a
+# lost worker's late run cannot overwrite a result; here that check is made in the same
+# atomic step. Then the SET and PUBLISH Celery would send, then each transition, in order.
+# KEYS: Celery's state key, run hash, global zset, changed set.  ARGV: the state (Celery's
+# JSON), its expiry in seconds ('' none), prefix, run id, now, ttl, global cap, per-schedule
+# cap, durations field cap, then per transition: state, field count, field/value pairs.
+# Returns 0 when a SUCCESS was stored already (nothing written), else 1.
+STORE_RESULT = (
+    TRANSITION_FUNCTION
+    + """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+local i = 10
+while i <= #ARGV do
+  local fields = {}
+  local last = i + 1 + 2 * tonumber(ARGV[i + 1])
+  for j = i + 2, last, 2 do fields[ARGV[j]] = ARGV[j + 1] end
+  transition(KEYS[2], KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[i], tonumber(ARGV[5]),
+    tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), fields)
+  i = last + 1
+end
+return 1
+"""
+)
+
 # -- beat's claim --------------------------------------------------------------------------
 
 # Claim due slots: advance an entry only if nobody rewrote its definition (rev) and nobody
@@ -628,6 +664,7 @@ class Scripts:
         self.keys = keys
         self.limits = limits
         self._transition = client.register_script(TRANSITION)
+        self._store_result = client.register_script(STORE_RESULT)
         self._claim = client.register_script(CLAIM)
         self._upsert = client.register_script(UPSERT)
         self._read_due = client.register_script(READ_DUE)
@@ -648,14 +685,30 @@ class Scripts:
         keys, args = self._transition_call(write, now)
         return self._transition(keys=keys, args=args, client=client or self.client)
 
-    def transition_on(self, pipe: Any, write: RunWrite, now: float) -> None:
-        """Queue ``write`` on ``pipe``, a pipeline of another client (Celery's result
-        backend's), as an EVALSHA of the script's digest: its reply is ``NoScriptError`` if
-        Redis does not hold the script (it restarted), and the caller then records the run
-        with :meth:`transition`, which loads it. Not EVAL: Redis would hash the whole script
-        text, sent each time, on every run."""
-        keys, args = self._transition_call(write, now)
-        pipe.execute_command("EVALSHA", self._transition.sha, len(keys), *keys, *args)
+    def store_result(
+        self,
+        client: Any,
+        key: str,
+        value: str | bytes,
+        expires: int | None,
+        writes: Sequence[RunWrite],
+        now: float,
+    ) -> bool:
+        """Store a task's state ``value`` at Celery's ``key`` (``expires`` seconds; None:
+        kept) and record ``writes``, transitions of that task's run, in one atomic step on
+        ``client`` (the result backend's); False when a SUCCESS was stored there already and
+        nothing was written, as Celery's own store would not."""
+        run_id = writes[0].run_id
+        keys, leading = _transition_params(self.keys, self.limits, writes[0], now)
+        prefix, _, _, *times = leading  # the state left out: each transition gives its own
+        args: list[Any] = [value, "" if not expires else int(expires), prefix, run_id, *times]
+        for write in writes:
+            if write.run_id != run_id:
+                raise ValueError(f"transitions of two runs: {run_id}, {write.run_id}")
+            args += [write.state, len(write.fields) // 2, *write.fields]
+        return bool(
+            self._store_result(keys=_as_bytes([key, *keys]), args=_as_bytes(args), client=client)
+        )
 
     def claim(self, claims: Sequence[Claim], now: float) -> tuple[list[bool], float | None]:
         """Claim each slot of ``claims``, writing its record and pushes where it wins, in
