@@ -33,9 +33,18 @@ from forwarder_worker._redis.keys import (
 )
 from forwarder_worker.names import DURATION_BUCKETS, OVERLAP_SKIP
 
-# The duration histogram's buckets as a Lua table of {bound, field suffix}: the suffix spelt
-# as Python spells the bound, which the api's reader uses (Lua would write 1.0 as "1").
-_DURATION_BOUNDS = ", ".join(f"{{{bound!r}, 'le_{bound!r}'}}" for bound in DURATION_BUCKETS)
+# The duration histogram's buckets, spelt out as Lua code (field suffixes spelt as Python
+# spells the bound, which the api's reader uses; Lua would write 1.0 as "1"): a table literal
+# would be built anew on every call of the script, and allocation is most of what a script's
+# own Lua costs Redis.
+_DURATION_FIELDS = "".join(f", task .. ' le_{bound!r}', 0" for bound in DURATION_BUCKETS)
+_DURATION_BUCKET = (
+    "".join(
+        f"{'if' if i == 0 else 'elseif'} seconds <= {bound!r} then bucket = 'le_{bound!r}'\n  "
+        for i, bound in enumerate(DURATION_BUCKETS)
+    )
+    + "end"
+)
 
 # -- the run transition --------------------------------------------------------------------
 
@@ -74,27 +83,25 @@ end
 -- workers' registered ones, but renamed tasks would pile up for ever).
 local function count_duration(prefix, record, now, dcap)
   local started = tonumber(record['started'])
-  if not record['task'] or not started then return end
+  local task = record['task']
+  if not task or not started then return end
   local dkey = prefix .. '@DURATIONS@'
-  local sum_field = record['task'] .. ' sum_us'
+  local sum_field = task .. ' sum_us'
   if redis.call('HEXISTS', dkey, sum_field) == 0 then
     if redis.call('HLEN', dkey) >= dcap then return end
-    redis.call('HSET', dkey, sum_field, 0, record['task'] .. ' le_inf', 0)
-    for _, bound in ipairs({@DURATION_BOUNDS@}) do
-      redis.call('HSET', dkey, record['task'] .. ' ' .. bound[2], 0)
-    end
+    redis.call('HSET', dkey, sum_field, 0, task .. ' le_inf', 0@DURATION_FIELDS@)
   end
   local seconds = math.max(0, (tonumber(record['finished']) or now) - started)
   local bucket = 'le_inf'
-  for _, bound in ipairs({@DURATION_BOUNDS@}) do
-    if seconds <= bound[1] then
-      bucket = bound[2]
-      break
-    end
-  end
-  redis.call('HINCRBY', dkey, record['task'] .. ' ' .. bucket, 1)
+  @DURATION_BUCKET@
+  redis.call('HINCRBY', dkey, task .. ' ' .. bucket, 1)
   -- Whole microseconds: HINCRBY costs less than HINCRBYFLOAT (no float text to write).
   redis.call('HINCRBY', dkey, sum_field, math.floor(seconds * 1e6 + 0.5))
+end
+
+-- A state a run ends in (a function, not a table: a table would be built on every call).
+local function is_final(state)
+  return state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' or state == 'SKIPPED'
 end
 
 local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, dcap,
@@ -103,8 +110,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
   local held = redis.call('HMGET', key, 'state', 'schedule', 'slot', 'attempts', 'retries',
     'started', 'worker', 'reason')
   local old = held[1] or nil
-  local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
-  if old and final[old] and not final[state] then return old end
+  if old and is_final(old) and not is_final(state) then return old end
   if old == 'STARTED' and state == 'RECEIVED' then state = old end
   if state == 'RETRY' and fields['retries'] and fields['retries'] ~= '' then
     -- A late RETRY, once the attempt it announces has started: that attempt's STARTED
@@ -113,7 +119,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     if seen >= tonumber(fields['retries']) then return old end
   end
   if old == 'STARTED' and (state == 'RETRY' or
-      (final[state] and held[4])) then
+      (is_final(state) and held[4])) then
     -- An attempt ended: append it to the run's attempts (a JSON array), kept only for runs
     -- that retried. The error is this attempt's own: the retry's reason, or the failure.
     local item = {attempt = (tonumber(held[5]) or 0) + 1, state = state, finished = now}
@@ -173,7 +179,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     local stats = prefix .. '@SCHEDULE_STATS@' .. schedule
     local active = prefix .. '@ACTIVE_RUNS@' .. schedule
-    if final[state] then
+    if is_final(state) then
       redis.call('SREM', active, id)
       if old ~= state then
         if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
@@ -211,7 +217,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     redis.call('SADD', ckey, schedule)
   end
-  if final[state] and old ~= state then
+  if is_final(state) and old ~= state then
     -- The final record itself, so a waiter needs no read of its own (bounded: every
     -- stored field is).
     local flat = redis.call('HGETALL', key)
@@ -228,7 +234,8 @@ end
     .replace("@DUE@", DUE)
     .replace("@METRICS@", METRICS)
     .replace("@DURATIONS@", DURATIONS)
-    .replace("@DURATION_BOUNDS@", _DURATION_BOUNDS)
+    .replace("@DURATION_FIELDS@", _DURATION_FIELDS)
+    .replace("@DURATION_BUCKET@", _DURATION_BUCKET)
     .replace("@SCHEDULE_STATS@", SCHEDULE_STATS)
     .replace("@ACTIVE_RUNS@", ACTIVE_RUNS)
     .replace("@OVERLAP@", OVERLAP_SKIP)
