@@ -33,9 +33,18 @@ from forwarder_worker._redis.keys import (
 )
 from forwarder_worker.names import DURATION_BUCKETS, OVERLAP_SKIP
 
-# The duration histogram's buckets as a Lua table of {bound, field suffix}: the suffix spelt
-# as Python spells the bound, which the api's reader uses (Lua would write 1.0 as "1").
-_DURATION_BOUNDS = ", ".join(f"{{{bound!r}, 'le_{bound!r}'}}" for bound in DURATION_BUCKETS)
+# The duration histogram's buckets, spelt out as Lua code (field suffixes spelt as Python
+# spells the bound, which the api's reader uses; Lua would write 1.0 as "1"): a table literal
+# would be built anew on every call of the script, and allocation is most of what a script's
+# own Lua costs Redis.
+_DURATION_FIELDS = "".join(f", task .. ' le_{bound!r}', 0" for bound in DURATION_BUCKETS)
+_DURATION_BUCKET = (
+    "".join(
+        f"{'if' if i == 0 else 'elseif'} seconds <= {bound!r} then bucket = 'le_{bound!r}'\n  "
+        for i, bound in enumerate(DURATION_BUCKETS)
+    )
+    + "end"
+)
 
 # -- the run transition --------------------------------------------------------------------
 
@@ -74,27 +83,25 @@ end
 -- workers' registered ones, but renamed tasks would pile up for ever).
 local function count_duration(prefix, record, now, dcap)
   local started = tonumber(record['started'])
-  if not record['task'] or not started then return end
+  local task = record['task']
+  if not task or not started then return end
   local dkey = prefix .. '@DURATIONS@'
-  local sum_field = record['task'] .. ' sum_us'
+  local sum_field = task .. ' sum_us'
   if redis.call('HEXISTS', dkey, sum_field) == 0 then
     if redis.call('HLEN', dkey) >= dcap then return end
-    redis.call('HSET', dkey, sum_field, 0, record['task'] .. ' le_inf', 0)
-    for _, bound in ipairs({@DURATION_BOUNDS@}) do
-      redis.call('HSET', dkey, record['task'] .. ' ' .. bound[2], 0)
-    end
+    redis.call('HSET', dkey, sum_field, 0, task .. ' le_inf', 0@DURATION_FIELDS@)
   end
   local seconds = math.max(0, (tonumber(record['finished']) or now) - started)
   local bucket = 'le_inf'
-  for _, bound in ipairs({@DURATION_BOUNDS@}) do
-    if seconds <= bound[1] then
-      bucket = bound[2]
-      break
-    end
-  end
-  redis.call('HINCRBY', dkey, record['task'] .. ' ' .. bucket, 1)
+  @DURATION_BUCKET@
+  redis.call('HINCRBY', dkey, task .. ' ' .. bucket, 1)
   -- Whole microseconds: HINCRBY costs less than HINCRBYFLOAT (no float text to write).
   redis.call('HINCRBY', dkey, sum_field, math.floor(seconds * 1e6 + 0.5))
+end
+
+-- A state a run ends in (a function, not a table: a table would be built on every call).
+local function is_final(state)
+  return state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' or state == 'SKIPPED'
 end
 
 local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, scap, dcap,
@@ -103,8 +110,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
   local held = redis.call('HMGET', key, 'state', 'schedule', 'slot', 'attempts', 'retries',
     'started', 'worker', 'reason')
   local old = held[1] or nil
-  local final = {SUCCESS=true, FAILURE=true, REVOKED=true, SKIPPED=true}
-  if old and final[old] and not final[state] then return old end
+  if old and is_final(old) and not is_final(state) then return old end
   if old == 'STARTED' and state == 'RECEIVED' then state = old end
   if state == 'RETRY' and fields['retries'] and fields['retries'] ~= '' then
     -- A late RETRY, once the attempt it announces has started: that attempt's STARTED
@@ -113,7 +119,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     if seen >= tonumber(fields['retries']) then return old end
   end
   if old == 'STARTED' and (state == 'RETRY' or
-      (final[state] and held[4])) then
+      (is_final(state) and held[4])) then
     -- An attempt ended: append it to the run's attempts (a JSON array), kept only for runs
     -- that retried. The error is this attempt's own: the retry's reason, or the failure.
     local item = {attempt = (tonumber(held[5]) or 0) + 1, state = state, finished = now}
@@ -173,7 +179,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     local stats = prefix .. '@SCHEDULE_STATS@' .. schedule
     local active = prefix .. '@ACTIVE_RUNS@' .. schedule
-    if final[state] then
+    if is_final(state) then
       redis.call('SREM', active, id)
       if old ~= state then
         if state ~= 'SKIPPED' then redis.call('HINCRBY', stats, 'total', 1) end
@@ -211,7 +217,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     end
     redis.call('SADD', ckey, schedule)
   end
-  if final[state] and old ~= state then
+  if is_final(state) and old ~= state then
     -- The final record itself, so a waiter needs no read of its own (bounded: every
     -- stored field is).
     local flat = redis.call('HGETALL', key)
@@ -228,7 +234,8 @@ end
     .replace("@DUE@", DUE)
     .replace("@METRICS@", METRICS)
     .replace("@DURATIONS@", DURATIONS)
-    .replace("@DURATION_BOUNDS@", _DURATION_BOUNDS)
+    .replace("@DURATION_FIELDS@", _DURATION_FIELDS)
+    .replace("@DURATION_BUCKET@", _DURATION_BUCKET)
     .replace("@SCHEDULE_STATS@", SCHEDULE_STATS)
     .replace("@ACTIVE_RUNS@", ACTIVE_RUNS)
     .replace("@OVERLAP@", OVERLAP_SKIP)
@@ -243,6 +250,42 @@ local fields = {}
 for i = 9, #ARGV, 2 do fields[ARGV[i]] = ARGV[i + 1] end
 return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
   tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), fields)
+"""
+)
+
+# A task's state as Celery's result backend stores it, with its run's transitions (the
+# workers' result backend, forwarder_worker.recording.result_backend). Celery reads the stored
+# state before each store (one round trip of its own) and stores nothing over a SUCCESS, so a
+# lost worker's late run cannot overwrite a result; here that check is made in the same
+# atomic step. Then the SET and PUBLISH Celery would send, then each transition, in order.
+# KEYS: Celery's state key, run hash, global zset, changed set.  ARGV: the state (Celery's
+# JSON), its expiry in seconds ('' none), prefix, run id, now, ttl, global cap, per-schedule
+# cap, durations field cap, then per transition: state, field count, field/value pairs.
+# Returns 0 when a SUCCESS was stored already (nothing written), else 1.
+STORE_RESULT = (
+    TRANSITION_FUNCTION
+    + """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+local i = 10
+while i <= #ARGV do
+  local fields = {}
+  local last = i + 1 + 2 * tonumber(ARGV[i + 1])
+  for j = i + 2, last, 2 do fields[ARGV[j]] = ARGV[j + 1] end
+  transition(KEYS[2], KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[i], tonumber(ARGV[5]),
+    tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), fields)
+  i = last + 1
+end
+return 1
 """
 )
 
@@ -628,6 +671,7 @@ class Scripts:
         self.keys = keys
         self.limits = limits
         self._transition = client.register_script(TRANSITION)
+        self._store_result = client.register_script(STORE_RESULT)
         self._claim = client.register_script(CLAIM)
         self._upsert = client.register_script(UPSERT)
         self._read_due = client.register_script(READ_DUE)
@@ -648,14 +692,30 @@ class Scripts:
         keys, args = self._transition_call(write, now)
         return self._transition(keys=keys, args=args, client=client or self.client)
 
-    def transition_on(self, pipe: Any, write: RunWrite, now: float) -> None:
-        """Queue ``write`` on ``pipe``, a pipeline of another client (Celery's result
-        backend's), as an EVALSHA of the script's digest: its reply is ``NoScriptError`` if
-        Redis does not hold the script (it restarted), and the caller then records the run
-        with :meth:`transition`, which loads it. Not EVAL: Redis would hash the whole script
-        text, sent each time, on every run."""
-        keys, args = self._transition_call(write, now)
-        pipe.execute_command("EVALSHA", self._transition.sha, len(keys), *keys, *args)
+    def store_result(
+        self,
+        client: Any,
+        key: str,
+        value: str | bytes,
+        expires: int | None,
+        writes: Sequence[RunWrite],
+        now: float,
+    ) -> bool:
+        """Store a task's state ``value`` at Celery's ``key`` (``expires`` seconds; None:
+        kept) and record ``writes``, transitions of that task's run, in one atomic step on
+        ``client`` (the result backend's); False when a SUCCESS was stored there already and
+        nothing was written, as Celery's own store would not."""
+        run_id = writes[0].run_id
+        keys, leading = _transition_params(self.keys, self.limits, writes[0], now)
+        prefix, _, _, *times = leading  # the state left out: each transition gives its own
+        args: list[Any] = [value, "" if not expires else int(expires), prefix, run_id, *times]
+        for write in writes:
+            if write.run_id != run_id:
+                raise ValueError(f"transitions of two runs: {run_id}, {write.run_id}")
+            args += [write.state, len(write.fields) // 2, *write.fields]
+        return bool(
+            self._store_result(keys=_as_bytes([key, *keys]), args=_as_bytes(args), client=client)
+        )
 
     def claim(self, claims: Sequence[Claim], now: float) -> tuple[list[bool], float | None]:
         """Claim each slot of ``claims``, writing its record and pushes where it wins, in

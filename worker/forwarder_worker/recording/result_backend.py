@@ -1,13 +1,13 @@
 """The workers' result backend: Celery's Redis backend, writing a run's STARTED and SUCCESS
-transitions in the same round trips as Celery's STARTED state and its result.
+transitions in the same round trip as Celery's STARTED state and its result.
 
-Celery stores a task's STARTED state (``task_track_started``) and its result (SET and
-PUBLISH of ``celery-task-meta-<id>``, one MULTI each) in round trips of its own; our
-receivers (:mod:`forwarder_worker.recording.signals`) wrote the run record's STARTED and
-SUCCESS transitions in two more, and a client waiting on the run record (the api's long poll)
-heard the end one round trip after a client waiting on Celery's result. Here each
-transition runs in the transaction of the state Celery stores with it (MULTI: SET, PUBLISH,
-the transition script):
+Celery stores a task's STARTED state (``task_track_started``) and its result each in two
+round trips of its own: a GET of the stored state (it never stores over a SUCCESS, so a lost
+worker's late run cannot overwrite a result), then SET and PUBLISH of
+``celery-task-meta-<id>`` in one MULTI; our receivers (:mod:`forwarder_worker.recording.signals`)
+wrote the run record's STARTED and SUCCESS transitions in two more. Here one script does all
+of it atomically (:meth:`~forwarder_worker.runs.records.RunLog.write_with_result`): Celery's
+check, its SET and PUBLISH, then the transitions:
 
 * STARTED: the ``task_prerun`` receiver, which runs just before Celery stores STARTED,
   leaves the transition with the run log (:meth:`~forwarder_worker.runs.records.RunLog.defer`)
@@ -15,11 +15,14 @@ the transition script):
 * SUCCESS: written with the result, and the run log remembers it, so the ``task_success``
   receiver, asking the same run log, writes nothing more.
 
-If the script fails (NOSCRIPT, once Redis restarted), the state is still stored as Celery
-stores it and the transition is written as before: a STARTED at once, on its own, a SUCCESS by
-its receiver. If the whole transaction fails, a STARTED goes back to the run log, and the run's
-next transition writes it first. Failures, retries and revocations are recorded by the
-receivers, as they have tracebacks or other states to tell.
+This re-implements Celery's ``BaseKeyValueStoreBackend._store_result`` (its check moved into
+the script) for these two states only: saving its GET was a sixth of a pool process's CPU per
+run. Celery's own is kept for every other store; tests/worker/test_result_backend.py fails
+when Celery's changes. If the script fails (an error, not a lost connection, which Celery's
+retry policy handles), the state is stored as Celery stores it, a STARTED goes back to the
+run log (the run's next transition writes it first), and a SUCCESS is written by its
+receiver. Failures, retries and revocations are recorded by the receivers, as they have
+tracebacks or other states to tell.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ import logging
 import threading
 from typing import Any, NamedTuple
 
+import redis
 from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
 
 from forwarder_worker.core import core_of
 from forwarder_worker.runs.records import RunLog, RunWrite
@@ -48,7 +54,7 @@ class _Pending(NamedTuple):
 
 class RecordingRedisBackend(RedisBackend):
     """Celery's Redis result backend; a run's STARTED and SUCCESS transitions go in the round
-    trips of Celery's STARTED state and result."""
+    trip of Celery's STARTED state and result."""
 
     def _store_result(
         self,
@@ -74,15 +80,24 @@ class RecordingRedisBackend(RedisBackend):
                 pending = _Pending(runs, started, success)
         if pending is None:
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        # Celery's _store_result, but for its GET of the stored state: the script checks it.
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)  # type: ignore[no-untyped-call]
         _local.pending = pending
         _local.sent = False
         try:
-            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+            self._set_with_state(self.get_key_for_task(task_id), self.encode(meta), state)
+        except BackendStoreError as ex:
+            raise BackendStoreError(str(ex), state=state, task_id=task_id) from ex
         finally:
             if not _local.sent and pending.started is not None:
-                # Not sent (the store failed): the run's next transition writes it first.
+                # Not written (a SUCCESS was stored, or the store failed): the run's next
+                # transition writes it first.
                 pending.runs.defer(pending.started)
             _local.pending = None
+        return result
 
     def _set(self, key: str, value: Any, expires: Any = None) -> None:
         pending: _Pending | None = getattr(_local, "pending", None)
@@ -92,31 +107,18 @@ class RecordingRedisBackend(RedisBackend):
         if expires is None:
             expires = self.expires
         writes = [w for w in (pending.started, pending.success) if w is not None]
-        with self.client.pipeline() as pipe:
-            if expires:
-                pipe.set(key, value, ex=expires)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, value)
-            for write in writes:
-                pending.runs.write_on(pipe, write)
-            replies = pipe.execute(raise_on_error=False)
-        for reply in replies[:2]:
-            if isinstance(reply, Exception):
-                raise reply
-        _local.sent = True
-        for write, reply in zip(writes, replies[2:], strict=True):
-            if not isinstance(reply, Exception):
-                if write is pending.success:
-                    pending.runs.note_with_result(write.run_id)
-            elif write is pending.started:
-                # Loads the script Redis lost; a failure must not fail the task (Celery
-                # would record an internal error), so it is logged, as a receiver's is.
-                try:
-                    pending.runs.write(write)
-                except Exception:
-                    log.exception("run %s: STARTED not recorded", write.run_id)
-            # A SUCCESS that failed is written by the task_success receiver.
+        try:
+            written = pending.runs.write_with_result(self.client, key, value, expires, writes)
+        except redis.ResponseError:
+            # Not the state's fault: stored as Celery stores it; the transitions are written
+            # as the caller says (a script that lost its text is loaded again by redis-py).
+            log.exception("run %s: recorded apart from its state", writes[0].run_id)
+            super()._set(key, value, expires)
+            return
+        if written:
+            _local.sent = True
+            if pending.success is not None:
+                pending.runs.note_with_result(pending.success.run_id)
 
 
 class RecordingSentinelBackend(RecordingRedisBackend, SentinelBackend):

@@ -228,11 +228,18 @@ class RunLog:
         """Record a transition built ahead (:meth:`queued_write`, :meth:`skipped_write`)."""
         return self.scripts.transition(write, time.time(), client)
 
-    def write_on(self, pipe: Any, write: RunWrite) -> None:
-        """Queue ``write`` on ``pipe``, a transaction of another client (the result backend's):
-        its reply is the state recorded, or an error (``NoScriptError`` once Redis lost its
-        scripts), and then the caller writes it with :meth:`write`, which loads the script."""
-        self.scripts.transition_on(pipe, write, time.time())
+    def write_with_result(
+        self,
+        client: Any,
+        key: str,
+        value: str | bytes,
+        expires: int | None,
+        writes: Sequence[RunWrite],
+    ) -> bool:
+        """Store Celery's task state ``value`` at ``key`` with ``writes``, transitions of its
+        run, in one atomic step on ``client`` (the result backend's); False when a SUCCESS was
+        stored there already, and nothing was written (Celery's own rule)."""
+        return self.scripts.store_result(client, key, value, expires, writes, time.time())
 
     def defer(self, write: RunWrite) -> None:
         """Keep ``write`` for the result backend to send with the state Celery stores next for
@@ -333,7 +340,7 @@ class RunLog:
 
     def success_write(self, run_id: str, task: str, result: Any) -> RunWrite:
         """Run ``run_id``'s SUCCESS with its ``result`` (bounded), for the result backend to
-        queue with the result (:meth:`write_on`); once it has landed, say so with
+        write with the result (:meth:`write_with_result`); once it has landed, say so with
         :meth:`note_with_result`."""
         return self.build(
             run_id,
