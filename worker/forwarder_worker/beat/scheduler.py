@@ -48,7 +48,7 @@ from kombu.exceptions import OperationalError
 from forwarder_worker._redis.scripts import Claim, RunWrite
 from forwarder_worker.core import require_core
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing, Outcome, Push, Send
-from forwarder_worker.dispatch.messages import MessageBatch
+from forwarder_worker.dispatch.messages import MessageBatch, uuid4_strings
 from forwarder_worker.dispatch.metrics import SchedulerMetrics
 from forwarder_worker.names import MAX_MISSED_RUNS
 from forwarder_worker.schedules.store import TIMEOUT_SLACK, Meta, StoredEntry
@@ -523,13 +523,14 @@ class ForwarderScheduler(Scheduler):
         # policy, or skipped as missed), its record and, where it is sent, its message's
         # (firing, run id, delay, expiry).
         rows: list[tuple[int, Outcome, RunWrite, Send | None]] = []
+        # Run ids drawn for the whole batch at once (a uuid4 each, see uuid4_strings).
+        run_ids = iter(uuid4_strings(sum(len(plan.slots) for plan in plans)))
         for index, plan in enumerate(plans):
             entry = plan.stored.entry
             for slot, why in plan.slots:
                 firing = Firing(entry, slot)
-                outcome = verdicts.get((entry.name, slot)) or Outcome(
-                    firing, str(uuid.uuid4()), True
-                )
+                run_id = next(run_ids)
+                outcome = verdicts.get((entry.name, slot)) or Outcome(firing, run_id, True)
                 if why is not None:
                     outcome = Outcome(firing, outcome.run_id, False, why)
                     if not why.startswith((MISSED_REASON, SKIP_REASON)):
