@@ -11,6 +11,9 @@ limits); per firing, the id, root id, eta, expiry, argument reprs and Forwarder'
 patched into a copy of it, the body is encoded once as JSON, and the message goes to kombu's
 public ``Producer.publish`` (inside the caller's ``Producer.batch``), so kombu still builds
 its envelope and does the routing, priority queues and the Redis pipeline exactly as before.
+Beat's messages, whose Redis command its claim script runs anyway, skip kombu's publish:
+:meth:`MessageBatch.payload` builds the LPUSH kombu's Redis transport would make (a burst of
+100,000: beat's CPU per entry 0.18 -> 0.14 ms, see its docstring for why and what it mirrors).
 Task-sent events (Flower shows scheduled runs as sent) are published as Celery's own grouped
 form, a ``task.multi`` message holding a list of events, as workers publish theirs. Like
 beat's send_task (see ``ForwarderScheduler``), it never subscribes to the task's result:
