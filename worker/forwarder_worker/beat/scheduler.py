@@ -31,6 +31,7 @@ import contextlib
 import gc
 import logging
 import math
+import sys
 import time
 import uuid
 from collections import deque
@@ -68,6 +69,9 @@ BAD_ENTRY_RETRY = 60.0
 # head of a burst is published without waiting for a whole batch to be built and claimed.
 # (Messages published after the claim flush this many first, for the same reason.)
 FIRST_BATCH = 50
+# Seconds a thread holds the GIL before another may take it, in beat once it drains a backlog
+# (see ForwarderScheduler._claimer).
+GIL_SWITCH_INTERVAL = 0.001
 # What a publish batch raises when Redis fails while its pipeline is sent (kombu 5.7+; older
 # kombu publishes message by message and raises OperationalError).
 BATCH_PUBLISH_ERROR: type[Exception] = getattr(
@@ -383,9 +387,15 @@ class ForwarderScheduler(Scheduler):
         )
 
     def _claimer(self) -> ThreadPoolExecutor:
-        """The thread that runs a drained batch's claim while the next one is prepared."""
+        """The thread that runs a drained batch's claim, and reads the next batch, while
+        this one is prepared."""
         if self._claim_thread is None:
             self._claim_thread = ThreadPoolExecutor(1, thread_name_prefix="forwarder-claim")
+            # That thread mostly waits for Redis while the main thread builds messages; a
+            # reply that arrives waits for the GIL until the main thread yields it, after the
+            # switch interval (5 ms by default): at ~50 ms a batch, a tenth of a burst's time
+            # (N = 100,000: 11.0-11.8 s to all published, 9.8-10.4 s at 1 ms).
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
         return self._claim_thread
 
     def _due_batch(
