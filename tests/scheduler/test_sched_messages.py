@@ -28,7 +28,7 @@ from forwarder_worker import Core
 from forwarder_worker.beat.scheduler import ForwarderScheduler
 from forwarder_worker.core import require_core
 from forwarder_worker.dispatch.dispatcher import Dispatcher, Firing
-from forwarder_worker.dispatch.messages import TaskMessages
+from forwarder_worker.dispatch.messages import TaskMessages, uuid4_strings
 from forwarder_worker.runs.records import RunRecord
 from forwarder_worker.schedules.store import Entry
 from forwarder_worker.settings import Settings
@@ -120,6 +120,10 @@ def capture(app: Celery, client: redis.Redis, sends: list[Send]) -> Any:
         d = dispatcher(app, prebuilt=True)
         with app.producer_or_acquire() as producer:
             pushes, built = d.capture(producer, sends)
+            # Built whole (MessageBatch.payload), not through kombu's publish: every route
+            # has its Redis list worked out.
+            assert built is not None and built.routes
+            assert all(r is not None and r.key is not None for r in built.routes.values())
             lists = [k for k in client.keys(f"{PREFIX}*") if client.type(k) == "list"]
             assert lists == [], "capturing sent a message"
             for push in pushes:
@@ -238,6 +242,16 @@ def test_what_the_fast_path_does_not_mirror_goes_through_send_task(
     assert seen == ["traced-0", "traced-1", "traced-2"]
     assert sorted(messages) == seen
     assert [channel for channel, _ in events] == ["task.sent"] * 3
+
+
+def test_batched_random_ids_are_uuid4_strings() -> None:
+    ids = uuid4_strings(1000)
+    assert len(set(ids)) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
 
 
 @contextmanager

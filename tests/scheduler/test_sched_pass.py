@@ -136,6 +136,37 @@ def test_a_burst_head_goes_out_in_a_small_first_batch(
     assert rclient.zcard("forwarder::schedule") == 0
 
 
+def test_a_backlog_is_drained_with_each_batch_read_ahead_and_fired_once(
+    redis_url: str, rclient: redis.Redis
+) -> None:
+    # Batches of 100: after the small head, each full batch is claimed by the next pass on
+    # the claim thread, which then reads the batch after it while that pass prepares its
+    # own. Every entry fires exactly once: none is read twice or skipped.
+    core = Core.from_settings(
+        Settings(redis_url=redis_url, beat_lock_timeout=120, beat_batch_size=100)
+    )
+    beat = ForwarderScheduler(core.app)
+    try:
+        due, n = time.time() - 1, FIRST_BATCH + 4 * 100 + 30
+        for i in range(n):
+            core.store.upsert(
+                Entry(name=f"drain/e{i:03d}", task="forwarder.ping", schedule={"at": due})
+            )
+        sizes = []
+        while rclient.llen(QUEUE) < n and len(sizes) < 12:
+            before = rclient.llen(QUEUE)
+            beat.tick()
+            sizes.append(rclient.llen(QUEUE) - before)
+        assert sizes == [FIRST_BATCH, 0, 100, 100, 100, 130]
+        names = [m["headers"]["forwarder_schedule"] for m in queued(rclient, PREFIX).values()]
+        assert sorted(names) == [f"drain/e{i:03d}" for i in range(n)]
+        assert rclient.zcard(f"{PREFIX}runs") == n
+        assert rclient.zcard("forwarder::schedule") == 0
+    finally:
+        beat.close()
+        core.close()
+
+
 def test_metrics_reach_redis_before_beat_idles(
     scheduler: ForwarderScheduler, rclient: redis.Redis
 ) -> None:

@@ -256,7 +256,9 @@ class Dispatcher:
         (beat's claim), or None where it must be published (:meth:`publish`) instead. Also
         the message batch holding their task-sent events, to flush once they are sent.
 
-        Runs no Redis command but the queues' declarations. Everything
+        Most payloads are built whole (:meth:`MessageBatch.payload`); the others go through
+        kombu's publish with its Redis commands captured. Runs no Redis command but the
+        queues' declarations. Everything
         :meth:`TaskMessages.start` or :meth:`MessageBatch.publish` declines is None, as is
         a message kombu would send with more than an LPUSH (a queue with an expiry)."""
         out: list[Push | None] = [None] * len(sends)
@@ -270,6 +272,12 @@ class Dispatcher:
         prefix = producer.channel.global_keyprefix or ""
         rebuilt: set[str] = set()
         for k, (firing, run_id, delay, expires) in enumerate(sends):
+            whole = built.payload(
+                firing.entry.task, **self._message_options(firing, run_id, delay, expires)
+            )
+            if whole is not None:  # the payload kombu would push, built whole
+                out[k] = [whole]
+                continue
             with capturing(producer) as capture:
                 sent = self._build(built, firing, run_id, delay, expires)
             if sent and capture.commands and all(c == "lpush" for c, _ in capture.commands):
@@ -315,19 +323,26 @@ class Dispatcher:
         expires: float | None,
     ) -> bool:
         """Publish one firing's message through ``built``; False where it declines."""
-        entry = firing.entry
         return built.publish(
-            entry.task,
-            args=firing.args,
-            kwargs=firing.kwargs,
-            task_id=run_id,
-            queue=entry.queue,
-            priority=entry.priority,
-            countdown=delay,
-            expires=expires,
-            headers=Dispatcher.headers(firing),
-            time_limits=self.time_limits(entry),
+            firing.entry.task, **self._message_options(firing, run_id, delay, expires)
         )
+
+    def _message_options(
+        self, firing: Firing, run_id: str, delay: float, expires: float | None
+    ) -> dict[str, Any]:
+        """The options of one firing's message for :class:`MessageBatch`."""
+        entry = firing.entry
+        return {
+            "args": firing.args,
+            "kwargs": firing.kwargs,
+            "task_id": run_id,
+            "queue": entry.queue,
+            "priority": entry.priority,
+            "countdown": delay,
+            "expires": expires,
+            "headers": Dispatcher.headers(firing),
+            "time_limits": self.time_limits(entry),
+        }
 
     @staticmethod
     def headers(firing: Firing) -> dict[str, Any]:
