@@ -124,8 +124,8 @@ test-faults: $(STAMP)
 	$(BIN)/pytest tests/faults tests/security $(PYTEST_ARGS)
 
 # Benchmarks against the anchors, written to bench/results/ (see bench/REPORT.md): quick mode
-# (scales up to 1,000; 9 min 12 s on 2 quiet cores, 7 Dec 2026; the budget is 10 minutes);
-# `make bench FULL=1` adds N=10,000 and 100,000 (48 min 55 s on 2 quiet cores, 7 Dec 2026).
+# (scales up to 1,000; 9 min 18 s on 2 quiet cores, 7 Dec 2026; the budget is 10 minutes);
+# `make bench FULL=1` adds N=10,000 and 100,000 (49 min 19 s on 2 quiet cores, 7 Dec 2026).
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)

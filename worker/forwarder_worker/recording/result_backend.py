@@ -17,8 +17,8 @@ check, its SET and PUBLISH, then the transitions:
 
 This re-implements Celery's ``BaseKeyValueStoreBackend._store_result`` (its check moved into
 the script) for these two states only: saving its GET was a sixth of a pool process's CPU per
-run. Celery's own is kept for every other store; tests/worker/test_result_backend.py fails
-when Celery's changes. If the script fails (an error, not a lost connection, which Celery's
+run. Celery's own is kept for every other store; tests/worker/test_worker_result_backend.py
+fails when Celery's changes. If the script fails (an error, not a lost connection, which Celery's
 retry policy handles), the state is stored as Celery stores it, a STARTED goes back to the
 run log (the run's next transition writes it first), and a SUCCESS is written by its
 receiver. Failures, retries and revocations are recorded by the receivers, as they have
@@ -110,8 +110,9 @@ class RecordingRedisBackend(RedisBackend):
         try:
             written = pending.runs.write_with_result(self.client, key, value, expires, writes)
         except redis.ResponseError:
-            # Not the state's fault: stored as Celery stores it; the transitions are written
-            # as the caller says (a script that lost its text is loaded again by redis-py).
+            # The script failed (redis-py loads one Redis lost by itself): the state is stored
+            # as Celery stores it; the STARTED goes back to the run log (_store_result) and the
+            # SUCCESS is left to its receiver, as neither was noted written.
             log.exception("run %s: recorded apart from its state", writes[0].run_id)
             super()._set(key, value, expires)
             return
