@@ -65,7 +65,7 @@ collections), with no more memory (bench/REPORT.md, operator scale). Reference c
 still collected, just in larger batches."""
 GC_BEFORE = "gc_thresholds_before"
 """Key in kopf's memo: the thresholds to put back when the operator stops."""
-WORKER_LIMIT = 100
+WORKER_LIMIT = 40
 """At most this many of kopf's per-object workers at once (kopf's default: no limit).
 
 Unbounded, a start with N resources runs N workers together, each sending its status PATCH
@@ -77,9 +77,13 @@ all Ready after 174 s, 24,600 429s, operator RSS 1.1 GiB (an in-flight request, 
 connection and a task per object). With 200 workers: 129 s, no 429, 342 MiB. Workers past
 the limit wait in kopf's scheduler with their events queued; the watch stream is not held.
 Each busy worker costs memory (about 0.3 MiB: its request, connection and body), and with
-:data:`WORKER_IDLE` short a slot is busy only while its object is handled, so 100 are as fast
-as 200 were: 59 s and 222 MiB at N = 10,000, where 200 with 0.5 s idle took 72 s and 262 MiB
-(bench/REPORT.md, operator scale)."""
+:data:`WORKER_IDLE` short a slot is busy only while its object is handled, so 100 were as fast
+as 200: 59 s and 222 MiB at N = 10,000, where 200 with 0.5 s idle took 72 s and 262 MiB. The
+API server's CPU bounds the rate, not the operator's concurrency, and 40 are as fast as 100
+(back to back at N = 10,000: 84.2 / 91.8 s vs 82.3 / 91.4 s) with fewer TLS connections held
+(kopf's HTTP client keeps one per request in flight, with a 128 KiB read buffer, 15 s after):
+operator RSS 187-196 MiB, where 100 reached 205-207 (both with :mod:`forwarder_operator.heap`;
+bench/REPORT.md, operator scale)."""
 WORKER_IDLE = 0.05
 """Seconds an idle per-object worker waits for more events before it frees its slot (kopf's
 default: 5 s, which with a limit would hold each slot 5 s after its object is done). kopf

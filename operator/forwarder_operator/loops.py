@@ -21,6 +21,9 @@ The status pass, the sweep and the retries write to resources through
 :class:`~forwarder_operator.writer.ApiWriter`: a retried object gets the same status,
 finalizer, Events and log lines as its handler would have written.
 
+Every ``HEAP_RELEASE_INTERVAL`` the loop also gives the heap memory freed since back to the
+OS (:mod:`forwarder_operator.heap`), so the operator's RSS falls back after a burst.
+
 Redis or API errors never end the loop: it logs, backs off (1 s doubling to 60 s), and
 carries on, so the operator recovers by itself when Redis comes back.
 """
@@ -44,7 +47,7 @@ from forwarder_worker.schedules.status import (
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from forwarder_operator import reconciler
+from forwarder_operator import heap, reconciler
 from forwarder_operator.resource import ObjectMeta
 from forwarder_operator.retries import Retry, backoff
 from forwarder_operator.services import Services
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "try again later", not "this code is wrong".
 TRANSIENT = (redis.RedisError, ApiException, HTTPError, OSError)
+HEAP_RELEASE_INTERVAL = 10.0
+"""Seconds between the loop's calls that give freed heap memory back to the OS
+(:mod:`forwarder_operator.heap`): a few milliseconds after a burst, microseconds otherwise."""
 
 
 class StatusPass:
@@ -228,10 +234,11 @@ async def retry_due(services: Services) -> int:
 
 async def run_forever(services: Services) -> None:
     """Status passes every ``operator_status_interval``, sweeps every ``operator_sweep_interval``
-    (the first one at once), until cancelled."""
+    (the first one at once), freed memory released every ``HEAP_RELEASE_INTERVAL``, until
+    cancelled."""
     config = services.config
     status_pass = StatusPass(services)
-    next_sweep = 0.0
+    next_sweep = next_release = 0.0
     failures = 0
     while True:
         try:
@@ -240,6 +247,9 @@ async def run_forever(services: Services) -> None:
                 next_sweep = time.monotonic() + config.operator_sweep_interval
             await retry_due(services)
             await asyncio.to_thread(status_pass.pass_once)
+            if time.monotonic() >= next_release:
+                heap.release_free_memory()
+                next_release = time.monotonic() + HEAP_RELEASE_INTERVAL
         except Exception as exc:
             # The loop must outlive any one failure; a bug is logged with its traceback.
             failures += 1
