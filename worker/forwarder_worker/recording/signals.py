@@ -13,6 +13,7 @@ recorded already and writes nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback as tb
 from datetime import datetime
@@ -20,11 +21,14 @@ from typing import Any
 
 from celery import signals
 from celery.app.task import get_actual_ignore_result
+from kombu.asynchronous import get_event_loop
 
-from forwarder_worker.core import core_of
-from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT
+from forwarder_worker.core import core_of, require_core
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, REQUEST_RECEIVED
 from forwarder_worker.recording.result_backend import RecordingRedisBackend
 from forwarder_worker.runs.records import RunLog, bounded
+
+logger = logging.getLogger(__name__)
 
 
 def run_log(app: Any) -> RunLog | None:
@@ -41,17 +45,50 @@ def _schedule_fields(headers: dict[str, Any] | None) -> dict[str, Any]:
 
 @signals.task_received.connect
 def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    log = run_log(request.task.app) if request is not None and request.task else None
+    app = request.task.app if request is not None and request.task else None
+    log = run_log(app)
     if log is None:
         return
-    log.transition(
+    now = time.time()
+    headers = request.request_dict
+    # The pool process's task request is built from this dict: its STARTED records the
+    # receipt too, so a RECEIVED landing after the run's end (ignored there) loses nothing.
+    headers[REQUEST_RECEIVED] = now
+    write = log.build(
         request.id,
         "RECEIVED",
         task=request.name,
-        received=time.time(),
+        received=now,
         worker=request.hostname,
-        **_schedule_fields(request.request_dict),
+        # The attempt's, so a late RECEIVED of an earlier attempt changes nothing.
+        retries=headers.get("retries") or 0,
+        **_schedule_fields(headers),
     )
+    delay = require_core(app).settings.received_write_delay
+    hub = get_event_loop()  # the worker's event loop (None with a pool that has none)
+    if delay <= 0 or hub is None:
+        log.write(write)
+    elif log.pend(write):
+        # Off the per-run path of the worker's one thread: one round trip for every RECEIVED
+        # of the next few milliseconds. Written on the event loop, in this thread, where
+        # the runs are received: no thread of its own to compete for the GIL.
+        hub.call_later(delay, _flush_received, log)  # type: ignore[no-untyped-call]
+
+
+def _flush_received(log: RunLog) -> None:
+    try:
+        log.flush()
+    except Exception:
+        # As a receiver's failure: logged, never failing the runs (their STARTED records
+        # their receipt).
+        logger.exception("RECEIVED transitions not recorded")
+
+
+@signals.worker_shutdown.connect
+def _shutdown(sender: Any = None, **_: Any) -> None:
+    log = run_log(getattr(sender, "app", None))
+    if log is not None:
+        _flush_received(log)
 
 
 def _stores_started(task: Any) -> bool:
@@ -78,6 +115,7 @@ def _started(task_id: str = "", task: Any = None, **_: Any) -> None:
         started=time.time(),
         worker=task.request.hostname,
         retries=task.request.retries or 0,
+        received=task.request.get(REQUEST_RECEIVED),
         **_schedule_fields(task.request.headers),
     )
     if _stores_started(task):
