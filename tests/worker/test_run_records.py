@@ -105,6 +105,22 @@ def test_a_receipt_written_after_the_run_ended_changes_nothing(
         assert "RECEIVED transitions not recorded" not in proc.output()
 
 
+def test_a_worker_stopping_writes_the_receipts_it_holds(
+    redis_url: str, logs: Path, app: Celery, runs: RunLog
+) -> None:
+    # The worker holds its RECEIVED writes for a second and is stopped right after receiving
+    # a run (held for its countdown, so it never starts): the run still shows RECEIVED.
+    env = forwarder_env(redis_url, FORWARDER_RECEIVED_WRITE_DELAY="1")
+    with running(celery_worker(env, logs / "worker.log")) as (proc,):
+        eventually(lambda: " ready." in proc.output(), 60, message="worker ready")
+        run_id = app.send_task("forwarder.ping", countdown=60).id
+        eventually(lambda: f"[{run_id}] received" in proc.output(), 10, message="received")
+        proc.stop()
+        record = runs.get(run_id)
+        assert record is not None and record.state == "RECEIVED"
+        assert record.received and record.worker
+
+
 def test_failure_records_error_type_and_message(worker: Proc, app: Celery, runs: RunLog) -> None:
     record = final(runs, app.send_task("tests.fail", kwargs={"message": "disk full"}).id)
     assert record.state == "FAILURE"
