@@ -69,7 +69,7 @@ def test_a_late_received_changes_nothing_once_the_run_ended_or_retried(
         runs.transition(run_id, "STARTED", started=10.0, received=9.0, worker="w1", retries=0)
         runs.transition(run_id, state, finished=11.0, **fields)
         held = rclient.hgetall(runs.keys.run(run_id))
-        late = runs.build(run_id, "RECEIVED", task="t", received=12.0, worker="w2", retries=0)
+        late = runs.build(run_id, "RECEIVED", task="t", received=12.0, worker="w2")
         assert runs.pend(late)
         assert runs.flush() == 1
         assert rclient.hgetall(runs.keys.run(run_id)) == held, state
@@ -77,7 +77,7 @@ def test_a_late_received_changes_nothing_once_the_run_ended_or_retried(
     runs.queued("late-queued", "t", source="api")
     runs.transition("late-queued", "REVOKED", finished=5.0, reason="revoked")
     held = rclient.hgetall(runs.keys.run("late-queued"))
-    runs.pend(runs.build("late-queued", "RECEIVED", received=6.0, worker="w2", retries=0))
+    runs.pend(runs.build("late-queued", "RECEIVED", received=6.0, worker="w2"))
     runs.flush()
     assert rclient.hgetall(runs.keys.run("late-queued")) == held
 
@@ -86,15 +86,34 @@ def test_a_late_received_changes_nothing_once_the_run_ended_or_retried(
     runs.transition("r", "STARTED", started=10.0, received=9.0, worker="w1", retries=0)
     runs.transition("r", "RETRY", reason="E: x", retries=1, retry_at=50.0)
     held = rclient.hgetall(runs.keys.run("r"))
-    runs.pend(runs.build("r", "RECEIVED", received=9.0, worker="w1", retries=0))
+    runs.pend(runs.build("r", "RECEIVED", received=9.0, worker="w1"))
     runs.flush()
     assert rclient.hgetall(runs.keys.run("r")) == held
     # The retried attempt's own RECEIVED is recorded.
-    runs.pend(runs.build("r", "RECEIVED", received=50.5, worker="w2", retries=1))
+    runs.pend(runs.build("r", "RECEIVED", received=50.5, worker="w2"))
     runs.flush()
     record = runs.get("r")
     assert record is not None and record.state == "RECEIVED"
     assert (record.received, record.worker, record.retries) == (50.5, "w2", 1)
+
+
+def test_the_next_attempts_receipt_landing_before_the_retry_keeps_every_attempt(
+    core: Core,
+) -> None:
+    # A retry's message is sent while the attempt still runs, so the worker can receive it,
+    # and write its RECEIVED, before that attempt's RETRY lands: the RETRY still ends the
+    # attempt (appended to the record), and the STARTED that was current stays until then.
+    runs = core.runs
+    runs.queued("n", "t", source="schedule", schedule=NAME, slot=1.0)
+    runs.transition("n", "STARTED", started=10.0, received=9.0, worker="w1", retries=0)
+    assert runs.transition("n", "RECEIVED", received=10.5, worker="w1") == "STARTED"
+    runs.transition("n", "RETRY", reason="E: one", retries=1, retry_at=12.0)
+    runs.transition("n", "STARTED", started=12.0, received=10.5, worker="w1", retries=1)
+    runs.transition("n", "SUCCESS", finished=13.0)
+    record = runs.get("n")
+    assert record is not None and record.state == "SUCCESS" and record.retries == 1
+    attempts = json.loads(record.attempts or "")
+    assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "RETRY"), (2, "SUCCESS")]
 
 
 def test_received_kept_for_later_is_written_and_never_lost(

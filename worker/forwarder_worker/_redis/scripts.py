@@ -52,8 +52,8 @@ _DURATION_BUCKET = (
 # Create-or-update a run in one atomic step. A final state is never overwritten by a late
 # non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
 # the pool child can arrive out of order: a worker sends its RECEIVED writes a few
-# milliseconds late, several in one round trip). A RECEIVED of an earlier attempt (fewer
-# retries than the record holds) changes nothing: it is late, and the run's RETRY or next
+# milliseconds late, several in one round trip). A RECEIVED older than the record's start
+# (an earlier attempt's, landing late) changes nothing: the run's STARTED, RETRY or next
 # attempt stays. Reaching a final state is published on the run's
 # key, for the API's long poll, with the final record itself as the payload.
 # key: run hash, gkey: global zset, ckey: changed set, prefix: the key prefix (the
@@ -115,8 +115,8 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     'started', 'worker', 'reason')
   local old = held[1] or nil
   if old and is_final(old) and not is_final(state) then return old end
-  if state == 'RECEIVED' and fields['retries'] and fields['retries'] ~= '' and
-      (tonumber(fields['retries']) or 0) < (tonumber(held[5] or '0') or 0) then
+  if state == 'RECEIVED' and held[6] and
+      (tonumber(fields['received'] or '') or math.huge) < (tonumber(held[6]) or 0) then
     return old
   end
   if old == 'STARTED' and state == 'RECEIVED' then state = old end

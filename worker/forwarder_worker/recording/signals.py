@@ -60,8 +60,6 @@ def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
         task=request.name,
         received=now,
         worker=request.hostname,
-        # The attempt's, so a late RECEIVED of an earlier attempt changes nothing.
-        retries=headers.get("retries") or 0,
         **_schedule_fields(headers),
     )
     delay = require_core(app).settings.received_write_delay
