@@ -4,7 +4,11 @@ Connected when this module is imported: a Forwarder app lists it with its task m
 a worker imports it as it starts. They run in the worker (received, revoked, unknown) and in
 its pool processes (started, retried, succeeded, failed), each through the run log of the
 task's app (:func:`~forwarder_worker.core.core_of`); tasks of other apps are left alone. A
-receiver that fails is logged by Celery and never fails the task. A start and a success go
+receiver that fails is logged by Celery and never fails the task. The worker's RECEIVED
+transitions are held up to ``received_write_delay`` (5 ms) and written together, one round
+trip on the worker's event loop for all of them, off each run's path (docs/reliability.md);
+the receipt's time rides on the request to the pool process, whose STARTED records it too,
+and the worker writes what it holds as it shuts down. A start and a success go
 in the round trips of Celery's own STARTED state and result where Celery stores them
 (:mod:`forwarder_worker.recording.result_backend`): the ``task_prerun`` receiver leaves its
 transition to the result backend, and the ``task_success`` receiver then finds the run
