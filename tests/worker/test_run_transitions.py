@@ -89,12 +89,13 @@ def test_a_late_received_changes_nothing_once_the_run_ended_or_retried(
     runs.pend(runs.build("r", "RECEIVED", received=9.0, worker="w1"))
     runs.flush()
     assert rclient.hgetall(runs.keys.run("r")) == held
-    # The retried attempt's own RECEIVED is recorded.
-    runs.pend(runs.build("r", "RECEIVED", received=50.5, worker="w2"))
+    # The retried attempt's own receipt is recorded; the run shows RETRY, with its next
+    # attempt's time, until that attempt starts.
+    runs.pend(runs.build("r", "RECEIVED", received=10.5, worker="w2"))
     runs.flush()
     record = runs.get("r")
-    assert record is not None and record.state == "RECEIVED"
-    assert (record.received, record.worker, record.retries) == (50.5, "w2", 1)
+    assert record is not None and record.state == "RETRY" and record.retry_at == 50.0
+    assert (record.received, record.worker, record.retries) == (10.5, "w2", 1)
 
 
 def test_the_next_attempts_receipt_landing_before_the_retry_keeps_every_attempt(

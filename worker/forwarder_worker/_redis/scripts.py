@@ -50,11 +50,12 @@ _DURATION_BUCKET = (
 # -- the run transition --------------------------------------------------------------------
 
 # Create-or-update a run in one atomic step. A final state is never overwritten by a late
-# non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
-# the pool child can arrive out of order: a worker sends its RECEIVED writes a few
-# milliseconds late, several in one round trip). A RECEIVED older than the record's start
-# (an earlier attempt's, landing late) changes nothing: the run's STARTED, RETRY or next
-# attempt stays. Reaching a final state is published on the run's
+# non-final signal, and RECEIVED never overwrites STARTED or RETRY (signals from the main
+# process and the pool child can arrive out of order: a worker sends its RECEIVED writes a few
+# milliseconds late, several in one round trip; a retry's message, sent before its RETRY is
+# recorded, is received at once and held for its countdown, which the RETRY tells). A
+# RECEIVED older than the record's start (an earlier attempt's, landing late) changes
+# nothing. Reaching a final state is published on the run's
 # key, for the API's long poll, with the final record itself as the payload.
 # key: run hash, gkey: global zset, ckey: changed set, prefix: the key prefix (the
 # per-schedule keys are derived from it, as Keys names them); fields: a field -> value table
@@ -119,7 +120,7 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
       (tonumber(fields['received'] or '') or math.huge) < (tonumber(held[6]) or 0) then
     return old
   end
-  if old == 'STARTED' and state == 'RECEIVED' then state = old end
+  if (old == 'STARTED' or old == 'RETRY') and state == 'RECEIVED' then state = old end
   if state == 'RETRY' and fields['retries'] and fields['retries'] ~= '' then
     -- A late RETRY, once the attempt it announces has started: that attempt's STARTED
     -- (retries as high) stays.
