@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,64 @@ def test_success_is_recorded_with_a_bounded_result(worker: Proc, app: Celery, ru
     assert record.received and record.started and record.finished
     assert record.received <= record.started <= record.finished
     assert record.worker
+
+
+def test_a_run_waiting_in_the_worker_shows_received_before_it_starts(
+    worker: Proc, app: Celery, runs: RunLog
+) -> None:
+    # The worker holds its runs' RECEIVED writes a few milliseconds to write them together;
+    # a run it holds for its countdown must still show RECEIVED, with when and where, long
+    # before it starts, and keep that receipt to its end.
+    sent = time.time()
+    run_id = app.send_task("forwarder.ping", countdown=4).id
+
+    def received() -> RunRecord | None:
+        record = runs.get(run_id)
+        return record if record is not None and record.state == "RECEIVED" else None
+
+    record: RunRecord = eventually(received, 3, interval=0.01, message="run received")
+    assert record.received is not None and sent <= record.received <= time.time()
+    assert record.worker and record.started is None
+    ended = final(runs, run_id)
+    assert ended.state == "SUCCESS"
+    assert ended.received == record.received and ended.started is not None
+    assert record.received + 3 <= ended.started
+
+
+def test_a_receipt_written_after_the_run_ended_changes_nothing(
+    redis_url: str, logs: Path, app: Celery, runs: RunLog, rclient: redis.Redis
+) -> None:
+    # A worker holding its RECEIVED writes for a whole second: the run starts and ends before
+    # its RECEIVED lands. Its start records the receipt, and the late RECEIVED changes
+    # nothing of the final record.
+    env = forwarder_env(redis_url, FORWARDER_RECEIVED_WRITE_DELAY="1")
+    with running(celery_worker(env, logs / "worker.log")) as (proc,):
+        eventually(lambda: " ready." in proc.output(), 60, message="worker ready")
+        run_id = app.send_task("forwarder.ping").id
+        record = final(runs, run_id)
+        held = rclient.hgetall(runs.keys.run(run_id))
+        assert record.state == "SUCCESS" and record.worker
+        assert record.received and record.started and record.finished
+        assert record.received <= record.started <= record.finished
+        time.sleep(1.5)  # the RECEIVED, held 1 s from the receipt, has landed
+        assert rclient.hgetall(runs.keys.run(run_id)) == held
+        assert "RECEIVED transitions not recorded" not in proc.output()
+
+
+def test_a_worker_stopping_writes_the_receipts_it_holds(
+    redis_url: str, logs: Path, app: Celery, runs: RunLog
+) -> None:
+    # The worker holds its RECEIVED writes for a second and is stopped right after receiving
+    # a run (held for its countdown, so it never starts): the run still shows RECEIVED.
+    env = forwarder_env(redis_url, FORWARDER_RECEIVED_WRITE_DELAY="1")
+    with running(celery_worker(env, logs / "worker.log")) as (proc,):
+        eventually(lambda: " ready." in proc.output(), 60, message="worker ready")
+        run_id = app.send_task("forwarder.ping", countdown=60).id
+        eventually(lambda: f"[{run_id}] received" in proc.output(), 10, message="received")
+        proc.stop()
+        record = runs.get(run_id)
+        assert record is not None and record.state == "RECEIVED"
+        assert record.received and record.worker
 
 
 def test_failure_records_error_type_and_message(worker: Proc, app: Celery, runs: RunLog) -> None:

@@ -3,6 +3,9 @@ the way the workers' receivers drive it (the run log's writes, no worker needed)
 
 * every ended attempt of a run that retried is appended to its record, and a late RETRY
   (after the attempt it announced has started) changes nothing;
+* a worker's RECEIVED, which it writes a few milliseconds late with others in one round trip,
+  changes nothing once the run has ended (every field kept) or retried, is written before any
+  later transition of the run from the same process, and survives Redis losing its scripts;
 * failed runs in a row are counted per schedule, a success resets the count, and the
   ``suspendAfterFailures``-th one pauses the entry (out of the due set, marked, counted in the
   metrics), which an unchanged re-apply keeps, and a resume or a spec change ends.
@@ -49,6 +52,94 @@ def test_each_ended_attempt_is_appended_and_a_late_retry_is_ignored(core: Core) 
     runs.transition("r2", "SUCCESS", finished=31.0)
     record = runs.get("r2")
     assert record is not None and record.attempts is None
+
+
+def test_a_late_received_changes_nothing_once_the_run_ended_or_retried(
+    core: Core, rclient: redis.Redis
+) -> None:
+    runs = core.runs
+    ends: dict[str, dict[str, str | float]] = {
+        "SUCCESS": {"result": "42"},
+        "FAILURE": {"error_type": "ValueError", "error": "no"},
+        "REVOKED": {"reason": "revoked"},
+    }
+    for state, fields in ends.items():
+        run_id = f"late-{state}"
+        runs.queued(run_id, "t", source="schedule", schedule=NAME, slot=1.0)
+        runs.transition(run_id, "STARTED", started=10.0, received=9.0, worker="w1", retries=0)
+        runs.transition(run_id, state, finished=11.0, **fields)
+        held = rclient.hgetall(runs.keys.run(run_id))
+        late = runs.build(run_id, "RECEIVED", task="t", received=12.0, worker="w2")
+        assert runs.pend(late)
+        assert runs.flush() == 1
+        assert rclient.hgetall(runs.keys.run(run_id)) == held, state
+    # A run revoked before it started (no STARTED carried the receipt): the same.
+    runs.queued("late-queued", "t", source="api")
+    runs.transition("late-queued", "REVOKED", finished=5.0, reason="revoked")
+    held = rclient.hgetall(runs.keys.run("late-queued"))
+    runs.pend(runs.build("late-queued", "RECEIVED", received=6.0, worker="w2"))
+    runs.flush()
+    assert rclient.hgetall(runs.keys.run("late-queued")) == held
+
+    # The first attempt's RECEIVED landing after its RETRY: the RETRY stays.
+    runs.queued("r", "t", source="schedule", schedule=NAME, slot=1.0)
+    runs.transition("r", "STARTED", started=10.0, received=9.0, worker="w1", retries=0)
+    runs.transition("r", "RETRY", reason="E: x", retries=1, retry_at=50.0)
+    held = rclient.hgetall(runs.keys.run("r"))
+    runs.pend(runs.build("r", "RECEIVED", received=9.0, worker="w1"))
+    runs.flush()
+    assert rclient.hgetall(runs.keys.run("r")) == held
+    # The retried attempt's own receipt is recorded; the run shows RETRY, with its next
+    # attempt's time, until that attempt starts.
+    runs.pend(runs.build("r", "RECEIVED", received=10.5, worker="w2"))
+    runs.flush()
+    record = runs.get("r")
+    assert record is not None and record.state == "RETRY" and record.retry_at == 50.0
+    assert (record.received, record.worker, record.retries) == (10.5, "w2", 1)
+
+
+def test_the_next_attempts_receipt_landing_before_the_retry_keeps_every_attempt(
+    core: Core,
+) -> None:
+    # A retry's message is sent while the attempt still runs, so the worker can receive it,
+    # and write its RECEIVED, before that attempt's RETRY lands: the RETRY still ends the
+    # attempt (appended to the record), and the STARTED that was current stays until then.
+    runs = core.runs
+    runs.queued("n", "t", source="schedule", schedule=NAME, slot=1.0)
+    runs.transition("n", "STARTED", started=10.0, received=9.0, worker="w1", retries=0)
+    assert runs.transition("n", "RECEIVED", received=10.5, worker="w1") == "STARTED"
+    runs.transition("n", "RETRY", reason="E: one", retries=1, retry_at=12.0)
+    runs.transition("n", "STARTED", started=12.0, received=10.5, worker="w1", retries=1)
+    runs.transition("n", "SUCCESS", finished=13.0)
+    record = runs.get("n")
+    assert record is not None and record.state == "SUCCESS" and record.retries == 1
+    attempts = json.loads(record.attempts or "")
+    assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "RETRY"), (2, "SUCCESS")]
+
+
+def test_received_kept_for_later_is_written_and_never_lost(
+    core: Core, rclient: redis.Redis
+) -> None:
+    runs = core.runs
+    for n in range(3):
+        runs.queued(f"b{n}", "t", source="api")
+        runs.pend(runs.build(f"b{n}", "RECEIVED", received=1.0 + n, worker="w", retries=0))
+    kept = runs.get("b0")
+    assert kept is not None and kept.state == "PENDING"
+    # A later transition of a kept run, in the same process (a revoke in the worker's main
+    # process), writes the receipt first.
+    runs.transition("b1", "REVOKED", finished=9.0, reason="revoked")
+    revoked = runs.get("b1")
+    assert revoked is not None and revoked.state == "REVOKED"
+    assert (revoked.received, revoked.worker) == (2.0, "w")
+    # Redis lost its scripts (a restart without persistence): the batch loads it again.
+    rclient.script_flush()
+    assert runs.flush() == 2
+    for n in (0, 2):
+        record = runs.get(f"b{n}")
+        assert record is not None and record.state == "RECEIVED"
+        assert (record.received, record.worker) == (1.0 + n, "w")
+    assert runs.flush() == 0
 
 
 def fail(core: Core, run_id: str) -> None:

@@ -54,6 +54,10 @@ HEADER_SLOT = "forwarder_slot"
 HEADER_RETRY = "forwarder_retry"
 """A schedule's retry policy, ``{"limit", "backoff", "maxBackoff"}`` (seconds), on its runs'
 messages; every task on a Forwarder app applies it (``forwarder_worker.tasks.base``)."""
+REQUEST_RECEIVED = "forwarder_received"
+"""When the worker received a run (epoch seconds), set by its ``task_received`` receiver on
+the request Celery hands to the pool process, whose STARTED transition records it too: the
+worker's own RECEIVED write may land after the run ended (``recording.signals``)."""
 TIMEOUT_GRACE_SECONDS = 5
 """A run with ``timeoutSeconds: N`` gets Celery's soft time limit at N seconds (an exception
 in the task, which a retry policy retries) and its hard limit (the process killed) this many

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     result_max_chars: int = Field(default=2048, ge=64)
     """Characters of a task's result kept in its run record."""
 
+    received_write_delay: float = Field(default=0.005, ge=0, le=1)
+    """Longest a worker holds a run's RECEIVED transition, in seconds: those received within
+    it are written together, one round trip for many. A run waiting in the worker (prefetched,
+    or for its countdown) shows RECEIVED this much later; a run that starts at once records
+    its receipt with its start. 0 writes each as it is received."""
+
     run_history_limit: int = Field(default=100, ge=1)
     """Runs kept per schedule in Redis (status shows ``runHistoryLimit`` of them)."""
 

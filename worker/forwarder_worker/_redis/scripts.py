@@ -50,8 +50,12 @@ _DURATION_BUCKET = (
 # -- the run transition --------------------------------------------------------------------
 
 # Create-or-update a run in one atomic step. A final state is never overwritten by a late
-# non-final signal, and RECEIVED never overwrites STARTED (signals from the main process and
-# the pool child can arrive out of order). Reaching a final state is published on the run's
+# non-final signal, and RECEIVED never overwrites STARTED or RETRY (signals from the main
+# process and the pool child can arrive out of order: a worker sends its RECEIVED writes a few
+# milliseconds late, several in one round trip; a retry's message, sent before its RETRY is
+# recorded, is received at once and held for its countdown, which the RETRY tells). A
+# RECEIVED older than the record's start (an earlier attempt's, landing late) changes
+# nothing. Reaching a final state is published on the run's
 # key, for the API's long poll, with the final record itself as the payload.
 # key: run hash, gkey: global zset, ckey: changed set, prefix: the key prefix (the
 # per-schedule keys are derived from it, as Keys names them); fields: a field -> value table
@@ -112,7 +116,11 @@ local function transition(key, gkey, ckey, prefix, id, state, now, ttl, gcap, sc
     'started', 'worker', 'reason')
   local old = held[1] or nil
   if old and is_final(old) and not is_final(state) then return old end
-  if old == 'STARTED' and state == 'RECEIVED' then state = old end
+  if state == 'RECEIVED' and held[6] and
+      (tonumber(fields['received'] or '') or math.huge) < (tonumber(held[6]) or 0) then
+    return old
+  end
+  if (old == 'STARTED' or old == 'RETRY') and state == 'RECEIVED' then state = old end
   if state == 'RETRY' and fields['retries'] and fields['retries'] ~= '' then
     -- A late RETRY, once the attempt it announces has started: that attempt's STARTED
     -- (retries as high) stays.
@@ -672,6 +680,31 @@ class Scripts:
         ``client`` to batch (the reply is then the pipeline's)."""
         keys, args = self._transition_call(write, now)
         return self._transition(keys=keys, args=args, client=client or self.client)
+
+    def transitions(self, writes: Sequence[RunWrite], now: float) -> list[Any]:
+        """Record each of ``writes`` at ``now``, in one round trip; the state each recorded,
+        in order (an exception in place of a failed one's).
+
+        EVALSHA in a plain pipeline: redis-py's pipeline of scripts would first ask Redis
+        whether the script is loaded, a second round trip every time. Redis without the
+        script (restarted, flushed) answers NOSCRIPT; it is then loaded and those are sent
+        again."""
+        script = self._transition
+        calls = [self._transition_call(write, now) for write in writes]
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
+            with self.client.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                for i, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], redis.exceptions.NoScriptError)]
+            if not todo:
+                break
+            script.sha = self.client.script_load(script.script)
+        return replies
 
     def store_result(
         self,

@@ -4,7 +4,11 @@ Connected when this module is imported: a Forwarder app lists it with its task m
 a worker imports it as it starts. They run in the worker (received, revoked, unknown) and in
 its pool processes (started, retried, succeeded, failed), each through the run log of the
 task's app (:func:`~forwarder_worker.core.core_of`); tasks of other apps are left alone. A
-receiver that fails is logged by Celery and never fails the task. A start and a success go
+receiver that fails is logged by Celery and never fails the task. The worker's RECEIVED
+transitions are held up to ``received_write_delay`` (5 ms) and written together, one round
+trip on the worker's event loop for all of them, off each run's path (docs/reliability.md);
+the receipt's time rides on the request to the pool process, whose STARTED records it too,
+and the worker writes what it holds as it shuts down. A start and a success go
 in the round trips of Celery's own STARTED state and result where Celery stores them
 (:mod:`forwarder_worker.recording.result_backend`): the ``task_prerun`` receiver leaves its
 transition to the result backend, and the ``task_success`` receiver then finds the run
@@ -13,6 +17,7 @@ recorded already and writes nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback as tb
 from datetime import datetime
@@ -20,11 +25,14 @@ from typing import Any
 
 from celery import signals
 from celery.app.task import get_actual_ignore_result
+from kombu.asynchronous import get_event_loop
 
-from forwarder_worker.core import core_of
-from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT
+from forwarder_worker.core import core_of, require_core
+from forwarder_worker.names import HEADER_SCHEDULE, HEADER_SLOT, REQUEST_RECEIVED
 from forwarder_worker.recording.result_backend import RecordingRedisBackend
 from forwarder_worker.runs.records import RunLog, bounded
+
+logger = logging.getLogger(__name__)
 
 
 def run_log(app: Any) -> RunLog | None:
@@ -41,17 +49,48 @@ def _schedule_fields(headers: dict[str, Any] | None) -> dict[str, Any]:
 
 @signals.task_received.connect
 def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    log = run_log(request.task.app) if request is not None and request.task else None
+    app = request.task.app if request is not None and request.task else None
+    log = run_log(app)
     if log is None:
         return
-    log.transition(
+    now = time.time()
+    headers = request.request_dict
+    # The pool process's task request is built from this dict: its STARTED records the
+    # receipt too, so a RECEIVED landing after the run's end (ignored there) loses nothing.
+    headers[REQUEST_RECEIVED] = now
+    write = log.build(
         request.id,
         "RECEIVED",
         task=request.name,
-        received=time.time(),
+        received=now,
         worker=request.hostname,
-        **_schedule_fields(request.request_dict),
+        **_schedule_fields(headers),
     )
+    delay = require_core(app).settings.received_write_delay
+    hub = get_event_loop()  # the worker's event loop (None with a pool that has none)
+    if delay <= 0 or hub is None:
+        log.write(write)
+    elif log.pend(write):
+        # Off the per-run path of the worker's one thread: one round trip for every RECEIVED
+        # of the next few milliseconds. Written on the event loop, in this thread, where
+        # the runs are received: no thread of its own to compete for the GIL.
+        hub.call_later(delay, _flush_received, log)  # type: ignore[no-untyped-call]
+
+
+def _flush_received(log: RunLog) -> None:
+    try:
+        log.flush()
+    except Exception:
+        # As a receiver's failure: logged, never failing the runs (their STARTED records
+        # their receipt).
+        logger.exception("RECEIVED transitions not recorded")
+
+
+@signals.worker_shutdown.connect
+def _shutdown(sender: Any = None, **_: Any) -> None:
+    log = run_log(getattr(sender, "app", None))
+    if log is not None:
+        _flush_received(log)
 
 
 def _stores_started(task: Any) -> bool:
@@ -78,6 +117,7 @@ def _started(task_id: str = "", task: Any = None, **_: Any) -> None:
         started=time.time(),
         worker=task.request.hostname,
         retries=task.request.retries or 0,
+        received=task.request.get(REQUEST_RECEIVED),
         **_schedule_fields(task.request.headers),
     )
     if _stores_started(task):

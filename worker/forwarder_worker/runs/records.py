@@ -203,6 +203,9 @@ class RunLog:
         # STARTED transitions left for the result backend to write with Celery's STARTED
         # state, in its round trip (recording.signals defers them), by run id.
         self._deferred: dict[str, RunWrite] = {}
+        # Transitions kept to be written together, in one round trip (:meth:`pend`), by run
+        # id, in the order kept.
+        self._pending: dict[str, RunWrite] = {}
         self._lock = threading.Lock()
 
     # -- writes ---------------------------------------------------------------------------
@@ -211,9 +214,14 @@ class RunLog:
         """Record that run ``run_id`` reached ``state``, with extra ``fields``.
 
         Fields set to None are left as they were. Pass a pipeline as ``client`` to batch. A
-        transition of the run deferred in this process (:meth:`defer`) and not written yet is
-        written first.
+        transition of the run kept in this process (:meth:`pend`, :meth:`defer`) and not
+        written yet is written first.
         """
+        if self._pending:
+            with self._lock:
+                pending = self._pending.pop(run_id, None)
+            if pending is not None:
+                self.write(pending, client=client)
         deferred = self.take_deferred(run_id)
         if deferred is not None:
             self.write(deferred, client=client)
@@ -240,6 +248,29 @@ class RunLog:
         run, in one atomic step on ``client`` (the result backend's); False when a SUCCESS was
         stored there already, and nothing was written (Celery's own rule)."""
         return self.scripts.store_result(client, key, value, expires, writes, time.time())
+
+    def pend(self, write: RunWrite) -> bool:
+        """Keep ``write`` for :meth:`flush`, which writes every one kept in one round trip;
+        True when none was kept before it (the caller then arranges the flush). The run's
+        next :meth:`transition` in this process writes it first if it is still kept."""
+        with self._lock:
+            first = not self._pending
+            self._pending[write.run_id] = write
+        return first
+
+    def flush(self) -> int:
+        """Write the transitions kept by :meth:`pend`, in one round trip; how many. Raises
+        the first error once all were sent (those that failed are not kept again)."""
+        if not self._pending:
+            return 0
+        with self._lock:
+            writes = list(self._pending.values())
+            self._pending.clear()
+        replies = self.scripts.transitions(writes, time.time())
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return len(writes)
 
     def defer(self, write: RunWrite) -> None:
         """Keep ``write`` for the result backend to send with the state Celery stores next for
