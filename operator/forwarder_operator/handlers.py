@@ -83,7 +83,7 @@ API server's CPU bounds the rate, not the operator's concurrency, and 40 are as 
 (back to back at N = 10,000: 84.2 / 91.8 s vs 82.3 / 91.4 s) with fewer TLS connections held
 (kopf's HTTP client keeps one per request in flight, with a 128 KiB read buffer, 15 s after):
 operator RSS 187-196 MiB, where 100 reached 205-207 (both with :mod:`forwarder_operator.heap`;
-bench/REPORT.md, operator scale)."""
+development runs of bench/operator_scale.py)."""
 WORKER_IDLE = 0.05
 """Seconds an idle per-object worker waits for more events before it frees its slot (kopf's
 default: 5 s, which with a limit would hold each slot 5 s after its object is done). kopf

@@ -5,8 +5,9 @@ at once, kopf holds every watch event's body in its per-object queues, and its H
 opens a TLS connection (with a 128 KiB read buffer) per request in flight. All of it is freed
 once the burst is handled, but glibc's allocator keeps freed memory inside its heap and gives
 back only the top of it, so the process's RSS stays at the burst's peak: at 10,000 resources
-about 30 MiB more than the operator holds (bench/REPORT.md, operator scale). ``malloc_trim``
-returns every wholly free page of the heap; Dask's workers do the same for the same reason.
+204 MiB right after all were Ready, 176 MiB once released (a development run of
+bench/operator_scale.py). ``malloc_trim`` returns every wholly free page of the heap; Dask's
+documentation recommends the same call for the same reason.
 There is no library for this one call, hence ctypes. Elsewhere than glibc (musl, macOS) it
 does nothing.
 """
