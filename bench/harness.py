@@ -217,6 +217,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor has given to other guests while this machine's CPUs wanted to
+    run, over all CPUs since boot (``steal`` in /proc/stat); None where it is not reported.
+
+    On a shared virtual machine it rises in bursts: a benchmark that ran through one took
+    longer, and its anchor may have met it and Forwarder not, so run.py reports it with each
+    benchmark's time."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if fields[0] != "cpu" or len(fields) < 9:
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def child_pids(pid: int) -> list[int]:
     """The children of process ``pid`` (a prefork worker's pool processes)."""
     try:

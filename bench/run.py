@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import arming
 import plots
+from harness import steal_seconds
 
 BENCHMARKS = (
     "memory",
@@ -47,16 +48,31 @@ def main() -> None:
     if "arming" in chosen:
         slow = arming.SlowArming(args.n or arming.TRIALS)
         slow.start()
+    stolen_before = steal_seconds()
     for name in chosen:
-        started = time.monotonic()
-        # The machine is shared: the load each benchmark started under goes with its figures.
+        started, stolen = time.monotonic(), steal_seconds()
+        # The machine is shared: the load each benchmark started under, and the CPU time the
+        # hypervisor gave to other guests while it ran, go with its figures.
         print(f"\n## {name} (load average {os.getloadavg()[0]:.2f})", flush=True)
         module = importlib.import_module(name)
         kwargs = dict(extra, slow=slow) if name == "arming" else dict(extra)
         module.run(args.full, **kwargs)
-        print(f"   ({name}: {time.monotonic() - started:.0f}s)", flush=True)
+        took = time.monotonic() - started
+        print(f"   ({name}: {took:.0f}s{_stolen(stolen, took)})", flush=True)
     plots.draw_all()
-    print(f"\nall done in {time.monotonic() - began:.0f}s", flush=True)
+    took = time.monotonic() - began
+    print(f"\nall done in {took:.0f}s{_stolen(stolen_before, took)}", flush=True)
+
+
+def _stolen(before: float | None, seconds: float) -> str:
+    """The steal time since ``before`` and its share of the CPUs' time, as a suffix of the
+    line that gives a benchmark's time (empty where the kernel does not report it)."""
+    now = steal_seconds()
+    if before is None or now is None:
+        return ""
+    stolen = now - before
+    share = stolen / (seconds * (os.cpu_count() or 1))
+    return f", CPU stolen by the hypervisor {stolen:.1f}s ({share:.1%} of the CPUs' time)"
 
 
 if __name__ == "__main__":
