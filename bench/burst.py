@@ -48,8 +48,8 @@ ANCHOR = Stack("redbeat", "redbeat")
 EVERY = 3600  # each entry fires once within the measurement
 PROFILE_MAX_N = 1000
 REPEATS = 3
-# Quick mode's repeats: each scheduler goes first once. A third pair of passes at N = 1,000 was
-# ~35 s of quick mode's 10-minute budget, which a slow machine met to the second.
+# Quick mode's repeats: each scheduler goes first once. A third pair of passes at N = 1,000
+# took about 40 s of quick mode's 10-minute budget, which a slow machine met to the second.
 QUICK_REPEATS = 2
 # From this N on: only the publish pass (a noop pool of two would take ten minutes to run
 # them all), and redbeat's is cut off CAP_SECONDS after T0, reporting how many it published
