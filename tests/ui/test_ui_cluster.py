@@ -130,10 +130,12 @@ def _schedules_from_kubectl_and_the_namespace_filter(
     kubectl_apply(plane, first, "report", DAILY)
     kubectl_apply(plane, second, "nightly", NIGHTLY)
     # Listed without a reload, with its namespace, and its schedule in words (the operator's).
+    # The list asks again every 5 s (page-schedules.js), so a row can take that long plus the
+    # request to show: more than expect's default 5 s on a busy machine.
     report = page.locator(f'#schedules tr[data-schedule="{first}/report"]')
-    expect(report).to_contain_text(f"{first}/report")
-    expect(report).to_contain_text("cron 0 4 * * *")
-    expect(rows).to_have_count(2)
+    expect(report).to_contain_text(f"{first}/report", timeout=15_000)
+    expect(report).to_contain_text("cron 0 4 * * *", timeout=15_000)
+    expect(rows).to_have_count(2, timeout=15_000)
     expect(page.locator("#filter-namespace option")).to_have_text(["all namespaces", first, second])
     page.locator("#filter-namespace").select_option(second)
     expect(rows).to_have_count(1)
