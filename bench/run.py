@@ -20,9 +20,10 @@ import arming
 import plots
 from harness import steal_seconds
 
-# Arming comes once redbeat's 300 s arming trials (started first, in the background) are
-# done in quick mode, so that it need not wait for them: before the round trip, it waited
-# about 40 s, all of quick mode's margin on a slow machine.
+# Arming comes after the operator benchmark: by then, in quick mode too, redbeat's arming
+# trials (started first, in the background, over one 300 s loop of redbeat's) are done. Run
+# right after precision, it waited about 40 s for them, all of quick mode's margin on a slow
+# machine.
 BENCHMARKS = (
     "memory",
     "burst",

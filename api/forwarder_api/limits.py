@@ -3,9 +3,9 @@ parses it, whether it announces its length or streams in chunks.
 
 FastAPI 0.165 and Starlette 1.10 have a limit of their own (``FastAPI(max_body_size=...)``,
 ``RequestBodyLimitMiddleware``), not used here: it counts the bytes as the app reads them, so
-a route that does not read its body runs whole with an oversized one (a token check, a
-revoke, a delete), and then its answer is replaced by a plain-text ``Content Too Large``, not
-the API's one JSON shape (:mod:`forwarder_api.errors`)."""
+a route that does not read its body runs whole with an oversized one, its token check and its
+work (a revoke, a delete) included, and then its answer is replaced by a plain-text
+``Content Too Large``, not the API's one JSON shape (:mod:`forwarder_api.errors`)."""
 
 from __future__ import annotations
 
