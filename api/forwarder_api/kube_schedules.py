@@ -9,28 +9,28 @@ its CEL rules, and a 422 from the API is clearer than a Ready=False found later.
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
+import httpx2
 from forwarder_worker.dispatch.backfill import Backfiller, BackfillRefused, Window
 from forwarder_worker.dispatch.dispatcher import Overrides, overrides_annotation
 from forwarder_worker.names import (
     BACKFILL_ANNOTATION,
     GROUP,
+    KIND,
     PLURAL,
     RESUME_ANNOTATION,
     RUN_NOW_ANNOTATION,
     RUN_NOW_OVERRIDES_ANNOTATION,
     VERSION,
 )
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
+from lightkube import ApiError, Client, ConfigError, KubeConfig
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
 
 from forwarder_api.errors import (
     BadGateway,
@@ -56,13 +56,17 @@ from forwarder_api.schedules import (
 )
 from forwarder_api.settings import ApiSettings
 
+FIELD_MANAGER = "forwarder-api"
+"""Who the API server records as the writer of what the api changes (managedFields)."""
 
-def _message(exc: ApiException) -> str:
-    try:
-        body = json.loads(exc.body or "")
-    except ValueError:
-        return str(exc.reason or exc.status)
-    return str(body.get("message") or exc.reason) if isinstance(body, dict) else str(body)
+ScheduledTaskResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+
+
+def _message(exc: httpx2.HTTPStatusError) -> str:
+    """The API server's own words (its Status message), else the HTTP reason."""
+    if isinstance(exc, ApiError) and exc.status.message:
+        return str(exc.status.message)
+    return exc.response.reason_phrase or str(exc.response.status_code)
 
 
 def _new_value() -> str:
@@ -82,54 +86,48 @@ class KubeSchedules:
         # set; the operator runs it.
         self.backfiller = backfiller
         self.timeout = settings.kube_timeout
-        self._api: client.CustomObjectsApi | None = None
+        self._api: Client | None = None
         self._lock = threading.Lock()
 
-    def api(self) -> client.CustomObjectsApi:
-        """The custom-objects client, configured on first use (503 if no config is found)."""
+    def api(self) -> Client:
+        """The Kubernetes client, configured on first use (503 if no config is found)."""
         with self._lock:
             if self._api is None:
-                configuration = client.Configuration()
                 try:
                     if self.settings.kubeconfig is not None:
-                        config.load_kube_config(  # type: ignore[no-untyped-call]
-                            config_file=str(self.settings.kubeconfig),
-                            client_configuration=configuration,
-                        )
-                    else:
-                        try:
-                            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                                client_configuration=configuration
-                            )
-                        except ConfigException:
-                            config.load_kube_config(  # type: ignore[no-untyped-call]
-                                client_configuration=configuration
-                            )
-                except (ConfigException, OSError) as exc:
+                        config = KubeConfig.from_file(self.settings.kubeconfig)
+                    else:  # in-cluster, else KUBECONFIG, else ~/.kube/config
+                        config = KubeConfig.from_env()
+                    self._api = Client(
+                        config,
+                        timeout=httpx2.Timeout(self.timeout),
+                        field_manager=FIELD_MANAGER,
+                    )
+                except (ConfigError, OSError, ValueError) as exc:
                     raise Unavailable(f"no Kubernetes configuration found: {exc}") from None
-                self._api = client.CustomObjectsApi(client.ApiClient(configuration))
             return self._api
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call the Kubernetes API, turning its failures into the API's errors."""
         try:
-            return fn(*args, _request_timeout=self.timeout, **kwargs)
-        except ApiException as exc:
+            return fn(*args, **kwargs)
+        except httpx2.HTTPStatusError as exc:
+            status = exc.response.status_code
             message = f"{what}: {_message(exc)}"
-            if exc.status == 404:
+            if status == 404:
                 raise NotFound(message) from None
-            if exc.status == 409:
+            if status == 409:
                 raise Conflict(message) from None
-            if exc.status in (400, 422):
+            if status in (400, 422):
                 raise Invalid(message) from None
-            if exc.status == 403:
+            if status == 403:
                 # Not granted to the api's ServiceAccount (a namespace outside its Roles): the
                 # request cannot be served here, and the apiserver's reason says why.
                 raise Forbidden(f"{message} (refused by the api's RBAC)") from None
-            if exc.status == 401:
+            if status == 401:
                 raise BadGateway(f"{message} (the api's Kubernetes credentials)") from None
-            raise BadGateway(f"{message} (Kubernetes API answered {exc.status})") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise BadGateway(f"{message} (Kubernetes API answered {status})") from None
+        except (httpx2.HTTPError, OSError) as exc:
             raise Unavailable(f"{what}: the Kubernetes API is unreachable: {exc}") from None
 
     @staticmethod
@@ -164,12 +162,10 @@ class KubeSchedules:
         self._check(namespace, name)
         obj: dict[str, Any] = self._call(
             f"ScheduledTask {namespace}/{name}",
-            self.api().get_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
+            self.api().get,
+            ScheduledTaskResource,
             name,
+            namespace=namespace,
         )
         return obj
 
@@ -177,27 +173,21 @@ class KubeSchedules:
 
     def list(self, namespace: str | None) -> list[ScheduleView]:
         if namespace is None and not self.settings.api_namespaces:
-            result = self._call(
+            # list() pages lazily: the pages are read inside _call, so its errors are mapped.
+            items = self._call(
                 "listing ScheduledTasks",
-                self.api().list_cluster_custom_object,
-                GROUP,
-                VERSION,
-                PLURAL,
+                lambda: list(self.api().list(ScheduledTaskResource, namespace="*")),
             )
-            items = list((result or {}).get("items", []))
         else:
             items = []
             for each in [namespace] if namespace is not None else self.settings.api_namespaces:
                 self._check(each)
-                result = self._call(
-                    f"listing ScheduledTasks in {each}",
-                    self.api().list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    each,
-                    PLURAL,
+                items.extend(
+                    self._call(
+                        f"listing ScheduledTasks in {each}",
+                        lambda ns=each: list(self.api().list(ScheduledTaskResource, namespace=ns)),
+                    )
                 )
-                items.extend((result or {}).get("items", []))
         views = [self._view(item) for item in items]
         return sorted(views, key=lambda v: (v.namespace, v.name))
 
@@ -216,14 +206,11 @@ class KubeSchedules:
         body = new_document(namespace, name, spec, labels, annotations, self.known_tasks())
         created = self._call(
             f"creating ScheduledTask {namespace}/{name}",
-            self.api().create_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            body,
+            self.api().create,
+            ScheduledTaskResource.from_dict(body),
+            namespace=namespace,
         )
-        return self._view(created if isinstance(created, dict) else body)
+        return self._view(created)
 
     def patch(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> ScheduleView:
         current = self._get(namespace, name)
@@ -236,13 +223,12 @@ class KubeSchedules:
         }
         patched = self._call(
             f"patching ScheduledTask {namespace}/{name}",
-            self.api().patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
+            self.api().patch,
+            ScheduledTaskResource,
             name,
             body,
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
         )
         return self._view(patched)
 
@@ -250,25 +236,22 @@ class KubeSchedules:
         self._check(namespace, name)
         self._call(
             f"ScheduledTask {namespace}/{name}",
-            self.api().delete_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
+            self.api().delete,
+            ScheduledTaskResource,
             name,
+            namespace=namespace,
         )
 
     def _annotate(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
         """Set (None: remove) annotations the operator acts on, in one merge patch."""
         self._call(
             f"ScheduledTask {namespace}/{name}",
-            self.api().patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
+            self.api().patch,
+            ScheduledTaskResource,
             name,
             {"metadata": {"annotations": annotations}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
         )
 
     def trigger(self, namespace: str, name: str, overrides: Overrides | None) -> Triggered:

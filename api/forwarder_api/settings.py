@@ -69,7 +69,8 @@ class ApiSettings(Settings, FlowerSettings):
     """Local mode's schedules folder (the one the folder source watches)."""
 
     kubeconfig: Path | None = None
-    """A kubeconfig for the Kubernetes API; unset: in-cluster config, then ``~/.kube/config``."""
+    """A kubeconfig for the Kubernetes API; unset: in-cluster config, then ``KUBECONFIG``,
+    then ``~/.kube/config``."""
 
     kube_timeout: float = Field(default=10.0, gt=0, le=120)
     """Seconds a Kubernetes API request may take."""

@@ -129,6 +129,19 @@ class QuietSuccess(logging.Filter):
         )
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The ServiceAccount in a cluster, else ``KUBECONFIG`` (else ``~/.kube/config``): the
+    order of :class:`~forwarder_operator.kube.KubeClient`'s config, looked up at login.
+
+    kopf registers these same two as fallbacks only when no client library is installed
+    and only if it finds the file when kopf is imported: an operator started in-process
+    after setting ``KUBECONFIG`` would have no login at all. With a handler of ours, kopf
+    uses none of its own.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Tune kopf, build the services, and start the background loop."""

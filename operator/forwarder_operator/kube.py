@@ -3,8 +3,16 @@
 kopf delivers events to handlers, but the status loop and the sweep work across all
 resources at once: they list ScheduledTasks and patch status through this client; the
 retries read one object afresh and write its finalizer and Events. Objects read here are
-validated into :class:`~forwarder_operator.resource.ScheduledTask` as they arrive. It uses
-the same credentials kopf's default login uses (in-cluster, else ``KUBECONFIG``).
+validated into :class:`~forwarder_operator.resource.ScheduledTask` as they arrive.
+
+The client is lightkube's, not the ``kubernetes`` package's: that package imports every
+generated model of the whole Kubernetes API when imported (about 20 MiB of the operator's
+RSS, with requests and oauthlib), and kopf imports it too whenever it is installed, so it
+is not a dependency at all. Credentials are lightkube's: in-cluster, else ``KUBECONFIG``
+(else ``~/.kube/config``), the order kopf's own login follows.
+
+A refused request raises :class:`httpx2.HTTPStatusError` (lightkube's ``ApiError`` when the
+API server answered with a Status), an unreachable server :class:`httpx2.TransportError`.
 """
 
 from __future__ import annotations
@@ -13,14 +21,30 @@ import datetime
 from collections.abc import Collection, Iterable
 from typing import Any
 
-import kubernetes
+import httpx2
 from forwarder_worker.names import API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION
-from kubernetes.client.exceptions import ApiException
+from lightkube import Client
+from lightkube.generic_resource import (
+    GenericNamespacedResource,
+    create_global_resource,
+    create_namespaced_resource,
+)
+from lightkube.types import PatchType
 
 from forwarder_operator.resource import ObjectMeta, ScheduledTask
 
 COMPONENT = "forwarder-operator"
-"""The Events' reporting component."""
+"""The Events' reporting component, and the field manager of the operator's writes."""
+
+ScheduledTaskResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+CoreEvent = create_namespaced_resource("", "v1", "Event", "events")
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+KopfPeering = create_namespaced_resource(
+    PEERING_GROUP, PEERING_VERSION, "KopfPeering", "kopfpeerings"
+)
+ClusterKopfPeering = create_global_resource(
+    PEERING_GROUP, PEERING_VERSION, "ClusterKopfPeering", "clusterkopfpeerings"
+)
 
 
 def finalizers_with(finalizers: Iterable[str], *, present: bool) -> list[str]:
@@ -29,21 +53,14 @@ def finalizers_with(finalizers: Iterable[str], *, present: bool) -> list[str]:
     return [*kept, FINALIZER] if present else kept
 
 
-def _api_client() -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+def status_code(exc: BaseException) -> int | None:
+    """The HTTP status of a refused request, None for any other error."""
+    return exc.response.status_code if isinstance(exc, httpx2.HTTPStatusError) else None
 
 
-def _items(reply: object) -> list[ScheduledTask]:
-    # Custom objects come back as plain dicts: there is no generated model for them.
-    if not isinstance(reply, dict):
-        raise TypeError(
-            f"a list of ScheduledTasks came back as {type(reply).__name__}, not an object"
-        )
-    return [ScheduledTask.model_validate(item) for item in reply.get("items", [])]
+def _task(obj: GenericNamespacedResource) -> ScheduledTask:
+    # A generic resource is the object's JSON as a dict: there is no model for custom resources.
+    return ScheduledTask.model_validate(dict(obj))
 
 
 class KubeClient:
@@ -51,66 +68,77 @@ class KubeClient:
 
     def __init__(self, namespaces: Collection[str] = ()) -> None:
         self.namespaces = sorted(namespaces)
-        self._client: kubernetes.client.ApiClient | None = None
+        self._client: Client | None = None
 
     @property
-    def api(self) -> kubernetes.client.CustomObjectsApi:
+    def api(self) -> Client:
         # Built on first use, so importing or starting the operator needs no credentials yet.
         if self._client is None:
-            self._client = _api_client()
-        return kubernetes.client.CustomObjectsApi(self._client)
+            self._client = Client(field_manager=COMPONENT)
+        return self._client
 
     def list_scheduled_tasks(self) -> list[ScheduledTask]:
         """Every ScheduledTask in the watched namespaces (all namespaces when none are set)."""
         if not self.namespaces:
-            reply = self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-            return _items(reply)
-        items: list[ScheduledTask] = []
-        for namespace in self.namespaces:
-            reply = self.api.list_namespaced_custom_object(  # a dict: no model for CRs
-                GROUP, VERSION, namespace, PLURAL
-            )
-            items.extend(_items(reply))
-        return items
+            return [_task(obj) for obj in self.api.list(ScheduledTaskResource, namespace="*")]
+        return [
+            _task(obj)
+            for namespace in self.namespaces
+            for obj in self.api.list(ScheduledTaskResource, namespace=namespace)
+        ]
 
     def get_scheduled_task(self, namespace: str, name: str) -> ScheduledTask | None:
         """One ScheduledTask, or None if it does not exist."""
         try:
-            reply = self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
+            obj = self.api.get(ScheduledTaskResource, name, namespace=namespace)
+        except httpx2.HTTPStatusError as exc:
+            if status_code(exc) == 404:
                 return None
             raise
-        return ScheduledTask.model_validate(reply)
+        return _task(obj)
+
+    def peering_exists(self, name: str, namespace: str | None) -> bool:
+        """Whether kopf's peering object ``name`` exists (a ClusterKopfPeering when
+        ``namespace`` is None). Any refusal but 404 is raised."""
+        try:
+            if namespace is None:
+                self.api.get(ClusterKopfPeering, name)
+            else:
+                self.api.get(KopfPeering, name, namespace=namespace)
+        except httpx2.HTTPStatusError as exc:
+            if status_code(exc) == 404:
+                return False
+            raise
+        return True
 
     def set_finalizer(self, meta: ObjectMeta, *, present: bool) -> None:
         """Add or remove our finalizer, only if the object is still the version ``meta``
         shows (a JSON-patch test): others' finalizers are never overwritten. A conflict
-        raises ApiException (422); the caller reads the object again."""
+        raises HTTPStatusError (422); the caller reads the object again."""
         finalizers = finalizers_with(meta.finalizers, present=present)
         ops: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": meta.resource_version},
             {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
         ]
         try:
-            self.api.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                meta.namespace,
-                PLURAL,
+            self.api.patch(
+                ScheduledTaskResource,
                 meta.name,
                 ops,
-                _content_type="application/json-patch+json",
+                namespace=meta.namespace,
+                patch_type=PatchType.JSON,
             )
-        except ApiException as exc:
-            if exc.status != 404:  # gone: nothing left to hold
+        except httpx2.HTTPStatusError as exc:
+            if status_code(exc) != 404:  # gone: nothing left to hold
                 raise
 
     def post_event(self, meta: ObjectMeta, type: str, reason: str, message: str) -> None:
         """Post a core/v1 Event about the object ``meta`` names (what kopf posts from handlers)."""
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "metadata": {"generateName": f"{meta.name}."},
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.name}.", "namespace": meta.namespace},
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": KIND,
@@ -128,37 +156,29 @@ class KubeClient:
             "lastTimestamp": now,
             "count": 1,
         }
-        # A dict body: the client serialises it as is (its model class adds nothing here).
-        kubernetes.client.CoreV1Api(self.api.api_client).create_namespaced_event(
-            meta.namespace,
-            event,  # type: ignore[arg-type]
-        )
+        # A generic resource, as the JSON above: lightkube's Event model would import the
+        # whole core/v1 group's models for one write.
+        self.api.create(CoreEvent.from_dict(event), namespace=meta.namespace)
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> ObjectMeta | None:
         """Merge ``status`` into the resource's status; returns the metadata of the version
         this write made, or None if the resource is gone."""
         try:
-            reply = self.api.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
+            reply = self.api.patch(
+                ScheduledTaskResource.Status,
                 name,
                 {"status": status},
-                _content_type="application/merge-patch+json",
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
             )
-        except ApiException as exc:
-            if exc.status == 404:
+        except httpx2.HTTPStatusError as exc:
+            if status_code(exc) == 404:
                 return None
             raise
-        if not isinstance(reply, dict):
-            raise TypeError(
-                f"the status patch of {namespace}/{name} came back as {type(reply).__name__}"
-            )
         return ObjectMeta.model_validate(reply["metadata"])
 
     def close(self) -> None:
         """Close the HTTP pool."""
         if self._client is not None:
-            self._client.close()  # type: ignore[no-untyped-call]
+            self._client.close()
             self._client = None

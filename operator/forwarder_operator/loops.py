@@ -35,6 +35,7 @@ import logging
 import time
 from typing import Any
 
+import httpx2
 import redis
 from forwarder_worker.names import FINALIZER, SUSPENDED_AFTER_FAILURES
 from forwarder_worker.schedules.reconcile import apply_schedule, paused_message
@@ -44,8 +45,6 @@ from forwarder_worker.schedules.status import (
     ready_condition,
     runs_status,
 )
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from forwarder_operator import heap, reconciler
 from forwarder_operator.resource import ObjectMeta
@@ -56,7 +55,7 @@ from forwarder_operator.writer import ApiWriter, Event, Plan
 log = logging.getLogger(__name__)
 
 # Errors that mean "try again later", not "this code is wrong".
-TRANSIENT = (redis.RedisError, ApiException, HTTPError, OSError)
+TRANSIENT = (redis.RedisError, httpx2.HTTPError, OSError)
 HEAP_RELEASE_INTERVAL = 10.0
 """Seconds between the loop's calls that give freed heap memory back to the OS
 (:mod:`forwarder_operator.heap`): a few milliseconds after a burst, microseconds otherwise."""

@@ -15,13 +15,11 @@ import sys
 from collections.abc import Sequence
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 import forwarder_operator.handlers  # noqa: F401  (registers the handlers)
 from forwarder_operator.kube import KubeClient
 from forwarder_operator.settings import OperatorSettings
 
-PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 NAMESPACE_PATTERN = re.compile(r"[*?\[!]")
 """kopf's namespace globs and exclusions: no single peering object to look for."""
 
@@ -71,26 +69,16 @@ def check_peering(config: OperatorSettings) -> None:
     kube = KubeClient()
     try:
         if not config.operator_namespaces:
-            try:
-                kube.api.get_cluster_custom_object(
-                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise PeeringMissing(f"ClusterKopfPeering {name!r} does not exist") from None
+            if not kube.peering_exists(name, None):
+                raise PeeringMissing(f"ClusterKopfPeering {name!r} does not exist")
             return
         for namespace in config.operator_namespaces:
             if NAMESPACE_PATTERN.search(namespace):
                 continue
-            try:
-                kube.api.get_namespaced_custom_object(
-                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", name
+            if not kube.peering_exists(name, namespace):
+                raise PeeringMissing(
+                    f"KopfPeering {name!r} does not exist in namespace {namespace}"
                 )
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise PeeringMissing(
-                        f"KopfPeering {name!r} does not exist in namespace {namespace}"
-                    ) from None
     finally:
         kube.close()
 
@@ -120,7 +108,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     kopf.configure(verbose=args.verbose or args.debug, quiet=args.quiet, log_prefix=True)
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    # httpx logs every request of the status loop at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not config.operator_namespaces,
         namespaces=config.operator_namespaces,

@@ -27,11 +27,11 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import kopf
 from forwarder_worker.names import FINALIZER
-from kubernetes.client.exceptions import ApiException
 
-from forwarder_operator.kube import KubeClient, finalizers_with
+from forwarder_operator.kube import KubeClient, finalizers_with, status_code
 from forwarder_operator.resource import ObjectMeta
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ class ApiWriter(Writer):
     def set_finalizer(self, *, present: bool) -> None:
         try:
             self.kube.set_finalizer(self.meta, present=present)
-        except ApiException as exc:
-            if exc.status != 422:
+        except httpx2.HTTPStatusError as exc:
+            if status_code(exc) != 422:
                 raise
             # The object changed since it was read: a retry's writes bring watch events, and
             # the handler (no longer held off) may add or remove the finalizer meanwhile. Read

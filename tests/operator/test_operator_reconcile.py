@@ -36,7 +36,6 @@ from forwarder_operator.writer import ApiWriter, Event, Plan
 from forwarder_worker import Core, Settings
 from forwarder_worker.names import FINALIZER, RUN_NOW_ANNOTATION
 from forwarder_worker.schedules.reconcile import apply_schedule
-from kubernetes.config import kube_config
 from support.operator_process import operator_in_thread
 from support.processes import celery_beat, celery_worker, eventually, free_port, running
 from support.redis_server import admin_client, allow_default_user, refuse_default_user
@@ -193,7 +192,7 @@ def test_loop_writer_reads_again_an_object_changed_since_its_read(
     kube: Any, namespace: str, operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As the operator: its ServiceAccount's kubeconfig, found as KUBECONFIG would be.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
     client = KubeClient([namespace])
     try:
         kube.create("busy", HOURLY)

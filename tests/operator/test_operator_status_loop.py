@@ -16,7 +16,6 @@ from forwarder_worker import Core
 from forwarder_worker.schedules.model import parse_spec
 from forwarder_worker.schedules.reconcile import apply_schedule
 from forwarder_worker.schedules.store import Entry
-from kubernetes.config import kube_config
 from support.controlplane import ControlPlane
 from support.operator_process import running_operator
 from support.processes import eventually, free_port
@@ -35,7 +34,7 @@ def test_status_loop_patches_only_changed_resources(
 ) -> None:
     # The loop's Kubernetes client finds the operator's kubeconfig as a process started
     # with KUBECONFIG would.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
     config = OperatorSettings(
         redis_url=redis_url, run_history_limit=100, operator_namespaces=[namespace]
     )

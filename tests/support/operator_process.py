@@ -4,15 +4,15 @@ operator test shares: the API server refused it nothing.
 The operator runs with the kubeconfig of ServiceAccount ``forwarder/forwarder-operator``
 (the ``operator_kubeconfig`` fixture: a TokenRequest token, bound only by ``kubectl apply -k
 manifests/rbac``), never as admin, so a request its RBAC does not allow is refused with 403.
-kopf and the kubernetes client do not always fail on that: kopf logs "Not enough
+kopf and the operator's client do not always fail on that: kopf logs "Not enough
 permissions" and carries on, logs "Failed to post an event ... Code: 403" and drops the
-Event, and the operator's loops log an ApiException and back off. So both ways of running
+Event, and the operator's loops log the refused request and back off. So both ways of running
 it here read what it logged once it stopped, and fail the test on any refusal:
 
 * :func:`running_operator`: a subprocess (``python -m forwarder_operator``, the
   ``forwarder operator`` command, or ``kopf run -m forwarder_operator``), its log file;
 * :func:`operator_in_thread`: ``kopf.operator()`` on its own loop in a thread of the test
-  process, the log records of the kopf, kubernetes, aiohttp and Forwarder loggers.
+  process, the log records of the kopf, lightkube, aiohttp and Forwarder loggers.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ FAST = {
 REFUSED = re.compile(
     # The API server's words ("... is forbidden: User ... cannot patch ...", reason
     # Forbidden, kopf's APIForbiddenError), kopf's own, and a 403 where a status code is
-    # printed: "(403)" from the kubernetes client, "Code: 403"/'code': 403 from kopf,
+    # printed: "(403)", "Code: 403"/'code': 403 from kopf,
     # "status 403", "HTTP 403". Case matters: object and namespace names are lowercase, and
     # a test named "..._forbidden_..." would otherwise match its own namespace in every line;
     # a bare 403 would match log timestamps, which end in milliseconds.
     r"is forbidden:|Forbidden|Not enough permissions"
     r"|(?:\(|\b[Cc]ode\W{0,3}|\b[Ss]tatus\W{0,3}|\bHTTP\S*\s)403\b"
 )
-LOGGERS = ("kopf", "kubernetes", "aiohttp", "forwarder_operator", "forwarder_worker")
+LOGGERS = ("kopf", "lightkube", "aiohttp", "forwarder_operator", "forwarder_worker")
 """What the in-thread operator logs through (kopf.objects is under kopf)."""
 
 COMMANDS = {
@@ -142,14 +142,9 @@ def operator_in_thread(env: dict[str, str]) -> Iterator[OperatorThread]:
     above (:meth:`OperatorThread.output`) is read for refusals once it stops.
     """
     from forwarder_operator.settings import OperatorSettings
-    from kubernetes.config import kube_config
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    # The kubernetes client reads KUBECONFIG once, when imported; a process started with it
-    # set (the real deployment) needs nothing like this.
-    saved_location = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = env["KUBECONFIG"]
     records = _Records()
     loggers = [logging.getLogger(name) for name in LOGGERS]
     levels = [logger.level for logger in loggers]
@@ -192,7 +187,6 @@ def operator_in_thread(env: dict[str, str]) -> Iterator[OperatorThread]:
         for logger, level in zip(loggers, levels, strict=True):
             logger.removeHandler(records)
             logger.setLevel(level)
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved_location
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
