@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import httpx2
 
 from forwarder_api.errors import BadGateway, Unavailable
 from forwarder_api.settings import ApiSettings
@@ -54,7 +54,7 @@ class FlowerClient:
 
     def __init__(self, settings: ApiSettings) -> None:
         self.base_url = settings.flower_url.rstrip("/")
-        self.client = httpx.AsyncClient(
+        self.client = httpx2.AsyncClient(
             base_url=self.base_url,
             auth=settings.flower_auth(),
             timeout=settings.flower_timeout,
@@ -64,7 +64,7 @@ class FlowerClient:
         """GET ``/api/<path>`` and return its JSON, or raise 503/502 with a reason."""
         try:
             response = await self.client.get(f"/api/{path}", params=params)
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise Unavailable(
                 f"Flower is unreachable at {self.base_url}: {type(exc).__name__}: {exc}"
             ) from None

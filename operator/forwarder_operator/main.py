@@ -108,8 +108,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     kopf.configure(verbose=args.verbose or args.debug, quiet=args.quiet, log_prefix=True)
-    # httpx logs every request of the status loop at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx2 logs every request of the status loop at INFO.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not config.operator_namespaces,
         namespaces=config.operator_namespaces,

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import redis
 from celery import states
 from pydantic import Field
@@ -57,8 +57,8 @@ class HistorySettings(FlowerSettings):
 
 
 def fetch_flower_tasks(settings: HistorySettings) -> dict[str, Any]:
-    """Flower's ``/api/tasks`` (uuid -> task), raising httpx errors on failure."""
-    response = httpx.get(
+    """Flower's ``/api/tasks`` (uuid -> task), raising httpx2 errors on failure."""
+    response = httpx2.get(
         f"{settings.flower_url.rstrip('/')}/api/tasks",
         auth=settings.flower_auth(),
         timeout=settings.flower_timeout,
@@ -184,7 +184,7 @@ def collect(
         if flower:
             try:
                 report["flower_tasks"] = exporter.export_flower(fetch_flower_tasks(settings), now)
-            except (httpx.HTTPError, ValueError) as exc:
+            except (httpx2.HTTPError, ValueError) as exc:
                 # Run records are still worth keeping while Flower is away.
                 report["flower_error"] = f"{type(exc).__name__}: {exc}"
                 log.warning("history: Flower unavailable: %s", exc)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import httpx
+import httpx2
 from celery import Task, shared_task
 
 from forwarder_worker.core import require_core
@@ -134,7 +134,7 @@ def forward_request(
     if json is not None and body is not None:
         raise ValueError("give json or body, not both")
     method = method.upper()
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    with httpx2.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
             host, address = check_target(url, allow)
             parts = urlsplit(url)
@@ -183,7 +183,7 @@ def forward_request(
 @shared_task(
     name="forwarder.http",
     bind=True,
-    autoretry_for=(httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError),
+    autoretry_for=(httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.RemoteProtocolError),
     retry_backoff=1,
     retry_backoff_max=60,
     retry_jitter=True,
