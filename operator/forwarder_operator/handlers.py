@@ -28,7 +28,7 @@ import kopf
 import redis
 from forwarder_worker.names import FINALIZER, GROUP, PLURAL, VERSION
 
-from forwarder_operator import loops, reconciler
+from forwarder_operator import kube, loops, reconciler
 from forwarder_operator.resource import ScheduledTask
 from forwarder_operator.services import Services, services_of
 from forwarder_operator.settings import OperatorSettings
@@ -163,6 +163,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
+    settings.watching.chunk_size = kube.LIST_CHUNK
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = config.operator_workers

@@ -36,6 +36,11 @@ from forwarder_operator.resource import ObjectMeta, ScheduledTask
 COMPONENT = "forwarder-operator"
 """The Events' reporting component, and the field manager of the operator's writes."""
 
+LIST_CHUNK = 500
+"""Objects per page when listing ScheduledTasks (kopf's initial listing too): kubectl's
+default ``--chunk-size``. At 10,000 resources one unpaged list is a ~25 MB response, held
+whole (and decoded whole) by the API server and by the operator at once."""
+
 ScheduledTaskResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 CoreEvent = create_namespaced_resource("", "v1", "Event", "events")
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
@@ -80,11 +85,14 @@ class KubeClient:
     def list_scheduled_tasks(self) -> list[ScheduledTask]:
         """Every ScheduledTask in the watched namespaces (all namespaces when none are set)."""
         if not self.namespaces:
-            return [_task(obj) for obj in self.api.list(ScheduledTaskResource, namespace="*")]
+            listed = self.api.list(ScheduledTaskResource, namespace="*", chunk_size=LIST_CHUNK)
+            return [_task(obj) for obj in listed]
         return [
             _task(obj)
             for namespace in self.namespaces
-            for obj in self.api.list(ScheduledTaskResource, namespace=namespace)
+            for obj in self.api.list(
+                ScheduledTaskResource, namespace=namespace, chunk_size=LIST_CHUNK
+            )
         ]
 
     def get_scheduled_task(self, namespace: str, name: str) -> ScheduledTask | None:

@@ -26,6 +26,7 @@ from typing import Any
 import kopf
 import pytest
 import redis
+from forwarder_operator import kube as kube_module
 from forwarder_operator.handlers import NoDiffBase, configure, shutdown
 from forwarder_operator.kube import KubeClient
 from forwarder_operator.reconciler import forget_if_owned, needs_redis, plan
@@ -215,6 +216,35 @@ def test_loop_writer_reads_again_an_object_changed_since_its_read(
         )
     finally:
         client.close()
+
+
+def test_listings_page_through_every_resource(
+    kube: Any,
+    namespace: str,
+    operator_env: dict[str, str],
+    operator_kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf's initial listing and the sweep's read ScheduledTasks a page at a time
+    (``LIST_CHUNK``, 500 objects); none is missed across pages. Here two to a page."""
+    monkeypatch.setattr(kube_module, "LIST_CHUNK", 2)
+    names = [f"paged-{i}" for i in range(5)]
+    for name in names:
+        kube.create(name, HOURLY)
+    # Started once they exist, so kopf finds them in its listing, not as watch events.
+    with operator_in_thread(operator_env):
+        for name in names:
+            eventually(lambda n=name: kube.ready(n).get("status") == "True", 30, message=name)
+
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    for watched in ([namespace], []):  # one namespace; every namespace
+        client = KubeClient(watched)
+        try:
+            listed = client.list_scheduled_tasks()
+        finally:
+            client.close()
+        mine = sorted(t.metadata.name for t in listed if t.metadata.namespace == namespace)
+        assert mine == names, watched
 
 
 def test_gone_object_leaves_a_newer_owners_entry(redis_url: str) -> None:
