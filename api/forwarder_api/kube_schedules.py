@@ -98,10 +98,12 @@ class KubeSchedules:
                         config = KubeConfig.from_file(self.settings.kubeconfig)
                     else:  # in-cluster, else KUBECONFIG, else ~/.kube/config
                         config = KubeConfig.from_env()
+                    # Proxy variables ignored, as the operator's kopf ignores them.
                     self._api = Client(
                         config,
                         timeout=httpx2.Timeout(self.timeout),
                         field_manager=FIELD_MANAGER,
+                        trust_env=False,
                     )
                 except (ConfigError, OSError, ValueError) as exc:
                     raise Unavailable(f"no Kubernetes configuration found: {exc}") from None

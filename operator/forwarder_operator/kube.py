@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx2
 from forwarder_worker.names import API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION
-from lightkube import Client
+from lightkube import Client, KubeConfig
 from lightkube.generic_resource import (
     GenericNamespacedResource,
     create_global_resource,
@@ -79,7 +79,8 @@ class KubeClient:
     def api(self) -> Client:
         # Built on first use, so importing or starting the operator needs no credentials yet.
         if self._client is None:
-            self._client = Client(field_manager=COMPONENT)
+            # Proxy variables ignored, as kopf ignores them (settings.networking.trust_env).
+            self._client = Client(KubeConfig.from_env(), field_manager=COMPONENT, trust_env=False)
         return self._client
 
     def list_scheduled_tasks(self) -> list[ScheduledTask]:
