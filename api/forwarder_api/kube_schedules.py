@@ -131,6 +131,12 @@ class KubeSchedules:
             raise BadGateway(f"{message} (Kubernetes API answered {status})") from None
         except (httpx2.HTTPError, OSError) as exc:
             raise Unavailable(f"{what}: the Kubernetes API is unreachable: {exc}") from None
+        except KeyError as exc:
+            # lightkube reads a refusal's Content-Type header unguarded (to tell a Status
+            # from other bodies): an answer without one, a proxy's, raises KeyError there.
+            raise BadGateway(
+                f"{what}: the Kubernetes API answered an error without a Content-Type ({exc})"
+            ) from None
 
     @staticmethod
     def _view(obj: dict[str, Any]) -> ScheduleView:

@@ -12,8 +12,10 @@ a cluster-wide list is what the Roles refuse.
 
 from __future__ import annotations
 
+import http.server
 import json
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,43 @@ def test_unreachable_cluster_is_503(redis_url: str, tmp_path: Path) -> None:
         response = client.get("/schedules/default/x")
         assert response.status_code == 503
         assert response.json()["detail"].startswith("no Kubernetes configuration found")
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A server in front of no Kubernetes API: a proxy's refusals, one not in JSON and one
+    without a Content-Type at all."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/apis/forwarder.dev/v1alpha1/namespaces/bare/"):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.send_error(502, "upstream down")  # an HTML page
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_refusal_that_is_not_kubernetes_is_502(redis_url: str, tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        kubeconfig = write_kubeconfig(
+            tmp_path / "kubeconfig", f"http://127.0.0.1:{server.server_port}"
+        )
+        with api_client(cluster_settings(redis_url, kubeconfig)) as client:
+            html = client.get("/schedules/default/x")
+            assert html.status_code == 502, html.text
+            assert "(Kubernetes API answered 502)" in html.json()["detail"]
+            bare = client.get("/schedules/bare/x")
+            assert bare.status_code == 502, bare.text
+            assert "without a Content-Type" in bare.json()["detail"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def served_namespaces(release: Release) -> list[str]:
