@@ -106,19 +106,20 @@ class KubeClient:
             raise
         return _task(obj)
 
-    def peering_exists(self, name: str, namespace: str | None) -> bool:
-        """Whether kopf's peering object ``name`` exists (a ClusterKopfPeering when
-        ``namespace`` is None). Any refusal but 404 is raised."""
+    def peering_missing(self, name: str, namespace: str | None) -> bool:
+        """Whether the API server says kopf's peering object ``name`` does not exist (404; a
+        ClusterKopfPeering when ``namespace`` is None). Any other refusal, or no answer, says
+        nothing of it: False, and kopf meets the same when it starts, and reports it."""
         try:
             if namespace is None:
                 self.api.get(ClusterKopfPeering, name)
             else:
                 self.api.get(KopfPeering, name, namespace=namespace)
         except httpx2.HTTPStatusError as exc:
-            if status_code(exc) == 404:
-                return False
-            raise
-        return True
+            return status_code(exc) == 404
+        except httpx2.TransportError:
+            return False
+        return False
 
     def set_finalizer(self, meta: ObjectMeta, *, present: bool) -> None:
         """Add or remove our finalizer, only if the object is still the version ``meta``

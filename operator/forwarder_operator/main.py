@@ -69,13 +69,13 @@ def check_peering(config: OperatorSettings) -> None:
     kube = KubeClient()
     try:
         if not config.operator_namespaces:
-            if not kube.peering_exists(name, None):
+            if kube.peering_missing(name, None):
                 raise PeeringMissing(f"ClusterKopfPeering {name!r} does not exist")
             return
         for namespace in config.operator_namespaces:
             if NAMESPACE_PATTERN.search(namespace):
                 continue
-            if not kube.peering_exists(name, namespace):
+            if kube.peering_missing(name, namespace):
                 raise PeeringMissing(
                     f"KopfPeering {name!r} does not exist in namespace {namespace}"
                 )

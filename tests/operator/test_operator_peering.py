@@ -12,12 +12,17 @@ operator`` refuses to start with one line that says what to create.
 
 from __future__ import annotations
 
+import http.server
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from forwarder_operator.main import check_peering
+from forwarder_operator.settings import OperatorSettings
 from support.operator_process import COMMANDS, assert_never_refused, running_operator
 from support.processes import REPO, eventually
 
@@ -101,3 +106,44 @@ def test_a_missing_peering_object_stops_the_operator_with_one_line(
         assert f"in namespace {namespace}" in lines[0]
     assert "Traceback" not in done.stderr
     assert_never_refused(done.stdout + done.stderr, "forwarder operator")
+
+
+def test_the_peering_check_leaves_other_answers_to_kopf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a 404 stops the start: an API server that refuses the read (here a 403) or does
+    not answer yet is kopf's to wait for and report, as it does without ``--peering``."""
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(403, "not yours")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for url in (f"http://127.0.0.1:{server.server_port}", "http://127.0.0.1:9"):
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Config",
+                        "clusters": [{"name": "c", "cluster": {"server": url}}],
+                        "users": [{"name": "u", "user": {"token": "unused"}}],
+                        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                        "current-context": "c",
+                    }
+                )
+            )
+            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+            for namespaces in ([], ["team-a"]):
+                config = OperatorSettings(operator_peering="p", operator_namespaces=namespaces)
+                check_peering(config)  # no PeeringMissing, no other exception
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
