@@ -7,9 +7,10 @@ validated into :class:`~forwarder_operator.resource.ScheduledTask` as they arriv
 
 The client is lightkube's, not the ``kubernetes`` package's: that package imports every
 generated model of the whole Kubernetes API when imported (about 20 MiB of the operator's
-RSS, with requests and oauthlib), and kopf imports it too whenever it is installed, so it
-is not a dependency at all. Credentials are lightkube's: in-cluster, else ``KUBECONFIG``
-(else ``~/.kube/config``), the order kopf's own login follows.
+RSS, with requests and oauthlib; lightkube and httpx2 cost about 6), and kopf imports it
+too whenever it is installed, so it is not a dependency at all. Credentials are
+lightkube's: in-cluster, else ``KUBECONFIG`` (else ``~/.kube/config``), the order of the
+operator's kopf login (:func:`forwarder_operator.handlers.login`).
 
 A refused request raises :class:`httpx2.HTTPStatusError` (lightkube's ``ApiError`` when the
 API server answered with a Status), an unreachable server :class:`httpx2.TransportError`.
