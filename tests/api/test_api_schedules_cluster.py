@@ -15,20 +15,19 @@ from __future__ import annotations
 import http.server
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import yaml
 from fastapi.testclient import TestClient
 from forwarder_api.main import create_app
 from forwarder_api.settings import ApiSettings
 from pydantic import SecretStr
 from support.chart_release import Ref, Release
 from support.controlplane import ControlPlane
+from support.http_stub import serving, stub_kubeconfig
 from support.operator_process import refusals
 from support.processes import celery_worker, eventually, forwarder_env, running, start
 
@@ -208,22 +207,8 @@ def test_invalid_specs_never_reach_the_cluster(
     assert api.post(f"/schedules/{namespace}/bad/trigger").status_code == 404
 
 
-def write_kubeconfig(path: Path, server: str) -> Path:
-    """A kubeconfig for ``server`` with a token nothing checks."""
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server}}],
-        "users": [{"name": "u", "user": {"token": "unused"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_unreachable_cluster_is_503(redis_url: str, tmp_path: Path) -> None:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")
+    kubeconfig = stub_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")
     with api_client(cluster_settings(redis_url, kubeconfig, kube_timeout=2)) as client:
         response = client.get("/schedules")
         assert response.status_code == 503
@@ -251,13 +236,8 @@ class _Refusing(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_refusal_that_is_not_kubernetes_is_502(redis_url: str, tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        kubeconfig = write_kubeconfig(
-            tmp_path / "kubeconfig", f"http://127.0.0.1:{server.server_port}"
-        )
+    with serving(_Refusing) as url:
+        kubeconfig = stub_kubeconfig(tmp_path / "kubeconfig", url)
         with api_client(cluster_settings(redis_url, kubeconfig)) as client:
             html = client.get("/schedules/default/x")
             assert html.status_code == 502, html.text
@@ -265,10 +245,6 @@ def test_a_refusal_that_is_not_kubernetes_is_502(redis_url: str, tmp_path: Path)
             bare = client.get("/schedules/bare/x")
             assert bare.status_code == 502, bare.text
             assert "without a Content-Type" in bare.json()["detail"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def served_namespaces(release: Release) -> list[str]:

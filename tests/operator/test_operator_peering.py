@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import http.server
 import subprocess
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from forwarder_operator.main import check_peering
 from forwarder_operator.settings import OperatorSettings
+from support.http_stub import serving, stub_kubeconfig
 from support.operator_process import COMMANDS, assert_never_refused, running_operator
 from support.processes import REPO, eventually
 
@@ -121,29 +120,10 @@ def test_the_peering_check_leaves_other_answers_to_kopf(
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        for url in (f"http://127.0.0.1:{server.server_port}", "http://127.0.0.1:9"):
-            kubeconfig = tmp_path / "kubeconfig"
-            kubeconfig.write_text(
-                yaml.safe_dump(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "clusters": [{"name": "c", "cluster": {"server": url}}],
-                        "users": [{"name": "u", "user": {"token": "unused"}}],
-                        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                        "current-context": "c",
-                    }
-                )
-            )
+    with serving(Refusing) as url:
+        for server in (url, "http://127.0.0.1:9"):
+            kubeconfig = stub_kubeconfig(tmp_path / "kubeconfig", server)
             monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
             for namespaces in ([], ["team-a"]):
                 config = OperatorSettings(operator_peering="p", operator_namespaces=namespaces)
                 check_peering(config)  # no PeeringMissing, no other exception
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
