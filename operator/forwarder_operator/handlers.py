@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
@@ -137,9 +138,18 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     kopf registers these same two as fallbacks only when no client library is installed
     and only if it finds the file when kopf is imported: an operator started in-process
     after setting ``KUBECONFIG`` would have no login at all. With a handler of ours, kopf
-    uses none of its own.
+    uses none of its own. A kubeconfig user's exec plugin is run here (kopf's login reads
+    only what the file holds).
     """
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None or info.token or info.certificate_path or info.certificate_data:
+        return info
+    # A kubeconfig user with an exec plugin: kopf's login found no credential in the file.
+    try:
+        plugin = kube.exec_credential()
+    except kube.ExecPluginError as exc:
+        raise kopf.LoginError(str(exc)) from None
+    return info if plugin is None else dataclasses.replace(info, **plugin)
 
 
 @kopf.on.startup()

@@ -19,12 +19,15 @@ API server answered with a Status), an unreachable server :class:`httpx2.Transpo
 from __future__ import annotations
 
 import datetime
+import json
+import os
+import subprocess  # nosec B404  # runs the kubeconfig's exec plugin, never a shell
 from collections.abc import Collection, Iterable
 from typing import Any
 
 import httpx2
 from forwarder_worker.names import API_VERSION, FINALIZER, GROUP, KIND, PLURAL, VERSION
-from lightkube import Client, KubeConfig
+from lightkube import Client, ConfigError, KubeConfig
 from lightkube.generic_resource import (
     GenericNamespacedResource,
     create_global_resource,
@@ -62,6 +65,56 @@ def finalizers_with(finalizers: Iterable[str], *, present: bool) -> list[str]:
 def status_code(exc: BaseException) -> int | None:
     """The HTTP status of a refused request, None for any other error."""
     return exc.response.status_code if isinstance(exc, httpx2.HTTPStatusError) else None
+
+
+class ExecPluginError(Exception):
+    """The kubeconfig user's exec plugin failed or printed no credential."""
+
+
+def exec_credential() -> dict[str, Any] | None:
+    """What the current kubeconfig user's exec plugin (EKS's, GKE's and the like) prints, as
+    kopf's :class:`kopf.ConnectionInfo` fields (``token`` or a client certificate, and
+    ``expiration``); None when that user has no exec plugin. kopf's own kubeconfig login
+    runs no plugin (the kubernetes package did that for it); lightkube runs it for this
+    module's client. Raises :class:`ExecPluginError`, naming the command."""
+    try:
+        config = KubeConfig.from_env().get()
+    except (ConfigError, OSError):
+        return None
+    user = config.user if config is not None else None
+    plugin = user.exec if user is not None else None
+    if plugin is None:
+        return None
+    command = [plugin.command, *(plugin.args or [])]
+    env = {**os.environ, **{var.name: var.value for var in plugin.env or []}}
+    # What kubectl tells a plugin: not interactive (no prompt can reach a human here).
+    env["KUBERNETES_EXEC_INFO"] = json.dumps(
+        {"apiVersion": plugin.apiVersion, "kind": "ExecCredential", "spec": {"interactive": False}}
+    )
+    try:
+        done = subprocess.run(  # nosec B603  # the kubeconfig's own command, as kubectl runs it
+            command, env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+        status = json.loads(done.stdout)["status"]
+    except subprocess.CalledProcessError as exc:
+        raise ExecPluginError(
+            f"the kubeconfig's exec plugin {plugin.command} failed ({exc.returncode}): "
+            f"{exc.stderr.strip()[-500:]}"
+        ) from None
+    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as exc:
+        raise ExecPluginError(f"the kubeconfig's exec plugin {plugin.command}: {exc}") from None
+    fields: dict[str, Any] = {}
+    if status.get("token"):
+        fields["token"] = status["token"]
+    elif status.get("clientCertificateData") and status.get("clientKeyData"):
+        fields["certificate_data"] = status["clientCertificateData"]
+        fields["private_key_data"] = status["clientKeyData"]
+    else:
+        raise ExecPluginError(f"the kubeconfig's exec plugin {plugin.command} gave no credential")
+    expires = status.get("expirationTimestamp")
+    if expires:
+        fields["expiration"] = datetime.datetime.fromisoformat(expires.replace("Z", "+00:00"))
+    return fields
 
 
 def _task(obj: GenericNamespacedResource) -> ScheduledTask:
