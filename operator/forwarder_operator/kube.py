@@ -76,7 +76,8 @@ def exec_credential() -> dict[str, Any] | None:
     kopf's :class:`kopf.ConnectionInfo` fields (``token`` or a client certificate, and
     ``expiration``); None when that user has no exec plugin. kopf's own kubeconfig login
     runs no plugin (the kubernetes package did that for it); lightkube runs it for this
-    module's client. Raises :class:`ExecPluginError`, naming the command."""
+    module's client (``v1alpha1`` and ``v1beta1`` plugins only, what EKS and GKE write).
+    Raises :class:`ExecPluginError`, naming the command."""
     try:
         config = KubeConfig.from_env().get()
     except (ConfigError, OSError):
