@@ -96,25 +96,31 @@ def exec_credential() -> dict[str, Any] | None:
         done = subprocess.run(  # nosec B603  # the kubeconfig's own command, as kubectl runs it
             command, env=env, capture_output=True, text=True, timeout=60, check=True
         )
-        status = json.loads(done.stdout)["status"]
+        return _credential_fields(json.loads(done.stdout)["status"])
     except subprocess.CalledProcessError as exc:
         raise ExecPluginError(
             f"the kubeconfig's exec plugin {plugin.command} failed ({exc.returncode}): "
             f"{exc.stderr.strip()[-500:]}"
         ) from None
-    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as exc:
+    except (OSError, subprocess.TimeoutExpired, ValueError, LookupError, TypeError) as exc:
         raise ExecPluginError(f"the kubeconfig's exec plugin {plugin.command}: {exc}") from None
+
+
+def _credential_fields(status: Any) -> dict[str, Any]:
+    """An ExecCredential's ``status`` as ConnectionInfo fields; ValueError if it holds none."""
+    if not isinstance(status, dict):
+        raise TypeError(f"its status is {type(status).__name__}, not an object")
     fields: dict[str, Any] = {}
     if status.get("token"):
-        fields["token"] = status["token"]
+        fields["token"] = str(status["token"])
     elif status.get("clientCertificateData") and status.get("clientKeyData"):
-        fields["certificate_data"] = status["clientCertificateData"]
-        fields["private_key_data"] = status["clientKeyData"]
+        fields["certificate_data"] = str(status["clientCertificateData"])
+        fields["private_key_data"] = str(status["clientKeyData"])
     else:
-        raise ExecPluginError(f"the kubeconfig's exec plugin {plugin.command} gave no credential")
+        raise ValueError("it gave no credential (no token, no client certificate and key)")
     expires = status.get("expirationTimestamp")
     if expires:
-        fields["expiration"] = datetime.datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        fields["expiration"] = datetime.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
     return fields
 
 

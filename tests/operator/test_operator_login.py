@@ -103,6 +103,11 @@ def test_a_failing_exec_plugin_is_named(
     with pytest.raises(ExecPluginError, match="gave no credential"):
         exec_credential()
 
+    garbled = exec_kubeconfig(operator_kubeconfig, tmp_path / "garbled", "print('[1, 2]')")
+    monkeypatch.setenv("KUBECONFIG", str(garbled))
+    with pytest.raises(ExecPluginError, match="exec plugin"):
+        exec_credential()
+
 
 def test_a_plain_kubeconfig_needs_no_plugin(
     operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
