@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import httpx
@@ -57,6 +55,7 @@ from harness import (
     write_result,
 )
 from support.controlplane import ControlPlane, ControlPlaneError, build, running
+from support.scheduled_tasks import apply_finalizer_policy
 
 API = "/apis/forwarder.dev/v1alpha1"
 NAMESPACE = "bench"
@@ -102,13 +101,17 @@ def _create(http: httpx.Client, name: str, i: int, every: str) -> None:
         raise RuntimeError(f"create {name}: {reply.status_code} {reply.text[:300]}")
 
 
-def _prepare(plane: ControlPlane) -> dict[str, str]:
-    """CRDs, the bench namespace and the operator's RBAC; the operator's KUBECONFIG."""
+def _prepare(plane: ControlPlane, *, policy: bool = True) -> dict[str, str]:
+    """CRDs, the bench namespace, the operator's RBAC and (``policy``) the finalizer's
+    admission policy, as the chart installs them on Kubernetes 1.36+; the operator's
+    KUBECONFIG."""
     plane.kubectl("apply", "-f", str(REPO / "manifests" / "crds"))
     plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
     for namespace in (NAMESPACE, OPERATOR_NAMESPACE):
         plane.create_namespace(namespace)
     plane.kubectl("apply", "-k", str(REPO / "manifests" / "rbac"))
+    if policy:
+        apply_finalizer_policy(plane, NAMESPACE)
     kubeconfig = plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
     return {"KUBECONFIG": str(kubeconfig)}
 
@@ -174,39 +177,21 @@ class ReadyWatch:
         return str(metadata.get("resourceVersion") or "") or None
 
 
-_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-def requests_served(plane: ControlPlane) -> Counter[str]:
-    """The API server's own count of the requests it has answered on ScheduledTasks and
-    Events (``apiserver_request_total``), by verb, subresource and code: what the operator
-    costs the server, counted where it is spent (the bench's own watch is one WATCH)."""
-    with plane.http() as http:
-        text = http.get("/metrics").text
-    counts: Counter[str] = Counter()
-    for match in _SAMPLE.finditer(text):
-        labels = dict(_LABEL.findall(match["labels"]))
-        if labels.get("resource") not in ("scheduledtasks", "events"):
-            continue
-        resource = labels["resource"]
-        if labels.get("subresource"):
-            resource += "/" + labels["subresource"]
-        key = f"{labels.get('verb', '')} {resource} {labels.get('code', '')}"
-        counts[key] += int(float(match["value"]))
-    return counts
-
-
 def _operator(env: dict[str, str], log: Any) -> Proc:
     return start([str(BIN / "python"), "-m", "forwarder_operator"], env, log, "operator")
 
 
 def scale(
-    n: int, cap: float, settle: float = FULL_SETTLE, every: float = FULL_EVERY
+    n: int,
+    cap: float,
+    settle: float = FULL_SETTLE,
+    every: float = FULL_EVERY,
+    *,
+    policy: bool = True,
 ) -> dict[str, Any]:
     logs = work_dir(f"operator-{n}")
     with redis_for("operator") as url, running(logs / "controlplane") as plane:
-        kube_env = _prepare(plane)
+        kube_env = _prepare(plane, policy=policy)
         http = plane.http()
         client = redis.Redis.from_url(url, decode_responses=True)
         created = time.time()
@@ -215,7 +200,7 @@ def scale(
         create_seconds = time.time() - created
         env = bench_env(url, **kube_env)
         servers = {"apiserver": plane.apiserver.popen.pid, "etcd": plane.etcd.popen.pid}
-        served0 = requests_served(plane)
+        served0 = plane.requests_served()
         server_cpu0 = {name: cpu_seconds(pid) for name, pid in servers.items()}
         began = time.time()
         operator = _operator(env, logs / "operator.log")
@@ -236,7 +221,7 @@ def scale(
                 time.sleep(0.5)
             watch.__exit__()
             list_timeouts = watch.errors
-            served = requests_served(plane)
+            served = plane.requests_served()
             served.subtract(served0)
             server_cpu = {
                 name: cpu_seconds(pid) - server_cpu0[name] for name, pid in servers.items()
@@ -272,6 +257,7 @@ def scale(
     passes = window / STATUS_INTERVAL
     return {
         "n": n,
+        "finalizer_policy": policy,
         "cap_seconds": cap,
         "seconds_to_create_all": create_seconds,
         "seconds_to_all_stored": None if stored_at is None else stored_at - began,

@@ -109,6 +109,10 @@ def install_manifest(chart_dir: Path = CHART) -> str:
         "#   kubectl apply --server-side -f manifests/install/forwarder.yaml",
         "#",
         "# kubectl apply never deletes what a newer version of this file leaves out.",
+        "#",
+        "# On Kubernetes 1.36+, apply manifests/admission as well (`helm install` adds it by",
+        "# itself there): the API server then sets the operator's finalizer when a ScheduledTask",
+        "# is created, and the operator writes each new one once instead of twice.",
     ]
     body = "\n---\n".join(text for text, _ in kept)
     return "\n".join(header) + "\n---\n" + body + "\n"

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx2
 import redis
-from forwarder_worker.names import FINALIZER, SUSPENDED_AFTER_FAILURES
+from forwarder_worker.names import SUSPENDED_AFTER_FAILURES
 from forwarder_worker.schedules.reconcile import apply_schedule, paused_message
 from forwarder_worker.schedules.status import (
     applied_status,
@@ -156,8 +156,12 @@ def sweep(services: Services) -> tuple[list[str], list[str]]:
         entry = entries.get(name)
         if entry is not None and entry.uid == uid and entry.generation >= generation:
             continue  # in step (or its newest spec is invalid and the last valid one stays)
-        if FINALIZER not in metadata.finalizers:
-            continue  # not reconciled yet: its watch event will make the entry
+        if task.status is None or task.status.observed_generation is None:
+            # Not reconciled yet: its watch event will make the entry. (Not "no finalizer":
+            # with the chart's admission policy a new object has it from its creation, and
+            # a sweep at a start with thousands queued wrote a second status to each one it
+            # got to before its handler did.)
+            continue
         if metadata.deletion_timestamp:
             continue
         if services.retries.pending(metadata.namespace, metadata.name):

@@ -6,8 +6,10 @@ PATCHes and three to four watch events per new resource (its finalizer, its
 last-handled-configuration annotation, then the status) and about 10 ms of operator CPU; at
 10,000 resources that was 134 s to Ready (bench/REPORT.md, operator scale). Deciding from the
 object itself, as controller-runtime reconcilers do, takes one status PATCH and one
-finalizer PATCH, and the watch events our own writes cause are recognised as in step from a
-few fields of the validated object (:class:`~forwarder_operator.resource.ScheduledTask`).
+finalizer PATCH, or the status PATCH alone where the API server set the finalizer at creation
+(the chart's MutatingAdmissionPolicy, manifests/admission), and the watch events our own
+writes cause are recognised as in step from a few fields of the validated object
+(:class:`~forwarder_operator.resource.ScheduledTask`).
 kopf still does the watching, peering, Event posting and patching.
 
 The rules (:func:`plan`):

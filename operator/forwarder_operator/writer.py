@@ -12,8 +12,9 @@ The two writers differ only in how a write reaches the API server:
 * :class:`KopfWriter`, in the handler: the status goes into kopf's patch and the finalizer
   into a patch function, and kopf sends both once the handler returns: one status PATCH and
   one finalizer JSON-patch per new resource, the least :mod:`forwarder_operator.reconciler`
-  measured. Events go to kopf's poster. Nothing here blocks, so the watch events that need
-  no Redis are still decided on the event loop.
+  measured (the status PATCH alone where the finalizer came with the create). Events go to
+  kopf's poster. Nothing here blocks, so the watch events that need no Redis are still
+  decided on the event loop.
 * :class:`ApiWriter`, in the background loop's threads: each write is a request of the
   :class:`~forwarder_operator.kube.KubeClient`, sent at once.
 """

@@ -14,6 +14,7 @@ holds), names, immutable fields on upgrade and Helm's own server-side apply.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets
 import shlex
@@ -25,8 +26,13 @@ import yaml
 from support.chart import CHART, REPO, SCENARIOS, load_values
 from support.chart_release import Ref, installed, live_objects, manifest_objects
 from support.controlplane import ControlPlane
+from support.processes import eventually
+from support.scheduled_tasks import FINALIZER_POLICY, admitted_with_finalizer
 
 INSTALL_MANIFEST = REPO / "manifests" / "install" / "forwarder.yaml"
+# The finalizer's admission policy and its binding: rendered only where the API server serves
+# the kind (Kubernetes 1.36+, this control plane), which an offline render cannot know.
+SERVED_ONLY = {"MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"}
 # KEDA's ScaledObject and TriggerAuthentication are served only where KEDA is installed, and
 # this control plane has no KEDA: the keda scenario renders them, nothing here can admit them.
 NEEDS_KEDA = {"keda"}
@@ -47,6 +53,24 @@ def offline_refs(values: dict[str, Any], name: str, namespace: str) -> set[Ref]:
             if "helm.sh/hook" not in (obj["metadata"].get("annotations") or {}):
                 refs.add(Ref.of(obj))
     return refs
+
+
+def split_served_only(refs: set[Ref]) -> tuple[set[Ref], set[Ref]]:
+    """``refs`` as (what an offline render has too, the kinds rendered only when served)."""
+    served = {ref for ref in refs if ref.kind in SERVED_ONLY}
+    return refs - served, served
+
+
+def finalized_at_creation(plane: ControlPlane, namespace: str, expected: bool) -> None:
+    """Wait until a ScheduledTask created in ``namespace`` gets the operator's finalizer at
+    creation (``expected``) or does not: the API server loads a changed policy a moment
+    later."""
+    eventually(
+        lambda: admitted_with_finalizer(plane, namespace) is expected,
+        30,
+        0.2,
+        message=f"finalizer at creation in {namespace}: {expected}",
+    )
 
 
 def missing(plane: ControlPlane, refs: set[Ref]) -> list[str]:
@@ -71,7 +95,9 @@ def test_install_upgrade_and_uninstall(crds: ControlPlane, namespace: str) -> No
     with installed(plane, namespace, "chart") as release:
         # -- install: the manifest is the whole offline render, and every object of it exists.
         first = set(release.refs())
-        assert first == offline_refs({}, "chart", namespace)
+        offline, policy = split_served_only(first)
+        assert offline == offline_refs({}, "chart", namespace)
+        assert {ref.kind for ref in policy} == SERVED_ONLY
         assert len(first) >= 25
         live = release.live()
         assert missing(plane, first) == []
@@ -90,6 +116,17 @@ def test_install_upgrade_and_uninstall(crds: ControlPlane, namespace: str) -> No
         assert len(release.refs()) == len(first)
         assert [ref.kind for ref in first].count("ClusterRole") == 3
         assert [ref.kind for ref in first].count("ClusterRoleBinding") == 3
+        # The operator's finalizer is set at creation in every namespace: the policy is
+        # manifests/admission's, under the release's name.
+        for each in (namespace, watched[0]):
+            finalized_at_creation(plane, each, True)
+        (served_policy,) = (ref for ref in policy if ref.kind == "MutatingAdmissionPolicy")
+        shipped, _binding = yaml.safe_load_all(FINALIZER_POLICY.read_text())
+        shipped["metadata"]["name"] += "-dry-run"  # the operator tests may have made it
+        admitted = plane.kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(shipped)
+        )
+        assert live[served_policy]["spec"] == json.loads(admitted.stdout)["spec"]
 
         # -- upgrade: more workers, another key prefix, two watched namespaces.
         values = {
@@ -100,7 +137,7 @@ def test_install_upgrade_and_uninstall(crds: ControlPlane, namespace: str) -> No
         summary = release.upgrade(values)
         assert summary["status"] == "deployed" and summary["revision"] == 2
         second = set(release.refs())
-        assert second == offline_refs(values, "chart", namespace)
+        assert split_served_only(second) == (offline_refs(values, "chart", namespace), policy)
         assert missing(plane, second) == []
         live = release.live()
         worker_after = live[Ref("Deployment", "apps", namespace, "chart-forwarder-worker")]
@@ -118,6 +155,10 @@ def test_install_upgrade_and_uninstall(crds: ControlPlane, namespace: str) -> No
         assert env_of(operator)["FORWARDER_OPERATOR_NAMESPACES"] == ",".join(watched)
         api = live[Ref("Deployment", "apps", namespace, "chart-forwarder-api")]
         assert env_of(api)["FORWARDER_API_NAMESPACES"] == ",".join(watched)
+        # The finalizer only where the operator watches: nothing would release it elsewhere.
+        finalized_at_creation(plane, namespace, False)
+        for each in watched:
+            finalized_at_creation(plane, each, True)
         for each in watched:
             for account in ("operator", "api"):
                 role = Ref("Role", "rbac.authorization.k8s.io", each, f"chart-forwarder-{account}")
@@ -158,7 +199,9 @@ def test_every_ci_scenario_installs(crds: ControlPlane, namespace: str, scenario
     name = f"ci-{scenario}"
     with installed(crds, namespace, name, values) as release:
         refs = set(release.refs())
-        assert refs == offline_refs(values, name, namespace)
+        offline, policy = split_served_only(refs)
+        assert offline == offline_refs(values, name, namespace)
+        assert {ref.kind for ref in policy} == SERVED_ONLY
         assert missing(crds, refs) == []
 
 

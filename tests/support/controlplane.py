@@ -41,6 +41,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ ADMIN = "admin"
 _PIN = re.compile(r"^\s*k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+)\s*$", re.MULTILINE)
 BIN = Path(sys.executable).parent
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+# One sample of the API server's request counter, and the labels in it (Prometheus text).
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 class ControlPlaneError(RuntimeError):
@@ -336,6 +342,25 @@ class ControlPlane:
             headers={"Authorization": f"Bearer {token or self.admin_token}"},
             timeout=30,
         )
+
+    def requests_served(self) -> Counter[str]:
+        """The API server's own count of the requests it has answered on ScheduledTasks and
+        Events (``apiserver_request_total``), by verb, subresource and code, e.g.
+        ``"PATCH scheduledtasks/status 200"``: what the operator costs the server, counted
+        where it is spent."""
+        with self.http() as http:
+            text = http.get("/metrics").text
+        counts: Counter[str] = Counter()
+        for match in _SAMPLE.finditer(text):
+            labels = dict(_LABEL.findall(match["labels"]))
+            if labels.get("resource") not in ("scheduledtasks", "events"):
+                continue
+            resource = labels["resource"]
+            if labels.get("subresource"):
+                resource += "/" + labels["subresource"]
+            key = f"{labels.get('verb', '')} {resource} {labels.get('code', '')}"
+            counts[key] += int(float(match["value"]))
+        return counts
 
     def kubectl(
         self,

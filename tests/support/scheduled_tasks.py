@@ -17,10 +17,14 @@ at a terminal would.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import yaml
 
 from support.processes import eventually
 
@@ -30,6 +34,10 @@ if TYPE_CHECKING:
 GROUP_VERSION = "forwarder.dev/v1alpha1"
 API = f"/apis/{GROUP_VERSION}"
 MERGE = {"Content-Type": "application/merge-patch+json"}
+FINALIZER_POLICY = (
+    Path(__file__).resolve().parents[2] / "manifests" / "admission" / "finalizer_policy.yaml"
+)
+FINALIZER = "forwarder.dev/finalizer"
 
 
 def tasks_path(namespace: str | None, name: str = "") -> str:
@@ -157,3 +165,58 @@ def kubectl_get(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any
     reply = plane.kubectl("get", "st", name, "-n", namespace, "-o", "json", "--ignore-not-found")
     found: dict[str, Any] | None = json.loads(reply.stdout) if reply.stdout.strip() else None
     return found
+
+
+def admitted_with_finalizer(plane: ControlPlane, namespace: str) -> bool | None:
+    """Whether a ScheduledTask created in ``namespace`` now gets the operator's finalizer at
+    creation (manifests/admission's policy): a server-side dry-run create, which runs
+    admission and stores nothing. None while the API server answers 503, as it did for a
+    moment when the policy was applied right after the CRDs were established."""
+    probe = {
+        "apiVersion": GROUP_VERSION,
+        "kind": "ScheduledTask",
+        "metadata": {"name": "finalizer-policy-probe"},
+        "spec": {"task": "forwarder.ping", "schedule": {"every": "1h"}},
+    }
+    with plane.http() as http:
+        reply = http.post(f"{tasks_path(namespace)}?dryRun=All", json=probe)
+    if reply.status_code == 503:
+        return None
+    assert reply.status_code == 201, reply.text
+    return FINALIZER in (reply.json()["metadata"].get("finalizers") or ())
+
+
+def apply_finalizer_policy(plane: ControlPlane, namespace: str | None = None) -> list[str]:
+    """Apply manifests/admission (the operator's finalizer set at creation), its binding
+    limited to ``namespace`` when given (and then named after it); returns the ``kind/name``
+    of what to delete to undo it.
+
+    The API server loads a new policy a moment after it is created: this returns once a
+    create in ``namespace`` (``default`` when None) gets the finalizer."""
+    policy, binding = yaml.safe_load_all(FINALIZER_POLICY.read_text())
+    if namespace is not None:
+        binding["metadata"]["name"] += f"-{namespace}"
+        binding["spec"]["matchResources"] = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        }
+    documents = json.dumps({"apiVersion": "v1", "kind": "List", "items": [policy, binding]})
+    plane.kubectl("apply", "-f", "-", stdin=documents)
+    where = namespace or "default"
+    eventually(
+        lambda: admitted_with_finalizer(plane, where), 30, 0.2, message="the policy in force"
+    )
+    created = [f"mutatingadmissionpolicybinding/{binding['metadata']['name']}"]
+    if namespace is None:
+        created.append(f"mutatingadmissionpolicy/{policy['metadata']['name']}")
+    return created
+
+
+@contextlib.contextmanager
+def finalizer_policy(plane: ControlPlane, namespace: str | None = None) -> Iterator[None]:
+    """:func:`apply_finalizer_policy` until the block ends (the policy object itself stays
+    when only a namespace's binding was made: other namespaces' bindings may use it)."""
+    created = apply_finalizer_policy(plane, namespace)
+    try:
+        yield
+    finally:
+        plane.kubectl("delete", "--ignore-not-found", *created)
