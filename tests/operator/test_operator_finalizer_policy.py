@@ -39,7 +39,7 @@ def writes(plane: ControlPlane) -> dict[str, int]:
     counts: dict[str, int] = {}
     for key, value in plane.requests_served().items():
         verb, resource, _code = key.split(" ")
-        if verb in ("PATCH", "UPDATE", "APPLY") and resource.startswith("scheduledtasks"):
+        if verb in ("PATCH", "PUT", "APPLY") and resource.startswith("scheduledtasks"):
             counts[resource] = counts.get(resource, 0) + value
     return counts
 
