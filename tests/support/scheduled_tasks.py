@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
+from forwarder_worker.names import FINALIZER
 
 from support.processes import eventually
 
@@ -37,7 +38,6 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 FINALIZER_POLICY = (
     Path(__file__).resolve().parents[2] / "manifests" / "admission" / "finalizer_policy.yaml"
 )
-FINALIZER = "forwarder.dev/finalizer"
 
 
 def tasks_path(namespace: str | None, name: str = "") -> str:
